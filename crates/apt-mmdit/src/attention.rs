@@ -1,0 +1,133 @@
+//! Joint attention over the concatenated visual and text tokens (SD3's `JointAttnProcessor2_0`).
+
+use tch::{nn, nn::Module, Kind, Tensor};
+
+use crate::config::AttentionBackend;
+use crate::rope::RopeTable;
+
+/// RMSNorm over the last dimension with a learned scale (diffusers' `RMSNorm`, eps 1e-6),
+/// statistics in f32.
+#[derive(Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// Creates the norm under `p` with a `[dim]` weight initialised to one.
+    pub fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
+        Self { weight: p.ones("weight", &[dim]), eps }
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let variance = x.to_kind(Kind::Float).square().mean_dim(-1, true, Kind::Float);
+        let normed = x * (variance + self.eps).rsqrt();
+        normed.to_kind(self.weight.kind()) * &self.weight
+    }
+}
+
+/// `softmax(q kᵀ · scale) v` with the chosen kernel; q, k, v are `[B, H, N, hd]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, backend: AttentionBackend) -> Tensor {
+    match backend {
+        AttentionBackend::Sdpa => Tensor::scaled_dot_product_attention(q, k, v, None::<&Tensor>, 0.0, false, None, false),
+        AttentionBackend::Math => {
+            let scale = 1.0 / (q.size()[3] as f64).sqrt();
+            let scores = q.matmul(&k.transpose(-2, -1)) * scale;
+            scores.softmax(-1, scores.kind()).matmul(v)
+        }
+    }
+}
+
+/// Per-stream query/key/value projections and optional QK RMSNorm.
+#[derive(Debug)]
+struct Projections {
+    q: nn::Linear,
+    k: nn::Linear,
+    v: nn::Linear,
+    norm_q: Option<RmsNorm>,
+    norm_k: Option<RmsNorm>,
+}
+
+impl Projections {
+    /// `x` `[B, N, D]` → q, k, v as `[B, H, N, hd]`.
+    fn forward(&self, x: &Tensor, heads: i64) -> (Tensor, Tensor, Tensor) {
+        let (b, n, _) = x.size3().expect("tokens are [B, N, D]");
+        let split = |t: Tensor| t.view([b, n, heads, -1]).transpose(1, 2);
+        let mut q = split(self.q.forward(x));
+        let mut k = split(self.k.forward(x));
+        let v = split(self.v.forward(x));
+        if let Some(norm) = &self.norm_q {
+            q = norm.forward(&q);
+        }
+        if let Some(norm) = &self.norm_k {
+            k = norm.forward(&k);
+        }
+        (q, k, v)
+    }
+}
+
+/// SD3 joint attention (`attn`): visual tokens use `to_q/to_k/to_v/to_out.0`, text tokens
+/// `add_q_proj/add_k_proj/add_v_proj/to_add_out`; one attention runs over `[visual; text]`.
+/// In a context-pre-only block the text output is dropped (no `to_add_out`).
+#[derive(Debug)]
+pub struct JointAttention {
+    visual: Projections,
+    text: Projections,
+    to_out: nn::Linear,
+    to_add_out: Option<nn::Linear>,
+    heads: i64,
+    backend: AttentionBackend,
+}
+
+impl JointAttention {
+    /// Creates the attention under `p` (`attn`).
+    pub fn new(p: nn::Path, dim: i64, heads: i64, qk_norm: bool, context_pre_only: bool, backend: AttentionBackend) -> Self {
+        let head_dim = dim / heads;
+        let lin = |name: &str| nn::linear(&p / name, dim, dim, Default::default());
+        let norm = |name: &str| qk_norm.then(|| RmsNorm::new(&p / name, head_dim, 1e-6));
+        Self {
+            visual: Projections {
+                q: lin("to_q"),
+                k: lin("to_k"),
+                v: lin("to_v"),
+                norm_q: norm("norm_q"),
+                norm_k: norm("norm_k"),
+            },
+            text: Projections {
+                q: lin("add_q_proj"),
+                k: lin("add_k_proj"),
+                v: lin("add_v_proj"),
+                norm_q: norm("norm_added_q"),
+                norm_k: norm("norm_added_k"),
+            },
+            to_out: nn::linear(&p / "to_out" / 0, dim, dim, Default::default()),
+            to_add_out: (!context_pre_only).then(|| lin("to_add_out")),
+            heads,
+            backend,
+        }
+    }
+
+    /// Visual `[B, N, D]` and text `[B, L, D]` (both already modulated) → attention outputs for
+    /// each stream (text output `None` in a context-pre-only block).
+    pub fn forward(&self, x: &Tensor, ctx: &Tensor, rope: Option<&RopeTable>) -> (Tensor, Option<Tensor>) {
+        let (b, n, d) = x.size3().expect("tokens are [B, N, D]");
+        let (mut q, mut k, v) = self.visual.forward(x, self.heads);
+        if let Some(rope) = rope {
+            q = rope.apply(&q);
+            k = rope.apply(&k);
+        }
+        let (cq, ck, cv) = self.text.forward(ctx, self.heads);
+        let q = Tensor::cat(&[q, cq], 2);
+        let k = Tensor::cat(&[k, ck], 2);
+        let v = Tensor::cat(&[v, cv], 2);
+        let out = attention(&q, &k, &v, self.backend).transpose(1, 2).reshape([b, -1, d]);
+        let visual = self.to_out.forward(&out.narrow(1, 0, n));
+        let text = self.to_add_out.as_ref().map(|proj| {
+            let l = out.size()[1] - n;
+            proj.forward(&out.narrow(1, n, l))
+        });
+        (visual, text)
+    }
+}

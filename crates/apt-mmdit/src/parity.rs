@@ -1,0 +1,77 @@
+//! Parity against diffusers: run a `save_pretrained` directory on a recorded input and compare
+//! with the recorded output (used by the tests and `apt model parity`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::error::{MmditError, Result};
+use crate::model::Mmdit;
+
+/// The tensors of a parity fixture, named after diffusers' forward arguments.
+pub const FIXTURE_INPUTS: [&str; 4] = ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"];
+/// The expected output's name in a parity fixture.
+pub const FIXTURE_OUTPUT: &str = "sample";
+
+/// Outcome of [`run_parity`].
+#[derive(Debug)]
+pub struct ParityReport {
+    /// Largest `|ours - diffusers|` over the output.
+    pub max_abs_diff: f64,
+    /// Largest `|diffusers|`, for scale.
+    pub max_abs_expected: f64,
+    /// Output shape.
+    pub shape: Vec<i64>,
+    /// Number of model parameters loaded.
+    pub parameters: i64,
+}
+
+/// Reads a fixture file into a name → tensor map, checking that the inputs and the output
+/// exist.
+pub fn read_fixture(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path)
+        .map_err(|e| MmditError::Parse { path: path.to_path_buf(), message: format!("not a readable safetensors file: {e}") })?
+        .into_iter()
+        .collect();
+    for key in FIXTURE_INPUTS.iter().chain(std::iter::once(&FIXTURE_OUTPUT)) {
+        if !tensors.contains_key(*key) {
+            let mut have: Vec<&String> = tensors.keys().collect();
+            have.sort();
+            return Err(MmditError::Parse {
+                path: path.to_path_buf(),
+                message: format!(
+                    "missing tensor `{key}` (expected {} and `{FIXTURE_OUTPUT}`; found {have:?})",
+                    FIXTURE_INPUTS.map(|k| format!("`{k}`")).join(", ")
+                ),
+            });
+        }
+    }
+    Ok(tensors)
+}
+
+/// Loads the diffusers directory `dir` into an f32 CPU model, runs the fixture's inputs through
+/// [`Mmdit::forward_diffusers`] and compares with the fixture's `sample`.
+pub fn run_parity(dir: &Path, fixture: &Path) -> Result<ParityReport> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Mmdit::from_diffusers_dir(&vs, dir)?;
+    let io = read_fixture(fixture)?;
+    let f32 = |k: &str| io[k].to_kind(Kind::Float);
+    let out = tch::no_grad(|| {
+        model.forward_diffusers(&f32("hidden_states"), &f32("encoder_hidden_states"), &f32("pooled_projections"), &f32("timestep"))
+    })?;
+    let expected = f32(FIXTURE_OUTPUT);
+    if out.size() != expected.size() {
+        return Err(MmditError::Input {
+            argument: "sample",
+            expected: format!("the model's output shape {:?}", out.size()),
+            got: expected.size(),
+        });
+    }
+    Ok(ParityReport {
+        max_abs_diff: (&out - &expected).abs().max().double_value(&[]),
+        max_abs_expected: expected.abs().max().double_value(&[]),
+        shape: out.size(),
+        parameters: vs.trainable_variables().iter().map(|t| t.numel() as i64).sum(),
+    })
+}
