@@ -1,1 +1,173 @@
-fn main() {}
+//! Project automation for apt-rs: `cargo xtask <command>`. Every command first runs `setup`
+//! (libtorch with no manual steps; see setup.rs). Plain std, no dependencies, so it builds in
+//! seconds on a fresh machine before libtorch exists.
+
+mod bench;
+mod setup;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+const HELP: &str = "\
+cargo xtask <command> [args]
+
+  setup            install PyTorch 2.11.0 (libtorch) into a per-user cache when missing
+                   (APT_TORCH_HOME overrides the place; an existing LIBTORCH is honoured)
+  doctor           libtorch version and path, threads, CUDA devices, bf16 support
+  test             setup, cargo fmt --check, clippy -D warnings, cargo test --workspace
+  train [args]     the main job (see README); extra args go to `apt model train-smoke`
+  fixtures         regenerate the diffusers parity fixtures (installs diffusers)
+  bench model      Rust vs PyTorch eager (diffusers) on the same SD3 model, interleaved
+        [--size tiny|small] [--threads N] [--rounds R] [--iters K]
+  help             this text
+";
+
+/// A failure that ends the command with one clear message.
+#[derive(Debug)]
+pub struct Failure(String);
+
+impl Failure {
+    /// A failure with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// The workspace root (the parent of `xtask/`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// `cargo` as invoked (the `CARGO` variable cargo sets for us), at the workspace root.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(repo_root());
+    cmd
+}
+
+/// Runs `cmd`, failing with `what` when it does not succeed.
+pub fn run(cmd: &mut Command, what: &str) -> Result<(), Failure> {
+    println!("xtask: {what}");
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(Failure::new(format!("{what} failed ({s})"))),
+        Err(e) => Err(Failure::new(format!("{what}: cannot start: {e}"))),
+    }
+}
+
+fn test() -> Result<(), Failure> {
+    setup::setup(true)?;
+    run(
+        cargo().args(["fmt", "--all", "--", "--check"]),
+        "cargo fmt --check",
+    )?;
+    run(
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        "cargo clippy -D warnings",
+    )?;
+    run(
+        cargo().args(["test", "--workspace"]),
+        "cargo test --workspace",
+    )
+}
+
+fn doctor() -> Result<(), Failure> {
+    setup::setup(true)?;
+    println!("xtask: building the `apt` binary");
+    let build = cargo().args(["build", "--quiet", "-p", "apt-cli"]).status();
+    if !matches!(build, Ok(s) if s.success()) {
+        return Err(Failure::new("building apt-cli failed (see above)"));
+    }
+    let exe = repo_root().join("target/debug/apt");
+    let out = Command::new(&exe)
+        .arg("doctor")
+        .output()
+        .map_err(|e| Failure::new(format!("cannot run {}: {e}", exe.display())))?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        eprint!("{stderr}");
+        return Ok(());
+    }
+    if stderr.contains("error while loading shared libraries") {
+        return Err(Failure::new(format!(
+            "libtorch could not be loaded: {}; run `cargo xtask setup`, or point LD_LIBRARY_PATH at a PyTorch 2.11 `torch/lib`",
+            stderr.trim()
+        )));
+    }
+    Err(Failure::new(format!(
+        "`apt doctor` failed: {}",
+        stderr.trim()
+    )))
+}
+
+fn fixtures() -> Result<(), Failure> {
+    let lib = setup::setup(true)?;
+    let python = setup::ensure_reference_packages(&lib)?;
+    let out = repo_root().join("crates/apt-mmdit/tests/fixtures");
+    run(
+        Command::new(python)
+            .arg(repo_root().join("scripts/make_sd3_fixtures.py"))
+            .arg("--out")
+            .arg(&out),
+        "diffusers SD3 parity fixtures",
+    )?;
+    println!(
+        "xtask: fixtures written to {}; run `cargo test -p apt-mmdit --test parity`",
+        out.display()
+    );
+    Ok(())
+}
+
+fn train(args: &[String]) -> Result<(), Failure> {
+    setup::setup(true)?;
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "apt-cli",
+        "--",
+        "model",
+        "train-smoke",
+    ])
+    .args(args);
+    run(
+        &mut cmd,
+        "apt model train-smoke (release build; the first one compiles libtorch bindings, 5-9 min)",
+    )
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::setup(true).map(|_| ()),
+        Some("doctor") => doctor(),
+        Some("test") => test(),
+        Some("train") => train(&args[1..]),
+        Some("fixtures") => fixtures(),
+        Some("bench") => bench::bench(&args[1..]),
+        None | Some("help" | "-h" | "--help") => {
+            print!("{HELP}");
+            Ok(())
+        }
+        Some(other) => Err(Failure::new(format!("unknown command `{other}`\n\n{HELP}"))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

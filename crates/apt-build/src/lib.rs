@@ -6,7 +6,7 @@
 //! by a *library* crate do not reach downstream binaries, so each crate that produces binaries
 //! calls this helper from its own `build.rs`:
 //!
-//! ```no_run
+//! ```text
 //! // build.rs (the crate must also depend directly on `torch-sys`, which declares
 //! // `links = "tch"`, so that `DEP_TCH_LIBTORCH_LIB` is visible here)
 //! fn main() {

@@ -31,7 +31,11 @@ pub fn block_params(cfg: &MmditConfig, context_pre_only: bool) -> u64 {
     let d = cfg.hidden_size() as u64;
     let hidden = d * cfg.mlp_ratio as u64;
     let ff = linear(d, hidden) + linear(hidden, d);
-    let qk_norm = if cfg.qk_norm { 4 * cfg.head_dim as u64 } else { 0 };
+    let qk_norm = if cfg.qk_norm {
+        4 * cfg.head_dim as u64
+    } else {
+        0
+    };
     let visual = linear(d, 6 * d) + 3 * linear(d, d) + linear(d, d) + ff;
     let text = if context_pre_only {
         linear(d, 2 * d) + 3 * linear(d, d)
@@ -53,7 +57,11 @@ pub fn param_count(cfg: &MmditConfig) -> ParamCount {
     let depth = cfg.depth as u64;
     let blocks = (depth - 1) * block_params(cfg, false) + block_params(cfg, true);
     let head = linear(d, 2 * d) + linear(d, cfg.patch_out_dim() as u64);
-    ParamCount { embeddings, blocks, head }
+    ParamCount {
+        embeddings,
+        blocks,
+        head,
+    }
 }
 
 /// Forward FLOPs for one sample, counting 2 per multiply-add of every matmul (linear layers and

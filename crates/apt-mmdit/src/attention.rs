@@ -16,13 +16,19 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// Creates the norm under `p` with a `[dim]` weight initialised to one.
     pub fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
-        Self { weight: p.ones("weight", &[dim]), eps }
+        Self {
+            weight: p.ones("weight", &[dim]),
+            eps,
+        }
     }
 }
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let variance = x.to_kind(Kind::Float).square().mean_dim(-1, true, Kind::Float);
+        let variance = x
+            .to_kind(Kind::Float)
+            .square()
+            .mean_dim(-1, true, Kind::Float);
         let normed = x * (variance + self.eps).rsqrt();
         normed.to_kind(self.weight.kind()) * &self.weight
     }
@@ -31,7 +37,9 @@ impl Module for RmsNorm {
 /// `softmax(q kᵀ · scale) v` with the chosen kernel; q, k, v are `[B, H, N, hd]`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, backend: AttentionBackend) -> Tensor {
     match backend {
-        AttentionBackend::Sdpa => Tensor::scaled_dot_product_attention(q, k, v, None::<&Tensor>, 0.0, false, None, false),
+        AttentionBackend::Sdpa => {
+            Tensor::scaled_dot_product_attention(q, k, v, None::<&Tensor>, 0.0, false, None, false)
+        }
         AttentionBackend::Math => {
             let scale = 1.0 / (q.size()[3] as f64).sqrt();
             let scores = q.matmul(&k.transpose(-2, -1)) * scale;
@@ -83,7 +91,14 @@ pub struct JointAttention {
 
 impl JointAttention {
     /// Creates the attention under `p` (`attn`).
-    pub fn new(p: nn::Path, dim: i64, heads: i64, qk_norm: bool, context_pre_only: bool, backend: AttentionBackend) -> Self {
+    pub fn new(
+        p: nn::Path,
+        dim: i64,
+        heads: i64,
+        qk_norm: bool,
+        context_pre_only: bool,
+        backend: AttentionBackend,
+    ) -> Self {
         let head_dim = dim / heads;
         let lin = |name: &str| nn::linear(&p / name, dim, dim, Default::default());
         let norm = |name: &str| qk_norm.then(|| RmsNorm::new(&p / name, head_dim, 1e-6));
@@ -111,7 +126,12 @@ impl JointAttention {
 
     /// Visual `[B, N, D]` and text `[B, L, D]` (both already modulated) → attention outputs for
     /// each stream (text output `None` in a context-pre-only block).
-    pub fn forward(&self, x: &Tensor, ctx: &Tensor, rope: Option<&RopeTable>) -> (Tensor, Option<Tensor>) {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &Tensor,
+        rope: Option<&RopeTable>,
+    ) -> (Tensor, Option<Tensor>) {
         let (b, n, d) = x.size3().expect("tokens are [B, N, D]");
         let (mut q, mut k, v) = self.visual.forward(x, self.heads);
         if let Some(rope) = rope {
@@ -122,7 +142,9 @@ impl JointAttention {
         let q = Tensor::cat(&[q, cq], 2);
         let k = Tensor::cat(&[k, ck], 2);
         let v = Tensor::cat(&[v, cv], 2);
-        let out = attention(&q, &k, &v, self.backend).transpose(1, 2).reshape([b, -1, d]);
+        let out = attention(&q, &k, &v, self.backend)
+            .transpose(1, 2)
+            .reshape([b, -1, d]);
         let visual = self.to_out.forward(&out.narrow(1, 0, n));
         let text = self.to_add_out.as_ref().map(|proj| {
             let l = out.size()[1] - n;

@@ -19,7 +19,16 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Tensor {
 
 /// A linear layer initialised to zero (adaLN-Zero: every block starts as the identity).
 pub fn zero_linear(p: nn::Path, input: i64, output: i64) -> nn::Linear {
-    nn::linear(p, input, output, nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true })
+    nn::linear(
+        p,
+        input,
+        output,
+        nn::LinearConfig {
+            ws_init: nn::Init::Const(0.0),
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        },
+    )
 }
 
 /// Linear → GELU(tanh) → Linear (`ff.net.0.proj`, `ff.net.2`).
@@ -71,7 +80,14 @@ impl JointBlock {
         Self {
             norm1: zero_linear(&p / "norm1" / "linear", d, 6 * d),
             norm1_context: zero_linear(&p / "norm1_context" / "linear", d, context_chunks * d),
-            attn: JointAttention::new(&p / "attn", d, cfg.num_heads as i64, cfg.qk_norm, context_pre_only, cfg.attention),
+            attn: JointAttention::new(
+                &p / "attn",
+                d,
+                cfg.num_heads as i64,
+                cfg.qk_norm,
+                context_pre_only,
+                cfg.attention,
+            ),
             ff: FeedForward::new(&p / "ff", d, ratio),
             ff_context: (!context_pre_only).then(|| FeedForward::new(&p / "ff_context", d, ratio)),
             context_pre_only,
@@ -85,12 +101,22 @@ impl JointBlock {
 
     /// Visual `[B, N, D]`, text `[B, L, D]`, `silu(c)` `[B, D]` → new visual tokens and new
     /// text tokens (`None` for a context-pre-only block).
-    pub fn forward(&self, x: &Tensor, ctx: &Tensor, cond_silu: &Tensor, rope: Option<&RopeTable>) -> (Tensor, Option<Tensor>) {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &Tensor,
+        cond_silu: &Tensor,
+        rope: Option<&RopeTable>,
+    ) -> (Tensor, Option<Tensor>) {
         let m = self.norm1.forward(cond_silu).chunk(6, 1);
-        let (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
+        let (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp) =
+            (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
         let x_mod = modulate(&layer_norm(x), shift_msa, scale_msa);
 
-        let mc = self.norm1_context.forward(cond_silu).chunk(if self.context_pre_only { 2 } else { 6 }, 1);
+        let mc = self
+            .norm1_context
+            .forward(cond_silu)
+            .chunk(if self.context_pre_only { 2 } else { 6 }, 1);
         let ctx_mod = if self.context_pre_only {
             // AdaLayerNormContinuous chunks as (scale, shift).
             modulate(&layer_norm(ctx), &mc[1], &mc[0])
@@ -105,7 +131,8 @@ impl JointBlock {
 
         let ctx = match (&self.ff_context, attn_ctx) {
             (Some(ff_context), Some(attn_ctx)) => {
-                let (c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp) = (&mc[2], &mc[3], &mc[4], &mc[5]);
+                let (c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp) =
+                    (&mc[2], &mc[3], &mc[4], &mc[5]);
                 let ctx = ctx + c_gate_msa.unsqueeze(1) * attn_ctx;
                 let ff_in = modulate(&layer_norm(&ctx), c_shift_mlp, c_scale_mlp);
                 Some(&ctx + c_gate_mlp.unsqueeze(1) * ff_context.forward(&ff_in))

@@ -124,7 +124,10 @@ impl MmditConfig {
     /// The RoPE channel split per axis, if positions are rotary.
     pub fn rope_axes_dim(&self) -> Option<[usize; 3]> {
         match &self.positions {
-            Positions::Rope3d { axes_dim: Some(axes), .. } => Some(*axes),
+            Positions::Rope3d {
+                axes_dim: Some(axes),
+                ..
+            } => Some(*axes),
             Positions::Rope3d { axes_dim: None, .. } => {
                 let hw = 2 * (self.head_dim / 6);
                 Some([self.head_dim - 2 * hw, hw, hw])
@@ -148,10 +151,14 @@ impl MmditConfig {
     /// Reads and validates a TOML file.
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| MmditError::Io { path: path.to_path_buf(), source })?;
-        let cfg: Self = toml::from_str(&text)
-            .map_err(|e| MmditError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| MmditError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| MmditError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -179,32 +186,53 @@ impl MmditConfig {
             }
         }
         if self.patch_size.contains(&0) {
-            return Err(config_error("patch_size", "must be three positive sizes [pt, ph, pw]"));
+            return Err(config_error(
+                "patch_size",
+                "must be three positive sizes [pt, ph, pw]",
+            ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(config_error("head_dim", format!("must be even, got {}", self.head_dim)));
+            return Err(config_error(
+                "head_dim",
+                format!("must be even, got {}", self.head_dim),
+            ));
         }
         match &self.positions {
             Positions::Rope3d { theta, axes_dim } => {
                 if !(theta.is_finite() && *theta > 1.0) {
-                    return Err(config_error("positions.theta", format!("must be > 1, got {theta}")));
+                    return Err(config_error(
+                        "positions.theta",
+                        format!("must be > 1, got {theta}"),
+                    ));
                 }
                 let axes = axes_dim.unwrap_or_else(|| self.rope_axes_dim().expect("rope"));
                 if axes.iter().any(|d| d % 2 != 0) || axes.iter().sum::<usize>() != self.head_dim {
                     return Err(config_error(
                         "positions.axes_dim",
-                        format!("must be three even sizes summing to head_dim = {}, got {axes:?}", self.head_dim),
+                        format!(
+                            "must be three even sizes summing to head_dim = {}, got {axes:?}",
+                            self.head_dim
+                        ),
                     ));
                 }
             }
-            Positions::Sincos2d { max_size, base_size } => {
+            Positions::Sincos2d {
+                max_size,
+                base_size,
+            } => {
                 if *max_size == 0 || *base_size == 0 {
-                    return Err(config_error("positions", "max_size and base_size must be at least 1"));
+                    return Err(config_error(
+                        "positions",
+                        "max_size and base_size must be at least 1",
+                    ));
                 }
                 if self.hidden_size() % 4 != 0 {
                     return Err(config_error(
                         "num_heads",
-                        format!("sincos2d needs a width divisible by 4, got {}", self.hidden_size()),
+                        format!(
+                            "sincos2d needs a width divisible by 4, got {}",
+                            self.hidden_size()
+                        ),
                     ));
                 }
             }
@@ -220,10 +248,9 @@ impl MmditConfig {
         let int = |key: &str, default: usize| -> Result<usize> {
             match v.get(key) {
                 None | Some(serde_json::Value::Null) => Ok(default),
-                Some(x) => x
-                    .as_u64()
-                    .map(|x| x as usize)
-                    .ok_or_else(|| config_error(key, format!("must be a non-negative integer, got {x}"))),
+                Some(x) => x.as_u64().map(|x| x as usize).ok_or_else(|| {
+                    config_error(key, format!("must be a non-negative integer, got {x}"))
+                }),
             }
         };
         // Defaults are SD3Transformer2DModel's own.
@@ -236,25 +263,39 @@ impl MmditConfig {
         if caption_dim != heads * head_dim {
             return Err(config_error(
                 "caption_projection_dim",
-                format!("must equal num_attention_heads · attention_head_dim = {} (the blocks need it)", heads * head_dim),
+                format!(
+                    "must equal num_attention_heads · attention_head_dim = {} (the blocks need it)",
+                    heads * head_dim
+                ),
             ));
         }
         if let Some(layers) = v.get("dual_attention_layers").and_then(|x| x.as_array()) {
             if !layers.is_empty() {
-                return Err(config_error("dual_attention_layers", "must be empty: SD3.5 dual attention is not supported"));
+                return Err(config_error(
+                    "dual_attention_layers",
+                    "must be empty: SD3.5 dual attention is not supported",
+                ));
             }
         }
         let qk_norm = match v.get("qk_norm").and_then(|x| x.as_str()) {
             None => false,
             Some("rms_norm") => true,
-            Some(other) => return Err(config_error("qk_norm", format!("must be null or \"rms_norm\", got {other:?}"))),
+            Some(other) => {
+                return Err(config_error(
+                    "qk_norm",
+                    format!("must be null or \"rms_norm\", got {other:?}"),
+                ))
+            }
         };
         if patch == 0 {
             return Err(config_error("patch_size", "must be at least 1"));
         }
         let max_size = match v.get("pos_embed_max_size") {
             Some(serde_json::Value::Null) => {
-                return Err(config_error("pos_embed_max_size", "must be set (SD3's cropped position table)"))
+                return Err(config_error(
+                    "pos_embed_max_size",
+                    "must be set (SD3's cropped position table)",
+                ))
             }
             _ => int("pos_embed_max_size", 96)?,
         };
@@ -272,7 +313,10 @@ impl MmditConfig {
             context_dim: int("joint_attention_dim", 4096)?,
             pooled_dim: int("pooled_projection_dim", 2048)?,
             qk_norm,
-            positions: Positions::Sincos2d { max_size, base_size: sample_size / patch },
+            positions: Positions::Sincos2d {
+                max_size,
+                base_size: sample_size / patch,
+            },
             attention: AttentionBackend::Sdpa,
         };
         cfg.validate()?;
@@ -283,7 +327,10 @@ impl MmditConfig {
 impl Preset {
     /// Every built-in preset.
     pub fn all() -> Vec<Preset> {
-        let rope = Positions::Rope3d { theta: 10_000.0, axes_dim: None };
+        let rope = Positions::Rope3d {
+            theta: 10_000.0,
+            axes_dim: None,
+        };
         vec![
             Preset {
                 name: "tiny",
@@ -339,7 +386,10 @@ impl Preset {
                     context_dim: 4096,
                     pooled_dim: 2048,
                     qk_norm: false,
-                    positions: Positions::Sincos2d { max_size: 192, base_size: 64 },
+                    positions: Positions::Sincos2d {
+                        max_size: 192,
+                        base_size: 64,
+                    },
                     attention: AttentionBackend::Sdpa,
                 },
                 typical_input: [16, 1, 128, 128],
@@ -371,9 +421,12 @@ impl Preset {
 
     /// The preset called `name`.
     pub fn named(name: &str) -> Result<Preset> {
-        Self::all().into_iter().find(|p| p.name == name).ok_or_else(|| MmditError::UnknownPreset {
-            name: name.to_string(),
-            known: MmditConfig::PRESETS.join(", "),
-        })
+        Self::all()
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| MmditError::UnknownPreset {
+                name: name.to_string(),
+                known: MmditConfig::PRESETS.join(", "),
+            })
     }
 }

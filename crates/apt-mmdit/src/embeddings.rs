@@ -51,17 +51,35 @@ impl PatchEmbed {
     pub fn new(p: nn::Path, cfg: &MmditConfig) -> Self {
         let [pt, ph, pw] = cfg.patch_size.map(|x| x as i64);
         let (d, c) = (cfg.hidden_size() as i64, cfg.in_channels as i64);
-        let shape: Vec<i64> = if pt == 1 { vec![d, c, ph, pw] } else { vec![d, c, pt, ph, pw] };
+        let shape: Vec<i64> = if pt == 1 {
+            vec![d, c, ph, pw]
+        } else {
+            vec![d, c, pt, ph, pw]
+        };
         let proj = &p / "proj";
-        let weight = proj.var("weight", &shape, nn::Init::Kaiming {
-            dist: nn::init::NormalOrUniform::Uniform,
-            fan: nn::init::FanInOut::FanIn,
-            non_linearity: nn::init::NonLinearity::ReLU,
-        });
+        let weight = proj.var(
+            "weight",
+            &shape,
+            nn::Init::Kaiming {
+                dist: nn::init::NormalOrUniform::Uniform,
+                fan: nn::init::FanInOut::FanIn,
+                non_linearity: nn::init::NonLinearity::ReLU,
+            },
+        );
         let bound = 1.0 / (cfg.patch_dim() as f64).sqrt();
-        let bias = proj.var("bias", &[d], nn::Init::Uniform { lo: -bound, up: bound });
+        let bias = proj.var(
+            "bias",
+            &[d],
+            nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        );
         let table = match cfg.positions {
-            Positions::Sincos2d { max_size, base_size } => {
+            Positions::Sincos2d {
+                max_size,
+                base_size,
+            } => {
                 let t = sincos_2d_table(d, max_size as i64, base_size as i64)
                     .to_kind(p.kind())
                     .to_device(p.device())
@@ -70,7 +88,13 @@ impl PatchEmbed {
             }
             Positions::Rope3d { .. } => None,
         };
-        Self { weight, bias, patch: [pt, ph, pw], hidden: d, table }
+        Self {
+            weight,
+            bias,
+            patch: [pt, ph, pw],
+            hidden: d,
+            table,
+        }
     }
 
     /// `[B, C, T, H, W]` → `[B, N, D]` tokens (the caller has checked divisibility).
@@ -92,7 +116,11 @@ impl PatchEmbed {
                     .narrow(0, top, grid.h)
                     .narrow(1, left, grid.w)
                     .reshape([1, grid.h * grid.w, self.hidden]);
-                let crop = if grid.t == 1 { crop } else { crop.repeat([1, grid.t, 1]) };
+                let crop = if grid.t == 1 {
+                    crop
+                } else {
+                    crop.repeat([1, grid.t, 1])
+                };
                 tokens + crop.to_kind(x.kind())
             }
         }
@@ -108,10 +136,17 @@ impl PatchEmbed {
 /// `i / (max / base)` in f32, features in f64; the column coordinate's `[sin, cos]` features
 /// first, then the row's.
 pub fn sincos_2d_table(dim: i64, max_size: i64, base_size: i64) -> Tensor {
-    let coords = (Tensor::arange(max_size, (Kind::Float, tch::Device::Cpu)) / (max_size as f64 / base_size as f64))
+    let coords = (Tensor::arange(max_size, (Kind::Float, tch::Device::Cpu))
+        / (max_size as f64 / base_size as f64))
         .to_kind(Kind::Double);
-    let rows = coords.view([max_size, 1]).expand([max_size, max_size], false).reshape([-1]);
-    let cols = coords.view([1, max_size]).expand([max_size, max_size], false).reshape([-1]);
+    let rows = coords
+        .view([max_size, 1])
+        .expand([max_size, max_size], false)
+        .reshape([-1]);
+    let cols = coords
+        .view([1, max_size])
+        .expand([max_size, max_size], false)
+        .reshape([-1]);
     let half = dim / 2;
     Tensor::cat(&[sincos_1d(half, &cols), sincos_1d(half, &rows)], 1).to_kind(Kind::Float)
 }

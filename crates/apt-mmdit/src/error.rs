@@ -49,8 +49,12 @@ pub enum MmditError {
         message: String,
     },
     /// A weights file does not match the model exactly.
-    #[error("{path}: weights do not match the model{}{}{}",
-        list(" missing keys", missing), list(" unexpected keys", unexpected), list(" wrong shapes", mismatched))]
+    #[error(
+        "{path}: weights do not match the model{}{}{}",
+        list(" missing keys", missing),
+        list(" unexpected keys", unexpected),
+        list(" wrong shapes", mismatched)
+    )]
     Weights {
         /// The weights file (or directory).
         path: PathBuf,
@@ -71,7 +75,16 @@ fn list(title: &str, items: &[String]) -> String {
         return String::new();
     }
     const SHOWN: usize = 12;
-    let mut s = format!(";{title} ({}): {}", items.len(), items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", "));
+    let mut s = format!(
+        ";{title} ({}): {}",
+        items.len(),
+        items
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     if items.len() > SHOWN {
         s.push_str(", …");
     }
@@ -82,5 +95,8 @@ fn list(title: &str, items: &[String]) -> String {
 pub type Result<T, E = MmditError> = std::result::Result<T, E>;
 
 pub(crate) fn config_error(key: &str, message: impl Into<String>) -> MmditError {
-    MmditError::Config { key: key.to_string(), message: message.into() }
+    MmditError::Config {
+        key: key.to_string(),
+        message: message.into(),
+    }
 }

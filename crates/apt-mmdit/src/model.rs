@@ -59,7 +59,12 @@ impl Mmdit {
             cfg: cfg.clone(),
             pos_embed: PatchEmbed::new(&p / "pos_embed", cfg),
             time_text_embed: TimeTextEmbed::new(&p / "time_text_embed", cfg),
-            context_embedder: nn::linear(&p / "context_embedder", cfg.context_dim as i64, d, Default::default()),
+            context_embedder: nn::linear(
+                &p / "context_embedder",
+                cfg.context_dim as i64,
+                d,
+                Default::default(),
+            ),
             blocks,
             norm_out: zero_linear(&p / "norm_out" / "linear", d, 2 * d),
             proj_out: zero_linear(&p / "proj_out", d, cfg.patch_out_dim() as i64),
@@ -81,7 +86,13 @@ impl Mmdit {
     /// * `latents` `[B, C, T, H, W]` (images: `T = 1`), `T, H, W` divisible by the patch size;
     /// * `t` `[B]` (or one value for the whole batch), rectified-flow time in `[0, 1]`;
     /// * `context` text tokens `[B, L, context_dim]`, `pooled` `[B, pooled_dim]`.
-    pub fn forward(&self, latents: &Tensor, t: &Tensor, context: &Tensor, pooled: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        latents: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        pooled: &Tensor,
+    ) -> Result<Tensor> {
         let out = self.forward_with_taps(latents, t, context, pooled, &[], true)?;
         Ok(out.output.expect("output requested"))
     }
@@ -100,7 +111,8 @@ impl Mmdit {
         taps: &[usize],
         with_output: bool,
     ) -> Result<TapOutput> {
-        let t1000 = self.check_time(t, latents.size().first().copied().unwrap_or(0))? * TIMESTEP_SCALE;
+        let t1000 =
+            self.check_time(t, latents.size().first().copied().unwrap_or(0))? * TIMESTEP_SCALE;
         self.forward_scaled(latents, &t1000, context, pooled, taps, with_output)
     }
 
@@ -130,7 +142,13 @@ impl Mmdit {
             }
         }
         let output = with_output.then(|| self.head(&x, &cond_silu, e.grid));
-        Ok(TapOutput { output, taps: outputs.into_iter().map(|t| t.expect("every tap is reached")).collect() })
+        Ok(TapOutput {
+            output,
+            taps: outputs
+                .into_iter()
+                .map(|t| t.expect("every tap is reached"))
+                .collect(),
+        })
     }
 
     /// The call exactly as diffusers' `SD3Transformer2DModel.forward`: image latents
@@ -145,46 +163,101 @@ impl Mmdit {
         timestep: &Tensor,
     ) -> Result<Tensor> {
         if hidden_states.dim() != 4 {
-            return Err(input_error("hidden_states", "[B, C, H, W] image latents", hidden_states));
+            return Err(input_error(
+                "hidden_states",
+                "[B, C, H, W] image latents",
+                hidden_states,
+            ));
         }
         let latents = hidden_states.unsqueeze(2);
         let t1000 = self.check_time(timestep, latents.size()[0])?;
-        let out = self.forward_scaled(&latents, &t1000, encoder_hidden_states, pooled_projections, &[], true)?;
+        let out = self.forward_scaled(
+            &latents,
+            &t1000,
+            encoder_hidden_states,
+            pooled_projections,
+            &[],
+            true,
+        )?;
         Ok(out.output.expect("output requested").squeeze_dim(2))
     }
 
     /// Validates the inputs and computes patch tokens, text tokens, the conditioning vector and
     /// the RoPE table. `t1000` is already on the embedding's 0..1000 scale, shape `[B]`.
-    pub(crate) fn embed(&self, latents: &Tensor, t1000: &Tensor, context: &Tensor, pooled: &Tensor) -> Result<Embedded> {
+    pub(crate) fn embed(
+        &self,
+        latents: &Tensor,
+        t1000: &Tensor,
+        context: &Tensor,
+        pooled: &Tensor,
+    ) -> Result<Embedded> {
         let cfg = &self.cfg;
         let size = latents.size();
         let [pt, ph, pw] = cfg.patch_size.map(|p| p as i64);
         if size.len() != 5 || size[1] != cfg.in_channels as i64 {
-            return Err(input_error("latents", format!("[B, {}, T, H, W]", cfg.in_channels), latents));
+            return Err(input_error(
+                "latents",
+                format!("[B, {}, T, H, W]", cfg.in_channels),
+                latents,
+            ));
         }
-        if size[2] % pt != 0 || size[3] % ph != 0 || size[4] % pw != 0 || size[2] == 0 || size[3] == 0 || size[4] == 0 {
-            return Err(input_error("latents", format!("T, H, W positive multiples of the patch size {:?}", cfg.patch_size), latents));
+        if size[2] % pt != 0
+            || size[3] % ph != 0
+            || size[4] % pw != 0
+            || size[2] == 0
+            || size[3] == 0
+            || size[4] == 0
+        {
+            return Err(input_error(
+                "latents",
+                format!(
+                    "T, H, W positive multiples of the patch size {:?}",
+                    cfg.patch_size
+                ),
+                latents,
+            ));
         }
         let b = size[0];
-        let grid = PatchGrid { t: size[2] / pt, h: size[3] / ph, w: size[4] / pw };
+        let grid = PatchGrid {
+            t: size[2] / pt,
+            h: size[3] / ph,
+            w: size[4] / pw,
+        };
         if let Some(max) = self.pos_embed.table_size() {
             if grid.h > max || grid.w > max {
-                return Err(input_error("latents", format!("at most {max} patches along H and W (the sin-cos table's size)"), latents));
+                return Err(input_error(
+                    "latents",
+                    format!("at most {max} patches along H and W (the sin-cos table's size)"),
+                    latents,
+                ));
             }
         }
         let csize = context.size();
-        if csize.len() != 3 || csize[0] != b || csize[2] != cfg.context_dim as i64 || csize[1] == 0 {
-            return Err(input_error("context", format!("[{b}, L ≥ 1, {}] text tokens", cfg.context_dim), context));
+        if csize.len() != 3 || csize[0] != b || csize[2] != cfg.context_dim as i64 || csize[1] == 0
+        {
+            return Err(input_error(
+                "context",
+                format!("[{b}, L ≥ 1, {}] text tokens", cfg.context_dim),
+                context,
+            ));
         }
         if pooled.size() != [b, cfg.pooled_dim as i64] {
-            return Err(input_error("pooled", format!("[{b}, {}] pooled text", cfg.pooled_dim), pooled));
+            return Err(input_error(
+                "pooled",
+                format!("[{b}, {}] pooled text", cfg.pooled_dim),
+                pooled,
+            ));
         }
         let kind = self.proj_out.ws.kind();
         let latents = latents.to_kind(kind);
         let rope = match cfg.positions {
-            Positions::Rope3d { theta, .. } => {
-                Some(RopeTable::new(grid, cfg.rope_axes_dim().expect("rope"), theta, kind, latents.device()))
-            }
+            Positions::Rope3d { theta, .. } => Some(RopeTable::new(
+                grid,
+                cfg.rope_axes_dim().expect("rope"),
+                theta,
+                kind,
+                latents.device(),
+            )),
             Positions::Sincos2d { .. } => None,
         };
         Ok(Embedded {
@@ -201,7 +274,12 @@ impl Mmdit {
         let m = self.norm_out.forward(cond_silu).chunk(2, 1);
         let x = modulate(&layer_norm(x), &m[1], &m[0]);
         let tokens = self.proj_out.forward(&x);
-        unpatchify(&tokens, grid, self.cfg.patch_size.map(|p| p as i64), self.cfg.out_channels as i64)
+        unpatchify(
+            &tokens,
+            grid,
+            self.cfg.patch_size.map(|p| p as i64),
+            self.cfg.out_channels as i64,
+        )
     }
 
     /// Number of blocks to run for these taps: the deepest tap, or all of them for the output.
@@ -221,7 +299,11 @@ impl Mmdit {
                 got: vec![],
             });
         }
-        Ok(if with_output { depth } else { taps.iter().copied().max().unwrap_or(depth) })
+        Ok(if with_output {
+            depth
+        } else {
+            taps.iter().copied().max().unwrap_or(depth)
+        })
     }
 
     /// `t` must be `[B]`, `[1]` or a scalar; returns it as `[B]` f32.
@@ -235,5 +317,9 @@ impl Mmdit {
 }
 
 fn input_error(argument: &'static str, expected: impl Into<String>, got: &Tensor) -> MmditError {
-    MmditError::Input { argument, expected: expected.into(), got: got.size() }
+    MmditError::Input {
+        argument,
+        expected: expected.into(),
+        got: got.size(),
+    }
 }

@@ -10,7 +10,12 @@ use crate::error::{MmditError, Result};
 use crate::model::Mmdit;
 
 /// The tensors of a parity fixture, named after diffusers' forward arguments.
-pub const FIXTURE_INPUTS: [&str; 4] = ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep"];
+pub const FIXTURE_INPUTS: [&str; 4] = [
+    "hidden_states",
+    "encoder_hidden_states",
+    "pooled_projections",
+    "timestep",
+];
 /// The expected output's name in a parity fixture.
 pub const FIXTURE_OUTPUT: &str = "sample";
 
@@ -31,10 +36,16 @@ pub struct ParityReport {
 /// exist.
 pub fn read_fixture(path: &Path) -> Result<HashMap<String, Tensor>> {
     let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path)
-        .map_err(|e| MmditError::Parse { path: path.to_path_buf(), message: format!("not a readable safetensors file: {e}") })?
+        .map_err(|e| MmditError::Parse {
+            path: path.to_path_buf(),
+            message: format!("not a readable safetensors file: {e}"),
+        })?
         .into_iter()
         .collect();
-    for key in FIXTURE_INPUTS.iter().chain(std::iter::once(&FIXTURE_OUTPUT)) {
+    for key in FIXTURE_INPUTS
+        .iter()
+        .chain(std::iter::once(&FIXTURE_OUTPUT))
+    {
         if !tensors.contains_key(*key) {
             let mut have: Vec<&String> = tensors.keys().collect();
             have.sort();
@@ -58,7 +69,12 @@ pub fn run_parity(dir: &Path, fixture: &Path) -> Result<ParityReport> {
     let io = read_fixture(fixture)?;
     let f32 = |k: &str| io[k].to_kind(Kind::Float);
     let out = tch::no_grad(|| {
-        model.forward_diffusers(&f32("hidden_states"), &f32("encoder_hidden_states"), &f32("pooled_projections"), &f32("timestep"))
+        model.forward_diffusers(
+            &f32("hidden_states"),
+            &f32("encoder_hidden_states"),
+            &f32("pooled_projections"),
+            &f32("timestep"),
+        )
     })?;
     let expected = f32(FIXTURE_OUTPUT);
     if out.size() != expected.size() {
@@ -72,6 +88,10 @@ pub fn run_parity(dir: &Path, fixture: &Path) -> Result<ParityReport> {
         max_abs_diff: (&out - &expected).abs().max().double_value(&[]),
         max_abs_expected: expected.abs().max().double_value(&[]),
         shape: out.size(),
-        parameters: vs.trainable_variables().iter().map(|t| t.numel() as i64).sum(),
+        parameters: vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum(),
     })
 }

@@ -41,6 +41,8 @@ impl Mmdit {
     /// Parameter gradients are accumulated into the variables' `.grad` exactly as
     /// `loss.backward()` after a plain forward would. Gradients do not flow into the inputs
     /// `latents`, `context`, `pooled` (only into the model). Returns the detached loss.
+    // The arguments of `forward_with_taps` plus the loss closure.
+    #[allow(clippy::too_many_arguments)]
     pub fn backward_with_recompute<F>(
         &self,
         latents: &Tensor,
@@ -55,7 +57,8 @@ impl Mmdit {
         F: FnOnce(&TapOutput) -> Tensor,
     {
         let last = self.last_block_needed(taps, with_output)?;
-        let t1000 = self.check_time(t, latents.size().first().copied().unwrap_or(0))? * TIMESTEP_SCALE;
+        let t1000 =
+            self.check_time(t, latents.size().first().copied().unwrap_or(0))? * TIMESTEP_SCALE;
         let e = self.embed(latents, &t1000, context, pooled)?;
         let blocks = &self.blocks()[..last];
 
@@ -77,10 +80,19 @@ impl Mmdit {
         // every backward below frees the graph it ran through.
         let cond = leaf(&e.cond);
         let outs: Vec<Tensor> = (0..last)
-            .map(|i| if i + 1 == last { leaf(&x) } else { leaf(&inputs[i + 1].0) })
+            .map(|i| {
+                if i + 1 == last {
+                    leaf(&x)
+                } else {
+                    leaf(&inputs[i + 1].0)
+                }
+            })
             .collect();
         let output = with_output.then(|| self.head(&outs[last - 1], &cond.silu(), e.grid));
-        let tapped = TapOutput { output, taps: taps.iter().map(|&k| outs[k - 1].shallow_clone()).collect() };
+        let tapped = TapOutput {
+            output,
+            taps: taps.iter().map(|&k| outs[k - 1].shallow_clone()).collect(),
+        };
         let loss = loss_fn(&tapped);
         loss.backward();
         drop(tapped);

@@ -17,7 +17,13 @@ pub struct RopeTable {
 
 impl RopeTable {
     /// Builds the table for a patch grid (computed in f64, stored as `kind`).
-    pub fn new(grid: PatchGrid, axes_dim: [usize; 3], theta: f64, kind: Kind, device: Device) -> Self {
+    pub fn new(
+        grid: PatchGrid,
+        axes_dim: [usize; 3],
+        theta: f64,
+        kind: Kind,
+        device: Device,
+    ) -> Self {
         let opts = (Kind::Double, Device::Cpu);
         let sizes = [grid.t, grid.h, grid.w];
         let mut angles = Vec::with_capacity(3);
@@ -26,10 +32,13 @@ impl RopeTable {
             if dim == 0 {
                 continue;
             }
-            let inv_freq = (Tensor::arange_start_step(0, dim, 2, opts) / dim as f64 * -theta.ln()).exp();
+            let inv_freq =
+                (Tensor::arange_start_step(0, dim, 2, opts) / dim as f64 * -theta.ln()).exp();
             let mut shape = [1i64, 1, 1, 1];
             shape[axis] = len;
-            let pos = Tensor::arange(len, opts).view(shape).expand([grid.t, grid.h, grid.w, 1], false);
+            let pos = Tensor::arange(len, opts)
+                .view(shape)
+                .expand([grid.t, grid.h, grid.w, 1], false);
             angles.push((pos * inv_freq.view([1, 1, 1, -1])).reshape([grid.len(), dim / 2]));
         }
         let angles = Tensor::cat(&angles, 1);
@@ -65,7 +74,10 @@ mod tests {
         let ny = y.square().sum_dim_intlist(-1, false, Kind::Double);
         assert!((nx - ny).abs().max().double_value(&[]) < 1e-12);
         // Token 0 sits at the origin: no rotation.
-        let d = (y.narrow(2, 0, 1) - x.narrow(2, 0, 1)).abs().max().double_value(&[]);
+        let d = (y.narrow(2, 0, 1) - x.narrow(2, 0, 1))
+            .abs()
+            .max()
+            .double_value(&[]);
         assert!(d < 1e-12);
     }
 
@@ -77,7 +89,11 @@ mod tests {
         let q = Tensor::randn([1, 1, 1, 8], (Kind::Double, Device::Cpu)).repeat([1, 1, 4, 1]);
         let k = Tensor::randn([1, 1, 1, 8], (Kind::Double, Device::Cpu)).repeat([1, 1, 4, 1]);
         let (rq, rk) = (table.apply(&q), table.apply(&k));
-        let dot = |i: i64, j: i64| (rq.narrow(2, i, 1) * rk.narrow(2, j, 1)).sum(Kind::Double).double_value(&[]);
+        let dot = |i: i64, j: i64| {
+            (rq.narrow(2, i, 1) * rk.narrow(2, j, 1))
+                .sum(Kind::Double)
+                .double_value(&[])
+        };
         assert!((dot(0, 1) - dot(2, 3)).abs() < 1e-12);
         assert!((dot(0, 1) - dot(0, 2)).abs() > 1e-6);
     }

@@ -17,7 +17,10 @@ pub const DIFFUSERS_WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 pub const DIFFUSERS_INDEX: &str = "diffusion_pytorch_model.safetensors.index.json";
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> MmditError + '_ {
-    move |source| MmditError::Io { path: path.to_path_buf(), source }
+    move |source| MmditError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes every variable of `vs` (trainable or not) to `path` as safetensors, atomically: the
@@ -27,8 +30,13 @@ pub fn save_safetensors(vs: &nn::VarStore, path: impl AsRef<Path>) -> Result<()>
     let path = path.as_ref();
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    let named: Vec<(String, Tensor)> = named.into_iter().map(|(k, t)| (k, t.detach().contiguous())).collect();
-    write_atomically(path, |tmp| Tensor::write_safetensors(&named, tmp).map_err(MmditError::from))
+    let named: Vec<(String, Tensor)> = named
+        .into_iter()
+        .map(|(k, t)| (k, t.detach().contiguous()))
+        .collect();
+    write_atomically(path, |tmp| {
+        Tensor::write_safetensors(&named, tmp).map_err(MmditError::from)
+    })
 }
 
 /// Runs `write` on a temporary sibling of `path`, fsyncs it, renames it to `path` and fsyncs
@@ -38,13 +46,20 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = write(&tmp).and_then(|()| {
-        File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_error(&tmp))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_error(&tmp))?;
         std::fs::rename(&tmp, path).map_err(io_error(path))?;
         // Persist the rename itself.
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(io_error(&dir))
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(&dir))
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -59,24 +74,38 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
 pub fn load_strict(vs: &nn::VarStore, files: &[PathBuf], label: &Path) -> Result<()> {
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     for file in files {
-        let read = Tensor::read_safetensors(file)
-            .map_err(|e| MmditError::Parse { path: file.clone(), message: format!("not a readable safetensors file: {e}") })?;
+        let read = Tensor::read_safetensors(file).map_err(|e| MmditError::Parse {
+            path: file.clone(),
+            message: format!("not a readable safetensors file: {e}"),
+        })?;
         tensors.extend(read);
     }
     let vars = vs.variables();
     let var_keys: BTreeSet<&String> = vars.keys().collect();
     let file_keys: BTreeSet<&String> = tensors.keys().collect();
-    let missing: Vec<String> = var_keys.difference(&file_keys).map(|k| k.to_string()).collect();
-    let unexpected: Vec<String> = file_keys.difference(&var_keys).map(|k| k.to_string()).collect();
+    let missing: Vec<String> = var_keys
+        .difference(&file_keys)
+        .map(|k| k.to_string())
+        .collect();
+    let unexpected: Vec<String> = file_keys
+        .difference(&var_keys)
+        .map(|k| k.to_string())
+        .collect();
     let mismatched: Vec<String> = vars
         .iter()
         .filter_map(|(k, v)| {
             let t = tensors.get(k)?;
-            (t.size() != v.size()).then(|| format!("{k}: file {:?} vs model {:?}", t.size(), v.size()))
+            (t.size() != v.size())
+                .then(|| format!("{k}: file {:?} vs model {:?}", t.size(), v.size()))
         })
         .collect();
     if !missing.is_empty() || !unexpected.is_empty() || !mismatched.is_empty() {
-        return Err(MmditError::Weights { path: label.to_path_buf(), missing, unexpected, mismatched });
+        return Err(MmditError::Weights {
+            path: label.to_path_buf(),
+            missing,
+            unexpected,
+            mismatched,
+        });
     }
     tch::no_grad(|| {
         for (k, mut v) in vars {
@@ -114,12 +143,17 @@ pub fn diffusers_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             format!("no {DIFFUSERS_WEIGHTS} or {DIFFUSERS_INDEX} (expected a diffusers save_pretrained directory)"),
         ),
     })?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| MmditError::Parse { path: index.clone(), message: e.to_string() })?;
-    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| MmditError::Parse {
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| MmditError::Parse {
         path: index.clone(),
-        message: "expected a `weight_map` object".into(),
+        message: e.to_string(),
     })?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| MmditError::Parse {
+            path: index.clone(),
+            message: "expected a `weight_map` object".into(),
+        })?;
     let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
     Ok(shards.into_iter().map(|s| dir.join(s)).collect())
 }
@@ -128,7 +162,10 @@ pub fn diffusers_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn read_diffusers_config(dir: &Path) -> Result<MmditConfig> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
-    MmditConfig::from_diffusers_json(&text).map_err(|e| MmditError::Parse { path, message: e.to_string() })
+    MmditConfig::from_diffusers_json(&text).map_err(|e| MmditError::Parse {
+        path,
+        message: e.to_string(),
+    })
 }
 
 impl Mmdit {

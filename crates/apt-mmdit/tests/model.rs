@@ -51,7 +51,11 @@ fn video_output_has_the_input_shape_and_fresh_models_predict_zero() {
     let i = inputs(&cfg, 2, [4, 6, 10], 5);
     let v = model.forward(&i.x, &i.t, &i.ctx, &i.pooled).unwrap();
     assert_eq!(v.size(), i.x.size());
-    assert_eq!(v.abs().max().double_value(&[]), 0.0, "adaLN-Zero: zero output at init");
+    assert_eq!(
+        v.abs().max().double_value(&[]),
+        0.0,
+        "adaLN-Zero: zero output at init"
+    );
 }
 
 #[test]
@@ -59,15 +63,22 @@ fn taps_are_the_hidden_states_of_a_full_forward_and_stopping_early_changes_nothi
     let cfg = MmditConfig::preset("tiny").unwrap();
     let (_vs, model) = randomised(&cfg);
     let i = inputs(&cfg, 2, [2, 4, 6], 3);
-    let full = model.forward_with_taps(&i.x, &i.t, &i.ctx, &i.pooled, &[1, 3, 2], true).unwrap();
+    let full = model
+        .forward_with_taps(&i.x, &i.t, &i.ctx, &i.pooled, &[1, 3, 2], true)
+        .unwrap();
     let plain = model.forward(&i.x, &i.t, &i.ctx, &i.pooled).unwrap();
     assert_eq!(max_diff(full.output.as_ref().unwrap(), &plain), 0.0);
     assert_eq!(full.taps.len(), 3);
     assert_eq!(full.taps[0].size(), vec![2, 2 * 2 * 3, 32]);
-    let early = model.forward_with_taps(&i.x, &i.t, &i.ctx, &i.pooled, &[2], false).unwrap();
+    let early = model
+        .forward_with_taps(&i.x, &i.t, &i.ctx, &i.pooled, &[2], false)
+        .unwrap();
     assert!(early.output.is_none());
     assert_eq!(max_diff(&early.taps[0], &full.taps[2]), 0.0);
-    assert!(max_diff(&full.taps[0], &full.taps[2]) > 1e-3, "taps differ between blocks");
+    assert!(
+        max_diff(&full.taps[0], &full.taps[2]) > 1e-3,
+        "taps differ between blocks"
+    );
 }
 
 #[test]
@@ -75,8 +86,12 @@ fn a_single_time_value_broadcasts_over_the_batch() {
     let cfg = MmditConfig::preset("tiny").unwrap();
     let (_vs, model) = randomised(&cfg);
     let i = inputs(&cfg, 3, [1, 4, 4], 2);
-    let a = model.forward(&i.x, &Tensor::from(0.4f32), &i.ctx, &i.pooled).unwrap();
-    let b = model.forward(&i.x, &Tensor::from_slice(&[0.4f32; 3]), &i.ctx, &i.pooled).unwrap();
+    let a = model
+        .forward(&i.x, &Tensor::from(0.4f32), &i.ctx, &i.pooled)
+        .unwrap();
+    let b = model
+        .forward(&i.x, &Tensor::from_slice(&[0.4f32; 3]), &i.ctx, &i.pooled)
+        .unwrap();
     assert_eq!(max_diff(&a, &b), 0.0);
 }
 
@@ -87,7 +102,12 @@ fn samples_in_a_batch_do_not_interact() {
     let i = inputs(&cfg, 2, [2, 4, 4], 3);
     let both = model.forward(&i.x, &i.t, &i.ctx, &i.pooled).unwrap();
     let first = model
-        .forward(&i.x.narrow(0, 0, 1), &i.t.narrow(0, 0, 1), &i.ctx.narrow(0, 0, 1), &i.pooled.narrow(0, 0, 1))
+        .forward(
+            &i.x.narrow(0, 0, 1),
+            &i.t.narrow(0, 0, 1),
+            &i.ctx.narrow(0, 0, 1),
+            &i.pooled.narrow(0, 0, 1),
+        )
         .unwrap();
     assert!(max_diff(&both.narrow(0, 0, 1), &first) < 1e-5);
 }
@@ -115,15 +135,36 @@ fn bad_inputs_are_clear_errors() {
     let odd = Tensor::randn([2, 4, 2, 5, 4], CPU);
     assert_eq!(err(model.forward(&odd, &i.t, &i.ctx, &i.pooled)), "latents");
     let channels = Tensor::randn([2, 3, 2, 4, 4], CPU);
-    assert_eq!(err(model.forward(&channels, &i.t, &i.ctx, &i.pooled)), "latents");
-    assert_eq!(err(model.forward(&i.x, &Tensor::rand([3], CPU), &i.ctx, &i.pooled)), "t");
-    assert_eq!(err(model.forward(&i.x, &i.t, &Tensor::randn([2, 3, 31], CPU), &i.pooled)), "context");
-    assert_eq!(err(model.forward(&i.x, &i.t, &i.ctx, &Tensor::randn([1, 32], CPU))), "pooled");
-    let msg = model.forward(&odd, &i.t, &i.ctx, &i.pooled).unwrap_err().to_string();
-    assert!(msg.contains("latents") && msg.contains("[2, 4, 2, 5, 4]"), "{msg}");
+    assert_eq!(
+        err(model.forward(&channels, &i.t, &i.ctx, &i.pooled)),
+        "latents"
+    );
+    assert_eq!(
+        err(model.forward(&i.x, &Tensor::rand([3], CPU), &i.ctx, &i.pooled)),
+        "t"
+    );
+    assert_eq!(
+        err(model.forward(&i.x, &i.t, &Tensor::randn([2, 3, 31], CPU), &i.pooled)),
+        "context"
+    );
+    assert_eq!(
+        err(model.forward(&i.x, &i.t, &i.ctx, &Tensor::randn([1, 32], CPU))),
+        "pooled"
+    );
+    let msg = model
+        .forward(&odd, &i.t, &i.ctx, &i.pooled)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("latents") && msg.contains("[2, 4, 2, 5, 4]"),
+        "{msg}"
+    );
     assert!(matches!(
         model.forward_with_taps(&i.x, &i.t, &i.ctx, &i.pooled, &[4], false),
-        Err(MmditError::Input { argument: "taps", .. })
+        Err(MmditError::Input {
+            argument: "taps",
+            ..
+        })
     ));
 }
 
@@ -138,23 +179,43 @@ fn math_attention_equals_sdpa_and_supports_double_backward() {
     let i = inputs(&cfg, 2, [2, 4, 4], 3);
     let a = sdpa.forward(&i.x, &i.t, &i.ctx, &i.pooled).unwrap();
     let b = math.forward(&i.x, &i.t, &i.ctx, &i.pooled).unwrap();
-    assert!(max_diff(&a, &b) < 1e-5, "sdpa and math differ by {}", max_diff(&a, &b));
+    assert!(
+        max_diff(&a, &b) < 1e-5,
+        "sdpa and math differ by {}",
+        max_diff(&a, &b)
+    );
 
     // Exact R1 needs d/dθ ‖∇ₓ D(x)‖²: a double backward through attention.
     let x = i.x.detach().set_requires_grad(true);
-    let out = math.forward(&x, &i.t, &i.ctx, &i.pooled).unwrap().square().sum(Kind::Float);
-    let g = Tensor::run_backward(&[&out], &[&x], true, true).pop().unwrap();
+    let out = math
+        .forward(&x, &i.t, &i.ctx, &i.pooled)
+        .unwrap()
+        .square()
+        .sum(Kind::Float);
+    let g = Tensor::run_backward(&[&out], &[&x], true, true)
+        .pop()
+        .unwrap();
     let penalty = g.square().sum(Kind::Float);
     penalty.backward();
-    let total: f64 = vs2.trainable_variables().iter().map(|v| v.grad().abs().sum(Kind::Float).double_value(&[])).sum();
+    let total: f64 = vs2
+        .trainable_variables()
+        .iter()
+        .map(|v| v.grad().abs().sum(Kind::Float).double_value(&[]))
+        .sum();
     assert!(total.is_finite() && total > 0.0);
 }
 
 #[test]
 fn analytic_parameter_count_matches_built_models() {
-    let mut configs: Vec<MmditConfig> = ["tiny", "small"].iter().map(|n| MmditConfig::preset(n).unwrap()).collect();
+    let mut configs: Vec<MmditConfig> = ["tiny", "small"]
+        .iter()
+        .map(|n| MmditConfig::preset(n).unwrap())
+        .collect();
     let mut sincos = MmditConfig::preset("tiny").unwrap();
-    sincos.positions = Positions::Sincos2d { max_size: 8, base_size: 4 };
+    sincos.positions = Positions::Sincos2d {
+        max_size: 8,
+        base_size: 4,
+    };
     sincos.qk_norm = false;
     sincos.patch_size = [2, 2, 2];
     sincos.mlp_ratio = 2;
@@ -162,7 +223,11 @@ fn analytic_parameter_count_matches_built_models() {
     for cfg in configs {
         let vs = nn::VarStore::new(Device::Cpu);
         let _model = Mmdit::new(vs.root(), &cfg).unwrap();
-        let built: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+        let built: i64 = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum();
         assert_eq!(param_count(&cfg).total() as i64, built, "{cfg:?}");
     }
     let tiny = param_count(&MmditConfig::preset("tiny").unwrap()).total();
@@ -174,5 +239,8 @@ fn seaweed_8b_preset_has_8b_parameters() {
     let n = param_count(&MmditConfig::preset("seaweed-8b").unwrap()).total() as f64;
     assert!((n / 8e9 - 1.0).abs() <= 0.05, "{n}");
     let sd3 = param_count(&MmditConfig::preset("sd3-medium").unwrap()).total() as f64;
-    assert!((sd3 / 2.03e9 - 1.0).abs() < 0.02, "SD3 Medium's transformer is ~2.03B, got {sd3}");
+    assert!(
+        (sd3 / 2.03e9 - 1.0).abs() < 0.02,
+        "SD3 Medium's transformer is ~2.03B, got {sd3}"
+    );
 }

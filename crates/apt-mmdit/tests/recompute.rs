@@ -5,11 +5,21 @@ use tch::{nn, Device, Kind, Tensor};
 
 const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
 
-
 fn named_grads(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut g: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).map(|(k, v)| {
+    let mut g: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, v)| v.requires_grad())
+        .map(|(k, v)| {
             let g = v.grad();
-            (k, if g.defined() { g.copy() } else { v.zeros_like() })
+            (
+                k,
+                if g.defined() {
+                    g.copy()
+                } else {
+                    v.zeros_like()
+                },
+            )
         })
         .collect();
     g.sort_by(|a, b| a.0.cmp(&b.0));
@@ -17,11 +27,16 @@ fn named_grads(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 }
 
 fn loss(out: &TapOutput, target: &Tensor) -> Tensor {
-    let mut l = out.output.as_ref().map(|o| (o - target).square().mean(Kind::Float)).unwrap_or_else(|| Tensor::zeros([], CPU));
-    for (i, tap) in out.taps.iter().enumerate() {
-        l = l + tap.square().mean(Kind::Float) * (0.1 * (i + 1) as f64);
-    }
-    l
+    let head = match &out.output {
+        Some(o) => (o - target).square().mean(Kind::Float),
+        None => Tensor::zeros([], CPU),
+    };
+    let taps = out
+        .taps
+        .iter()
+        .enumerate()
+        .map(|(i, tap)| tap.square().mean(Kind::Float) * (0.1 * (i + 1) as f64));
+    taps.fold(head, |acc, x| acc + x)
 }
 
 fn check(taps: &[usize], with_output: bool) {
@@ -40,14 +55,27 @@ fn check(taps: &[usize], with_output: bool) {
     let pooled = Tensor::randn([2, 32], CPU);
     let target = Tensor::randn([2, 4, 2, 4, 6], CPU);
 
-    let plain_loss = loss(&model.forward_with_taps(&x, &t, &ctx, &pooled, taps, with_output).unwrap(), &target);
+    let plain_loss = loss(
+        &model
+            .forward_with_taps(&x, &t, &ctx, &pooled, taps, with_output)
+            .unwrap(),
+        &target,
+    );
     plain_loss.backward();
     let plain = named_grads(&vs);
-    vs.trainable_variables().iter().map(Tensor::grad).filter(Tensor::defined).for_each(|mut g| {
-        let _ = g.zero_();
-    });
+    vs.trainable_variables()
+        .iter()
+        .map(Tensor::grad)
+        .filter(Tensor::defined)
+        .for_each(|mut g| {
+            let _ = g.zero_();
+        });
 
-    let re_loss = model.backward_with_recompute(&x, &t, &ctx, &pooled, taps, with_output, |o| loss(o, &target)).unwrap();
+    let re_loss = model
+        .backward_with_recompute(&x, &t, &ctx, &pooled, taps, with_output, |o| {
+            loss(o, &target)
+        })
+        .unwrap();
     let recomputed = named_grads(&vs);
     assert!((plain_loss.double_value(&[]) - re_loss.double_value(&[])).abs() < 1e-7);
     assert_eq!(plain.len(), recomputed.len());
@@ -55,12 +83,19 @@ fn check(taps: &[usize], with_output: bool) {
     for ((name, a), (_, b)) in plain.iter().zip(&recomputed) {
         let scale = a.abs().max().double_value(&[]).max(1e-6);
         let diff = (a - b).abs().max().double_value(&[]);
-        assert!(diff <= 1e-5 * scale.max(1.0), "{name}: |Δgrad| {diff} (scale {scale})");
+        assert!(
+            diff <= 1e-5 * scale.max(1.0),
+            "{name}: |Δgrad| {diff} (scale {scale})"
+        );
         if scale > 1e-6 {
             nonzero += 1;
         }
     }
-    assert!(nonzero > plain.len() / 2, "most gradients are non-zero ({nonzero}/{})", plain.len());
+    assert!(
+        nonzero > plain.len() / 2,
+        "most gradients are non-zero ({nonzero}/{})",
+        plain.len()
+    );
 }
 
 #[test]

@@ -1,0 +1,165 @@
+//! The `apt` binary end to end: real processes, real files.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn apt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_apt"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run apt")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../apt-mmdit/tests/fixtures")
+}
+
+#[test]
+fn doctor_reports_libtorch() {
+    let o = apt(&["doctor"]);
+    assert!(o.status.success(), "{o:?}");
+    let text = stdout(&o);
+    assert!(text.contains("libtorch      2.11.0"), "{text}");
+    assert!(text.contains("bf16 cpu      works"), "{text}");
+}
+
+#[test]
+fn model_info_sizes_the_8b_preset() {
+    let o = apt(&["model", "info", "--preset", "seaweed-8b"]);
+    assert!(o.status.success(), "{o:?}");
+    let text = stdout(&o);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("parameters"))
+        .expect("parameters line");
+    let n: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!((n / 8e9 - 1.0).abs() <= 0.05, "{line}");
+    let o = apt(&[
+        "model",
+        "info",
+        "--preset",
+        "small",
+        "--shape",
+        "3,16,64,64",
+        "--text-tokens",
+        "10",
+    ]);
+    assert!(
+        stdout(&o).contains("2048 visual + 10 text tokens"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn user_mistakes_are_one_line_errors() {
+    for (args, needle) in [
+        (
+            vec!["model", "info", "--preset", "huge"],
+            "unknown model preset `huge`",
+        ),
+        (
+            vec!["model", "info", "--preset", "small", "--shape", "3,5,32,32"],
+            "T = 5",
+        ),
+        (
+            vec!["model", "info", "--config", "/nonexistent/model.toml"],
+            "/nonexistent/model.toml",
+        ),
+    ] {
+        let o = apt(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(needle) && err.trim().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn parity_prints_the_max_abs_difference_last() {
+    for variant in ["sd3-plain", "sd3-qknorm"] {
+        let dir = fixtures().join(variant);
+        let fixture = fixtures().join(format!("{variant}.io.safetensors"));
+        let o = apt(&[
+            "model",
+            "parity",
+            "--diffusers",
+            dir.to_str().unwrap(),
+            "--fixture",
+            fixture.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{o:?}");
+        let text = stdout(&o);
+        let last = text.lines().last().unwrap();
+        let diff: f64 = last.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            last.starts_with("max abs difference") && diff <= 1e-5,
+            "{last}"
+        );
+    }
+    let o = apt(&[
+        "model",
+        "parity",
+        "--diffusers",
+        fixtures().join("sd3-plain").to_str().unwrap(),
+        "--fixture",
+        fixtures().join("sd3-plain/config.json").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("config.json"));
+}
+
+#[test]
+fn train_smoke_learns_and_writes_a_loadable_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rgb-tiny.toml");
+    std::fs::write(
+        &config,
+        "in_channels = 3\nout_channels = 3\npatch_size = [1, 2, 2]\ndepth = 2\nnum_heads = 2\nhead_dim = 16\n\
+         context_dim = 32\npooled_dim = 32\nqk_norm = true\n[positions]\nkind = \"rope3d\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let o = apt(&[
+        "model",
+        "train-smoke",
+        "--config",
+        config.to_str().unwrap(),
+        "--clip",
+        "2,8,8",
+        "--steps",
+        "40",
+        "--batch",
+        "4",
+        "--lr",
+        "2e-3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let text = stdout(&o);
+    let val = text
+        .lines()
+        .find(|l| l.starts_with("val loss"))
+        .expect("val loss line");
+    let nums: Vec<f64> = val
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(nums[1] < nums[0], "validation loss falls: {val}");
+    let cfg = apt_mmdit::MmditConfig::from_toml_file(out.join("model.toml")).unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _model = apt_mmdit::Mmdit::new(vs.root(), &cfg).unwrap();
+    apt_mmdit::load_safetensors(&vs, out.join("model.safetensors")).unwrap();
+}
