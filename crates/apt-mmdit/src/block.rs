@@ -12,9 +12,14 @@ pub fn layer_norm(x: &Tensor) -> Tensor {
     x.layer_norm([d], None::<&Tensor>, None::<&Tensor>, 1e-6, true)
 }
 
-/// `x · (1 + scale) + shift` with per-sample `[B, D]` scale and shift.
+/// `x · (1 + scale) + shift` with per-sample `[B, D]` scale and shift (one fused pass over x).
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Tensor {
-    x * (scale.unsqueeze(1) + 1.0) + shift.unsqueeze(1)
+    shift.unsqueeze(1).addcmul(x, &(scale.unsqueeze(1) + 1.0))
+}
+
+/// The gated residual `x + gate · branch` with a per-sample `[B, D]` gate (one fused pass).
+pub fn gated_residual(x: &Tensor, gate: &Tensor, branch: &Tensor) -> Tensor {
+    x.addcmul(&gate.unsqueeze(1), branch)
 }
 
 /// A linear layer initialised to zero (adaLN-Zero: every block starts as the identity).
@@ -125,17 +130,21 @@ impl JointBlock {
         };
 
         let (attn_x, attn_ctx) = self.attn.forward(&x_mod, &ctx_mod, rope);
-        let x = x + gate_msa.unsqueeze(1) * attn_x;
+        let x = gated_residual(x, gate_msa, &attn_x);
         let ff_in = modulate(&layer_norm(&x), shift_mlp, scale_mlp);
-        let x = &x + gate_mlp.unsqueeze(1) * self.ff.forward(&ff_in);
+        let x = gated_residual(&x, gate_mlp, &self.ff.forward(&ff_in));
 
         let ctx = match (&self.ff_context, attn_ctx) {
             (Some(ff_context), Some(attn_ctx)) => {
                 let (c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp) =
                     (&mc[2], &mc[3], &mc[4], &mc[5]);
-                let ctx = ctx + c_gate_msa.unsqueeze(1) * attn_ctx;
+                let ctx = gated_residual(ctx, c_gate_msa, &attn_ctx);
                 let ff_in = modulate(&layer_norm(&ctx), c_shift_mlp, c_scale_mlp);
-                Some(&ctx + c_gate_mlp.unsqueeze(1) * ff_context.forward(&ff_in))
+                Some(gated_residual(
+                    &ctx,
+                    c_gate_mlp,
+                    &ff_context.forward(&ff_in),
+                ))
             }
             _ => None,
         };
