@@ -255,8 +255,17 @@ pub fn pip_install(venv: &Path, packages: &[&str], verbose: bool) -> Result<(), 
     if status.success() {
         return Ok(());
     }
-    let text = fs::read_to_string(&log_path).unwrap_or_default();
-    let why = if text.contains("No space left on device") {
+    let why = diagnose_pip_log(&fs::read_to_string(&log_path).unwrap_or_default());
+    Err(Failure::new(format!(
+        "pip could not install {}: {why} (log: {})",
+        packages.join(" "),
+        log_path.display()
+    )))
+}
+
+/// What to tell the user about a failed `pip install`, judging from its log.
+fn diagnose_pip_log(text: &str) -> String {
+    if text.contains("No space left on device") {
         format!("the disk is full; free about {NEEDED_FREE_GB} GB or set APT_TORCH_HOME to another disk")
     } else if [
         "Failed to establish a new connection",
@@ -275,12 +284,7 @@ pub fn pip_install(venv: &Path, packages: &[&str], verbose: bool) -> Result<(), 
         "PyPI has no matching wheel for this Python/platform; use Python 3.10-3.13 on x86_64/aarch64 Linux, or set LIBTORCH to an existing libtorch".to_string()
     } else {
         "see the log".to_string()
-    };
-    Err(Failure::new(format!(
-        "pip could not install {}: {why} (log: {})",
-        packages.join(" "),
-        log_path.display()
-    )))
+    }
 }
 
 /// Points the repository's `.libtorch` link at `root` (replacing it atomically when it differs).
@@ -324,4 +328,41 @@ pub fn ensure_reference_packages(lib: &Libtorch) -> Result<PathBuf, Failure> {
             .map_err(|e| Failure::new(format!("cannot write {}: {e}", stamp.display())))?;
     }
     Ok(python.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pip_failures_get_a_cause_and_a_remedy() {
+        assert!(
+            diagnose_pip_log("OSError: [Errno 28] No space left on device")
+                .contains("disk is full")
+        );
+        assert!(
+            diagnose_pip_log("WARNING: Retrying ... Failed to establish a new connection")
+                .contains("network")
+        );
+        assert!(
+            diagnose_pip_log("ERROR: No matching distribution found for torch==2.11.0")
+                .contains("no matching wheel")
+        );
+        assert_eq!(diagnose_pip_log("something else"), "see the log");
+    }
+
+    #[test]
+    fn versions_come_from_version_py_or_build_version() {
+        let dir = std::env::temp_dir().join(format!("xtask-version-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("build-version"), "2.11.0+cpu\n").unwrap();
+        assert_eq!(read_torch_version(&dir).as_deref(), Some("2.11.0+cpu"));
+        fs::write(
+            dir.join("version.py"),
+            "__version__ = '2.11.0+cu130'\ndebug = False\n",
+        )
+        .unwrap();
+        assert_eq!(read_torch_version(&dir).as_deref(), Some("2.11.0+cu130"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

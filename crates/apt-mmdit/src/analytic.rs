@@ -97,3 +97,57 @@ pub fn forward_flops(cfg: &MmditConfig, input: [usize; 4], text_tokens: usize) -
     let head = mm(1, d, 2 * d) + mm(n, d, cfg.patch_out_dim() as u64);
     embed + blocks + head
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AttentionBackend, Positions};
+
+    fn cfg(depth: usize) -> MmditConfig {
+        MmditConfig {
+            in_channels: 2,
+            out_channels: 2,
+            patch_size: [1, 2, 2],
+            depth,
+            num_heads: 2,
+            head_dim: 4,
+            mlp_ratio: 4,
+            context_dim: 6,
+            pooled_dim: 5,
+            qk_norm: false,
+            positions: Positions::Rope3d {
+                theta: 1e4,
+                axes_dim: None,
+            },
+            attention: AttentionBackend::Sdpa,
+        }
+    }
+
+    #[test]
+    fn flops_of_a_one_block_model_by_hand() {
+        // D = 8, patch dim 8, N = 1·2·2 = 4 visual tokens, L = 3 text tokens, one block that is
+        // context-pre-only.
+        let (d, n, l, h) = (8u64, 4u64, 3u64, 32u64);
+        let embed = 2 * (n * 8 * d + 256 * d + d * d + 5 * d + d * d + l * 6 * d);
+        let block = 2 * (d * 6 * d + d * 2 * d) // modulation
+            + 2 * (n + l) * d * 3 * d           // q, k, v for both streams
+            + 2 * 2 * (n + l) * (n + l) * d     // q·kᵀ and p·v
+            + 2 * n * d * d                     // visual output projection only
+            + 2 * 2 * n * d * h; // visual MLP only
+        let head = 2 * (d * 2 * d + n * d * 8);
+        assert_eq!(
+            forward_flops(&cfg(1), [2, 1, 4, 4], 3),
+            embed + block + head
+        );
+    }
+
+    #[test]
+    fn flops_grow_linearly_with_depth_and_quadratically_with_tokens() {
+        let f = |depth, frames| forward_flops(&cfg(depth), [2, frames, 4, 4], 3) as i64;
+        assert_eq!(f(4, 1) - f(3, 1), f(3, 1) - f(2, 1));
+        // N = 4·frames: the second difference in frames is the attention's 4·D·N² term alone:
+        // depth · 4·D · 2·ΔN² with ΔN = 4.
+        let second = f(2, 3) - 2 * f(2, 2) + f(2, 1);
+        assert_eq!(second, 2 * 4 * 8 * 2 * 16);
+    }
+}

@@ -32,6 +32,16 @@ pub enum MmditError {
         /// The shape that was passed.
         got: Vec<i64>,
     },
+    /// A model input lives on another device than the model.
+    #[error("bad input `{argument}`: it is on {got:?} but the model is on {expected:?}")]
+    Device {
+        /// The argument name.
+        argument: &'static str,
+        /// The model's device.
+        expected: tch::Device,
+        /// The input's device.
+        got: tch::Device,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

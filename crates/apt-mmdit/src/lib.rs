@@ -30,12 +30,14 @@ pub mod embeddings;
 pub mod error;
 pub mod model;
 pub mod parity;
+pub mod presets;
 pub mod recompute;
 pub mod rope;
 pub mod weights;
 
 pub use analytic::{forward_flops, param_count, ParamCount};
-pub use config::{AttentionBackend, MmditConfig, Positions, Preset};
+pub use config::{AttentionBackend, MmditConfig, Positions};
 pub use error::{MmditError, Result};
 pub use model::{Mmdit, TapOutput, TIMESTEP_SCALE};
+pub use presets::Preset;
 pub use weights::{load_safetensors, save_safetensors};

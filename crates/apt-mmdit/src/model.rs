@@ -248,7 +248,20 @@ impl Mmdit {
                 pooled,
             ));
         }
-        let kind = self.proj_out.ws.kind();
+        let (kind, device) = (self.proj_out.ws.kind(), self.proj_out.ws.device());
+        for (argument, tensor) in [
+            ("latents", latents),
+            ("context", context),
+            ("pooled", pooled),
+        ] {
+            if tensor.device() != device {
+                return Err(MmditError::Device {
+                    argument,
+                    expected: device,
+                    got: tensor.device(),
+                });
+            }
+        }
         let latents = latents.to_kind(kind);
         let rope = match cfg.positions {
             Positions::Rope3d { theta, .. } => Some(RopeTable::new(
@@ -263,7 +276,9 @@ impl Mmdit {
         Ok(Embedded {
             x: self.pos_embed.forward(&latents, grid),
             ctx: self.context_embedder.forward(&context.to_kind(kind)),
-            cond: self.time_text_embed.forward(t1000, &pooled.to_kind(kind)),
+            cond: self
+                .time_text_embed
+                .forward(&t1000.to_device(device), &pooled.to_kind(kind)),
             rope,
             grid,
         })

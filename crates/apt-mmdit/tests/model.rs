@@ -244,3 +244,20 @@ fn seaweed_8b_preset_has_8b_parameters() {
         "SD3 Medium's transformer is ~2.03B, got {sd3}"
     );
 }
+
+#[test]
+fn bf16_models_run_and_track_fp32() {
+    let cfg = MmditConfig::preset("tiny").unwrap();
+    let (vs, model) = randomised(&cfg);
+    let i = inputs(&cfg, 2, [2, 4, 4], 3);
+    let reference = model.forward(&i.x, &i.t, &i.ctx, &i.pooled).unwrap();
+    let mut vs16 = nn::VarStore::new(Device::Cpu);
+    let model16 = Mmdit::new(vs16.root(), &cfg).unwrap();
+    vs16.copy(&vs).unwrap();
+    vs16.bfloat16();
+    let out = model16.forward(&i.x, &i.t, &i.ctx, &i.pooled).unwrap();
+    assert_eq!(out.kind(), Kind::BFloat16);
+    let rel =
+        max_diff(&out.to_kind(Kind::Float), &reference) / reference.abs().max().double_value(&[]);
+    assert!(rel < 0.05, "bf16 vs fp32 relative difference {rel}");
+}
