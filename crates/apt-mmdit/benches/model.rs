@@ -35,14 +35,9 @@ fn bench_preset(c: &mut Criterion, name: &str) {
     });
     group.bench_function("forward+backward", |b| {
         b.iter(|| {
-            for p in &params {
-                let mut g = p.grad();
-                if g.defined() {
-                    let _ = g.zero_();
-                }
-            }
             let v = model.forward(&x, &time, &ctx, &pooled).unwrap();
-            v.square().mean(Kind::Float).backward();
+            let loss = v.square().mean(Kind::Float);
+            Tensor::run_backward(&[&loss], &params, false, false)
         })
     });
     group.finish();

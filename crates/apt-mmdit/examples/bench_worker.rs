@@ -9,7 +9,8 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use apt_mmdit::Mmdit;
+use apt_mmdit::weights::{diffusers_weight_files, load_strict, read_diffusers_config};
+use apt_mmdit::{AttentionBackend, Mmdit};
 use tch::{nn, Device, Kind, Tensor};
 
 fn arg(args: &[String], name: &str) -> String {
@@ -24,9 +25,19 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = PathBuf::from(arg(&args, "--dir"));
     tch::set_num_threads(arg(&args, "--threads").parse().expect("--threads N"));
+    let model_dir = dir.join("model");
+    let mut cfg = read_diffusers_config(&model_dir).expect("benchmark model config");
+    if let Ok(backend) = std::env::var("APT_BENCH_ATTENTION") {
+        cfg.attention = if backend == "math" {
+            AttentionBackend::Math
+        } else {
+            AttentionBackend::Sdpa
+        };
+    }
     let vs = nn::VarStore::new(Device::Cpu);
-    let model =
-        Mmdit::from_diffusers_dir(&vs, dir.join("model")).expect("load the benchmark model");
+    let model = Mmdit::new(vs.root(), &cfg).expect("model");
+    let files = diffusers_weight_files(&model_dir).expect("weights");
+    load_strict(&vs, &files, &model_dir).expect("load the benchmark model");
     let io: HashMap<String, Tensor> = Tensor::read_safetensors(dir.join("inputs.safetensors"))
         .expect("inputs")
         .into_iter()
@@ -44,14 +55,12 @@ fn main() {
         if mode == "fwd" {
             let _ = tch::no_grad(|| model.forward_diffusers(x, ctx, pooled, t).unwrap());
         } else {
-            for p in &params {
-                let mut g = p.grad();
-                if g.defined() {
-                    let _ = g.zero_();
-                }
-            }
+            // Fresh gradients for every parameter, like PyTorch's `zero_grad()` (set to None)
+            // followed by `backward()`.
             let out = model.forward_diffusers(x, ctx, pooled, t).unwrap();
-            out.square().mean(Kind::Float).backward();
+            let loss = out.square().mean(Kind::Float);
+            let grads = Tensor::run_backward(&[&loss], &params, false, false);
+            assert_eq!(grads.len(), params.len());
         }
         start.elapsed().as_secs_f64() * 1000.0
     };
