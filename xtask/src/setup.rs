@@ -83,19 +83,7 @@ fn check_libtorch_dir(root: &Path) -> Result<(), String> {
 
 /// `__version__` from `torch/version.py` (PyPI) or `build-version` (standalone libtorch).
 pub fn read_torch_version(root: &Path) -> Option<String> {
-    if let Ok(text) = fs::read_to_string(root.join("version.py")) {
-        return text.lines().find_map(|l| {
-            let v = l
-                .trim()
-                .strip_prefix("__version__")?
-                .trim_start()
-                .strip_prefix('=')?;
-            Some(v.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
-        });
-    }
-    fs::read_to_string(root.join("build-version"))
-        .ok()
-        .map(|s| s.trim().to_string())
+    apt_build::torch_version(root)
 }
 
 fn venv_torch_dir(venv: &Path) -> Option<PathBuf> {
@@ -349,20 +337,5 @@ mod tests {
                 .contains("no matching wheel")
         );
         assert_eq!(diagnose_pip_log("something else"), "see the log");
-    }
-
-    #[test]
-    fn versions_come_from_version_py_or_build_version() {
-        let dir = std::env::temp_dir().join(format!("xtask-version-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("build-version"), "2.11.0+cpu\n").unwrap();
-        assert_eq!(read_torch_version(&dir).as_deref(), Some("2.11.0+cpu"));
-        fs::write(
-            dir.join("version.py"),
-            "__version__ = '2.11.0+cu130'\ndebug = False\n",
-        )
-        .unwrap();
-        assert_eq!(read_torch_version(&dir).as_deref(), Some("2.11.0+cu130"));
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

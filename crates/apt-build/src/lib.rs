@@ -34,7 +34,7 @@ pub fn link_libtorch() {
         );
     };
     let lib_dir = resolve(Path::new(&lib_dir));
-    if let Some(version) = torch_version(&lib_dir) {
+    if let Some(version) = torch_version_of_lib(&lib_dir) {
         let release = version.split('+').next().unwrap_or(&version);
         if release != EXPECTED_TORCH_VERSION {
             println!(
@@ -55,10 +55,20 @@ fn resolve(dir: &Path) -> PathBuf {
     std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
-/// Reads `torch/version.py` next to `lib/` (present in PyPI wheels) without importing Python.
-fn torch_version(lib_dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(lib_dir.parent()?.join("version.py")).ok()?;
-    parse_version_py(&text)
+/// The PyTorch version of a libtorch root (the directory holding `lib/` and `include/`):
+/// `version.py` for a PyPI `torch` package, `build-version` for a standalone libtorch archive.
+/// Read as text, without importing Python.
+pub fn torch_version(root: &Path) -> Option<String> {
+    if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
+        return parse_version_py(&text);
+    }
+    std::fs::read_to_string(root.join("build-version"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn torch_version_of_lib(lib_dir: &Path) -> Option<String> {
+    torch_version(lib_dir.parent()?)
 }
 
 /// Extracts `__version__ = '…'` from the text of `torch/version.py`.
@@ -79,5 +89,17 @@ mod tests {
         let text = "__all__ = ['__version__']\n__version__ = '2.11.0+cu130'\ndebug = False\n";
         assert_eq!(parse_version_py(text).as_deref(), Some("2.11.0+cu130"));
         assert_eq!(parse_version_py("nothing here"), None);
+    }
+
+    #[test]
+    fn versions_come_from_version_py_or_build_version() {
+        let dir = std::env::temp_dir().join(format!("apt-build-version-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(torch_version(&dir), None);
+        std::fs::write(dir.join("build-version"), "2.11.0+cpu\n").unwrap();
+        assert_eq!(torch_version(&dir).as_deref(), Some("2.11.0+cpu"));
+        std::fs::write(dir.join("version.py"), "__version__ = '2.11.0+cu130'\n").unwrap();
+        assert_eq!(torch_version(&dir).as_deref(), Some("2.11.0+cu130"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

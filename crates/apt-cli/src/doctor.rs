@@ -15,23 +15,9 @@ fn loaded_libtorch() -> Option<PathBuf> {
     })
 }
 
-/// PyTorch's version next to a `lib/` directory: `version.py` (PyPI wheels) or `build-version`
-/// (standalone libtorch archives).
+/// PyTorch's version of the libtorch whose `lib/` holds `lib`.
 fn version_near(lib: &std::path::Path) -> Option<String> {
-    let root = lib.parent()?.parent()?;
-    if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
-        return text.lines().find_map(|l| {
-            let v = l
-                .trim()
-                .strip_prefix("__version__")?
-                .trim_start()
-                .strip_prefix('=')?;
-            Some(v.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
-        });
-    }
-    std::fs::read_to_string(root.join("build-version"))
-        .ok()
-        .map(|s| s.trim().to_string())
+    apt_build::torch_version(lib.parent()?.parent()?)
 }
 
 /// Whether a bf16 matmul runs and is right on `device`.

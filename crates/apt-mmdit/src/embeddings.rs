@@ -57,15 +57,8 @@ impl PatchEmbed {
             vec![d, c, pt, ph, pw]
         };
         let proj = &p / "proj";
-        let weight = proj.var(
-            "weight",
-            &shape,
-            nn::Init::Kaiming {
-                dist: nn::init::NormalOrUniform::Uniform,
-                fan: nn::init::FanInOut::FanIn,
-                non_linearity: nn::init::NonLinearity::ReLU,
-            },
-        );
+        // The same initialisation as every linear layer (tch's default, Kaiming-uniform).
+        let weight = proj.var("weight", &shape, nn::init::DEFAULT_KAIMING_UNIFORM);
         let bound = 1.0 / (cfg.patch_dim() as f64).sqrt();
         let bias = proj.var(
             "bias",
