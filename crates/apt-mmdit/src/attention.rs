@@ -48,7 +48,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, backend: AttentionBackend) 
     }
 }
 
-/// Per-stream query/key/value projections and optional QK RMSNorm.
+/// Per-stream query/key/value projections and optional QK RMSNorm scales.
 #[derive(Debug)]
 struct Projections {
     q: nn::Linear,
@@ -59,29 +59,36 @@ struct Projections {
 }
 
 impl Projections {
-    /// `x` `[B, N, D]` → q, k, v as `[B, H, N, hd]`. The three projections run as one matmul
-    /// on the concatenated weights (fewer, larger GEMMs; same result).
-    fn forward(&self, x: &Tensor, heads: i64) -> (Tensor, Tensor, Tensor) {
-        let (b, n, _) = x.size3().expect("tokens are [B, N, D]");
+    /// `x` `[B, N, D]` → `[B, N, 3D]` (q | k | v). The three projections run as one matmul on
+    /// the concatenated weights (fewer, larger GEMMs; same result).
+    fn project(&self, x: &Tensor) -> Tensor {
         let weight = Tensor::cat(&[&self.q.ws, &self.k.ws, &self.v.ws], 0);
         let biases: Vec<&Tensor> = [&self.q, &self.k, &self.v]
             .iter()
             .filter_map(|l| l.bs.as_ref())
             .collect();
         let bias = (biases.len() == 3).then(|| Tensor::cat(&biases, 0));
-        let qkv = x
-            .linear(&weight, bias.as_ref())
-            .view([b, n, 3, heads, -1])
-            .permute([2, 0, 3, 1, 4]);
-        let (mut q, mut k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        if let Some(norm) = &self.norm_q {
-            q = norm.forward(&q);
-        }
-        if let Some(norm) = &self.norm_k {
-            k = norm.forward(&k);
-        }
-        (q, k, v)
+        x.linear(&weight, bias.as_ref())
     }
+}
+
+/// QK RMSNorm over the concatenated `[visual; text]` tokens: each stream keeps its own scale,
+/// applied per token (`[S, hd]`), so one normalisation serves both streams.
+fn joint_rms_norm(x: &Tensor, visual: &RmsNorm, text: &RmsNorm, n: i64) -> Tensor {
+    let s = x.size()[2];
+    let hd = visual.weight.size()[0];
+    let scale = Tensor::cat(
+        &[
+            visual.weight.expand([n, hd], false),
+            text.weight.expand([s - n, hd], false),
+        ],
+        0,
+    );
+    let variance = x
+        .to_kind(Kind::Float)
+        .square()
+        .mean_dim(-1, true, Kind::Float);
+    (x * (variance + visual.eps).rsqrt()).to_kind(scale.kind()) * scale
 }
 
 /// SD3 joint attention (`attn`): visual tokens use `to_q/to_k/to_v/to_out.0`, text tokens
@@ -133,7 +140,9 @@ impl JointAttention {
     }
 
     /// Visual `[B, N, D]` and text `[B, L, D]` (both already modulated) → attention outputs for
-    /// each stream (text output `None` in a context-pre-only block).
+    /// each stream (text output `None` in a context-pre-only block). The streams are projected
+    /// separately, then concatenated once as `[B, N+L, 3D]`; q, k, v are views of it. `rope`
+    /// covers all `N + L` tokens (text rows are the identity).
     pub fn forward(
         &self,
         x: &Tensor,
@@ -141,23 +150,28 @@ impl JointAttention {
         rope: Option<&RopeTable>,
     ) -> (Tensor, Option<Tensor>) {
         let (b, n, d) = x.size3().expect("tokens are [B, N, D]");
-        let (mut q, mut k, v) = self.visual.forward(x, self.heads);
+        let qkv = Tensor::cat(&[self.visual.project(x), self.text.project(ctx)], 1);
+        let s = qkv.size()[1];
+        let qkv = qkv.view([b, s, 3, self.heads, -1]).permute([2, 0, 3, 1, 4]);
+        let (mut q, mut k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        if let (Some(vq), Some(tq)) = (&self.visual.norm_q, &self.text.norm_q) {
+            q = joint_rms_norm(&q, vq, tq, n);
+        }
+        if let (Some(vk), Some(tk)) = (&self.visual.norm_k, &self.text.norm_k) {
+            k = joint_rms_norm(&k, vk, tk, n);
+        }
         if let Some(rope) = rope {
             q = rope.apply(&q);
             k = rope.apply(&k);
         }
-        let (cq, ck, cv) = self.text.forward(ctx, self.heads);
-        let q = Tensor::cat(&[q, cq], 2);
-        let k = Tensor::cat(&[k, ck], 2);
-        let v = Tensor::cat(&[v, cv], 2);
         let out = attention(&q, &k, &v, self.backend)
             .transpose(1, 2)
-            .reshape([b, -1, d]);
+            .reshape([b, s, d]);
         let visual = self.to_out.forward(&out.narrow(1, 0, n));
-        let text = self.to_add_out.as_ref().map(|proj| {
-            let l = out.size()[1] - n;
-            proj.forward(&out.narrow(1, n, l))
-        });
+        let text = self
+            .to_add_out
+            .as_ref()
+            .map(|proj| proj.forward(&out.narrow(1, n, s - n)));
         (visual, text)
     }
 }

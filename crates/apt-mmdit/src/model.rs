@@ -266,6 +266,7 @@ impl Mmdit {
         let rope = match cfg.positions {
             Positions::Rope3d { theta, .. } => Some(RopeTable::new(
                 grid,
+                csize[1],
                 cfg.rope_axes_dim().expect("rope"),
                 theta,
                 kind,

@@ -2,13 +2,15 @@
 //!
 //! The head channels are split into three groups, one per axis (`axes_dim`); within a group,
 //! adjacent channel pairs `(2i, 2i+1)` rotate by the angle `pos · θ^(-2i/d_axis)`. Only the
-//! visual queries and keys are rotated; text tokens carry no position.
+//! visual queries and keys are rotated; text tokens carry no position (the table's rows after
+//! the visual tokens are the identity, so one rotation serves the joint `[visual; text]` tokens).
 
 use tch::{Device, Kind, Tensor};
 
 use crate::embeddings::PatchGrid;
 
-/// Cosines and sines for every visual token, `[N, head_dim / 2]` each.
+/// Cosines and sines for every visual token then every text token, `[N + L, head_dim / 2]`
+/// each (text rows: cos 1, sin 0).
 #[derive(Debug)]
 pub struct RopeTable {
     cos: Tensor,
@@ -16,9 +18,11 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
-    /// Builds the table for a patch grid (computed in f64, stored as `kind`).
+    /// Builds the table for a patch grid followed by `text_tokens` unrotated tokens (computed
+    /// in f64, stored as `kind`).
     pub fn new(
         grid: PatchGrid,
+        text_tokens: i64,
         axes_dim: [usize; 3],
         theta: f64,
         kind: Kind,
@@ -41,17 +45,19 @@ impl RopeTable {
                 .expand([grid.t, grid.h, grid.w, 1], false);
             angles.push((pos * inv_freq.view([1, 1, 1, -1])).reshape([grid.len(), dim / 2]));
         }
-        let angles = Tensor::cat(&angles, 1);
+        let visual = Tensor::cat(&angles, 1);
+        let text = visual.new_zeros([text_tokens, visual.size()[1]], opts);
+        let angles = Tensor::cat(&[visual, text], 0);
         Self {
             cos: angles.cos().to_kind(kind).to_device(device),
             sin: angles.sin().to_kind(kind).to_device(device),
         }
     }
 
-    /// Rotates `x` `[B, H, N, head_dim]` (N must equal the table's token count).
+    /// Rotates `x` `[B, H, N + L, head_dim]` (the token count must equal the table's).
     pub fn apply(&self, x: &Tensor) -> Tensor {
         let size = x.size();
-        let pairs = x.view([size[0], size[1], size[2], size[3] / 2, 2]);
+        let pairs = x.reshape([size[0], size[1], size[2], size[3] / 2, 2]);
         let even = pairs.select(-1, 0);
         let odd = pairs.select(-1, 1);
         let rot_even = &even * &self.cos - &odd * &self.sin;
@@ -67,7 +73,7 @@ mod tests {
     #[test]
     fn rotation_keeps_norms_and_relative_angle() {
         let grid = PatchGrid { t: 2, h: 3, w: 4 };
-        let table = RopeTable::new(grid, [4, 6, 6], 10_000.0, Kind::Double, Device::Cpu);
+        let table = RopeTable::new(grid, 0, [4, 6, 6], 10_000.0, Kind::Double, Device::Cpu);
         let x = Tensor::randn([1, 2, grid.len(), 16], (Kind::Double, Device::Cpu));
         let y = table.apply(&x);
         let nx = x.square().sum_dim_intlist(-1, false, Kind::Double);
@@ -85,7 +91,7 @@ mod tests {
     fn dot_products_depend_only_on_offsets() {
         // q·k after rotation depends on (pos_q - pos_k): shift both along w by one patch.
         let grid = PatchGrid { t: 1, h: 1, w: 4 };
-        let table = RopeTable::new(grid, [2, 2, 4], 100.0, Kind::Double, Device::Cpu);
+        let table = RopeTable::new(grid, 0, [2, 2, 4], 100.0, Kind::Double, Device::Cpu);
         let q = Tensor::randn([1, 1, 1, 8], (Kind::Double, Device::Cpu)).repeat([1, 1, 4, 1]);
         let k = Tensor::randn([1, 1, 1, 8], (Kind::Double, Device::Cpu)).repeat([1, 1, 4, 1]);
         let (rq, rk) = (table.apply(&q), table.apply(&k));

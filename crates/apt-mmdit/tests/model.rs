@@ -113,6 +113,42 @@ fn samples_in_a_batch_do_not_interact() {
 }
 
 #[test]
+fn every_position_and_norm_combination_runs_on_video() {
+    for (qk_norm, positions) in [
+        (
+            false,
+            Positions::Rope3d {
+                theta: 1e4,
+                axes_dim: None,
+            },
+        ),
+        (
+            true,
+            Positions::Sincos2d {
+                max_size: 6,
+                base_size: 4,
+            },
+        ),
+        (
+            false,
+            Positions::Sincos2d {
+                max_size: 6,
+                base_size: 4,
+            },
+        ),
+    ] {
+        let mut cfg = MmditConfig::preset("tiny").unwrap();
+        cfg.qk_norm = qk_norm;
+        cfg.positions = positions;
+        let (_vs, model) = randomised(&cfg);
+        let i = inputs(&cfg, 2, [3, 4, 6], 5);
+        let v = model.forward(&i.x, &i.t, &i.ctx, &i.pooled).unwrap();
+        assert_eq!(v.size(), i.x.size());
+        assert!(v.abs().max().double_value(&[]) > 0.0);
+    }
+}
+
+#[test]
 fn frames_are_told_apart_by_3d_rope() {
     // The same content in two frames must not give the same output at both (time positions).
     let cfg = MmditConfig::preset("tiny").unwrap();
