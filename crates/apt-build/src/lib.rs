@@ -18,6 +18,8 @@
 //! `LD_LIBRARY_PATH` still wins over the rpath (it is emitted as `DT_RUNPATH`), which is how a
 //! binary built here runs against another machine's own libtorch.
 
+#![warn(missing_docs)]
+
 use std::path::{Path, PathBuf};
 
 /// The PyTorch release the pinned `tch` (0.24) was generated against.

@@ -22,6 +22,8 @@
 //! # Ok::<(), apt_mmdit::MmditError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod analytic;
 pub mod attention;
 pub mod block;
