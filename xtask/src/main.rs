@@ -2,8 +2,10 @@
 //! (libtorch with no manual steps; see setup.rs). Plain std, no dependencies, so it builds in
 //! seconds on a fresh machine before libtorch exists.
 
+mod assets;
 mod bench;
 mod setup;
+mod system;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -11,8 +13,10 @@ use std::process::{Command, ExitCode};
 const HELP: &str = "\
 cargo xtask <command> [args]
 
-  setup            install PyTorch 2.11.0 (libtorch) into a per-user cache when missing
-                   (APT_TORCH_HOME overrides the place; an existing LIBTORCH is honoured)
+  setup            install what is missing: FFmpeg dev libraries and tools (apt-get),
+                   PyTorch 2.11.0 (libtorch) in a per-user cache (APT_TORCH_HOME; an
+                   existing LIBTORCH is honoured), test clips and the MiniLM encoder
+                   (APT_ASSETS_HOME)
   doctor           libtorch version and path, threads, CUDA devices, bf16 support
   test             setup, cargo fmt --check, clippy -D warnings, cargo test --workspace
   train [args]     the main job (see README); extra args go to `apt model train-smoke`

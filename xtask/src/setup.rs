@@ -29,23 +29,28 @@ pub struct Libtorch {
 }
 
 /// The cache directory for the virtual environment: `$APT_TORCH_HOME`, else
-/// `$XDG_CACHE_HOME/apt-rs/torch-2.11.0`, else `~/.cache/apt-rs/torch-2.11.0`.
+/// `<cache root>/torch-2.11.0` (`~/.cache/apt-rs/torch-2.11.0` by default; see
+/// `apt_build::cache_root`).
 pub fn torch_home() -> Result<PathBuf, Failure> {
     if let Some(dir) = std::env::var_os("APT_TORCH_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
-    let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-            Some(home) => PathBuf::from(home).join(".cache"),
-            None => return Err(Failure::new("neither APT_TORCH_HOME, XDG_CACHE_HOME nor HOME is set: set APT_TORCH_HOME to a directory for the PyTorch install")),
-        },
-    };
-    Ok(cache.join("apt-rs").join(format!("torch-{TORCH_VERSION}")))
+    apt_build::cache_root()
+        .map(|c| c.join(format!("torch-{TORCH_VERSION}")))
+        .ok_or_else(|| Failure::new("none of APT_TORCH_HOME, APT_CACHE_HOME, XDG_CACHE_HOME, HOME is set: set APT_TORCH_HOME to a directory for the PyTorch install"))
+}
+
+/// Everything the workspace needs: system packages (FFmpeg libraries and tools), libtorch
+/// linked from `.libtorch`, and the test assets. Fast when already done.
+pub fn setup(verbose: bool) -> Result<Libtorch, Failure> {
+    crate::system::ensure(verbose)?;
+    let lib = setup_libtorch(verbose)?;
+    crate::assets::ensure(&find_python()?)?;
+    Ok(lib)
 }
 
 /// Ensures libtorch is installed and linked from `.libtorch`; fast when already done.
-pub fn setup(verbose: bool) -> Result<Libtorch, Failure> {
+pub fn setup_libtorch(verbose: bool) -> Result<Libtorch, Failure> {
     // `.cargo/config.toml` itself sets LIBTORCH to the repository's `.libtorch` link for every
     // process cargo starts (this one included): only a different value is the user's own.
     let own_link = repo_root().join(".libtorch");
@@ -181,7 +186,7 @@ fn ensure_venv(verbose: bool) -> Result<Libtorch, Failure> {
     Ok(installed(&venv).expect("just installed"))
 }
 
-fn find_python() -> Result<String, Failure> {
+pub(crate) fn find_python() -> Result<String, Failure> {
     let python = std::env::var("APT_PYTHON").unwrap_or_else(|_| "python3".into());
     match Command::new(&python).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
         Ok(s) if s.success() => Ok(python),

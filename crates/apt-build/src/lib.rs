@@ -1,4 +1,6 @@
-//! Build-script helper shared by every apt-rs crate that builds tch binaries, tests or benches.
+//! Build and environment helpers shared by every apt-rs crate that builds tch binaries, tests
+//! or benches, by `xtask` and by the CLI: libtorch linking, the PyTorch version of a libtorch
+//! directory, and the per-user cache locations.
 //!
 //! Cargo links `libtorch.so` with `--as-needed`, which drops `libtorch_cuda.so` (CUDA is then
 //! never found on a GPU machine), and the final binaries get no run-time search path, so they
@@ -21,6 +23,28 @@
 #![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
+
+/// apt-rs's per-user cache (shared by every clone on the machine): `$APT_CACHE_HOME`, else
+/// `$XDG_CACHE_HOME/apt-rs`, else `~/.cache/apt-rs`. `None` when none of those is set.
+pub fn cache_root() -> Option<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("APT_CACHE_HOME")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("apt-rs")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache").join("apt-rs")))
+}
+
+/// Where `cargo xtask setup` puts test clips and model files fetched from PyPI and Debian:
+/// `$APT_ASSETS_HOME`, else `<cache_root>/assets`.
+pub fn assets_dir() -> Option<PathBuf> {
+    std::env::var_os("APT_ASSETS_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| cache_root().map(|c| c.join("assets")))
+}
 
 /// The PyTorch release the pinned `tch` (0.24) was generated against.
 pub const EXPECTED_TORCH_VERSION: &str = "2.11.0";

@@ -1,0 +1,313 @@
+//! Decoding videos and images in process with FFmpeg (`ffmpeg-next` on the system's
+//! libavformat/libavcodec/libswscale).
+//!
+//! Lessons built in: the scaler is built from *each decoded frame's own* pixel format and size
+//! (a Theora clip can decode at 214×160 inside a 224×160 container, and streams may change
+//! size); frames are counted by decoding, never taken from the header (an AVI can claim 444
+//! and decode 68); FFmpeg's own log is limited to errors. Packets the decoder rejects are
+//! skipped and counted, as the `ffmpeg` tool does; a file with no decodable frame is an error.
+
+use std::path::Path;
+use std::sync::Once;
+
+use ffmpeg::format::Pixel;
+use ffmpeg::software::scaling::{context::Context as Scaler, flag::Flags};
+use ffmpeg_next as ffmpeg;
+
+use crate::error::{decode_error, DataError, Result};
+
+/// Stop reading after this many packets: a guard against pathological inputs that never end.
+const MAX_PACKETS: usize = 5_000_000;
+
+static INIT: Once = Once::new();
+
+/// Initialises FFmpeg once per process and limits its log to errors.
+pub fn init() {
+    INIT.call_once(|| {
+        let _ = ffmpeg::init();
+        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
+    });
+}
+
+/// Silences FFmpeg's log entirely (for tests and loaders that report errors themselves).
+pub fn quiet_ffmpeg_log() {
+    init();
+    ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Quiet);
+}
+
+/// The size decoded frames are converted to (RGB24).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameSize {
+    /// The first frame's own size (later frames are scaled to it if the stream changes size).
+    Native,
+    /// Exactly `width × height` (aspect ratio not kept).
+    Exact {
+        /// Output width.
+        width: u32,
+        /// Output height.
+        height: u32,
+    },
+    /// The smallest size with the frame's aspect ratio that covers `width × height` (the
+    /// shorter side is resized; a centre or random crop then gives `width × height`).
+    Cover {
+        /// Width to cover.
+        width: u32,
+        /// Height to cover.
+        height: u32,
+    },
+}
+
+impl FrameSize {
+    /// Output size for a `w × h` source frame.
+    pub fn output_for(self, w: u32, h: u32) -> (u32, u32) {
+        match self {
+            FrameSize::Native => (w, h),
+            FrameSize::Exact { width, height } => (width, height),
+            FrameSize::Cover { width, height } => {
+                let scale = (width as f64 / w as f64).max(height as f64 / h as f64);
+                let ow = ((w as f64 * scale).round() as u32).max(width);
+                let oh = ((h as f64 * scale).round() as u32).max(height);
+                (ow, oh)
+            }
+        }
+    }
+}
+
+/// What a file holds, with the frame count established by decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoInfo {
+    /// Container (demuxer) name, e.g. `mov,mp4,m4a,3gp,3g2,mj2`, `matroska,webm`, `gif`.
+    pub container: String,
+    /// Video codec name, e.g. `h264`, `vp9`, `theora`, `png`.
+    pub codec: String,
+    /// Width of the decoded frames (the first frame's).
+    pub width: u32,
+    /// Height of the decoded frames (the first frame's).
+    pub height: u32,
+    /// Frames per second (the stream's average rate, else its base rate, else 25).
+    pub fps: f64,
+    /// Frames decoded.
+    pub frames: usize,
+    /// What the container header claims, when it says anything.
+    pub header_frames: Option<u64>,
+    /// Packets the decoder rejected (skipped).
+    pub corrupt_packets: usize,
+}
+
+/// Decoded RGB frames, `frames × height × width × 3` bytes, row-major.
+#[derive(Debug, Clone)]
+pub struct Frames {
+    /// What the file holds.
+    pub info: VideoInfo,
+    /// Output width.
+    pub width: u32,
+    /// Output height.
+    pub height: u32,
+    /// RGB24 pixels of the kept frames, one after another.
+    pub data: Vec<u8>,
+    /// Source index of each kept frame.
+    pub indices: Vec<usize>,
+}
+
+impl Frames {
+    /// Number of kept frames.
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// True when no frame was kept.
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// The RGB bytes of kept frame `i`.
+    pub fn frame(&self, i: usize) -> &[u8] {
+        let n = self.width as usize * self.height as usize * 3;
+        &self.data[i * n..(i + 1) * n]
+    }
+}
+
+fn rate_of(stream: &ffmpeg::format::stream::Stream) -> f64 {
+    for r in [stream.avg_frame_rate(), stream.rate()] {
+        if r.numerator() > 0 && r.denominator() > 0 {
+            let fps = f64::from(r);
+            if fps.is_finite() && fps > 0.0 && fps < 1000.0 {
+                return fps;
+            }
+        }
+    }
+    25.0
+}
+
+/// Decodes every frame of the first video stream, calling `on_frame(index, frame)` for each.
+fn for_each_frame(
+    path: &Path,
+    mut on_frame: impl FnMut(usize, &ffmpeg::frame::Video) -> Result<()>,
+) -> Result<VideoInfo> {
+    init();
+    match std::fs::metadata(path) {
+        Err(source) => {
+            return Err(DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Ok(m) if m.is_dir() => {
+            return Err(decode_error(path, "is a directory, not a video or image"))
+        }
+        Ok(m) if m.len() == 0 => return Err(decode_error(path, "empty file")),
+        Ok(_) => {}
+    }
+    let mut input = ffmpeg::format::input(&path)
+        .map_err(|e| decode_error(path, format!("not a readable video or image ({e})")))?;
+    let stream = input
+        .streams()
+        .best(ffmpeg::media::Type::Video)
+        .ok_or_else(|| decode_error(path, "no video stream"))?;
+    let stream_index = stream.index();
+    let fps = rate_of(&stream);
+    let header_frames = u64::try_from(stream.frames()).ok().filter(|&n| n > 0);
+    let context = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
+        .map_err(|e| decode_error(path, format!("bad codec parameters ({e})")))?;
+    let codec_id = context.id();
+    let mut decoder = context
+        .decoder()
+        .video()
+        .map_err(|e| decode_error(path, format!("unsupported codec {} ({e})", codec_id.name())))?;
+    let container = input.format().name().to_string();
+
+    let mut info = VideoInfo {
+        container,
+        codec: codec_id.name().to_string(),
+        width: 0,
+        height: 0,
+        fps,
+        frames: 0,
+        header_frames,
+        corrupt_packets: 0,
+    };
+    let mut frame = ffmpeg::frame::Video::empty();
+    let mut drain = |decoder: &mut ffmpeg::decoder::Video, info: &mut VideoInfo| -> Result<()> {
+        while decoder.receive_frame(&mut frame).is_ok() {
+            if frame.width() == 0 || frame.height() == 0 {
+                continue;
+            }
+            if info.frames == 0 {
+                info.width = frame.width();
+                info.height = frame.height();
+            }
+            on_frame(info.frames, &frame)?;
+            info.frames += 1;
+        }
+        Ok(())
+    };
+    let mut packets = 0usize;
+    loop {
+        let mut packet = ffmpeg::Packet::empty();
+        match packet.read(&mut input) {
+            Ok(()) => {}
+            Err(ffmpeg::Error::Eof) => break,
+            // A damaged container: keep what decoded so far (checked below).
+            Err(_) => break,
+        }
+        packets += 1;
+        if packets > MAX_PACKETS {
+            return Err(decode_error(
+                path,
+                format!("more than {MAX_PACKETS} packets; refusing to go on"),
+            ));
+        }
+        if packet.stream() != stream_index {
+            continue;
+        }
+        if decoder.send_packet(&packet).is_err() {
+            info.corrupt_packets += 1;
+        }
+        drain(&mut decoder, &mut info)?;
+    }
+    let _ = decoder.send_eof();
+    drain(&mut decoder, &mut info)?;
+    if info.frames == 0 {
+        let why = if info.corrupt_packets > 0 {
+            format!(
+                "no decodable frame ({} corrupt packets)",
+                info.corrupt_packets
+            )
+        } else {
+            "no decodable frame".to_string()
+        };
+        return Err(decode_error(path, why));
+    }
+    Ok(info)
+}
+
+/// Opens `path`, decodes every frame and reports what it holds (no pixel conversion).
+pub fn probe(path: impl AsRef<Path>) -> Result<VideoInfo> {
+    for_each_frame(path.as_ref(), |_, _| Ok(()))
+}
+
+/// Decodes `path` to RGB24 at `size`, keeping the frames for which `keep(index)` is true.
+pub fn decode_frames(
+    path: impl AsRef<Path>,
+    size: FrameSize,
+    mut keep: impl FnMut(usize) -> bool,
+) -> Result<Frames> {
+    let path = path.as_ref();
+    let mut out_size: Option<(u32, u32)> = None;
+    // One scaler per (format, size) seen; streams rarely have more than one.
+    let mut scalers: Vec<((Pixel, u32, u32), Scaler)> = Vec::new();
+    let mut data = Vec::new();
+    let mut indices = Vec::new();
+    let mut rgb = ffmpeg::frame::Video::empty();
+    let info = for_each_frame(path, |index, frame| {
+        let (ow, oh) =
+            *out_size.get_or_insert_with(|| size.output_for(frame.width(), frame.height()));
+        if !keep(index) {
+            return Ok(());
+        }
+        let key = (frame.format(), frame.width(), frame.height());
+        let slot = match scalers.iter().position(|(k, _)| *k == key) {
+            Some(slot) => slot,
+            None => {
+                let scaler =
+                    Scaler::get(key.0, key.1, key.2, Pixel::RGB24, ow, oh, Flags::BILINEAR)
+                        .map_err(|e| {
+                            decode_error(
+                                path,
+                                format!(
+                                    "cannot convert {:?} {}x{} frames to RGB ({e})",
+                                    key.0, key.1, key.2
+                                ),
+                            )
+                        })?;
+                scalers.push((key, scaler));
+                scalers.len() - 1
+            }
+        };
+        let scaler = &mut scalers[slot].1;
+        scaler
+            .run(frame, &mut rgb)
+            .map_err(|e| decode_error(path, format!("frame {index}: conversion failed ({e})")))?;
+        let stride = rgb.stride(0);
+        let row = ow as usize * 3;
+        let plane = rgb.data(0);
+        for y in 0..oh as usize {
+            data.extend_from_slice(&plane[y * stride..y * stride + row]);
+        }
+        indices.push(index);
+        Ok(())
+    })?;
+    let (width, height) = out_size.expect("at least one frame decoded");
+    Ok(Frames {
+        info,
+        width,
+        height,
+        data,
+        indices,
+    })
+}
+
+/// Decodes every frame of `path` to RGB24 at `size`.
+pub fn decode(path: impl AsRef<Path>, size: FrameSize) -> Result<Frames> {
+    decode_frames(path, size, |_| true)
+}

@@ -1,0 +1,13 @@
+//! # apt-data
+//!
+//! Video data for apt-rs: in-process FFmpeg decoding of real videos and images, clip sampling
+//! and resizing to `[C, T, H, W]` tensors in [-1, 1].
+
+#![warn(missing_docs)]
+
+pub mod assets;
+pub mod decode;
+pub mod error;
+
+pub use decode::{decode, decode_frames, probe, FrameSize, Frames, VideoInfo};
+pub use error::{DataError, Result};
