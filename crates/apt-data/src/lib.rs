@@ -6,8 +6,10 @@
 #![warn(missing_docs)]
 
 pub mod assets;
+pub mod clip;
 pub mod decode;
 pub mod error;
 
+pub use clip::{load_clip, Clip, ClipSpec, FrameStep, Placement};
 pub use decode::{decode, decode_frames, probe, FrameSize, Frames, VideoInfo};
 pub use error::{DataError, Result};
