@@ -1,5 +1,6 @@
 //! `apt`: the apt-rs command line.
 
+mod data_cmd;
 mod doctor;
 mod model_cmd;
 mod train_smoke;
@@ -20,6 +21,11 @@ struct Cli {
 enum Command {
     /// Report libtorch (version, path), threads, CUDA devices and bf16 support.
     Doctor,
+    /// Data tools: inspect a video or image file.
+    Data {
+        #[command(subcommand)]
+        command: data_cmd::DataCommand,
+    },
     /// Model tools: sizes and FLOPs, diffusers parity, a short real training run.
     Model {
         #[command(subcommand)]
@@ -38,14 +44,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Doctor => doctor::run(),
+        Command::Data { command } => data_cmd::run(command),
         Command::Model { command } => model_cmd::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: what went wrong and where (the chain joined), no backtrace.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", chain.join(": "));
+            // One line: what went wrong and where (the chain joined, skipping causes the
+            // message already quotes), no backtrace.
+            let mut line = String::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !line.contains(&cause) {
+                    if !line.is_empty() {
+                        line.push_str(": ");
+                    }
+                    line.push_str(&cause);
+                }
+            }
+            eprintln!("error: {line}");
             ExitCode::FAILURE
         }
     }

@@ -163,3 +163,33 @@ fn train_smoke_learns_and_writes_a_loadable_checkpoint() {
     let _model = apt_mmdit::Mmdit::new(vs.root(), &cfg).unwrap();
     apt_mmdit::load_safetensors(&vs, out.join("model.safetensors")).unwrap();
 }
+
+#[test]
+fn data_inspect_reports_decoded_frames_or_an_exact_error() {
+    let clip = apt_data::assets::clip("derived/bikes_theora.ogv").unwrap();
+    let o = apt(&["data", "inspect", clip.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    let text = stdout(&o);
+    for needle in [
+        "codec         theora",
+        "size          214x160",
+        "frames        50",
+        "fps           25.000",
+    ] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.mp4");
+    let bytes = std::fs::read(apt_data::assets::clip("bikes.mp4").unwrap()).unwrap();
+    std::fs::write(&cut, &bytes[..20_000]).unwrap();
+    let o = apt(&["data", "inspect", cut.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let last = err.trim().lines().last().unwrap();
+    assert!(
+        last.starts_with("error: ")
+            && last.contains("cut.mp4")
+            && last.contains("not a readable video"),
+        "{err}"
+    );
+}

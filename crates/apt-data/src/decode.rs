@@ -163,7 +163,7 @@ fn for_each_frame(
     let stream = input
         .streams()
         .best(ffmpeg::media::Type::Video)
-        .ok_or_else(|| decode_error(path, "no video stream"))?;
+        .ok_or_else(|| decode_error(path, "no video stream (not a video or image?)"))?;
     let stream_index = stream.index();
     let fps = rate_of(&stream);
     let header_frames = u64::try_from(stream.frames()).ok().filter(|&n| n > 0);
