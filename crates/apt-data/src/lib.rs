@@ -9,6 +9,8 @@ pub mod assets;
 pub mod clip;
 pub mod decode;
 pub mod error;
+pub mod estimator;
+pub mod shapes;
 
 pub use clip::{load_clip, Clip, ClipSpec, FrameStep, Placement};
 pub use decode::{decode, decode_frames, probe, FrameSize, Frames, VideoInfo};
