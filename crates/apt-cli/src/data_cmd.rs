@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
-use clap::Subcommand;
+use anyhow::{bail, Result};
+use apt_data::shapes::{Colour, Shape, ShapesConfig, Split};
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// Subcommands of `apt data`.
 #[derive(Subcommand)]
@@ -13,12 +15,61 @@ pub enum DataCommand {
         /// The file.
         path: PathBuf,
     },
+    /// Write the moving-shapes benchmark as mp4 files with caption sidecars.
+    Shapes(ShapesArgs),
+}
+
+/// Which split to write.
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Train,
+    HeldOut,
+    All,
+}
+
+/// Arguments of `apt data shapes`.
+#[derive(Args)]
+pub struct ShapesArgs {
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of clips.
+    #[arg(long)]
+    count: usize,
+    /// Frames per clip.
+    #[arg(long, default_value_t = 8)]
+    frames: usize,
+    /// Frame height.
+    #[arg(long, default_value_t = 32)]
+    height: u32,
+    /// Frame width.
+    #[arg(long, default_value_t = 32)]
+    width: u32,
+    /// Frames per second of the written videos.
+    #[arg(long, default_value_t = 8.0)]
+    fps: f64,
+    /// Data-set seed (clip i is a pure function of seed and i).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// At most this many shapes per clip.
+    #[arg(long, default_value_t = 1)]
+    max_shapes: usize,
+    /// Speeds in pixels per frame, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    speeds: Vec<f64>,
+    /// Held-out colour-shape pairs, e.g. `yellow-triangle,red-square`.
+    #[arg(long, value_delimiter = ',')]
+    hold_out: Vec<String>,
+    /// Which split to write.
+    #[arg(long, value_enum, default_value = "all")]
+    split: SplitArg,
 }
 
 /// Dispatches `apt data …`.
 pub fn run(command: DataCommand) -> Result<()> {
     match command {
         DataCommand::Inspect { path } => inspect(&path),
+        DataCommand::Shapes(args) => shapes(args),
     }
 }
 
@@ -38,5 +89,64 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     if info.corrupt_packets > 0 {
         println!("corrupt       {} packets skipped", info.corrupt_packets);
     }
+    Ok(())
+}
+
+fn parse_pair(text: &str) -> Result<(Colour, Shape)> {
+    let found = Colour::ALL
+        .iter()
+        .flat_map(|c| Shape::ALL.iter().map(move |s| (*c, *s)))
+        .find(|(c, s)| format!("{}-{}", c.name(), s.name()) == text);
+    match found {
+        Some(pair) => Ok(pair),
+        None => bail!(
+            "--hold-out: {text:?} is not colour-shape (colours: {}; shapes: {})",
+            Colour::ALL.map(|c| c.name()).join(", "),
+            Shape::ALL.map(|s| s.name()).join(", ")
+        ),
+    }
+}
+
+fn shapes(args: ShapesArgs) -> Result<()> {
+    let config = ShapesConfig {
+        max_shapes: args.max_shapes,
+        speeds: args.speeds,
+        held_out: args
+            .hold_out
+            .iter()
+            .map(|p| parse_pair(p))
+            .collect::<Result<_>>()?,
+        ..ShapesConfig::new(args.frames, args.height, args.width)
+    };
+    let split = match args.split {
+        SplitArg::Train => Split::Train,
+        SplitArg::HeldOut => Split::HeldOut,
+        SplitArg::All => Split::All,
+    };
+    let bar = ProgressBar::new(args.count as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} clips [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("template"),
+    );
+    let files = apt_data::shapes::write_folder(
+        &config,
+        args.seed,
+        split,
+        args.count,
+        args.fps,
+        &args.out,
+        |_| bar.inc(1),
+    )?;
+    bar.finish_and_clear();
+    println!(
+        "wrote {} clips ({}x{}, {} frames) with captions to {}",
+        files.len(),
+        args.width,
+        args.height,
+        args.frames,
+        args.out.display()
+    );
     Ok(())
 }

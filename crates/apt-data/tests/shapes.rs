@@ -243,3 +243,38 @@ fn moments_of_ideal_outlines_and_motions_to_directions() {
         assert_eq!(Direction::nearest(3.0 * x, 3.0 * y), d);
     }
 }
+
+#[test]
+fn an_exported_folder_decodes_back_to_its_attributes() {
+    use apt_data::shapes::{write_folder, ExportedClip};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config();
+    let files = write_folder(&cfg, 9, Split::All, 12, 8.0, dir.path(), |_| {}).unwrap();
+    assert_eq!(files.len(), 12);
+    let lines: Vec<ExportedClip> = std::fs::read_to_string(dir.path().join("attributes.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (file, line) in files.iter().zip(&lines) {
+        let caption = std::fs::read_to_string(file.with_extension("txt")).unwrap();
+        assert_eq!(caption.trim(), line.caption);
+        // Through H.264 and back, the estimator still reads the attributes.
+        let f = apt_data::decode(file, apt_data::FrameSize::Native).unwrap();
+        let video = apt_data::clip::frames_to_tensor(
+            &f.data,
+            f.len(),
+            f.height,
+            f.width,
+            (0, 0, f.height, f.width),
+        );
+        let est = estimate(&video);
+        let (found, truth) = (&est.shapes[0], &line.shapes[0]);
+        assert_eq!(
+            (found.colour, found.shape, found.direction),
+            (truth.colour, truth.shape, Some(truth.direction)),
+            "{}",
+            line.caption
+        );
+    }
+}
