@@ -119,6 +119,18 @@ fn fixtures() -> Result<(), Failure> {
     let lib = setup::setup(true)?;
     let python = setup::ensure_reference_packages(&lib)?;
     let out = repo_root().join("crates/apt-mmdit/tests/fixtures");
+    let minilm = apt_build::assets_dir()
+        .expect("setup resolved it")
+        .join("minilm");
+    run(
+        Command::new(&python)
+            .arg(repo_root().join("scripts/make_minilm_fixture.py"))
+            .arg("--model")
+            .arg(minilm)
+            .arg("--out")
+            .arg(repo_root().join("crates/apt-data/tests/fixtures/minilm.safetensors")),
+        "transformers MiniLM parity fixture",
+    )?;
     run(
         Command::new(python)
             .arg(repo_root().join("scripts/make_sd3_fixtures.py"))

@@ -3,6 +3,7 @@
 mod data_cmd;
 mod doctor;
 mod model_cmd;
+mod text_cmd;
 mod train_smoke;
 
 use std::process::ExitCode;
@@ -26,6 +27,11 @@ enum Command {
         #[command(subcommand)]
         command: data_cmd::DataCommand,
     },
+    /// Text tools: embed a caption with the frozen MiniLM encoder.
+    Text {
+        #[command(subcommand)]
+        command: text_cmd::TextCommand,
+    },
     /// Model tools: sizes and FLOPs, diffusers parity, a short real training run.
     Model {
         #[command(subcommand)]
@@ -46,6 +52,7 @@ fn main() -> ExitCode {
         Command::Doctor => doctor::run(),
         Command::Data { command } => data_cmd::run(command),
         Command::Model { command } => model_cmd::run(command),
+        Command::Text { command } => text_cmd::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

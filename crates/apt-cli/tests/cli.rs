@@ -193,3 +193,26 @@ fn data_inspect_reports_decoded_frames_or_an_exact_error() {
         "{err}"
     );
 }
+
+#[test]
+fn text_embed_writes_context_and_pooled() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("e.safetensors");
+    let o = apt(&[
+        "text",
+        "embed",
+        "--caption",
+        "a red circle moves left",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let t: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(&out)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(t["context"].size(), vec![7, 384]);
+    assert_eq!(t["pooled"].size(), vec![384]);
+    let mean = t["context"].mean_dim(0, false, tch::Kind::Float);
+    assert!((mean - &t["pooled"]).abs().max().double_value(&[]) < 1e-6);
+}

@@ -11,9 +11,11 @@ pub mod decode;
 pub mod error;
 pub mod estimator;
 pub mod shapes;
+pub mod text;
 pub mod write;
 
 pub use clip::{load_clip, Clip, ClipSpec, FrameStep, Placement};
 pub use decode::{decode, decode_frames, probe, FrameSize, Frames, VideoInfo};
 pub use error::{DataError, Result};
+pub use text::{EmbeddingCache, TextEmbedding, TextEncoder};
 pub use write::write_video;
