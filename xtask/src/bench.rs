@@ -129,7 +129,8 @@ fn parse<T: std::str::FromStr>(args: &[String], name: &str, default: &str) -> Re
 pub fn bench(args: &[String]) -> Result<(), Failure> {
     match args.first().map(String::as_str) {
         Some("model") => bench_model(&args[1..]),
-        _ => Err(Failure::new("usage: cargo xtask bench model [--size tiny|small] [--threads N] [--rounds R] [--iters K]  (criterion benches: cargo bench -p apt-mmdit)")),
+        Some("data") => bench_data(),
+        _ => Err(Failure::new("usage: cargo xtask bench model [--size tiny|small] [--threads N] [--rounds R] [--iters K] | cargo xtask bench data  (criterion benches: cargo bench -p apt-mmdit)")),
     }
 }
 
@@ -206,4 +207,81 @@ fn bench_model(args: &[String]) -> Result<(), Failure> {
         "  growth after load", py_growth, rs_growth
     );
     Ok(())
+}
+
+/// `cargo xtask bench data`: decode throughput against the `ffmpeg` tool, and loader clips/s.
+fn bench_data() -> Result<(), Failure> {
+    setup::setup(false)?;
+    run(
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "apt-data",
+            "--example",
+            "data_bench",
+            "-p",
+            "apt-cli",
+        ]),
+        "building the data benchmark and the apt binary (release)",
+    )?;
+    let exe = repo_root().join("target/release/examples/data_bench");
+    let apt = repo_root().join("target/release/apt");
+    let clips = apt_build::assets_dir()
+        .expect("setup resolved it")
+        .join("clips");
+    let work = repo_root().join("target/bench-data");
+    let _ = std::fs::remove_dir_all(&work);
+    let shapes = work.join("shapes");
+    run(
+        Command::new(&apt)
+            .args([
+                "data", "shapes", "--count", "64", "--frames", "16", "--height", "64", "--width",
+                "64", "--speeds", "1,2", "--out",
+            ])
+            .arg(&shapes),
+        "writing 64 moving-shapes clips",
+    )?;
+    let real = work.join("real");
+    std::fs::create_dir_all(&real).map_err(|e| Failure::new(e.to_string()))?;
+    for name in [
+        "bikes.mp4",
+        "carphone_pristine.mp4",
+        "cockatoo.mp4",
+        "realshort.mp4",
+    ] {
+        std::fs::copy(clips.join(name), real.join(name))
+            .map_err(|e| Failure::new(format!("{name}: {e}")))?;
+        std::fs::write(real.join(name).with_extension("txt"), "a real clip")
+            .map_err(|e| Failure::new(e.to_string()))?;
+    }
+    let decode_cases = [
+        ("bikes.mp4", "128", "64"),
+        ("cockatoo.mp4", "256", "144"),
+        ("cockatoo.mp4", "1280", "720"),
+    ];
+    for (clip, w, h) in decode_cases {
+        let path = clips.join(clip);
+        run(
+            Command::new(&exe)
+                .arg("decode")
+                .arg(&path)
+                .args([w, h, "5"]),
+            &format!("decode {clip} at {w}x{h}"),
+        )?;
+    }
+    run(
+        Command::new(&exe)
+            .arg("loader")
+            .arg(&shapes)
+            .args(["8", "32", "24"]),
+        "loader on moving shapes",
+    )?;
+    run(
+        Command::new(&exe)
+            .arg("loader")
+            .arg(&real)
+            .args(["8", "64", "6"]),
+        "loader on real clips",
+    )
 }

@@ -23,6 +23,8 @@ cargo xtask <command> [args]
   fixtures         regenerate the diffusers parity fixtures (installs diffusers)
   bench model      Rust vs PyTorch eager (diffusers) on the same SD3 model, interleaved
         [--size tiny|small] [--threads N] [--rounds R] [--iters K]
+  bench data       decoding vs the ffmpeg tool (frames/s), loader clips/s at 1 and 2 workers
+  fuzz [SECONDS]   fuzz the decoder entry point (cargo-fuzz; real clips as seed corpus)
   help             this text
 ";
 
@@ -164,6 +166,53 @@ fn train(args: &[String]) -> Result<(), Failure> {
     )
 }
 
+fn fuzz(seconds: &str) -> Result<(), Failure> {
+    let seconds: u64 = seconds
+        .parse()
+        .map_err(|_| Failure::new(format!("fuzz: {seconds:?} is not a number of seconds")))?;
+    setup::setup(false)?;
+    let has_cargo_fuzz = cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_cargo_fuzz {
+        return Err(Failure::new(
+            "cargo-fuzz is not installed: run `cargo install cargo-fuzz`",
+        ));
+    }
+    let fuzz_dir = repo_root().join("crates/apt-data/fuzz");
+    let corpus = fuzz_dir.join("corpus/decode");
+    std::fs::create_dir_all(&corpus)
+        .map_err(|e| Failure::new(format!("{}: {e}", corpus.display())))?;
+    // Seed corpus: the small real clips of every container and codec.
+    let clips = apt_build::assets_dir()
+        .expect("setup resolved it")
+        .join("clips");
+    for dir in [clips.clone(), clips.join("derived")] {
+        for entry in std::fs::read_dir(&dir)
+            .map_err(|e| Failure::new(format!("{}: {e}", dir.display())))?
+            .flatten()
+        {
+            let path = entry.path();
+            if path.is_file() && entry.metadata().is_ok_and(|m| m.len() <= 256 * 1024) {
+                let _ = std::fs::copy(&path, corpus.join(entry.file_name()));
+            }
+        }
+    }
+    let mut cmd = cargo();
+    cmd.current_dir(&fuzz_dir)
+        .args(["fuzz", "run", "--sanitizer", "none", "--dev", "decode"])
+        .arg(&corpus)
+        .args([
+            "--",
+            &format!("-max_total_time={seconds}"),
+            "-max_len=262144",
+            "-rss_limit_mb=8192",
+            "-timeout=30",
+        ]);
+    run(&mut cmd, &format!("fuzzing the decoder for {seconds} s"))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -173,6 +222,7 @@ fn main() -> ExitCode {
         Some("train") => train(&args[1..]),
         Some("fixtures") => fixtures(),
         Some("bench") => bench::bench(&args[1..]),
+        Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("60")),
         None | Some("help" | "-h" | "--help") => {
             print!("{HELP}");
             Ok(())

@@ -8,6 +8,7 @@
 //! skipped and counted, as the `ffmpeg` tool does; a file with no decodable frame is an error.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 
 use ffmpeg::format::Pixel;
@@ -20,6 +21,15 @@ use crate::error::{decode_error, DataError, Result};
 const MAX_PACKETS: usize = 5_000_000;
 
 static INIT: Once = Once::new();
+
+/// Threads per decoder (0 = FFmpeg's automatic choice, like the `ffmpeg` tool).
+static DECODER_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the threads each decoder may use (0 = automatic, the default). Loaders that decode
+/// on many worker threads may prefer 1.
+pub fn set_decoder_threads(threads: usize) {
+    DECODER_THREADS.store(threads, Ordering::Relaxed);
+}
 
 /// Initialises FFmpeg once per process and limits its log to errors.
 pub fn init() {
@@ -167,8 +177,13 @@ fn for_each_frame(
     let stream_index = stream.index();
     let fps = rate_of(&stream);
     let header_frames = u64::try_from(stream.frames()).ok().filter(|&n| n > 0);
-    let context = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
+    let mut context = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
         .map_err(|e| decode_error(path, format!("bad codec parameters ({e})")))?;
+    context.set_threading(ffmpeg::codec::threading::Config {
+        kind: ffmpeg::codec::threading::Type::Frame,
+        count: DECODER_THREADS.load(Ordering::Relaxed),
+        ..Default::default()
+    });
     let codec_id = context.id();
     let mut decoder = context
         .decoder()

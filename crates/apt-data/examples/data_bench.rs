@@ -1,0 +1,117 @@
+//! Benchmarks run by `cargo xtask bench data` (release build):
+//!
+//! * decode: our in-process decoder vs the `ffmpeg` tool decoding the same clip to raw rgb24
+//!   at the same output size (`-vf scale=W:H:flags=bilinear -f rawvideo -pix_fmt rgb24 -`),
+//!   interleaved round by round; prints both frames/s and the ratio;
+//! * loader: clips/s of the batch loader with 1 and 2 workers on a folder.
+//!
+//! `cargo run --release -p apt-data --example data_bench -- decode CLIP W H ROUNDS`
+//! `cargo run --release -p apt-data --example data_bench -- loader DIR FRAMES SIZE BATCHES`
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use apt_data::{decode, ClipSpec, Dataset, FrameSize, Loader, LoaderConfig, OnBadSample};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn ffmpeg_frames(clip: &str, w: u32, h: u32) -> (usize, f64) {
+    let start = Instant::now();
+    let mut child = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-i",
+            clip,
+            "-vf",
+            &format!("scale={w}:{h}:flags=bilinear"),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ffmpeg");
+    let mut out = child.stdout.take().expect("piped");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0usize;
+    loop {
+        let n = out.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        bytes += n;
+    }
+    assert!(child.wait().expect("ffmpeg").success());
+    (
+        bytes / (w as usize * h as usize * 3),
+        start.elapsed().as_secs_f64(),
+    )
+}
+
+fn ours_frames(clip: &str, w: u32, h: u32) -> (usize, f64) {
+    let start = Instant::now();
+    let frames = decode(
+        clip,
+        FrameSize::Exact {
+            width: w,
+            height: h,
+        },
+    )
+    .expect("decode");
+    (frames.len(), start.elapsed().as_secs_f64())
+}
+
+fn bench_decode(clip: &str, w: u32, h: u32, rounds: usize) {
+    let (mut tool, mut ours) = (vec![], vec![]);
+    let mut counts = (0, 0);
+    for round in 0..rounds {
+        // Alternate which side goes first, so drift in machine load hits both alike.
+        for side in [round % 2, 1 - round % 2] {
+            if side == 0 {
+                let (n, s) = ffmpeg_frames(clip, w, h);
+                counts.0 = n;
+                tool.push(n as f64 / s);
+            } else {
+                let (n, s) = ours_frames(clip, w, h);
+                counts.1 = n;
+                ours.push(n as f64 / s);
+            }
+        }
+    }
+    assert_eq!(counts.0, counts.1, "both decode every frame");
+    let (t, o) = (median(tool), median(ours));
+    println!("decode {clip} -> {w}x{h} rgb24, {} frames: ffmpeg tool {t:.0} frames/s, apt-data {o:.0} frames/s, ratio {:.2}x", counts.1, o / t);
+}
+
+fn bench_loader(dir: &str, frames: usize, size: u32, batches: usize) {
+    let set = Dataset::open(dir, OnBadSample::Skip).expect("dataset");
+    for workers in [1, 2] {
+        let spec = ClipSpec::eval(frames, size, size).random();
+        let mut loader =
+            Loader::new(set.clone(), LoaderConfig::new(4, workers, 0, spec)).expect("loader");
+        loader.next_batch().expect("warm-up");
+        let start = Instant::now();
+        for _ in 0..batches {
+            loader.next_batch().expect("batch");
+        }
+        let rate = (batches * 4) as f64 / start.elapsed().as_secs_f64();
+        println!("loader {dir} ({} items, {frames}x{size}x{size} clips), {workers} worker(s): {rate:.1} clips/s", set.len());
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize| args[i].parse::<usize>().expect("a number");
+    match args.first().map(String::as_str) {
+        Some("decode") => bench_decode(&args[1], num(2) as u32, num(3) as u32, num(4)),
+        Some("loader") => bench_loader(&args[1], num(2), num(3) as u32, num(4)),
+        _ => eprintln!("usage: data_bench decode CLIP W H ROUNDS | loader DIR FRAMES SIZE BATCHES"),
+    }
+}
