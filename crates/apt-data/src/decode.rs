@@ -149,10 +149,11 @@ fn rate_of(stream: &ffmpeg::format::stream::Stream) -> f64 {
     25.0
 }
 
-/// Decodes every frame of the first video stream, calling `on_frame(index, frame)` for each.
+/// Decodes every frame of the first video stream, calling `on_frame(index, frame, header
+/// frame count)` for each.
 fn for_each_frame(
     path: &Path,
-    mut on_frame: impl FnMut(usize, &ffmpeg::frame::Video) -> Result<()>,
+    mut on_frame: impl FnMut(usize, &ffmpeg::frame::Video, Option<u64>) -> Result<()>,
 ) -> Result<VideoInfo> {
     init();
     match std::fs::metadata(path) {
@@ -211,7 +212,7 @@ fn for_each_frame(
                 info.width = frame.width();
                 info.height = frame.height();
             }
-            on_frame(info.frames, &frame)?;
+            on_frame(info.frames, &frame, info.header_frames)?;
             info.frames += 1;
         }
         Ok(())
@@ -258,25 +259,46 @@ fn for_each_frame(
 
 /// Opens `path`, decodes every frame and reports what it holds (no pixel conversion).
 pub fn probe(path: impl AsRef<Path>) -> Result<VideoInfo> {
-    for_each_frame(path.as_ref(), |_, _| Ok(()))
+    for_each_frame(path.as_ref(), |_, _, _| Ok(()))
 }
 
 /// Decodes `path` to RGB24 at `size`, keeping the frames for which `keep(index)` is true.
 pub fn decode_frames(
     path: impl AsRef<Path>,
     size: FrameSize,
-    mut keep: impl FnMut(usize) -> bool,
+    keep: impl FnMut(usize) -> bool,
 ) -> Result<Frames> {
-    let path = path.as_ref();
+    decode_kept(path.as_ref(), size, keep, false)
+}
+
+/// [`decode_frames`]; `keep_all` promises that every frame is kept, so the buffer is sized
+/// from the header's frame count up front.
+fn decode_kept(
+    path: &Path,
+    size: FrameSize,
+    mut keep: impl FnMut(usize) -> bool,
+    keep_all: bool,
+) -> Result<Frames> {
     let mut out_size: Option<(u32, u32)> = None;
     // One scaler per (format, size) seen; streams rarely have more than one.
     let mut scalers: Vec<((Pixel, u32, u32), Scaler)> = Vec::new();
     let mut data = Vec::new();
     let mut indices = Vec::new();
     let mut rgb = ffmpeg::frame::Video::empty();
-    let info = for_each_frame(path, |index, frame| {
-        let (ow, oh) =
-            *out_size.get_or_insert_with(|| size.output_for(frame.width(), frame.height()));
+    let info = for_each_frame(path, |index, frame, header_frames| {
+        let (ow, oh) = match out_size {
+            Some(s) => s,
+            None => {
+                let (ow, oh) = size.output_for(frame.width(), frame.height());
+                out_size = Some((ow, oh));
+                // One allocation for the whole clip when the header's count is plausible
+                // (growing a large buffer by doubling copies it again and again).
+                if let Some(n) = header_frames.filter(|&n| keep_all && n <= 100_000) {
+                    data.reserve(n as usize * ow as usize * oh as usize * 3);
+                }
+                (ow, oh)
+            }
+        };
         if !keep(index) {
             return Ok(());
         }
@@ -324,5 +346,5 @@ pub fn decode_frames(
 
 /// Decodes every frame of `path` to RGB24 at `size`.
 pub fn decode(path: impl AsRef<Path>, size: FrameSize) -> Result<Frames> {
-    decode_frames(path, size, |_| true)
+    decode_kept(path.as_ref(), size, |_| true, true)
 }
