@@ -1,0 +1,107 @@
+//! Rectified flow: `x_t = (1 − t)·x0 + t·ε`, the network predicts `v = ε − x0`, loss = MSE.
+//! `t = 1` is pure noise; sampling integrates `dx/dt = v` from 1 to 0.
+
+use tch::{Kind, Tensor};
+
+use crate::error::Result;
+
+/// Text conditioning for a batch: token states `[B, L, D]` and pooled vectors `[B, P]`.
+#[derive(Debug)]
+pub struct Conditioning {
+    /// Token states.
+    pub context: Tensor,
+    /// Pooled vectors.
+    pub pooled: Tensor,
+}
+
+impl Conditioning {
+    /// A shallow copy.
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            context: self.context.shallow_clone(),
+            pooled: self.pooled.shallow_clone(),
+        }
+    }
+
+    /// Batch size.
+    pub fn batch(&self) -> i64 {
+        self.pooled.size()[0]
+    }
+
+    /// The same conditioning repeated for every sample of a batch of `b`.
+    pub fn expand_to(&self, b: i64) -> Self {
+        if self.batch() == b {
+            return self.shallow_clone();
+        }
+        assert_eq!(
+            self.batch(),
+            1,
+            "only a single conditioning can be broadcast"
+        );
+        let (l, d, p) = (
+            self.context.size()[1],
+            self.context.size()[2],
+            self.pooled.size()[1],
+        );
+        Self {
+            context: self.context.expand([b, l, d], false).contiguous(),
+            pooled: self.pooled.expand([b, p], false).contiguous(),
+        }
+    }
+
+    /// Two conditionings stacked along the batch (their token counts must match).
+    pub fn cat(a: &Self, b: &Self) -> Option<Self> {
+        (a.context.size()[1..] == b.context.size()[1..]).then(|| Self {
+            context: Tensor::cat(&[&a.context, &b.context], 0),
+            pooled: Tensor::cat(&[&a.pooled, &b.pooled], 0),
+        })
+    }
+}
+
+/// Anything that predicts the velocity `v(x_t, t, c)`: the MMDiT, a distilled student, or
+/// the closed-form Gaussian field used in tests.
+pub trait VelocityModel {
+    /// `x` like the data, `t` `[B]` in [0, 1].
+    fn velocity(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor>;
+}
+
+impl VelocityModel for apt_mmdit::Mmdit {
+    fn velocity(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
+        Ok(self.forward(x, t, &cond.context, &cond.pooled)?)
+    }
+}
+
+/// Broadcasts `[B]` times over a tensor shaped like `like`.
+pub fn per_sample(t: &Tensor, like: &Tensor) -> Tensor {
+    let mut shape = vec![-1i64];
+    shape.extend(std::iter::repeat_n(1, like.dim() - 1));
+    t.to_kind(like.kind()).view(shape.as_slice())
+}
+
+/// `x_t = (1 − t)·x0 + t·ε`.
+pub fn interpolate(x0: &Tensor, eps: &Tensor, t: &Tensor) -> Tensor {
+    let tb = per_sample(t, x0);
+    x0 * (tb.neg() + 1.0) + eps * &tb
+}
+
+/// The regression target `v = ε − x0`.
+pub fn velocity_target(x0: &Tensor, eps: &Tensor) -> Tensor {
+    eps - x0
+}
+
+/// Flow-matching loss `mean ‖v(x_t, t, c) − (ε − x0)‖²` for given noise and times.
+pub fn flow_matching_loss(
+    model: &impl VelocityModel,
+    x0: &Tensor,
+    eps: &Tensor,
+    t: &Tensor,
+    cond: &Conditioning,
+) -> Result<Tensor> {
+    let v = model.velocity(&interpolate(x0, eps, t), t, cond)?;
+    Ok((v - velocity_target(x0, eps)).square().mean(Kind::Float))
+}
+
+/// The clean-sample estimate one velocity evaluation gives: `x0 = x_t − t·v`.
+pub fn predict_x0(x_t: &Tensor, t: &Tensor, v: &Tensor) -> Tensor {
+    x_t - per_sample(t, x_t) * v
+}

@@ -1,0 +1,19 @@
+//! # apt-flow
+//!
+//! Rectified flow for the APT pipeline: flow-matching training, Euler/Heun samplers with
+//! classifier-free guidance (the multi-step teacher), and the machinery every trainer shares.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod flow;
+pub mod gaussian;
+pub mod rng;
+pub mod sampler;
+pub mod timesteps;
+
+pub use error::{FlowError, Result};
+pub use flow::{flow_matching_loss, interpolate, velocity_target, Conditioning, VelocityModel};
+pub use rng::TensorRng;
+pub use sampler::{sample, sample_trajectory, Guidance, Method, SamplerConfig};
+pub use timesteps::{shift, TimeDistribution, TimestepSampler};
