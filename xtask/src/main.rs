@@ -134,6 +134,13 @@ fn fixtures() -> Result<(), Failure> {
         "transformers MiniLM parity fixture",
     )?;
     run(
+        Command::new(&python)
+            .arg(repo_root().join("scripts/make_optimizer_fixture.py"))
+            .arg("--out")
+            .arg(repo_root().join("crates/apt-flow/tests/fixtures/optimizers.safetensors")),
+        "torch.optim AdamW/RMSprop fixture",
+    )?;
+    run(
         Command::new(python)
             .arg(repo_root().join("scripts/make_sd3_fixtures.py"))
             .arg("--out")

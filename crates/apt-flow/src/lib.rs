@@ -11,6 +11,7 @@ pub mod gaussian;
 pub mod rng;
 pub mod sampler;
 pub mod timesteps;
+pub mod train;
 
 pub use error::{FlowError, Result};
 pub use flow::{flow_matching_loss, interpolate, velocity_target, Conditioning, VelocityModel};

@@ -80,6 +80,16 @@ pub fn load_strict(vs: &nn::VarStore, files: &[PathBuf], label: &Path) -> Result
         })?;
         tensors.extend(read);
     }
+    load_tensors_strict(vs, &tensors, label)
+}
+
+/// [`load_strict`] from tensors already in memory (e.g. the `model.*` part of a training
+/// checkpoint, prefix removed). `label` names the source in errors.
+pub fn load_tensors_strict(
+    vs: &nn::VarStore,
+    tensors: &BTreeMap<String, Tensor>,
+    label: &Path,
+) -> Result<()> {
     let vars = vs.variables();
     let var_keys: BTreeSet<&String> = vars.keys().collect();
     let file_keys: BTreeSet<&String> = tensors.keys().collect();

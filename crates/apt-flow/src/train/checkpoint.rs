@@ -1,0 +1,265 @@
+//! Training checkpoints: model + EMA + optimizer state (one safetensors file, tensors prefixed
+//! `model.`, `ema.`, `optimizer.`) and a JSON manifest (step, optimizer steps, RNG state, data
+//! cursor, non-finite counters, the weights file's size and hash).
+//!
+//! Writes are atomic (temporary file, fsync, rename) and ordered weights → manifest → `latest`
+//! pointer, so a crash at any moment leaves the previous checkpoint complete and referenced.
+//! Loading verifies size and hash and falls back to the newest checkpoint that is intact.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use super::ema::Ema;
+use super::guard::NonFiniteGuard;
+use super::optim::{Optimizer, OptimizerConfig};
+use crate::error::{FlowError, Result};
+use crate::rng::TensorRng;
+
+/// The manifest format tag.
+pub const FORMAT: &str = "apt-rs checkpoint v1";
+/// The pointer file naming the newest complete manifest.
+pub const LATEST: &str = "latest";
+
+/// What a checkpoint says about the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: String,
+    /// Which training stage wrote it (`pretrain`, `distill`, …).
+    pub stage: String,
+    /// Completed optimizer steps of the run.
+    pub step: u64,
+    /// Weights file name (next to the manifest).
+    pub weights: String,
+    /// Its size in bytes.
+    pub weights_bytes: u64,
+    /// Its FNV-1a 64 hash (hex).
+    pub weights_fnv64: String,
+    /// The optimizer's configuration and update count.
+    pub optimizer: Option<(OptimizerConfig, u64)>,
+    /// The training random stream.
+    pub rng: Option<TensorRng>,
+    /// The data loader's position.
+    pub cursor: Option<apt_data::Cursor>,
+    /// Non-finite step counters.
+    pub guard: NonFiniteGuard,
+    /// Stage-specific values (losses, configs, …).
+    pub extra: serde_json::Value,
+}
+
+/// Everything a checkpoint holds, borrowed from the trainer.
+#[derive(Debug)]
+pub struct TrainState<'a> {
+    /// Stage name.
+    pub stage: &'a str,
+    /// Completed steps.
+    pub step: u64,
+    /// Model weights.
+    pub model: &'a nn::VarStore,
+    /// EMA weights.
+    pub ema: Option<&'a Ema>,
+    /// Optimizer.
+    pub optimizer: Option<&'a Optimizer>,
+    /// Random stream.
+    pub rng: Option<&'a TensorRng>,
+    /// Data cursor.
+    pub cursor: Option<apt_data::Cursor>,
+    /// Non-finite counters.
+    pub guard: &'a NonFiniteGuard,
+    /// Anything else worth keeping.
+    pub extra: serde_json::Value,
+}
+
+/// A checkpoint read back.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Where the manifest is.
+    pub path: PathBuf,
+    /// All tensors (`model.*`, `ema.*`, `optimizer.*`).
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+fn fnv1a_file(path: &Path) -> Result<(u64, String)> {
+    let bytes = fs::read(path).map_err(|source| FlowError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    Ok((bytes.len() as u64, format!("{hash:016x}")))
+}
+
+fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    apt_mmdit::weights::write_atomically(path, |tmp| {
+        fs::write(tmp, bytes).map_err(|source| apt_mmdit::MmditError::Io {
+            path: tmp.to_path_buf(),
+            source,
+        })
+    })?;
+    Ok(())
+}
+
+/// Writes a checkpoint for `state` into `dir`, then keeps only the newest `keep_last`.
+/// Returns the manifest's path.
+pub fn save(dir: &Path, state: &TrainState, keep_last: usize) -> Result<PathBuf> {
+    fs::create_dir_all(dir).map_err(|source| FlowError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let name = format!("step-{:09}", state.step);
+    let weights = dir.join(format!("{name}.safetensors"));
+    let mut tensors: Vec<(String, Tensor)> = state
+        .model
+        .variables()
+        .into_iter()
+        .map(|(k, v)| (format!("model.{k}"), v.detach()))
+        .collect();
+    if let Some(ema) = state.ema {
+        tensors.extend(ema.state_tensors());
+    }
+    if let Some(opt) = state.optimizer {
+        tensors.extend(opt.state_tensors());
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let tensors: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(k, t)| (k, t.to_device(tch::Device::Cpu).contiguous()))
+        .collect();
+    apt_mmdit::weights::write_atomically(&weights, |tmp| {
+        Tensor::write_safetensors(&tensors, tmp).map_err(apt_mmdit::MmditError::from)
+    })?;
+    let (bytes, hash) = fnv1a_file(&weights)?;
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        stage: state.stage.into(),
+        step: state.step,
+        weights: format!("{name}.safetensors"),
+        weights_bytes: bytes,
+        weights_fnv64: hash,
+        optimizer: state.optimizer.map(|o| (*o.config(), o.steps_taken())),
+        rng: state.rng.cloned(),
+        cursor: state.cursor,
+        guard: state.guard.clone(),
+        extra: state.extra.clone(),
+    };
+    let manifest_path = dir.join(format!("{name}.json"));
+    atomic_write(
+        &manifest_path,
+        serde_json::to_string_pretty(&manifest)
+            .expect("serialisable")
+            .as_bytes(),
+    )?;
+    atomic_write(&dir.join(LATEST), format!("{name}.json\n").as_bytes())?;
+    prune(dir, keep_last.max(1))?;
+    Ok(manifest_path)
+}
+
+/// Manifests in `dir`, newest (highest step) first.
+pub fn manifests(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    found.retain(|p| {
+        p.extension().is_some_and(|e| e == "json")
+            && p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+    });
+    found.sort();
+    found.reverse();
+    found
+}
+
+fn prune(dir: &Path, keep: usize) -> Result<()> {
+    for old in manifests(dir).into_iter().skip(keep) {
+        let _ = fs::remove_file(old.with_extension("safetensors"));
+        let _ = fs::remove_file(&old);
+    }
+    Ok(())
+}
+
+/// Reads and verifies one checkpoint (size and hash of the weights, every tensor readable).
+pub fn load(manifest_path: &Path) -> Result<Loaded> {
+    let bad = |reason: String| FlowError::File {
+        path: manifest_path.to_path_buf(),
+        reason,
+    };
+    let text = fs::read_to_string(manifest_path).map_err(|source| FlowError::Io {
+        path: manifest_path.to_path_buf(),
+        source,
+    })?;
+    let manifest: Manifest =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not a checkpoint manifest: {e}")))?;
+    if manifest.format != FORMAT {
+        return Err(bad(format!(
+            "format {:?}, expected {FORMAT:?}",
+            manifest.format
+        )));
+    }
+    let weights = manifest_path.with_file_name(&manifest.weights);
+    let (bytes, hash) = fnv1a_file(&weights)?;
+    if bytes != manifest.weights_bytes || hash != manifest.weights_fnv64 {
+        return Err(FlowError::File {
+            path: weights,
+            reason: format!("truncated or corrupted: {bytes} bytes, hash {hash}; the manifest says {} bytes, hash {}", manifest.weights_bytes, manifest.weights_fnv64),
+        });
+    }
+    let tensors = Tensor::read_safetensors(&weights).map_err(|e| FlowError::File {
+        path: weights.clone(),
+        reason: format!("unreadable: {e}"),
+    })?;
+    Ok(Loaded {
+        manifest,
+        path: manifest_path.to_path_buf(),
+        tensors,
+    })
+}
+
+/// The newest intact checkpoint in `dir` (the `latest` pointer first, then older manifests),
+/// with a message for every newer one that was rejected. `None` when there is none at all.
+pub fn load_latest(dir: &Path) -> Result<Option<(Loaded, Vec<String>)>> {
+    let mut candidates = Vec::new();
+    if let Ok(name) = fs::read_to_string(dir.join(LATEST)) {
+        candidates.push(dir.join(name.trim()));
+    }
+    candidates.extend(manifests(dir));
+    candidates.dedup();
+    let mut rejected = Vec::new();
+    for path in candidates {
+        match load(&path) {
+            Ok(loaded) => return Ok(Some((loaded, rejected))),
+            Err(e) => rejected.push(e.to_string()),
+        }
+    }
+    if rejected.is_empty() {
+        Ok(None)
+    } else {
+        Err(FlowError::File {
+            path: dir.to_path_buf(),
+            reason: format!("no intact checkpoint: {}", rejected.join("; ")),
+        })
+    }
+}
+
+impl Loaded {
+    /// The tensors under `prefix.` with the prefix removed.
+    pub fn part(&self, prefix: &str) -> BTreeMap<String, Tensor> {
+        let p = format!("{prefix}.");
+        self.tensors
+            .iter()
+            .filter_map(|(k, t)| Some((k.strip_prefix(&p)?.to_string(), t.shallow_clone())))
+            .collect()
+    }
+
+    /// Loads the `model.*` weights into `vs` strictly.
+    pub fn restore_model(&self, vs: &nn::VarStore) -> Result<()> {
+        apt_mmdit::weights::load_tensors_strict(vs, &self.part("model"), &self.path)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,89 @@
+//! Exponential moving average of model weights (`shadow ← d·shadow + (1 − d)·weights`), kept
+//! by variable name so it can be saved, restored and copied into a model for sampling.
+
+use std::collections::BTreeMap;
+
+use tch::{nn, Tensor};
+
+use crate::error::{FlowError, Result};
+
+/// EMA weights.
+#[derive(Debug)]
+pub struct Ema {
+    decay: f64,
+    shadow: BTreeMap<String, Tensor>,
+}
+
+impl Ema {
+    /// Starts from the current weights of `vs`.
+    pub fn new(vs: &nn::VarStore, decay: f64) -> Self {
+        let shadow = tch::no_grad(|| {
+            vs.variables()
+                .into_iter()
+                .map(|(k, v)| (k, v.detach().copy()))
+                .collect()
+        });
+        Self { decay, shadow }
+    }
+
+    /// The decay `d`.
+    pub fn decay(&self) -> f64 {
+        self.decay
+    }
+
+    /// One update from the current weights.
+    pub fn update(&mut self, vs: &nn::VarStore) {
+        let vars = vs.variables();
+        tch::no_grad(|| {
+            for (name, shadow) in self.shadow.iter_mut() {
+                if let Some(v) = vars.get(name) {
+                    let _ = shadow
+                        .g_mul_scalar_(self.decay)
+                        .g_add_(&(v * (1.0 - self.decay)));
+                }
+            }
+        });
+    }
+
+    /// Copies the EMA weights into `vs` (e.g. a separate model used for sampling).
+    pub fn copy_to(&self, vs: &nn::VarStore) -> Result<()> {
+        let vars = vs.variables();
+        tch::no_grad(|| {
+            for (name, shadow) in &self.shadow {
+                let mut v = vars
+                    .get(name)
+                    .ok_or_else(|| FlowError::File {
+                        path: name.into(),
+                        reason: "EMA holds a variable the model does not have".into(),
+                    })?
+                    .shallow_clone();
+                v.copy_(shadow);
+            }
+            Ok(())
+        })
+    }
+
+    /// The EMA weights as `ema.<variable>` tensors.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        self.shadow
+            .iter()
+            .map(|(k, v)| (format!("ema.{k}"), v.shallow_clone()))
+            .collect()
+    }
+
+    /// Restores from `ema.<variable>` tensors (every variable of the EMA must be present).
+    pub fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let found: BTreeMap<&str, &Tensor> = tensors
+            .iter()
+            .filter_map(|(k, t)| Some((k.strip_prefix("ema.")?, t)))
+            .collect();
+        for (name, shadow) in self.shadow.iter_mut() {
+            let t = found.get(name.as_str()).ok_or_else(|| FlowError::File {
+                path: format!("ema.{name}").into(),
+                reason: "missing from the checkpoint".into(),
+            })?;
+            *shadow = t.to_kind(shadow.kind()).to_device(shadow.device());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,55 @@
+//! Learning-rate schedules: linear warm-up, then constant or cosine decay.
+
+use serde::{Deserialize, Serialize};
+
+/// After warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Decay {
+    /// Stay at the peak.
+    Constant,
+    /// Half-cosine from the peak to `min_factor × peak` at `total_steps`.
+    Cosine {
+        /// Final fraction of the peak.
+        #[serde(default)]
+        min_factor: f64,
+    },
+}
+
+/// Warm-up + decay.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrSchedule {
+    /// Steps of linear warm-up from 0 to the peak.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// What follows.
+    pub decay: Decay,
+}
+
+impl Default for LrSchedule {
+    fn default() -> Self {
+        Self {
+            warmup_steps: 0,
+            decay: Decay::Constant,
+        }
+    }
+}
+
+impl LrSchedule {
+    /// Learning rate for update `step` (1-based) of `total_steps`, given the peak.
+    pub fn lr(&self, peak: f64, step: u64, total_steps: u64) -> f64 {
+        if step <= self.warmup_steps && self.warmup_steps > 0 {
+            return peak * step as f64 / self.warmup_steps as f64;
+        }
+        match self.decay {
+            Decay::Constant => peak,
+            Decay::Cosine { min_factor } => {
+                let span = total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+                let progress = ((step - self.warmup_steps.min(step)) as f64 / span).clamp(0.0, 1.0);
+                let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+                peak * (min_factor + (1.0 - min_factor) * cosine)
+            }
+        }
+    }
+}
