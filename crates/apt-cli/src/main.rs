@@ -4,6 +4,7 @@ mod data_cmd;
 mod doctor;
 mod model_cmd;
 mod text_cmd;
+mod train_cmd;
 mod train_smoke;
 
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Report libtorch (version, path), threads, CUDA devices and bf16 support.
     Doctor,
+    /// Train a stage of the pipeline from a run config.
+    Train(train_cmd::TrainArgs),
     /// Data tools: inspect a video or image file.
     Data {
         #[command(subcommand)]
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Doctor => doctor::run(),
         Command::Data { command } => data_cmd::run(command),
+        Command::Train(args) => train_cmd::run(args),
         Command::Model { command } => model_cmd::run(command),
         Command::Text { command } => text_cmd::run(command),
     };

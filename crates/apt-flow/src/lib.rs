@@ -5,16 +5,26 @@
 
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod data;
+pub mod distill;
 pub mod error;
+pub mod evaluate;
 pub mod flow;
 pub mod gaussian;
+pub mod onestep;
+pub mod pretrain;
 pub mod rng;
 pub mod sampler;
+pub mod text;
 pub mod timesteps;
 pub mod train;
+pub mod trainer;
 
+pub use config::RunConfig;
 pub use error::{FlowError, Result};
 pub use flow::{flow_matching_loss, interpolate, velocity_target, Conditioning, VelocityModel};
+pub use onestep::OneStepGenerator;
 pub use rng::TensorRng;
 pub use sampler::{sample, sample_trajectory, Guidance, Method, SamplerConfig};
 pub use timesteps::{shift, TimeDistribution, TimestepSampler};

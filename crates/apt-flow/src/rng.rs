@@ -59,3 +59,16 @@ impl TensorRng {
         &mut self.rng
     }
 }
+
+static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` (which may draw from libtorch's global generator, e.g. to initialise a model) with
+/// that generator seeded by `seed`, holding a process-wide lock so that other threads doing
+/// the same cannot interleave: model initialisation is reproducible even with parallel runs.
+pub fn with_global_seed<T>(seed: u64, f: impl FnOnce() -> T) -> T {
+    let _guard = GLOBAL_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    tch::manual_seed(seed as i64);
+    f()
+}

@@ -1,0 +1,78 @@
+//! Captions → conditioning tensors: embeddings from the frozen encoder through the on-disk
+//! cache, padded (with zeros) or truncated to a fixed token count so that every batch, and the
+//! conditional and null halves of a guided batch, line up. Classifier-free-guidance dropout
+//! swaps a caption for the null (empty) caption.
+
+use std::path::Path;
+
+use apt_data::{EmbeddingCache, TextEmbedding, TextEncoder};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::Result;
+use crate::flow::Conditioning;
+
+/// Embeds captions for the model.
+#[derive(Debug)]
+pub struct TextConditioner {
+    encoder: TextEncoder,
+    cache: EmbeddingCache,
+    tokens: i64,
+    device: Device,
+}
+
+impl TextConditioner {
+    /// MiniLM (from the assets) with its cache in `cache_dir`, padding to `tokens` tokens.
+    pub fn minilm(cache_dir: &Path, tokens: usize, device: Device) -> Result<Self> {
+        // Building the encoder draws (overwritten) initial weights from libtorch's generator.
+        let encoder = crate::rng::with_global_seed(0, || TextEncoder::minilm(Device::Cpu))?;
+        Ok(Self {
+            encoder,
+            cache: EmbeddingCache::new(cache_dir)?,
+            tokens: tokens as i64,
+            device,
+        })
+    }
+
+    /// Token width of the context (384 for MiniLM).
+    pub fn width(&self) -> i64 {
+        self.encoder.width()
+    }
+
+    /// Tokens per caption after padding/truncation.
+    pub fn tokens(&self) -> i64 {
+        self.tokens
+    }
+
+    fn padded(&self, e: &TextEmbedding) -> (Tensor, Tensor) {
+        let l = e.context.size()[0].min(self.tokens);
+        let context = Tensor::zeros([self.tokens, self.width()], (Kind::Float, Device::Cpu));
+        context.narrow(0, 0, l).copy_(&e.context.narrow(0, 0, l));
+        (context, e.pooled.shallow_clone())
+    }
+
+    /// Conditioning for `captions`; where `drop[i]` is true, caption `i` is replaced by the
+    /// null caption (CFG dropout).
+    pub fn batch(&self, captions: &[String], drop: &[bool]) -> Result<Conditioning> {
+        let mut contexts = Vec::with_capacity(captions.len());
+        let mut pooled = Vec::with_capacity(captions.len());
+        for (i, caption) in captions.iter().enumerate() {
+            let text = if drop.get(i).copied().unwrap_or(false) {
+                ""
+            } else {
+                caption.as_str()
+            };
+            let (c, p) = self.padded(&self.cache.get(text, &self.encoder)?);
+            contexts.push(c);
+            pooled.push(p);
+        }
+        Ok(Conditioning {
+            context: Tensor::stack(&contexts, 0).to_device(self.device),
+            pooled: Tensor::stack(&pooled, 0).to_device(self.device),
+        })
+    }
+
+    /// The null condition for one sample (`[1, tokens, D]`, `[1, D]`).
+    pub fn null(&self) -> Result<Conditioning> {
+        self.batch(&[String::new()], &[false])
+    }
+}
