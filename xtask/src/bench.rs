@@ -130,7 +130,11 @@ pub fn bench(args: &[String]) -> Result<(), Failure> {
     match args.first().map(String::as_str) {
         Some("model") => bench_model(&args[1..]),
         Some("data") => bench_data(),
-        _ => Err(Failure::new("usage: cargo xtask bench model [--size tiny|small] [--threads N] [--rounds R] [--iters K] | cargo xtask bench data  (criterion benches: cargo bench -p apt-mmdit)")),
+        Some("flow") => {
+            setup::setup(false)?;
+            run(cargo().args(["run", "--release", "-q", "-p", "apt-flow", "--example", "flow_bench"]), "one-step vs 25-step CFG sampling, training throughput")
+        }
+        _ => Err(Failure::new("usage: cargo xtask bench model [--size tiny|small] [--threads N] [--rounds R] [--iters K] | cargo xtask bench data | cargo xtask bench flow  (criterion benches: cargo bench -p apt-mmdit)")),
     }
 }
 

@@ -24,6 +24,7 @@ cargo xtask <command> [args]
   bench model      Rust vs PyTorch eager (diffusers) on the same SD3 model, interleaved
         [--size tiny|small] [--threads N] [--rounds R] [--iters K]
   bench data       decoding vs the ffmpeg tool (frames/s), loader clips/s at 1 and 2 workers
+  bench flow       one-step generation vs the 25-step CFG teacher, training samples/s
   fuzz [SECONDS]   fuzz the decoder entry point (cargo-fuzz; real clips as seed corpus)
   help             this text
 ";
