@@ -29,8 +29,14 @@ fn main() {
     let batch = 4;
     let mut rng = TensorRng::new(0, 0);
     let z = rng.normal(&[batch, c, t, h, w], Device::Cpu);
-    let cond = Conditioning { context: rng.normal(&[batch, 16, 384], Device::Cpu), pooled: rng.normal(&[batch, 384], Device::Cpu) };
-    let null = Conditioning { context: rng.normal(&[1, 16, 384], Device::Cpu), pooled: rng.normal(&[1, 384], Device::Cpu) };
+    let cond = Conditioning {
+        context: rng.normal(&[batch, 16, 384], Device::Cpu),
+        pooled: rng.normal(&[batch, 384], Device::Cpu),
+    };
+    let null = Conditioning {
+        context: rng.normal(&[1, 16, 384], Device::Cpu),
+        pooled: rng.normal(&[1, 384], Device::Cpu),
+    };
     let teacher_cfg = SamplerConfig::paper_baseline();
     let generator = OneStepGenerator::new(&model);
     let (mut one, mut teacher) = (vec![], vec![]);
@@ -41,7 +47,11 @@ fn main() {
                 let _ = tch::no_grad(|| generator.generate(&z, &cond)).expect("one step");
                 one.push(start.elapsed().as_secs_f64());
             } else {
-                let g = Guidance { cond: &cond, uncond: Some(&null), scale: teacher_cfg.cfg_scale };
+                let g = Guidance {
+                    cond: &cond,
+                    uncond: Some(&null),
+                    scale: teacher_cfg.cfg_scale,
+                };
                 let _ = sample(&model, &z, &g, &teacher_cfg).expect("teacher");
                 teacher.push(start.elapsed().as_secs_f64());
             }
@@ -57,9 +67,18 @@ fn main() {
     );
 
     let train_batch = 8;
-    let mut opt = Optimizer::new(OptimizerConfig::Adamw { lr: 1e-4, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 }).expect("optimizer");
+    let mut opt = Optimizer::new(OptimizerConfig::Adamw {
+        lr: 1e-4,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        weight_decay: 0.0,
+    })
+    .expect("optimizer");
     let x0 = rng.normal(&[train_batch, c, t, h, w], Device::Cpu);
-    let tc = Conditioning { context: rng.normal(&[train_batch, 16, 384], Device::Cpu), pooled: rng.normal(&[train_batch, 384], Device::Cpu) };
+    let tc = Conditioning {
+        context: rng.normal(&[train_batch, 16, 384], Device::Cpu),
+        pooled: rng.normal(&[train_batch, 384], Device::Cpu),
+    };
     let mut times = vec![];
     for i in 0..12 {
         let start = Instant::now();
@@ -74,5 +93,10 @@ fn main() {
         }
     }
     let m = median(times);
-    println!("training, small, batch {train_batch}: {:.0} ms per step, {:.1} samples/s ({} threads)", m * 1e3, train_batch as f64 / m, tch::get_num_threads());
+    println!(
+        "training, small, batch {train_batch}: {:.0} ms per step, {:.1} samples/s ({} threads)",
+        m * 1e3,
+        train_batch as f64 / m,
+        tch::get_num_threads()
+    );
 }
