@@ -142,6 +142,13 @@ fn fixtures() -> Result<(), Failure> {
         "torch.optim AdamW/RMSprop fixture",
     )?;
     run(
+        Command::new(&python)
+            .arg(repo_root().join("scripts/make_seed_gan_fixture.py"))
+            .arg("--out")
+            .arg(repo_root().join("crates/apt-gan/tests/fixtures/seed_gan.safetensors")),
+        "the seed article's WGAN-GP fixture",
+    )?;
+    run(
         Command::new(python)
             .arg(repo_root().join("scripts/make_sd3_fixtures.py"))
             .arg("--out")

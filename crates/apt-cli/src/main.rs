@@ -2,6 +2,7 @@
 
 mod data_cmd;
 mod doctor;
+mod gan_cmd;
 mod model_cmd;
 mod text_cmd;
 mod train_cmd;
@@ -30,6 +31,11 @@ enum Command {
         #[command(subcommand)]
         command: data_cmd::DataCommand,
     },
+    /// GAN tools: parity with the seed article's conditional WGAN-GP.
+    Gan {
+        #[command(subcommand)]
+        command: gan_cmd::GanCommand,
+    },
     /// Text tools: embed a caption with the frozen MiniLM encoder.
     Text {
         #[command(subcommand)]
@@ -56,6 +62,7 @@ fn main() -> ExitCode {
         Command::Data { command } => data_cmd::run(command),
         Command::Train(args) => train_cmd::run(args),
         Command::Model { command } => model_cmd::run(command),
+        Command::Gan { command } => gan_cmd::run(command),
         Command::Text { command } => text_cmd::run(command),
     };
     match result {

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod losses;
+pub mod seed_gan;
 
 pub use losses::{
     approx_r1_penalty, approx_r2_penalty, bce_discriminator_loss, exact_r1_penalty,

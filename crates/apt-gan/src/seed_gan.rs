@@ -1,0 +1,279 @@
+//! The seed article's conditional MLP GAN for probabilistic scenario generation (e.g. PV or load
+//! profiles given weather forecasts), as `Generator_linear` / `Discriminator_wassertein`:
+//!
+//! * generator: `[noise; context]` → Linear/ReLU … Linear → sample;
+//! * critic: `[sample; context]` → Linear/LeakyReLU(0.01) … Linear → score;
+//! * critic loss: `−(E D(x) − E D(G(z))) + λ_gp · GP`.
+//!
+//! Two quirks of the seed's code are reproduced only with [`SeedGanConfig::seed_compatible`]:
+//! the interpolation weight ε drawn per element instead of per sample, and a final ReLU on the
+//! critic's output. Variable names equal the seed modules' `state_dict` keys (`gen.0.weight`,
+//! `dis.0.weight`, …), so their weights load as they are.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::Module, Kind, Tensor};
+
+use crate::losses::{gradient_penalty, interpolation_weights, wgan_critic_loss, Interpolation};
+
+/// Sizes and options.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedGanConfig {
+    /// Sample size (e.g. 24 hourly values).
+    pub in_size: i64,
+    /// Context size (e.g. weather features).
+    pub cond_in: i64,
+    /// Latent noise size.
+    pub latent_s: i64,
+    /// Hidden width of both networks (the seed uses `gen_w` for both).
+    pub width: i64,
+    /// Hidden layers of both networks (`gen_l`).
+    pub layers: usize,
+    /// Gradient-penalty weight.
+    pub lambda_gp: f64,
+    /// Per-element ε and a final ReLU on the critic, as the seed's code does.
+    #[serde(default)]
+    pub seed_compatible: bool,
+}
+
+fn mlp(p: nn::Path, sizes: &[i64]) -> Vec<nn::Linear> {
+    // nn.Sequential indices: Linear layers sit at 0, 2, 4, … (activations in between).
+    sizes
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| nn::linear(&p / (2 * i), w[0], w[1], Default::default()))
+        .collect()
+}
+
+/// `Generator_linear`.
+#[derive(Debug)]
+pub struct SeedGenerator {
+    layers: Vec<nn::Linear>,
+    latent: i64,
+}
+
+/// `Discriminator_wassertein`.
+#[derive(Debug)]
+pub struct SeedCritic {
+    layers: Vec<nn::Linear>,
+    final_relu: bool,
+}
+
+impl SeedGenerator {
+    /// Creates the generator's variables under `p` (`gen`).
+    pub fn new(p: nn::Path, cfg: &SeedGanConfig) -> Self {
+        let mut sizes = vec![cfg.latent_s + cfg.cond_in];
+        sizes.extend(std::iter::repeat_n(cfg.width, cfg.layers));
+        sizes.push(cfg.in_size);
+        Self {
+            layers: mlp(p, &sizes),
+            latent: cfg.latent_s,
+        }
+    }
+
+    /// `gen([noise; context])`.
+    pub fn forward(&self, noise: &Tensor, context: &Tensor) -> Tensor {
+        let mut x = Tensor::cat(&[noise, context], 1);
+        let last = self.layers.len() - 1;
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(&x);
+            if i < last {
+                x = x.relu();
+            }
+        }
+        x
+    }
+
+    /// `n` scenarios for one context `[cond_in]` (noise from libtorch's generator).
+    pub fn sample(&self, n: i64, context: &Tensor) -> Tensor {
+        let z = Tensor::randn([n, self.latent], (Kind::Float, context.device()));
+        let c = context.reshape([1, -1]).expand([n, -1], false);
+        tch::no_grad(|| self.forward(&z, &c))
+    }
+}
+
+impl SeedCritic {
+    /// Creates the critic's variables under `p` (`dis`).
+    pub fn new(p: nn::Path, cfg: &SeedGanConfig) -> Self {
+        let mut sizes = vec![cfg.in_size + cfg.cond_in];
+        sizes.extend(std::iter::repeat_n(cfg.width, cfg.layers));
+        sizes.push(1);
+        Self {
+            layers: mlp(p, &sizes),
+            final_relu: cfg.seed_compatible,
+        }
+    }
+
+    /// `dis([sample; context])` → `[B, 1]`.
+    pub fn forward(&self, sample: &Tensor, context: &Tensor) -> Tensor {
+        let mut x = Tensor::cat(&[sample, context], 1);
+        let last = self.layers.len() - 1;
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(&x);
+            // LeakyReLU's default slope is 0.01, the seed's `alpha`.
+            x = if i < last {
+                x.leaky_relu()
+            } else if self.final_relu {
+                x.relu()
+            } else {
+                x
+            };
+        }
+        x
+    }
+}
+
+/// The critic's loss terms.
+#[derive(Debug)]
+pub struct CriticLoss {
+    /// `−(E D(x) − E D(G(z))) + λ_gp · GP`.
+    pub loss: Tensor,
+    /// `GP`.
+    pub gradient_penalty: Tensor,
+}
+
+/// The critic loss with interpolation weights `eps` (draw them with
+/// [`interpolation_weights`], per element when seed-compatible).
+pub fn critic_loss(
+    critic: &SeedCritic,
+    cfg: &SeedGanConfig,
+    generated: &Tensor,
+    real: &Tensor,
+    context: &Tensor,
+    eps: &Tensor,
+) -> CriticLoss {
+    let d_real = critic.forward(real, context);
+    let d_fake = critic.forward(generated, context);
+    let gp = gradient_penalty(|x| critic.forward(x, context), real, generated, eps);
+    CriticLoss {
+        loss: wgan_critic_loss(&d_real, &d_fake) + &gp * cfg.lambda_gp,
+        gradient_penalty: gp,
+    }
+}
+
+/// Interpolation weights as the configuration asks for.
+pub fn draw_interpolation(cfg: &SeedGanConfig, real: &Tensor) -> Tensor {
+    interpolation_weights(
+        real,
+        if cfg.seed_compatible {
+            Interpolation::PerElement
+        } else {
+            Interpolation::PerSample
+        },
+    )
+}
+
+/// Reads a config off the seed modules' weights (`gen.0.weight`, … as in their `state_dict`).
+pub fn config_from_state_dict(
+    tensors: &BTreeMap<String, Tensor>,
+    lambda_gp: f64,
+) -> Option<SeedGanConfig> {
+    let layers: Vec<&Tensor> = (0..)
+        .map(|i| tensors.get(&format!("gen.{}.weight", 2 * i)))
+        .take_while(Option::is_some)
+        .flatten()
+        .collect();
+    let first_d = tensors.get("dis.0.weight")?;
+    let (first, last) = (layers.first()?, layers.last()?);
+    let width = first.size()[0];
+    Some(SeedGanConfig {
+        in_size: last.size()[0],
+        cond_in: first_d.size()[1] - last.size()[0],
+        latent_s: first.size()[1] - (first_d.size()[1] - last.size()[0]),
+        width,
+        layers: layers.len() - 1,
+        lambda_gp,
+        seed_compatible: true,
+    })
+}
+
+/// What [`run_seed_parity`] compared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeedParity {
+    /// The config read off the weights.
+    pub config: SeedGanConfig,
+    /// Largest difference over the generated samples, critic loss, gradient penalty and the
+    /// critic's parameter gradients.
+    pub max_abs_diff: f64,
+}
+
+/// Recomputes a seed-parity fixture (the seed modules' `state_dict` as `gen.*` / `dis.*`,
+/// inputs `noise`, `context`, `true_samples`, `epsilon`, 0-d `lambda_gp`, expected `generated`,
+/// `critic_loss`, `gradient_penalty`, optionally `grad.dis.*`) in seed-compatible mode.
+pub fn run_seed_parity(path: &std::path::Path) -> Result<SeedParity, String> {
+    let fx: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
+        .map_err(|e| format!("{}: not a readable safetensors file: {e}", path.display()))?
+        .into_iter()
+        .collect();
+    let need = |k: &str| {
+        fx.get(k)
+            .ok_or_else(|| format!("{}: missing tensor `{k}`", path.display()))
+    };
+    let weights: BTreeMap<String, Tensor> = fx
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                k.strip_prefix("gen.")
+                    .or_else(|| k.strip_prefix("dis."))?
+                    .to_string(),
+                v.shallow_clone(),
+            ))
+        })
+        .collect();
+    let cfg = config_from_state_dict(&weights, need("lambda_gp")?.double_value(&[])).ok_or_else(
+        || {
+            format!(
+                "{}: expected the seed modules' weights gen.gen.0.weight, …, dis.dis.0.weight, …",
+                path.display()
+            )
+        },
+    )?;
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let gen = SeedGenerator::new(vs.root() / "gen", &cfg);
+    let dis = SeedCritic::new(vs.root() / "dis", &cfg);
+    apt_mmdit::weights::load_tensors_strict(&vs, &weights, path).map_err(|e| e.to_string())?;
+    let f32 = |t: &Tensor| t.to_kind(Kind::Float);
+    let generated = gen.forward(&f32(need("noise")?), &f32(need("context")?));
+    let diff = |a: &Tensor, b: &Tensor| (a - f32(b)).abs().max().double_value(&[]);
+    let mut worst = diff(&generated, need("generated")?);
+    let loss = critic_loss(
+        &dis,
+        &cfg,
+        &generated,
+        &f32(need("true_samples")?),
+        &f32(need("context")?),
+        &f32(need("epsilon")?),
+    );
+    worst = worst
+        .max(diff(&loss.loss, need("critic_loss")?))
+        .max(diff(&loss.gradient_penalty, need("gradient_penalty")?));
+    let mut params: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("dis."))
+        .collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    if params
+        .iter()
+        .all(|(k, _)| fx.contains_key(&format!("grad.dis.{k}")))
+    {
+        let grads = Tensor::run_backward(
+            &[&loss.loss],
+            &params
+                .iter()
+                .map(|(_, t)| t.shallow_clone())
+                .collect::<Vec<_>>(),
+            false,
+            false,
+        );
+        for ((k, _), g) in params.iter().zip(&grads) {
+            worst = worst.max(diff(g, &fx[&format!("grad.dis.{k}")]));
+        }
+    }
+    Ok(SeedParity {
+        config: cfg,
+        max_abs_diff: worst,
+    })
+}
