@@ -1,0 +1,238 @@
+//! APT's discriminator (spec §5): an MMDiT backbone initialised from the diffusion (teacher)
+//! weights, all trainable, run up to its deepest tap; at each tap layer a cross-attention-only
+//! head whose single learnable token attends to all visual tokens; the head outputs are
+//! concatenated, LayerNorm'ed and projected to one logit.
+//!
+//! Shape-agnostic: heads see `[B, N, D]` for any N. The real or generated clip goes in as it
+//! is (no noise); only the timestep given to D is random, `t ~ shift(U(0, 1), s)` per sample,
+//! and D sees the text condition.
+
+use apt_mmdit::attention::{attention, RmsNorm};
+use apt_mmdit::{Mmdit, MmditConfig};
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::Module, Tensor};
+
+/// Discriminator options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscriminatorConfig {
+    /// Tap layers (1-based block numbers); default ≈ 44%, 72%, 100% of the depth
+    /// (16, 26, 36 of 36).
+    #[serde(default)]
+    pub taps: Option<Vec<usize>>,
+    /// Shift `s` of D's timestep distribution (1 for images, 12 for video in the paper).
+    #[serde(default = "default_shift")]
+    pub time_shift: f64,
+}
+
+fn default_shift() -> f64 {
+    1.0
+}
+
+impl Default for DiscriminatorConfig {
+    fn default() -> Self {
+        Self {
+            taps: None,
+            time_shift: default_shift(),
+        }
+    }
+}
+
+/// The paper's tap rule scaled to `depth` blocks: `round(0.44·N)`, `round(0.72·N)`, `N`
+/// (16, 26, 36 for 36 blocks), without duplicates.
+pub fn default_taps(depth: usize) -> Vec<usize> {
+    let mut taps: Vec<usize> = [0.44, 0.72, 1.0]
+        .iter()
+        .map(|f| ((f * depth as f64).round() as usize).clamp(1, depth))
+        .collect();
+    taps.dedup();
+    taps
+}
+
+/// One cross-attention-only head: pre-RMSNorm on the query token and on the visual tokens,
+/// Q/K/V/O projections with Q/K RMSNorm, then a pre-RMSNorm GELU MLP; residual connections.
+#[derive(Debug)]
+pub struct TapHead {
+    token: Tensor,
+    norm_query: RmsNorm,
+    norm_tokens: RmsNorm,
+    to_q: nn::Linear,
+    to_k: nn::Linear,
+    to_v: nn::Linear,
+    norm_q: RmsNorm,
+    norm_k: RmsNorm,
+    to_out: nn::Linear,
+    norm_mlp: RmsNorm,
+    mlp_up: nn::Linear,
+    mlp_down: nn::Linear,
+    heads: i64,
+    backend: apt_mmdit::AttentionBackend,
+}
+
+impl TapHead {
+    /// Creates the head under `p` for width `d` with `heads` heads.
+    pub fn new(p: nn::Path, d: i64, heads: i64, backend: apt_mmdit::AttentionBackend) -> Self {
+        let hd = d / heads;
+        let lin = |name: &str, i: i64, o: i64| nn::linear(&p / name, i, o, Default::default());
+        Self {
+            token: p.randn("token", &[1, 1, d], 0.0, 0.02),
+            norm_query: RmsNorm::new(&p / "norm_query", d, 1e-6),
+            norm_tokens: RmsNorm::new(&p / "norm_tokens", d, 1e-6),
+            to_q: lin("to_q", d, d),
+            to_k: lin("to_k", d, d),
+            to_v: lin("to_v", d, d),
+            norm_q: RmsNorm::new(&p / "norm_q", hd, 1e-6),
+            norm_k: RmsNorm::new(&p / "norm_k", hd, 1e-6),
+            to_out: lin("to_out", d, d),
+            norm_mlp: RmsNorm::new(&p / "norm_mlp", d, 1e-6),
+            mlp_up: lin("mlp_up", d, 4 * d),
+            mlp_down: lin("mlp_down", 4 * d, d),
+            heads,
+            backend,
+        }
+    }
+
+    /// Visual tokens `[B, N, D]` → one feature vector `[B, D]`.
+    pub fn forward(&self, tokens: &Tensor) -> Tensor {
+        let (b, n, d) = tokens.size3().expect("[B, N, D]");
+        let query = self.token.expand([b, 1, d], false);
+        let split = |t: Tensor, len: i64| t.view([b, len, self.heads, -1]).transpose(1, 2);
+        let kv = self.norm_tokens.forward(tokens);
+        let q = self.norm_q.forward(&split(
+            self.to_q.forward(&self.norm_query.forward(&query)),
+            1,
+        ));
+        let k = self.norm_k.forward(&split(self.to_k.forward(&kv), n));
+        let v = split(self.to_v.forward(&kv), n);
+        let attended = attention(&q, &k, &v, self.backend)
+            .transpose(1, 2)
+            .reshape([b, 1, d]);
+        let h = &query + self.to_out.forward(&attended);
+        let h = &h
+            + self
+                .mlp_down
+                .forward(&self.mlp_up.forward(&self.norm_mlp.forward(&h)).gelu("tanh"));
+        h.squeeze_dim(1)
+    }
+}
+
+/// The APT discriminator. Variables: `backbone.*` (diffusers names, loadable from the teacher),
+/// `heads.<i>.*`, `out_norm.*`, `out_proj.*`.
+#[derive(Debug)]
+pub struct AptDiscriminator {
+    backbone: Mmdit,
+    heads: Vec<TapHead>,
+    taps: Vec<usize>,
+    out_norm: nn::LayerNorm,
+    out_proj: nn::Linear,
+    time_shift: f64,
+}
+
+impl AptDiscriminator {
+    /// Builds the discriminator for a backbone of config `model` under `p`.
+    pub fn new(
+        p: nn::Path,
+        model: &MmditConfig,
+        cfg: &DiscriminatorConfig,
+    ) -> apt_mmdit::Result<Self> {
+        let taps = cfg
+            .taps
+            .clone()
+            .unwrap_or_else(|| default_taps(model.depth));
+        if taps.is_empty() || taps.iter().any(|&k| k == 0 || k > model.depth) {
+            return Err(apt_mmdit::MmditError::Config {
+                key: "discriminator.taps".into(),
+                message: format!("must be block numbers in 1..={}, got {taps:?}", model.depth),
+            });
+        }
+        let d = model.hidden_size() as i64;
+        let heads = taps
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                TapHead::new(&p / "heads" / i, d, model.num_heads as i64, model.attention)
+            })
+            .collect();
+        let width = d * taps.len() as i64;
+        Ok(Self {
+            backbone: Mmdit::new(&p / "backbone", model)?,
+            heads,
+            out_norm: nn::layer_norm(&p / "out_norm", vec![width], Default::default()),
+            out_proj: nn::linear(&p / "out_proj", width, 1, Default::default()),
+            taps,
+            time_shift: cfg.time_shift,
+        })
+    }
+
+    /// The tap layers.
+    pub fn taps(&self) -> &[usize] {
+        &self.taps
+    }
+
+    /// Shift of D's timestep distribution.
+    pub fn time_shift(&self) -> f64 {
+        self.time_shift
+    }
+
+    /// Logits `[B]` for clips `x` (fed as they are) at D-times `t` `[B]` with the text.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        pooled: &Tensor,
+    ) -> apt_mmdit::Result<Tensor> {
+        let tapped = self
+            .backbone
+            .forward_with_taps(x, t, context, pooled, &self.taps, false)?;
+        let features: Vec<Tensor> = self
+            .heads
+            .iter()
+            .zip(&tapped.taps)
+            .map(|(h, tokens)| h.forward(tokens))
+            .collect();
+        let joined = self.out_norm.forward(&Tensor::cat(&features, 1));
+        Ok(self.out_proj.forward(&joined).squeeze_dim(1))
+    }
+
+    /// D's timesteps: `shift(u, s)` for uniform `u` `[B]` (one per sample).
+    pub fn times_from_uniform(&self, u: &Tensor) -> Tensor {
+        let s = self.time_shift;
+        if s == 1.0 {
+            return u.shallow_clone();
+        }
+        u * s / (u * (s - 1.0) + 1.0)
+    }
+}
+
+/// Copies diffusion weights (diffusers names) into the discriminator's `backbone.*` variables
+/// (every one must be present with its shape); heads and output layers keep their fresh
+/// initialisation.
+pub fn load_backbone(vs: &nn::VarStore, diffusion: &nn::VarStore) -> apt_mmdit::Result<()> {
+    let source = diffusion.variables();
+    let vars = vs.variables();
+    let (mut missing, mut mismatched) = (vec![], vec![]);
+    for (k, v) in vars.iter().filter(|(k, _)| k.starts_with("backbone.")) {
+        match source.get(&k["backbone.".len()..]) {
+            None => missing.push(k.clone()),
+            Some(t) if t.size() != v.size() => {
+                mismatched.push(format!("{k}: {:?} vs {:?}", t.size(), v.size()))
+            }
+            Some(_) => {}
+        }
+    }
+    if !missing.is_empty() || !mismatched.is_empty() {
+        return Err(apt_mmdit::MmditError::Weights {
+            path: "diffusion weights".into(),
+            missing,
+            unexpected: vec![],
+            mismatched,
+        });
+    }
+    tch::no_grad(|| {
+        for (k, mut v) in vars.into_iter().filter(|(k, _)| k.starts_with("backbone.")) {
+            v.copy_(&source[&k["backbone.".len()..]].to_kind(v.kind()));
+        }
+    });
+    Ok(())
+}
