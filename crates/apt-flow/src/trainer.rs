@@ -224,11 +224,9 @@ impl Trainer {
         }
         loaded.restore_model(vs)?;
         if let Some(ema) = &mut self.ema {
-            ema.load_state(&loaded.tensors)?;
+            ema.load_state(&loaded.tensors, "ema")?;
         }
-        if let Some((_, steps)) = m.optimizer {
-            self.optimizer.load_state(&loaded.tensors, steps, vs)?;
-        }
+        loaded.restore_optimizer("optimizer", &mut self.optimizer, vs)?;
         if let Some(rng) = &m.rng {
             self.rng = rng.clone();
         }
@@ -254,9 +252,9 @@ impl Trainer {
         let state = TrainState {
             stage: &self.stage,
             step: self.step,
-            model: vs,
-            ema: self.ema.as_ref(),
-            optimizer: Some(&self.optimizer),
+            models: vec![("model", vs)],
+            emas: self.ema.iter().map(|e| ("ema", e)).collect(),
+            optimizers: vec![("optimizer", &self.optimizer)],
             rng: Some(&self.rng),
             cursor: Some(objective.cursor()),
             guard: &self.guard,

@@ -118,7 +118,7 @@ fn optimizer_state_round_trips_mid_run() {
             feed(&vs1, &fx, step);
             first.step(&vs1, cfg.lr());
         }
-        let state = first.state_tensors();
+        let state = first.state_tensors("optimizer");
         let vs2 = params(&fx);
         tch::no_grad(|| {
             for (k, mut v) in vs2.variables() {
@@ -127,7 +127,7 @@ fn optimizer_state_round_trips_mid_run() {
         });
         let mut second = Optimizer::new(cfg).unwrap();
         second
-            .load_state(&state, first.steps_taken(), &vs2)
+            .load_state(&state, "optimizer", first.steps_taken(), &vs2)
             .unwrap();
         for step in 2..5 {
             feed(&vs2, &fx, step);
@@ -244,9 +244,9 @@ fn checkpoints_round_trip_and_survive_corruption() {
         let state = TrainState {
             stage: "test",
             step,
-            model: &vs,
-            ema: Some(&ema),
-            optimizer: Some(&opt),
+            models: vec![("model", &vs)],
+            emas: vec![("ema", &ema)],
+            optimizers: vec![("optimizer", &opt)],
             rng: Some(&rng),
             cursor: Some(apt_data::Cursor {
                 epoch: 0,

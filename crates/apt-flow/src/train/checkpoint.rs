@@ -1,6 +1,8 @@
-//! Training checkpoints: model + EMA + optimizer state (one safetensors file, tensors prefixed
-//! `model.`, `ema.`, `optimizer.`) and a JSON manifest (step, optimizer steps, RNG state, data
-//! cursor, non-finite counters, the weights file's size and hash).
+//! Training checkpoints: models + EMAs + optimizer states (one safetensors file, each part's
+//! tensors under its own prefix: `model.`, `ema.`, `optimizer.` for a single-model trainer;
+//! `generator.`, `discriminator.`, … for adversarial training) and a JSON manifest (step,
+//! optimizer steps, RNG state, data cursor, non-finite counters, the weights file's size and
+//! hash).
 //!
 //! Writes are atomic (temporary file, fsync, rename) and ordered weights → manifest → `latest`
 //! pointer, so a crash at any moment leaves the previous checkpoint complete and referenced.
@@ -39,8 +41,8 @@ pub struct Manifest {
     pub weights_bytes: u64,
     /// Its FNV-1a 64 hash (hex).
     pub weights_fnv64: String,
-    /// The optimizer's configuration and update count.
-    pub optimizer: Option<(OptimizerConfig, u64)>,
+    /// Every optimizer's configuration and update count, by prefix.
+    pub optimizers: BTreeMap<String, (OptimizerConfig, u64)>,
     /// The training random stream.
     pub rng: Option<TensorRng>,
     /// The data loader's position.
@@ -58,12 +60,12 @@ pub struct TrainState<'a> {
     pub stage: &'a str,
     /// Completed steps.
     pub step: u64,
-    /// Model weights.
-    pub model: &'a nn::VarStore,
-    /// EMA weights.
-    pub ema: Option<&'a Ema>,
-    /// Optimizer.
-    pub optimizer: Option<&'a Optimizer>,
+    /// Model weights, each under its prefix.
+    pub models: Vec<(&'a str, &'a nn::VarStore)>,
+    /// EMA weights, each under its prefix.
+    pub emas: Vec<(&'a str, &'a Ema)>,
+    /// Optimizers, each under its prefix.
+    pub optimizers: Vec<(&'a str, &'a Optimizer)>,
     /// Random stream.
     pub rng: Option<&'a TensorRng>,
     /// Data cursor.
@@ -81,7 +83,7 @@ pub struct Loaded {
     pub manifest: Manifest,
     /// Where the manifest is.
     pub path: PathBuf,
-    /// All tensors (`model.*`, `ema.*`, `optimizer.*`).
+    /// All tensors, prefixed.
     pub tensors: Vec<(String, Tensor)>,
 }
 
@@ -115,17 +117,19 @@ pub fn save(dir: &Path, state: &TrainState, keep_last: usize) -> Result<PathBuf>
     })?;
     let name = format!("step-{:09}", state.step);
     let weights = dir.join(format!("{name}.safetensors"));
-    let mut tensors: Vec<(String, Tensor)> = state
-        .model
-        .variables()
-        .into_iter()
-        .map(|(k, v)| (format!("model.{k}"), v.detach()))
-        .collect();
-    if let Some(ema) = state.ema {
-        tensors.extend(ema.state_tensors());
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for (prefix, vs) in &state.models {
+        tensors.extend(
+            vs.variables()
+                .into_iter()
+                .map(|(k, v)| (format!("{prefix}.{k}"), v.detach())),
+        );
     }
-    if let Some(opt) = state.optimizer {
-        tensors.extend(opt.state_tensors());
+    for (prefix, ema) in &state.emas {
+        tensors.extend(ema.state_tensors(prefix));
+    }
+    for (prefix, opt) in &state.optimizers {
+        tensors.extend(opt.state_tensors(prefix));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let tensors: Vec<(String, Tensor)> = tensors
@@ -143,7 +147,11 @@ pub fn save(dir: &Path, state: &TrainState, keep_last: usize) -> Result<PathBuf>
         weights: format!("{name}.safetensors"),
         weights_bytes: bytes,
         weights_fnv64: hash,
-        optimizer: state.optimizer.map(|o| (*o.config(), o.steps_taken())),
+        optimizers: state
+            .optimizers
+            .iter()
+            .map(|(p, o)| (p.to_string(), (*o.config(), o.steps_taken())))
+            .collect(),
         rng: state.rng.cloned(),
         cursor: state.cursor,
         guard: state.guard.clone(),
@@ -259,7 +267,28 @@ impl Loaded {
 
     /// Loads the `model.*` weights into `vs` strictly.
     pub fn restore_model(&self, vs: &nn::VarStore) -> Result<()> {
-        apt_mmdit::weights::load_tensors_strict(vs, &self.part("model"), &self.path)?;
+        self.restore_weights("model", vs)
+    }
+
+    /// Loads the `<prefix>.*` weights into `vs` strictly.
+    pub fn restore_weights(&self, prefix: &str, vs: &nn::VarStore) -> Result<()> {
+        apt_mmdit::weights::load_tensors_strict(vs, &self.part(prefix), &self.path)?;
         Ok(())
+    }
+
+    /// Restores the optimizer saved under `prefix` (its state and update count).
+    pub fn restore_optimizer(
+        &self,
+        prefix: &str,
+        optimizer: &mut Optimizer,
+        vs: &nn::VarStore,
+    ) -> Result<()> {
+        let steps = self
+            .manifest
+            .optimizers
+            .get(prefix)
+            .map(|(_, s)| *s)
+            .unwrap_or(0);
+        optimizer.load_state(&self.tensors, prefix, steps, vs)
     }
 }

@@ -63,23 +63,24 @@ impl Ema {
         })
     }
 
-    /// The EMA weights as `ema.<variable>` tensors.
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    /// The EMA weights as `<prefix>.<variable>` tensors.
+    pub fn state_tensors(&self, prefix: &str) -> Vec<(String, Tensor)> {
         self.shadow
             .iter()
-            .map(|(k, v)| (format!("ema.{k}"), v.shallow_clone()))
+            .map(|(k, v)| (format!("{prefix}.{k}"), v.shallow_clone()))
             .collect()
     }
 
-    /// Restores from `ema.<variable>` tensors (every variable of the EMA must be present).
-    pub fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
+    /// Restores from `<prefix>.<variable>` tensors (every variable of the EMA must be present).
+    pub fn load_state(&mut self, tensors: &[(String, Tensor)], prefix: &str) -> Result<()> {
+        let p = format!("{prefix}.");
         let found: BTreeMap<&str, &Tensor> = tensors
             .iter()
-            .filter_map(|(k, t)| Some((k.strip_prefix("ema.")?, t)))
+            .filter_map(|(k, t)| Some((k.strip_prefix(&p)?, t)))
             .collect();
         for (name, shadow) in self.shadow.iter_mut() {
             let t = found.get(name.as_str()).ok_or_else(|| FlowError::File {
-                path: format!("ema.{name}").into(),
+                path: format!("{p}{name}").into(),
                 reason: "missing from the checkpoint".into(),
             })?;
             *shadow = t.to_kind(shadow.kind()).to_device(shadow.device());

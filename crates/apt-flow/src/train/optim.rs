@@ -243,29 +243,31 @@ impl Optimizer {
         });
     }
 
-    /// The state as named tensors (`optimizer.<slot>.<variable>`).
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    /// The state as named tensors (`<prefix>.<slot>.<variable>`).
+    pub fn state_tensors(&self, prefix: &str) -> Vec<(String, Tensor)> {
         self.slots
             .iter()
             .flat_map(|(slot, vars)| {
                 vars.iter()
-                    .map(move |(name, t)| (format!("optimizer.{slot}.{name}"), t.shallow_clone()))
+                    .map(move |(name, t)| (format!("{prefix}.{slot}.{name}"), t.shallow_clone()))
             })
             .collect()
     }
 
-    /// Restores the state saved by [`Optimizer::state_tensors`] after `steps` updates.
-    /// Tensors whose name does not start with `optimizer.` are ignored.
+    /// Restores the state saved by [`Optimizer::state_tensors`] under `prefix` after `steps`
+    /// updates. Tensors under other prefixes are ignored.
     pub fn load_state(
         &mut self,
         tensors: &[(String, Tensor)],
+        prefix: &str,
         steps: u64,
         vs: &nn::VarStore,
     ) -> Result<()> {
         let vars = vs.variables();
         let mut slots: BTreeMap<String, BTreeMap<String, Tensor>> = BTreeMap::new();
+        let prefix = format!("{prefix}.");
         for (key, t) in tensors {
-            let Some(rest) = key.strip_prefix("optimizer.") else {
+            let Some(rest) = key.strip_prefix(&prefix) else {
                 continue;
             };
             let (slot, name) = rest.split_once('.').ok_or_else(|| FlowError::File {
