@@ -21,6 +21,8 @@ pub enum Stage {
     Distill,
     /// Consistency distillation to one step.
     Consistency,
+    /// Adversarial post-training of the one-step generator.
+    Apt,
 }
 
 /// Arguments of `apt train`.
@@ -71,6 +73,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             steps(run.consistency.as_ref().map(|c| c.train.steps)),
             "consistency",
         ),
+        Stage::Apt => (
+            apt_gan::adversarial::AptConfig::from_run(&run)?.steps,
+            "apt",
+        ),
     };
     let progress_bar = bar(total, label);
     let progress = |m: &MetricLine| {
@@ -83,35 +89,43 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (finish, report) = match args.stage {
         Stage::Pretrain => {
             let (f, r) = run_pretrain(&run, args.resume, stop, progress)?;
-            (
-                f,
-                r.map(|r| serde_json::to_string_pretty(&r).unwrap_or_default()),
-            )
+            (f, r.map(|r| pretty(&r)))
         }
         Stage::Distill => {
             let pairs_bar = bar(0, "pairs");
-            let (f, r) = run_distill(
-                &run,
-                args.resume,
-                stop,
-                |done, shards| {
-                    pairs_bar.set_length(shards as u64);
-                    pairs_bar.set_position(done as u64);
-                },
-                progress,
-            )?;
+            let pair_progress = |done: usize, shards: usize| {
+                pairs_bar.set_length(shards as u64);
+                pairs_bar.set_position(done as u64);
+            };
+            let (f, r) = run_distill(&run, args.resume, stop, pair_progress, progress)?;
             pairs_bar.finish_and_clear();
-            (
-                f,
-                r.map(|r| serde_json::to_string_pretty(&r).unwrap_or_default()),
-            )
+            (f, r.map(|r| pretty(&r)))
         }
         Stage::Consistency => {
             let (f, r) = run_consistency(&run, args.resume, stop, progress)?;
-            (
-                f,
-                r.map(|r| serde_json::to_string_pretty(&r).unwrap_or_default()),
-            )
+            (f, r.map(|r| pretty(&r)))
+        }
+        Stage::Apt => {
+            let apt_progress = |m: &apt_gan::adversarial::AptMetrics| {
+                progress_bar.set_position(m.step);
+                progress_bar.set_message(format!(
+                    "D(real) {:+.2} D(fake) {:+.2} aR1 {:.4} G {:.3}",
+                    m.d_real, m.d_fake, m.ar1, m.g_loss
+                ));
+                if m.step % 25 == 0 || m.step == total {
+                    tracing::info!(
+                        step = m.step,
+                        d_real = m.d_real,
+                        d_fake = m.d_fake,
+                        d_loss = m.d_loss,
+                        ar1 = m.ar1,
+                        g_loss = m.g_loss,
+                        "apt"
+                    );
+                }
+            };
+            let (f, r) = apt_gan::adversarial::run_apt(&run, args.resume, stop, apt_progress)?;
+            (f, r.map(|r| pretty(&r)))
         }
     };
     progress_bar.finish_and_clear();
@@ -121,4 +135,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (_, None) => println!("{label}: done"),
     }
     Ok(())
+}
+
+/// A stage report as pretty JSON.
+fn pretty<T: serde::Serialize>(report: &T) -> String {
+    serde_json::to_string_pretty(report).unwrap_or_default()
 }

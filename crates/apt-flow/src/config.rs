@@ -79,6 +79,9 @@ pub struct RunConfig {
     /// Stage 2b: consistency distillation.
     #[serde(default)]
     pub consistency: Option<ConsistencyConfig>,
+    /// Stage 3: adversarial post-training (parsed and checked by `apt-gan`).
+    #[serde(default)]
+    pub apt: Option<toml::Table>,
 }
 
 fn cpu() -> String {

@@ -54,6 +54,9 @@ pub struct AlignmentReport {
     pub shape_accuracy: f64,
     /// Share of clips where the estimator found no object at all.
     pub empty: f64,
+    /// Mean edge sharpness of the objects found (boundary / partially covered pixels; about 1
+    /// for crisp renders, lower when blurred).
+    pub sharpness: f64,
     /// Seconds per generated clip.
     pub seconds_per_clip: f64,
 }
@@ -67,6 +70,7 @@ pub fn shapes_alignment(
     mut generate: impl FnMut(&Tensor, &Conditioning) -> Result<Tensor>,
 ) -> Result<AlignmentReport> {
     let (mut colour, mut direction, mut outline, mut empty) = (0usize, 0usize, 0usize, 0usize);
+    let mut sharpness = Vec::new();
     let start = Instant::now();
     let shape = [
         3,
@@ -97,6 +101,7 @@ pub fn shapes_alignment(
             {
                 None => empty += 1,
                 Some(s) => {
+                    sharpness.push(s.sharpness);
                     colour += usize::from(s.colour == truth.colour);
                     direction += usize::from(s.direction == Some(truth.direction));
                     outline += usize::from(s.shape == truth.shape);
@@ -111,6 +116,7 @@ pub fn shapes_alignment(
         direction_accuracy: direction as f64 / n,
         shape_accuracy: outline as f64 / n,
         empty: empty as f64 / n,
+        sharpness: sharpness.iter().sum::<f64>() / sharpness.len().max(1) as f64,
         seconds_per_clip: start.elapsed().as_secs_f64() / n,
     })
 }

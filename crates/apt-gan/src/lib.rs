@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod adversarial;
 pub mod discriminator;
 pub mod losses;
 pub mod seed_gan;
