@@ -130,11 +130,19 @@ pub fn bench(args: &[String]) -> Result<(), Failure> {
     match args.first().map(String::as_str) {
         Some("model") => bench_model(&args[1..]),
         Some("data") => bench_data(),
+        Some("gan") => {
+            setup::setup(false)?;
+            run(cargo().args(["build", "--release", "-q", "-p", "apt-gan", "--example", "r1_study"]), "building the R1 study (release)")?;
+            let exe = repo_root().join("target/release/examples/r1_study");
+            run(Command::new(&exe).arg("study"), "approximated vs exact R1 on the discriminator")?;
+            run(Command::new(&exe).args(["step", "approx"]), "one APT step with approximated R1")?;
+            run(Command::new(&exe).args(["step", "exact"]), "one APT step with exact R1")
+        }
         Some("flow") => {
             setup::setup(false)?;
             run(cargo().args(["run", "--release", "-q", "-p", "apt-flow", "--example", "flow_bench"]), "one-step vs 25-step CFG sampling, training throughput")
         }
-        _ => Err(Failure::new("usage: cargo xtask bench model [--size tiny|small] [--threads N] [--rounds R] [--iters K] | cargo xtask bench data | cargo xtask bench flow  (criterion benches: cargo bench -p apt-mmdit)")),
+        _ => Err(Failure::new("usage: cargo xtask bench model [--size tiny|small] [--threads N] [--rounds R] [--iters K] | cargo xtask bench data | cargo xtask bench flow | cargo xtask bench gan  (criterion benches: cargo bench -p apt-mmdit)")),
     }
 }
 

@@ -25,6 +25,7 @@ cargo xtask <command> [args]
         [--size tiny|small] [--threads N] [--rounds R] [--iters K]
   bench data       decoding vs the ffmpeg tool (frames/s), loader clips/s at 1 and 2 workers
   bench flow       one-step generation vs the 25-step CFG teacher, training samples/s
+  bench gan        approximated vs exact R1 (correlation, ratio), APT step time and memory
   fuzz [SECONDS]   fuzz the decoder entry point (cargo-fuzz; real clips as seed corpus)
   help             this text
 ";
