@@ -15,6 +15,15 @@ pub enum GanCommand {
         #[arg(long)]
         fixture: PathBuf,
     },
+    /// Train the seed GAN on synthetic PV-like profiles and print the energy score / CRPS curve.
+    Scenarios {
+        /// Config (see configs/seed-gan-pv.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Where to write the report (JSON).
+        #[arg(long, default_value = "runs/seed-gan-pv/report.json")]
+        out: PathBuf,
+    },
 }
 
 /// Dispatches `apt gan …`.
@@ -25,6 +34,32 @@ pub fn run(command: GanCommand) -> Result<()> {
             let c = p.config;
             println!("seed GAN      in_size {}, cond_in {}, latent_s {}, width {}, layers {}, lambda_gp {}", c.in_size, c.cond_in, c.latent_s, c.width, c.layers, c.lambda_gp);
             println!("max abs difference: {:e}", p.max_abs_diff);
+            Ok(())
+        }
+        GanCommand::Scenarios { config, out } => {
+            let text = std::fs::read_to_string(&config)
+                .map_err(|e| anyhow!("{}: {e}", config.display()))?;
+            let cfg: apt_gan::scenarios::ScenarioConfig = toml::from_str(&text).map_err(|e| {
+                anyhow!(
+                    "{}: {}",
+                    config.display(),
+                    e.to_string().trim().replace('\n', " ")
+                )
+            })?;
+            println!("{:>8} {:>14} {:>10}", "step", "energy score", "CRPS");
+            let report = apt_gan::scenarios::train_scenarios(&cfg, |s| {
+                println!("{:>8} {:>14.4} {:>10.4}", s.step, s.energy_score, s.crps)
+            })
+            .map_err(|e| anyhow!(e))?;
+            println!(
+                "{:>8} {:>14.4} {:>10.4}",
+                "truth", report.oracle.energy_score, report.oracle.crps
+            );
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+            println!("report        {}", out.display());
             Ok(())
         }
     }

@@ -9,6 +9,7 @@
 pub mod adversarial;
 pub mod discriminator;
 pub mod losses;
+pub mod scenarios;
 pub mod seed_gan;
 
 pub use losses::{
