@@ -84,6 +84,89 @@ pub struct AptConfig {
     /// Evaluation of the final generator (moving shapes).
     #[serde(default)]
     pub eval: Option<EvalConfig>,
+    /// An image stage before this (video) stage, as in the paper: G then continues from the
+    /// image stage's EMA and D restarts from the diffusion weights.
+    #[serde(default)]
+    pub image: Option<ImageStage>,
+}
+
+/// `[apt.image]`: the image stage's differences from the video stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageStage {
+    /// Generator updates.
+    pub steps: u64,
+    /// Frames per training clip (1 = images; must be a multiple of the temporal patch).
+    #[serde(default = "one")]
+    pub frames: usize,
+    /// aR1's σ (paper: 0.01 for images).
+    #[serde(default = "sigma")]
+    pub sigma: f64,
+    /// D's time shift (paper: 1 for images).
+    #[serde(default = "one_f")]
+    pub time_shift: f64,
+}
+
+fn one_f() -> f64 {
+    1.0
+}
+
+/// What one adversarial stage trains on and where it starts.
+#[derive(Debug, Clone)]
+pub struct StagePlan {
+    /// `apt-image` or `apt`: the directory under the run.
+    pub name: &'static str,
+    /// G's starting weights.
+    pub generator_init: PathBuf,
+    /// Training clips.
+    pub data: DataConfig,
+    /// This stage's settings.
+    pub config: AptConfig,
+}
+
+impl StagePlan {
+    /// The stages `[apt]` asks for: the optional image stage, then the video stage.
+    pub fn all(run: &RunConfig, cfg: &AptConfig) -> Vec<StagePlan> {
+        let student = run
+            .out
+            .join(&cfg.generator_init)
+            .join("student.safetensors");
+        let video = |init: PathBuf| StagePlan {
+            name: "apt",
+            generator_init: init,
+            data: run.data.clone(),
+            config: cfg.clone(),
+        };
+        match &cfg.image {
+            None => vec![video(student)],
+            Some(image) => {
+                let mut data = run.data.clone();
+                match &mut data {
+                    DataConfig::Shapes { shapes, .. } => shapes.frames = image.frames,
+                    DataConfig::Files { clip, .. } => clip.num_frames = image.frames,
+                }
+                let config = AptConfig {
+                    steps: image.steps,
+                    sigma: image.sigma,
+                    discriminator: DiscriminatorConfig {
+                        time_shift: image.time_shift,
+                        ..cfg.discriminator.clone()
+                    },
+                    image: None,
+                    ..cfg.clone()
+                };
+                vec![
+                    StagePlan {
+                        name: "apt-image",
+                        generator_init: student,
+                        data,
+                        config,
+                    },
+                    video(run.out.join("apt-image").join("generator.safetensors")),
+                ]
+            }
+        }
+    }
 }
 
 fn one() -> usize {
@@ -157,6 +240,17 @@ impl AptConfig {
         if !(0.0..1.0).contains(&self.ema_decay) {
             return Err(config_error("ema_decay", "must be in [0, 1)"));
         }
+        if let Some(image) = &self.image {
+            if image.steps == 0
+                || image.frames == 0
+                || !(image.sigma >= 0.0 && image.time_shift > 0.0)
+            {
+                return Err(config_error(
+                    "image",
+                    "needs steps ≥ 1, frames ≥ 1, σ ≥ 0 and time_shift > 0",
+                ));
+            }
+        }
         if !["distill", "consistency"].contains(&self.generator_init.as_str()) {
             return Err(config_error(
                 "generator_init",
@@ -220,6 +314,8 @@ pub struct AptTrainer {
     device: Device,
     conds: Vec<Conditioning>,
     dir: PathBuf,
+    data_config: DataConfig,
+    model_config: apt_mmdit::MmditConfig,
 }
 
 impl std::fmt::Debug for AptTrainer {
@@ -233,24 +329,18 @@ fn mean(t: &Tensor) -> f64 {
 }
 
 impl AptTrainer {
-    /// G from `<run>/<generator_init>/student.safetensors`, D's backbone from
-    /// `<run>/pretrain/teacher.safetensors`.
-    pub fn new(run: &RunConfig, cfg: AptConfig) -> Result<Self> {
+    /// G from the plan's starting weights, D's backbone from
+    /// `<run>/pretrain/teacher.safetensors` (heads fresh).
+    pub fn new(run: &RunConfig, plan: &StagePlan) -> Result<Self> {
+        let cfg = plan.config.clone();
         apply_threads(run);
         let device = run.device()?;
         let mcfg = run.model()?;
         let vs_g = nn::VarStore::new(device);
         let generator = with_global_seed(run.seed, || Mmdit::new(vs_g.root(), &mcfg))?;
-        let student = run
-            .out
-            .join(&cfg.generator_init)
-            .join("student.safetensors");
-        apt_mmdit::load_safetensors(&vs_g, &student).map_err(|e| FlowError::File {
-            path: student.clone(),
-            reason: format!(
-                "the {} stage's student is needed first ({e})",
-                cfg.generator_init
-            ),
+        apt_mmdit::load_safetensors(&vs_g, &plan.generator_init).map_err(|e| FlowError::File {
+            path: plan.generator_init.clone(),
+            reason: format!("the stage before {} must have finished ({e})", plan.name),
         })?;
         let (teacher_vs, _teacher, _) = load_teacher(&run.out.join("pretrain"), device)?;
         let vs_d = nn::VarStore::new(device);
@@ -260,7 +350,7 @@ impl AptTrainer {
         load_backbone(&vs_d, &teacher_vs)?;
         let text =
             apt_flow::text::TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
-        let data = TrainData::open(&run.data, cfg.batch_size, run.seed)?;
+        let data = TrainData::open(&plan.data, cfg.batch_size, run.seed)?;
         Ok(Self {
             ema: Ema::new(&vs_g, cfg.ema_decay),
             opt_g: Optimizer::new(cfg.optimizer_g)?,
@@ -276,7 +366,9 @@ impl AptTrainer {
             data: Some(data),
             device,
             conds: vec![],
-            dir: run.out.join("apt"),
+            dir: run.out.join(plan.name),
+            data_config: plan.data.clone(),
+            model_config: mcfg.clone(),
             cfg,
         })
     }
@@ -438,7 +530,6 @@ impl AptTrainer {
     /// Runs updates until the configured steps (or `stop`), with previews and checkpoints.
     pub fn run(
         &mut self,
-        run: &RunConfig,
         stop: &AtomicBool,
         mut progress: impl FnMut(&AptMetrics),
     ) -> Result<Finish> {
@@ -481,7 +572,7 @@ impl AptTrainer {
             if self.cfg.preview_every > 0
                 && (self.step % self.cfg.preview_every == 0 || self.step == self.cfg.steps)
             {
-                self.preview(run)?;
+                self.preview()?;
             }
             let stopping = stop.load(Ordering::SeqCst);
             if self.step % self.cfg.checkpoint_every == 0 || self.step == self.cfg.steps || stopping
@@ -496,11 +587,11 @@ impl AptTrainer {
     }
 
     /// One-step samples of the EMA generator for fixed prompts and noise, as a PNG grid.
-    fn preview(&self, run: &RunConfig) -> Result<()> {
-        let DataConfig::Shapes { shapes, .. } = &run.data else {
+    fn preview(&self) -> Result<()> {
+        let DataConfig::Shapes { shapes, .. } = &self.data_config else {
             return Ok(());
         };
-        let (_vs, g) = self.ema_generator(&run.model()?)?;
+        let (_vs, g) = self.ema_generator(&self.model_config)?;
         let captions: Vec<String> = (0..4u64)
             .map(|i| {
                 shapes
@@ -559,18 +650,47 @@ pub struct AptReport {
     pub generator: PathBuf,
 }
 
-/// Runs (or resumes) adversarial post-training, exports the EMA generator and evaluates it.
+/// Runs (or resumes) adversarial post-training: the optional image stage, then the video
+/// stage; each exports its EMA generator, is evaluated and writes a report. A finished image
+/// stage is skipped when resuming.
 pub fn run_apt(
     run: &RunConfig,
     resume: bool,
     stop: Arc<AtomicBool>,
-    progress: impl FnMut(&AptMetrics),
+    mut progress: impl FnMut(&AptMetrics),
 ) -> Result<(Finish, Option<AptReport>)> {
     let cfg = AptConfig::from_run(run)?;
-    let mut trainer = AptTrainer::new(run, cfg.clone())?;
-    let dir = run.out.join("apt");
+    let plans = StagePlan::all(run, &cfg);
+    let mut last = (Finish::Completed, None);
+    for plan in &plans {
+        let done = run.out.join(plan.name).join("report.json");
+        if resume && plan.name != "apt" && done.is_file() {
+            tracing::info!(
+                stage = plan.name,
+                "already finished; continuing with the next stage"
+            );
+            continue;
+        }
+        last = run_stage(run, plan, resume, &stop, &mut progress)?;
+        if last.0 == Finish::Stopped {
+            break;
+        }
+    }
+    Ok(last)
+}
+
+fn run_stage(
+    run: &RunConfig,
+    plan: &StagePlan,
+    resume: bool,
+    stop: &AtomicBool,
+    progress: impl FnMut(&AptMetrics),
+) -> Result<(Finish, Option<AptReport>)> {
+    let cfg = &plan.config;
+    let mut trainer = AptTrainer::new(run, plan)?;
+    let dir = run.out.join(plan.name);
     let mcfg = run.model()?;
-    let initial = match (&cfg.eval, &run.data) {
+    let initial = match (&cfg.eval, &plan.data) {
         (Some(eval), DataConfig::Shapes { shapes, .. }) if !resume || trainer.step == 0 => {
             let g = OneStepGenerator::new(&trainer.generator);
             Some(shapes_alignment(
@@ -613,7 +733,7 @@ pub fn run_apt(
             .ok()
             .and_then(|s| serde_json::from_str(&s).ok()),
     };
-    let finish = trainer.run(run, &stop, progress)?;
+    let finish = trainer.run(stop, progress)?;
     if finish == Finish::Stopped {
         return Ok((finish, None));
     }
@@ -627,7 +747,7 @@ pub fn run_apt(
         }
     })?;
     let generator = OneStepGenerator::new(&g);
-    let (one_step, two_step) = match (&cfg.eval, &run.data) {
+    let (one_step, two_step) = match (&cfg.eval, &plan.data) {
         (Some(eval), DataConfig::Shapes { shapes, .. }) => (
             Some(shapes_alignment(
                 shapes,

@@ -9,10 +9,14 @@ use apt_flow::distill::run_distill;
 use apt_flow::pretrain::run_pretrain;
 use apt_flow::trainer::Finish;
 use apt_flow::RunConfig;
-use apt_gan::adversarial::{run_apt, AptConfig, AptMetrics, AptTrainer};
+use apt_gan::adversarial::{run_apt, AptConfig, AptMetrics, AptTrainer, StagePlan};
 use tch::Tensor;
 
 fn config(out: &Path, cache: &Path) -> RunConfig {
+    config_with(out, cache, "")
+}
+
+fn config_with(out: &Path, cache: &Path, extra: &str) -> RunConfig {
     let text = format!(
         r#"
 out = "{out}"
@@ -67,6 +71,7 @@ optimizer_d = {{ kind = "rmsprop", lr = 1e-4, alpha = 0.9 }}
 checkpoint_every = 2
 preview_every = 2
 eval = {{ prompts = 2, batch = 2, sampler = {{ steps = 1, method = "euler", shift = 1.0, cfg_scale = 1.0 }} }}
+{extra}
 "#,
         out = out.display(),
         cache = cache.display()
@@ -103,7 +108,8 @@ fn changed(before: &[(String, Tensor)], vs: &tch::nn::VarStore) -> usize {
 fn d_steps_change_only_d_and_g_steps_only_g() {
     let dir = tempfile::tempdir().unwrap();
     let run = prepared(dir.path(), "run");
-    let mut trainer = AptTrainer::new(&run, AptConfig::from_run(&run).unwrap()).unwrap();
+    let cfg = AptConfig::from_run(&run).unwrap();
+    let mut trainer = AptTrainer::new(&run, &StagePlan::all(&run, &cfg)[0]).unwrap();
     let (g0, d0) = (snapshot(&trainer.vs_g), snapshot(&trainer.vs_d));
     let mut m = AptMetrics::default();
     trainer.d_step(&mut m).unwrap();
@@ -159,5 +165,62 @@ fn the_apt_stage_runs_and_resumes_to_the_same_generator() {
     );
     for ((ka, ta), (_, tb)) in a.iter().zip(&b) {
         assert!(ta.equal(tb), "{ka} differs after resume");
+    }
+}
+
+#[test]
+fn an_image_stage_hands_its_ema_generator_to_the_video_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = config_with(
+        &dir.path().join("run"),
+        &dir.path().join("cache"),
+        "[apt.image]\nsteps = 2\nframes = 1\n",
+    );
+    let no = || Arc::new(AtomicBool::new(false));
+    run_pretrain(&run, false, no(), |_| {}).unwrap();
+    run_distill(&run, false, no(), |_, _| {}, |_| {}).unwrap();
+    let cfg = AptConfig::from_run(&run).unwrap();
+    let plans = StagePlan::all(&run, &cfg);
+    assert_eq!(
+        plans.iter().map(|p| p.name).collect::<Vec<_>>(),
+        vec!["apt-image", "apt"]
+    );
+    assert_eq!(
+        (
+            plans[0].config.steps,
+            plans[0].config.sigma,
+            plans[0].config.discriminator.time_shift
+        ),
+        (2, 0.01, 1.0)
+    );
+    let (finish, report) = run_apt(&run, false, no(), |_| {}).unwrap();
+    assert_eq!(finish, Finish::Completed);
+    assert!(report
+        .unwrap()
+        .generator
+        .ends_with("apt/generator.safetensors"));
+    let image_g = dir.path().join("run/apt-image/generator.safetensors");
+    assert!(image_g.is_file());
+    // The video stage starts from the image stage's EMA generator, and D from the teacher.
+    let video = AptTrainer::new(&run, &plans[1]).unwrap();
+    let stored: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&image_g)
+        .unwrap()
+        .into_iter()
+        .collect();
+    for (k, v) in video.vs_g.variables() {
+        assert!(v.equal(&stored[&k]), "{k}");
+    }
+    let teacher: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.path().join("run/pretrain/teacher.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    for (k, v) in video
+        .vs_d
+        .variables()
+        .iter()
+        .filter(|(k, _)| k.starts_with("backbone."))
+    {
+        assert!(v.equal(&teacher[&k["backbone.".len()..]]), "{k}");
     }
 }
