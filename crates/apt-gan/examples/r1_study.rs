@@ -4,7 +4,8 @@
 //! * `r1_study study`: per clip, `E_ε (D(x) − D(x + σε))² / σ²` (32 noise draws) against the exact
 //!   `‖∇ₓD(x)‖²`, at several σ: Pearson correlation across clips and the mean ratio.
 //! * `r1_study step approx|exact`: median time of one D step (non-saturating loss + penalty) +
-//!   one G step, and this process's peak resident memory (run each in its own process).
+//!   one G step, and this process's peak resident memory (run each in its own process); exact
+//!   R1 runs on the math attention path it needs, aR1 on the fused SDPA kernel.
 
 use std::time::Instant;
 
@@ -27,10 +28,10 @@ struct Setup {
     pooled: Tensor,
 }
 
-fn setup(batch: i64) -> Setup {
+fn setup(batch: i64, attention: AttentionBackend) -> Setup {
     tch::manual_seed(0);
     let mut cfg = Preset::named("small").expect("preset").config;
-    cfg.attention = AttentionBackend::Math;
+    cfg.attention = attention;
     let vs_d = nn::VarStore::new(Device::Cpu);
     let d = AptDiscriminator::new(vs_d.root(), &cfg, &DiscriminatorConfig::default()).expect("D");
     let vs_g = nn::VarStore::new(Device::Cpu);
@@ -70,7 +71,7 @@ fn pearson(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn study() {
-    let s = setup(16);
+    let s = setup(16, AttentionBackend::Math);
     let d = |x: &Tensor, i: i64| {
         s.d.forward(
             x,
@@ -137,7 +138,13 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn step(penalty: &str) {
-    let s = setup(4);
+    // Exact R1 needs the math attention path (double backward); aR1 keeps the fused kernel.
+    let attention = if penalty == "exact" {
+        AttentionBackend::Math
+    } else {
+        AttentionBackend::Sdpa
+    };
+    let s = setup(4, attention);
     let mut times = vec![];
     for i in 0..6 {
         let start = Instant::now();
@@ -180,7 +187,7 @@ fn step(penalty: &str) {
         }
     }
     times.sort_by(|a, b| a.total_cmp(b));
-    println!("APT step (D + G), small, batch 4 of 3x8x32x32, {penalty} R1: {:.0} ms median, peak RSS {:.0} MB", times[times.len() / 2] * 1e3, peak_rss_mb());
+    println!("APT step (D + G), small, batch 4 of 3x8x32x32, {penalty} R1 ({attention:?} attention): {:.0} ms median, peak RSS {:.0} MB", times[times.len() / 2] * 1e3, peak_rss_mb());
 }
 
 fn main() {
