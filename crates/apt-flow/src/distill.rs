@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use apt_data::Cursor;
-use apt_mmdit::{save_safetensors, Mmdit};
+use apt_mmdit::Mmdit;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,7 @@ use crate::flow::{interpolate, per_sample, predict_x0, Conditioning, VelocityMod
 use crate::onestep::OneStepGenerator;
 use crate::pretrain::{apply_threads, load_teacher};
 use crate::rng::{with_global_seed, TensorRng};
+use crate::run_files::{export_model, write_json};
 use crate::sampler::{sample, time_grid, Guidance, SamplerConfig};
 use crate::text::TextConditioner;
 use crate::trainer::{Finish, MetricLine, Objective, Trainer, TrainerConfig};
@@ -383,14 +384,7 @@ fn finish_student(
         Some(ema) => ema.copy_to(&out_vs)?,
         None => copy_weights(vs, &out_vs),
     }
-    let path = dir.join("student.safetensors");
-    save_safetensors(&out_vs, &path)?;
-    std::fs::write(dir.join("model.toml"), mcfg.to_toml_string()).map_err(|source| {
-        FlowError::Io {
-            path: dir.join("model.toml"),
-            source,
-        }
-    })?;
+    let path = export_model(&out_vs, &mcfg, dir, "student.safetensors")?;
     let generator = OneStepGenerator::new(&student);
     let (one_step, two_step) = match (eval, &run.data) {
         (Some(eval), DataConfig::Shapes { shapes, .. }) => (
@@ -417,15 +411,7 @@ fn finish_student(
         two_step,
         student: path,
     };
-    let report_path = dir.join("report.json");
-    std::fs::write(
-        &report_path,
-        serde_json::to_string_pretty(&report).expect("serialisable"),
-    )
-    .map_err(|source| FlowError::Io {
-        path: report_path,
-        source,
-    })?;
+    write_json(&dir.join("report.json"), &report)?;
     Ok(report)
 }
 

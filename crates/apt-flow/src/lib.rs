@@ -15,6 +15,7 @@ pub mod gaussian;
 pub mod onestep;
 pub mod pretrain;
 pub mod rng;
+pub mod run_files;
 pub mod sampler;
 pub mod text;
 pub mod timesteps;

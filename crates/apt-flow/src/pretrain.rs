@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use apt_data::shapes::Split;
-use apt_mmdit::{save_safetensors, Mmdit, MmditConfig};
+use apt_mmdit::{Mmdit, MmditConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
@@ -17,6 +17,7 @@ use crate::error::{config_error, FlowError, Result};
 use crate::evaluate::{shapes_alignment, AlignmentReport, EvalConfig};
 use crate::flow::{flow_matching_loss, Conditioning};
 use crate::rng::{with_global_seed, TensorRng};
+use crate::run_files::{export_model, write_json};
 use crate::sampler::{sample, Guidance};
 use crate::text::TextConditioner;
 use crate::timesteps::TimestepSampler;
@@ -249,14 +250,7 @@ pub fn run_pretrain(
             }
         }
     })?;
-    let teacher_path = dir.join("teacher.safetensors");
-    save_safetensors(&teacher_vs, &teacher_path)?;
-    std::fs::write(dir.join("model.toml"), mcfg.to_toml_string()).map_err(|source| {
-        FlowError::Io {
-            path: dir.join("model.toml"),
-            source,
-        }
-    })?;
+    let teacher_path = export_model(&teacher_vs, &mcfg, &dir, "teacher.safetensors")?;
     let val_loss_end = match &validation {
         Some(v) => Some(v.loss(&teacher)?),
         None => None,
@@ -282,12 +276,7 @@ pub fn run_pretrain(
         alignment,
         teacher: teacher_path,
     };
-    let path = dir.join("report.json");
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&report).expect("serialisable"),
-    )
-    .map_err(|source| FlowError::Io { path, source })?;
+    write_json(&dir.join("report.json"), &report)?;
     Ok((finish, Some(report)))
 }
 

@@ -2,7 +2,6 @@
 //! clipping, the learning-rate schedule, EMA, metrics, periodic atomic checkpoints, resume, and
 //! a stop flag (finish the step, checkpoint, return).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use tch::{nn, Tensor};
 
 use crate::error::{config_error, FlowError, Result};
 use crate::rng::TensorRng;
+use crate::run_files::MetricsLog;
 use crate::train::checkpoint::{self, TrainState};
 use crate::train::{
     clip_grad_norm, zero_grad, Ema, LrSchedule, NonFiniteGuard, Optimizer, OptimizerConfig,
@@ -270,19 +270,7 @@ impl Trainer {
         objective: &mut impl Objective,
         mut progress: impl FnMut(&MetricLine),
     ) -> Result<Finish> {
-        std::fs::create_dir_all(&self.dir).map_err(|source| FlowError::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
-        let metrics_path = self.dir.join("metrics.jsonl");
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|source| FlowError::Io {
-                path: metrics_path.clone(),
-                source,
-            })?;
+        let mut metrics = MetricsLog::open(&self.dir)?;
         let start = Instant::now();
         let peak = self.config.optimizer.lr();
         objective.sync(self.ema.as_ref())?;
@@ -320,15 +308,7 @@ impl Trainer {
                 skipped: self.guard.skipped_total,
                 seconds: start.elapsed().as_secs_f64(),
             };
-            writeln!(
-                metrics,
-                "{}",
-                serde_json::to_string(&line).expect("serialisable")
-            )
-            .map_err(|source| FlowError::Io {
-                path: metrics_path.clone(),
-                source,
-            })?;
+            metrics.write(&line)?;
             progress(&line);
             let stopping = self.stop.load(Ordering::SeqCst);
             if next % self.config.checkpoint_every == 0 || next == self.config.steps || stopping {

@@ -4,7 +4,6 @@
 //! generator EMA, gradient accumulation, the non-finite guard, fixed-seed previews, and full
 //! checkpoint/resume (both models and optimizers, EMA, RNG, data cursor).
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,12 +17,13 @@ use apt_flow::train::checkpoint::{self, TrainState};
 use apt_flow::train::{clip_grad_norm, zero_grad, Ema, NonFiniteGuard, Optimizer, OptimizerConfig};
 use apt_flow::trainer::Finish;
 use apt_flow::{Conditioning, FlowError, OneStepGenerator, RunConfig, TensorRng};
-use apt_mmdit::{save_safetensors, Mmdit};
+use apt_mmdit::Mmdit;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::discriminator::{load_backbone, AptDiscriminator, DiscriminatorConfig};
 use crate::losses::{approx_r1_penalty, bce_discriminator_loss, non_saturating_generator_loss};
+use apt_flow::run_files::{export_model, write_json, MetricsLog};
 
 type Result<T> = apt_flow::Result<T>;
 
@@ -533,19 +533,7 @@ impl AptTrainer {
         stop: &AtomicBool,
         mut progress: impl FnMut(&AptMetrics),
     ) -> Result<Finish> {
-        std::fs::create_dir_all(&self.dir).map_err(|source| FlowError::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
-        let metrics_path = self.dir.join("metrics.jsonl");
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|source| FlowError::Io {
-                path: metrics_path.clone(),
-                source,
-            })?;
+        let mut metrics = MetricsLog::open(&self.dir)?;
         let start = Instant::now();
         while self.step < self.cfg.steps {
             let mut m = AptMetrics {
@@ -559,15 +547,7 @@ impl AptTrainer {
             self.step += 1;
             m.skipped = self.guard.skipped_total;
             m.seconds = start.elapsed().as_secs_f64();
-            writeln!(
-                metrics,
-                "{}",
-                serde_json::to_string(&m).expect("serialisable")
-            )
-            .map_err(|source| FlowError::Io {
-                path: metrics_path.clone(),
-                source,
-            })?;
+            metrics.write(&m)?;
             progress(&m);
             if self.cfg.preview_every > 0
                 && (self.step % self.cfg.preview_every == 0 || self.step == self.cfg.steps)
@@ -738,14 +718,7 @@ fn run_stage(
         return Ok((finish, None));
     }
     let (ema_vs, g) = trainer.ema_generator(&mcfg)?;
-    let path = dir.join("generator.safetensors");
-    save_safetensors(&ema_vs, &path)?;
-    std::fs::write(dir.join("model.toml"), mcfg.to_toml_string()).map_err(|source| {
-        FlowError::Io {
-            path: dir.join("model.toml"),
-            source,
-        }
-    })?;
+    let path = export_model(&ema_vs, &mcfg, &dir, "generator.safetensors")?;
     let generator = OneStepGenerator::new(&g);
     let (one_step, two_step) = match (&cfg.eval, &plan.data) {
         (Some(eval), DataConfig::Shapes { shapes, .. }) => (
@@ -773,14 +746,6 @@ fn run_stage(
         two_step,
         generator: path,
     };
-    let report_path = dir.join("report.json");
-    std::fs::write(
-        &report_path,
-        serde_json::to_string_pretty(&report).expect("serialisable"),
-    )
-    .map_err(|source| FlowError::Io {
-        path: report_path,
-        source,
-    })?;
+    write_json(&dir.join("report.json"), &report)?;
     Ok((finish, Some(report)))
 }
