@@ -72,6 +72,7 @@ fn energy_score_falls_over_a_short_training_run() {
     let report = train_scenarios(&cfg, |_| {}).unwrap();
     let (first, last) = (&report.curve[0], report.curve.last().unwrap());
     assert_eq!(report.curve.len(), 3);
+    eprintln!("energy score / CRPS: {:?}", report.curve);
     assert!(
         last.energy_score < 0.7 * first.energy_score && last.crps < 0.7 * first.crps,
         "{:?}",
