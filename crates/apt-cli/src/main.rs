@@ -4,6 +4,7 @@ mod data_cmd;
 mod doctor;
 mod gan_cmd;
 mod model_cmd;
+mod sample_cmd;
 mod text_cmd;
 mod train_cmd;
 mod train_smoke;
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Report libtorch (version, path), threads, CUDA devices and bf16 support.
     Doctor,
+    /// Generate a video from a prompt (one step by default).
+    Sample(sample_cmd::SampleArgs),
     /// Train a stage of the pipeline from a run config.
     Train(train_cmd::TrainArgs),
     /// Data tools: inspect a video or image file.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Doctor => doctor::run(),
         Command::Data { command } => data_cmd::run(command),
         Command::Train(args) => train_cmd::run(args),
+        Command::Sample(args) => sample_cmd::run(args),
         Command::Model { command } => model_cmd::run(command),
         Command::Gan { command } => gan_cmd::run(command),
         Command::Text { command } => text_cmd::run(command),

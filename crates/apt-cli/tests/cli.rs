@@ -216,3 +216,48 @@ fn text_embed_writes_context_and_pooled() {
     let mean = t["context"].mean_dim(0, false, tch::Kind::Float);
     assert!((mean - &t["pooled"]).abs().max().double_value(&[]) < 1e-6);
 }
+
+#[test]
+fn sample_writes_a_video_and_times_each_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = dir.path().join("run/apt");
+    std::fs::create_dir_all(&stage).unwrap();
+    let cfg = apt_mmdit::MmditConfig::from_toml_str(
+        "in_channels = 3\nout_channels = 3\npatch_size = [1, 4, 4]\ndepth = 1\nnum_heads = 2\nhead_dim = 8\ncontext_dim = 384\npooled_dim = 384\n[positions]\nkind = \"rope3d\"\n",
+    )
+    .unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _m = apt_mmdit::Mmdit::new(vs.root(), &cfg).unwrap();
+    apt_mmdit::save_safetensors(&vs, stage.join("generator.safetensors")).unwrap();
+    std::fs::write(stage.join("model.toml"), cfg.to_toml_string()).unwrap();
+    let out = dir.path().join("clip.gif");
+    let o = apt(&[
+        "sample",
+        "--checkpoint",
+        stage.to_str().unwrap(),
+        "--prompt",
+        "a red circle moves left",
+        "--shape",
+        "3,2,16,16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let text = stdout(&o);
+    for part in ["text ", "generator ", "write ", "video "] {
+        assert!(text.contains(part), "{part}: {text}");
+    }
+    let frames = apt_data::decode(&out, apt_data::FrameSize::Native).unwrap();
+    assert_eq!((frames.len(), frames.width, frames.height), (2, 16, 16));
+    let o = apt(&[
+        "sample",
+        "--checkpoint",
+        dir.path().to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("generator.safetensors"));
+}
