@@ -2,8 +2,13 @@
 
 mod data_cmd;
 mod doctor;
+mod dry_run;
+mod eval_cmd;
 mod gan_cmd;
+mod log_file;
 mod model_cmd;
+mod plots;
+mod report;
 mod sample_cmd;
 mod text_cmd;
 mod train_cmd;
@@ -25,9 +30,11 @@ struct Cli {
 enum Command {
     /// Report libtorch (version, path), threads, CUDA devices and bf16 support.
     Doctor,
+    /// Evaluate every generator of a run (teacher, distilled, APT) on the same prompts.
+    Eval(eval_cmd::EvalArgs),
     /// Generate a video from a prompt (one step by default).
     Sample(sample_cmd::SampleArgs),
-    /// Train a stage of the pipeline from a run config.
+    /// Train the pipeline (or one stage of it) from a run config.
     Train(train_cmd::TrainArgs),
     /// Data tools: inspect a video or image file.
     Data {
@@ -52,19 +59,34 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
         )
-        .with_writer(std::io::stderr)
-        .with_target(false)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(|| log_file::LogFileWriter)
+                .with_ansi(false)
+                .with_target(false),
+        )
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Doctor => doctor::run(),
         Command::Data { command } => data_cmd::run(command),
-        Command::Train(args) => train_cmd::run(args),
+        Command::Train(args) => match train_cmd::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Sample(args) => sample_cmd::run(args),
+        Command::Eval(args) => eval_cmd::run(args),
         Command::Model { command } => model_cmd::run(command),
         Command::Gan { command } => gan_cmd::run(command),
         Command::Text { command } => text_cmd::run(command),

@@ -1,10 +1,12 @@
-//! `apt train --config FILE --stage pretrain|distill|consistency [--resume]`.
+//! `apt train --config FILE [--stage pretrain|distill|consistency|apt|all] [--resume]
+//! [--set key=value …] [--dry-run]`.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use apt_flow::distill::{run_consistency, run_distill};
 use apt_flow::pretrain::run_pretrain;
 use apt_flow::trainer::{Finish, MetricLine};
@@ -12,8 +14,10 @@ use apt_flow::RunConfig;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::{dry_run, log_file, report};
+
 /// A pipeline stage.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Stage {
     /// Rectified-flow pre-training of the teacher.
     Pretrain,
@@ -23,6 +27,20 @@ pub enum Stage {
     Consistency,
     /// Adversarial post-training of the one-step generator.
     Apt,
+    /// Every configured stage in order, then the evaluation and `report.md`.
+    All,
+}
+
+impl Stage {
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Pretrain => "pretrain",
+            Stage::Distill => "distill",
+            Stage::Consistency => "consistency",
+            Stage::Apt => "apt",
+            Stage::All => "all",
+        }
+    }
 }
 
 /// Arguments of `apt train`.
@@ -31,15 +49,21 @@ pub struct TrainArgs {
     /// Run config (TOML; see configs/).
     #[arg(long)]
     config: PathBuf,
-    /// Which stage to run.
-    #[arg(long, value_enum)]
+    /// Which stage to run (`all`: every configured stage, then the report).
+    #[arg(long, value_enum, default_value = "all")]
     stage: Stage,
-    /// Continue from the stage's newest intact checkpoint.
+    /// Continue from the newest intact checkpoint (with `all`: finished stages are skipped).
     #[arg(long)]
     resume: bool,
+    /// Override a config value, e.g. `--set pretrain.train.steps=100 --set device=cuda`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Print the resolved config, parameter counts and memory per step, then exit.
+    #[arg(long)]
+    dry_run: bool,
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template(&format!(
@@ -50,34 +74,105 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Runs the stage and prints its report.
-pub fn run(args: TrainArgs) -> Result<()> {
-    let run = RunConfig::from_file(&args.config)?;
-    std::fs::create_dir_all(&run.out)?;
+/// The stages `all` runs for this config, in order.
+pub fn configured_stages(run: &RunConfig) -> Vec<Stage> {
+    let mut stages = Vec::new();
+    if run.pretrain.is_some() {
+        stages.push(Stage::Pretrain);
+    }
+    if run.distill.is_some() {
+        stages.push(Stage::Distill);
+    }
+    if run.consistency.is_some() {
+        stages.push(Stage::Consistency);
+    }
+    if run.apt.is_some() {
+        stages.push(Stage::Apt);
+    }
+    stages
+}
+
+/// Runs the stage(s). Exit code 130 when interrupted (Ctrl-C / SIGTERM) after the current step
+/// was finished and checkpointed.
+pub fn run(args: TrainArgs) -> Result<ExitCode> {
+    let path = args.config.display().to_string();
+    let run = RunConfig::from_file_with(&args.config, &args.overrides)
+        .map_err(anyhow::Error::new)
+        .and_then(|run| {
+            if run.apt.is_some() {
+                apt_gan::adversarial::AptConfig::from_run(&run)?;
+            }
+            Ok(run)
+        })
+        // Errors about a key do not say which file; those about the file already do.
+        .map_err(|e| {
+            if e.to_string().contains(&path) {
+                e
+            } else {
+                e.context(path.clone())
+            }
+        })?;
+    if args.dry_run {
+        dry_run::print(&run, &configured_stages(&run))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    run.model()?;
+    std::fs::create_dir_all(&run.out)
+        .with_context(|| format!("creating the run directory {}", run.out.display()))?;
+    log_file::open(&run.out.join("log.txt"))?;
     std::fs::write(
         run.out.join("config.toml"),
         toml::to_string_pretty(&run).unwrap_or_default(),
     )?;
+    tracing::info!(config = %args.config.display(), out = %run.out.display(), stage = args.stage.name(), resume = args.resume, "apt train");
     let stop = Arc::new(AtomicBool::new(false));
-    let steps = |train: Option<u64>| train.unwrap_or(0);
-    let (total, label) = match args.stage {
-        Stage::Pretrain => (
-            steps(run.pretrain.as_ref().map(|c| c.train.steps)),
-            "pretrain",
-        ),
-        Stage::Distill => (
-            steps(run.distill.as_ref().map(|c| c.train.steps)),
-            "distill",
-        ),
-        Stage::Consistency => (
-            steps(run.consistency.as_ref().map(|c| c.train.steps)),
-            "consistency",
-        ),
-        Stage::Apt => (
-            apt_gan::adversarial::AptConfig::from_run(&run)?.steps,
-            "apt",
-        ),
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("\nsecond interrupt: exiting now (the last checkpoint is intact)");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: finishing the current step and writing a checkpoint …");
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let stages = match args.stage {
+        Stage::All => configured_stages(&run),
+        one => vec![one],
     };
+    for stage in stages {
+        let finished = run.out.join(stage.name()).join("report.json").is_file();
+        if args.stage == Stage::All && args.resume && finished {
+            println!("{}: finished earlier; skipping", stage.name());
+            continue;
+        }
+        if let Finish::Stopped = run_stage(&run, stage, args.resume, stop.clone())? {
+            println!(
+                "{}: stopped at a checkpoint; continue with --resume",
+                stage.name()
+            );
+            return Ok(ExitCode::from(130));
+        }
+    }
+    if args.stage == Stage::All {
+        let path = report::evaluate_and_write(&run)?;
+        println!("report      {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_stage(run: &RunConfig, stage: Stage, resume: bool, stop: Arc<AtomicBool>) -> Result<Finish> {
+    let steps = |train: Option<u64>| train.unwrap_or(0);
+    let label = stage.name();
+    let total = match stage {
+        Stage::Pretrain => steps(run.pretrain.as_ref().map(|c| c.train.steps)),
+        Stage::Distill => steps(run.distill.as_ref().map(|c| c.train.steps)),
+        Stage::Consistency => steps(run.consistency.as_ref().map(|c| c.train.steps)),
+        Stage::Apt | Stage::All => apt_gan::adversarial::AptConfig::from_run(run)?.steps,
+    };
+    tracing::info!(stage = label, steps = total, resume, "stage start");
+    let started = std::time::Instant::now();
     let progress_bar = bar(total, label);
     let progress = |m: &MetricLine| {
         progress_bar.set_position(m.step);
@@ -86,9 +181,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             tracing::info!(stage = %m.stage, step = m.step, loss = m.loss, lr = m.lr, grad_norm = m.grad_norm, skipped = m.skipped, "progress");
         }
     };
-    let (finish, report) = match args.stage {
+    let (finish, report) = match stage {
         Stage::Pretrain => {
-            let (f, r) = run_pretrain(&run, args.resume, stop, progress)?;
+            let (f, r) = run_pretrain(run, resume, stop, progress)?;
             (f, r.map(|r| pretty(&r)))
         }
         Stage::Distill => {
@@ -97,15 +192,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 pairs_bar.set_length(shards as u64);
                 pairs_bar.set_position(done as u64);
             };
-            let (f, r) = run_distill(&run, args.resume, stop, pair_progress, progress)?;
+            let (f, r) = run_distill(run, resume, stop, pair_progress, progress)?;
             pairs_bar.finish_and_clear();
             (f, r.map(|r| pretty(&r)))
         }
         Stage::Consistency => {
-            let (f, r) = run_consistency(&run, args.resume, stop, progress)?;
+            let (f, r) = run_consistency(run, resume, stop, progress)?;
             (f, r.map(|r| pretty(&r)))
         }
-        Stage::Apt => {
+        Stage::Apt | Stage::All => {
             let apt_progress = |m: &apt_gan::adversarial::AptMetrics| {
                 progress_bar.set_position(m.step);
                 progress_bar.set_message(format!(
@@ -124,17 +219,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     );
                 }
             };
-            let (f, r) = apt_gan::adversarial::run_apt(&run, args.resume, stop, apt_progress)?;
+            let (f, r) = apt_gan::adversarial::run_apt(run, resume, stop, apt_progress)?;
             (f, r.map(|r| pretty(&r)))
         }
     };
     progress_bar.finish_and_clear();
-    match (finish, report) {
-        (Finish::Stopped, _) => println!("{label}: stopped; resume with --resume"),
-        (_, Some(report)) => println!("{label} report:\n{report}"),
-        (_, None) => println!("{label}: done"),
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        stage = label,
+        seconds,
+        stopped = (finish == Finish::Stopped),
+        "stage end"
+    );
+    if let (Finish::Completed, Some(report)) = (finish, report) {
+        println!("{label} report ({seconds:.0} s):\n{report}");
     }
-    Ok(())
+    Ok(finish)
 }
 
 /// A stage report as pretty JSON.

@@ -40,6 +40,8 @@ pub struct EstimatedShape {
     pub areas: Vec<f64>,
     /// Mean colour of the object's fully covered pixels, RGB in [0, 1].
     pub mean_rgb: [f64; 3],
+    /// The same per frame (`None` where no pixel is fully covered).
+    pub frame_rgb: Vec<Option<[f64; 3]>>,
     /// Edge sharpness: boundary pixels / partially covered pixels.
     pub sharpness: f64,
 }
@@ -230,7 +232,10 @@ fn measure(px: &Pixels, labels: &[u8], label: u8, colour: Colour, bg: [f64; 3]) 
     let (mut boundary, mut partial) = (0usize, 0usize);
     let mut colour_sum = [0.0; 3];
     let mut colour_n = 0usize;
+    let mut frame_rgb = Vec::with_capacity(t);
     for ti in 0..t {
+        let mut frame_sum = [0.0; 3];
+        let mut frame_n = 0usize;
         let mut points: Vec<(f64, f64, f64)> = Vec::new();
         for y in 0..h {
             for x in 0..w {
@@ -264,14 +269,17 @@ fn measure(px: &Pixels, labels: &[u8], label: u8, colour: Colour, bg: [f64; 3]) 
                         boundary += 1;
                     }
                     if c > 0.9 {
-                        for (s, v) in colour_sum.iter_mut().zip(p) {
+                        for ((s, f), v) in colour_sum.iter_mut().zip(&mut frame_sum).zip(p) {
                             *s += v;
+                            *f += v;
                         }
                         colour_n += 1;
+                        frame_n += 1;
                     }
                 }
             }
         }
+        frame_rgb.push((frame_n > 0).then(|| frame_sum.map(|v| v / frame_n as f64)));
         let a: f64 = points.iter().map(|p| p.2).sum();
         areas.push(a);
         match OutlineMoments::of(&points).filter(|_| a >= 1.0) {
@@ -306,6 +314,7 @@ fn measure(px: &Pixels, labels: &[u8], label: u8, colour: Colour, bg: [f64; 3]) 
         centres,
         areas,
         mean_rgb,
+        frame_rgb,
         sharpness: if partial == 0 {
             boundary as f64
         } else {

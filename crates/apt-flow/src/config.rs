@@ -10,6 +10,7 @@ use crate::data::DataConfig;
 use crate::distill::{ConsistencyConfig, DistillConfig};
 use crate::error::{config_error, FlowError, Result};
 use crate::pretrain::PretrainConfig;
+use crate::sampler::SamplerConfig;
 
 /// `[model]`: a preset name or a full model config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +49,46 @@ impl Default for TextSection {
     }
 }
 
+/// `[report]`: the evaluation after the last stage (`apt train --stage all`, `apt eval`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSection {
+    /// Held-out moving-shapes prompts every generator is evaluated on.
+    #[serde(default = "default_report_prompts")]
+    pub prompts: usize,
+    /// The teacher's sampler (default: 25 Euler steps with CFG 2).
+    #[serde(default = "default_teacher_sampler")]
+    pub teacher: SamplerConfig,
+    /// Prompts that get a side-by-side GIF (teacher | distilled | APT).
+    #[serde(default = "default_gifs")]
+    pub gifs: usize,
+}
+
+fn default_report_prompts() -> usize {
+    64
+}
+fn default_teacher_sampler() -> SamplerConfig {
+    SamplerConfig {
+        steps: 25,
+        method: crate::sampler::Method::Euler,
+        shift: 1.0,
+        cfg_scale: 2.0,
+    }
+}
+fn default_gifs() -> usize {
+    4
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        Self {
+            prompts: default_report_prompts(),
+            teacher: default_teacher_sampler(),
+            gifs: default_gifs(),
+        }
+    }
+}
+
 /// A whole run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,6 +123,9 @@ pub struct RunConfig {
     /// Stage 3: adversarial post-training (parsed and checked by `apt-gan`).
     #[serde(default)]
     pub apt: Option<toml::Table>,
+    /// The final evaluation and report.
+    #[serde(default)]
+    pub report: ReportSection,
 }
 
 fn cpu() -> String {
@@ -91,21 +135,68 @@ fn cpu() -> String {
 impl RunConfig {
     /// Reads and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Self> {
+        Self::from_file_with(path, &[])
+    }
+
+    /// Reads a TOML file, applies `key=value` overrides (`pretrain.train.steps=10`; the value
+    /// is TOML, or a bare string) and validates every section. Unknown keys and out-of-range
+    /// values are errors naming the key.
+    pub fn from_file_with(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| FlowError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: Self = toml::from_str(&text).map_err(|e| FlowError::File {
+        let file_error = |reason: String| FlowError::File {
             path: path.to_path_buf(),
-            reason: e.to_string().trim().replace('\n', " "),
-        })?;
-        cfg.model()?;
-        cfg.device()?;
+            reason: reason.trim().replace('\n', " "),
+        };
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let cfg: Self = if overrides.is_empty() {
+            toml::from_str(&text)
+        } else {
+            toml::Value::Table(table).try_into()
+        }
+        .map_err(|e: toml::de::Error| file_error(e.to_string()))?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
-    /// The model config, checked against the data and the text encoder (MiniLM: 384 wide).
-    pub fn model(&self) -> Result<MmditConfig> {
+    /// Checks every section on its own (the model against the data and text encoder is
+    /// [`RunConfig::check_compatibility`]).
+    pub fn validate(&self) -> Result<()> {
+        self.model_config()?;
+        self.device()?;
+        if let Some(t) = self.threads {
+            if t == 0 {
+                return Err(config_error("threads", "must be at least 1"));
+            }
+        }
+        if self.text.tokens == 0 {
+            return Err(config_error("text.tokens", "must be at least 1"));
+        }
+        self.data.validate()?;
+        if self.report.prompts == 0 {
+            return Err(config_error("report.prompts", "must be at least 1"));
+        }
+        self.report.teacher.validate()?;
+        if let Some(p) = &self.pretrain {
+            p.validate()?;
+        }
+        if let Some(d) = &self.distill {
+            d.validate()?;
+        }
+        if let Some(c) = &self.consistency {
+            c.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The model config of `[model]` (a preset or a full config), validated on its own.
+    pub fn model_config(&self) -> Result<MmditConfig> {
         let cfg = match (&self.model.preset, &self.model.config) {
             (Some(name), None) => Preset::named(name)?.config,
             (None, Some(cfg)) => cfg.clone(),
@@ -117,6 +208,19 @@ impl RunConfig {
             }
         };
         cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The model config, checked against the data and the text encoder (MiniLM: 384 wide):
+    /// what every stage needs before it can run here.
+    pub fn model(&self) -> Result<MmditConfig> {
+        let cfg = self.model_config()?;
+        self.check_compatibility(&cfg)?;
+        Ok(cfg)
+    }
+
+    /// Whether `cfg` fits the clips of `[data]` and the MiniLM text encoder.
+    pub fn check_compatibility(&self, cfg: &MmditConfig) -> Result<()> {
         let [c, t, h, w] = crate::data::TrainData::clip_shape(&self.data);
         if cfg.in_channels as i64 != c || cfg.out_channels as i64 != c {
             return Err(config_error(
@@ -146,7 +250,7 @@ impl RunConfig {
                 ),
             ));
         }
-        Ok(cfg)
+        Ok(())
     }
 
     /// The device.
@@ -171,4 +275,39 @@ impl RunConfig {
             .clone()
             .unwrap_or_else(|| self.out.join("text-cache"))
     }
+}
+
+/// Sets `key.path=value` in `table`: the value is parsed as TOML (`10`, `1e-4`, `"cuda"`,
+/// `[1, 2]`, `{ kind = "constant" }`), falling back to a bare string (`device=cuda`).
+/// Intermediate tables are created; whether the key exists is for deserialisation to say.
+pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (key, value) = assignment
+        .split_once('=')
+        .ok_or_else(|| config_error(assignment, "--set takes key=value"))?;
+    let (key, value) = (key.trim(), value.trim());
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(config_error(
+            key,
+            "is not a dotted key (e.g. pretrain.train.steps)",
+        ));
+    }
+    let mut here = table;
+    for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
+        let entry = here
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        here = entry.as_table_mut().ok_or_else(|| {
+            config_error(
+                &parts[..=i].join("."),
+                "is a value, not a table: cannot set a key below it",
+            )
+        })?;
+    }
+    here.insert(parts[parts.len() - 1].to_string(), parsed);
+    Ok(())
 }

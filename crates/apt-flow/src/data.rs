@@ -36,6 +36,21 @@ pub enum DataConfig {
     },
 }
 
+impl DataConfig {
+    /// Checks the values (the files themselves are opened when a stage starts).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            DataConfig::Shapes { shapes, .. } => Ok(shapes.validate()?),
+            DataConfig::Files { clip, workers, .. } => {
+                if *workers == 0 {
+                    return Err(config_error("data.workers", "must be at least 1"));
+                }
+                Ok(clip.validate()?)
+            }
+        }
+    }
+}
+
 fn two() -> usize {
     2
 }

@@ -51,6 +51,51 @@ pub struct DistillConfig {
     pub train: TrainerConfig,
 }
 
+impl DistillConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        if self.pairs == 0 || self.shard_size == 0 {
+            return Err(config_error(
+                "distill.pairs",
+                "pairs and shard_size must be at least 1",
+            ));
+        }
+        self.teacher.validate()?;
+        if let Some(e) = &self.eval {
+            e.validate("distill.eval")?;
+        }
+        self.train.validate("distill")
+    }
+}
+
+impl ConsistencyConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        if self.points < 2 {
+            return Err(config_error(
+                "consistency.points",
+                format!("must be at least 2, got {}", self.points),
+            ));
+        }
+        if !(self.shift > 0.0 && self.cfg_scale.is_finite()) {
+            return Err(config_error(
+                "consistency.shift",
+                "shift must be positive and cfg_scale finite",
+            ));
+        }
+        if self.target == ConsistencyTarget::Ema && self.train.ema_decay.is_none() {
+            return Err(config_error(
+                "consistency.target",
+                "\"ema\" needs consistency.train.ema_decay",
+            ));
+        }
+        if let Some(e) = &self.eval {
+            e.validate("consistency.eval")?;
+        }
+        self.train.validate("consistency")
+    }
+}
+
 fn default_shard() -> usize {
     256
 }
@@ -496,15 +541,7 @@ pub fn run_consistency(
         .consistency
         .as_ref()
         .ok_or_else(|| config_error("consistency", "section missing"))?;
-    if cfg.points < 2 {
-        return Err(config_error("consistency.points", "must be at least 2"));
-    }
-    if cfg.target == ConsistencyTarget::Ema && cfg.train.ema_decay.is_none() {
-        return Err(config_error(
-            "consistency.target",
-            "\"ema\" needs consistency.train.ema_decay",
-        ));
-    }
+    cfg.validate()?;
     apply_threads(run);
     let device = run.device()?;
     let (vs, student, _teacher_vs, teacher) = student_from_teacher(run, device)?;

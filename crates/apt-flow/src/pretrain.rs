@@ -43,6 +43,23 @@ pub struct PretrainConfig {
     pub train: TrainerConfig,
 }
 
+impl PretrainConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.p_uncond) {
+            return Err(config_error(
+                "pretrain.p_uncond",
+                format!("must be in [0, 1], got {}", self.p_uncond),
+            ));
+        }
+        if let Some(e) = &self.eval {
+            e.validate("pretrain.eval")?;
+        }
+        self.timesteps.validate()?;
+        self.train.validate("pretrain")
+    }
+}
+
 fn default_p_uncond() -> f64 {
     0.1
 }
@@ -175,10 +192,7 @@ pub fn run_pretrain(
         .pretrain
         .as_ref()
         .ok_or_else(|| config_error("pretrain", "section missing"))?;
-    if !(0.0..=1.0).contains(&cfg.p_uncond) {
-        return Err(config_error("pretrain.p_uncond", "must be in [0, 1]"));
-    }
-    cfg.timesteps.validate()?;
+    cfg.validate()?;
     apply_threads(run);
     let device = run.device()?;
     let mcfg = run.model()?;

@@ -234,8 +234,17 @@ impl AptConfig {
         {
             return Err(config_error("steps", "steps, batch_size, grad_accum, checkpoint_every and max_nonfinite must be at least 1"));
         }
-        if !(self.lambda_r1 >= 0.0 && self.sigma >= 0.0) {
-            return Err(config_error("lambda_r1", "λ and σ must be ≥ 0"));
+        if !(self.lambda_r1.is_finite() && self.lambda_r1 >= 0.0) {
+            return Err(config_error(
+                "lambda_r1",
+                format!("must be ≥ 0, got {}", self.lambda_r1),
+            ));
+        }
+        if !(self.sigma.is_finite() && self.sigma >= 0.0) {
+            return Err(config_error(
+                "sigma",
+                format!("must be ≥ 0, got {}", self.sigma),
+            ));
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             return Err(config_error("ema_decay", "must be in [0, 1)"));

@@ -116,6 +116,26 @@ impl TapHead {
     }
 }
 
+/// Parameters of one [`TapHead`] of width `d` with `head_dim`-wide heads (closed form).
+pub fn tap_head_params(d: u64, head_dim: u64) -> u64 {
+    let linear = |i: u64, o: u64| i * o + o;
+    // token, norm_query, norm_tokens, norm_mlp (d each); norm_q, norm_k (head_dim each).
+    4 * d + 2 * head_dim + 4 * linear(d, d) + linear(d, 4 * d) + linear(4 * d, d)
+}
+
+/// Parameters of an [`AptDiscriminator`] on a `model` backbone with `taps` heads (closed form,
+/// so the 8B preset can be sized without building it): the whole backbone, the heads, and the
+/// output LayerNorm + projection.
+pub fn discriminator_param_count(model: &MmditConfig, taps: usize) -> u64 {
+    let d = model.hidden_size() as u64;
+    let width = d * taps as u64;
+    apt_mmdit::param_count(model).total()
+        + taps as u64 * tap_head_params(d, model.head_dim as u64)
+        + 2 * width
+        + width
+        + 1
+}
+
 /// The APT discriminator. Variables: `backbone.*` (diffusers names, loadable from the teacher),
 /// `heads.<i>.*`, `out_norm.*`, `out_proj.*`.
 #[derive(Debug)]

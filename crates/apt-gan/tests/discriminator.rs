@@ -1,6 +1,8 @@
 //! The APT discriminator: taps, shapes, backbone loading, early stop, and R1 through it.
 
-use apt_gan::discriminator::{default_taps, load_backbone, AptDiscriminator, DiscriminatorConfig};
+use apt_gan::discriminator::{
+    default_taps, discriminator_param_count, load_backbone, AptDiscriminator, DiscriminatorConfig,
+};
 use apt_gan::{approx_r1_penalty, exact_r1_penalty};
 use apt_mmdit::{AttentionBackend, Mmdit, MmditConfig};
 use tch::{nn, Device, Kind, Tensor};
@@ -44,6 +46,12 @@ fn taps_follow_the_paper_and_any_input_size_works() {
     let vs = nn::VarStore::new(Device::Cpu);
     let d = AptDiscriminator::new(vs.root(), &tiny(), &DiscriminatorConfig::default()).unwrap();
     assert_eq!(d.taps(), &[1, 2, 3]);
+    let built: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(|v| v.numel() as i64)
+        .sum();
+    assert_eq!(built as u64, discriminator_param_count(&tiny(), 3));
     for (thw, l) in [([1, 4, 4], 3), ([4, 8, 12], 7), ([2, 6, 2], 1)] {
         let x = Tensor::randn([2, 4, thw[0], thw[1], thw[2]], CPU);
         let i = inputs(2, l);

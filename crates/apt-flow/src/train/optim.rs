@@ -70,6 +70,17 @@ impl OptimizerConfig {
         }
     }
 
+    /// Tensors of optimizer state per parameter tensor (AdamW: 2; RMSProp: 1, +1 with momentum,
+    /// +1 centred).
+    pub fn state_slots(&self) -> usize {
+        match self {
+            OptimizerConfig::Adamw { .. } => 2,
+            OptimizerConfig::Rmsprop {
+                momentum, centered, ..
+            } => 1 + usize::from(*momentum != 0.0) + usize::from(*centered),
+        }
+    }
+
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
         let check = |ok: bool, key: &str, what: &str| {

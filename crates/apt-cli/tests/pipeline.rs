@@ -1,0 +1,306 @@
+//! The whole pipeline through the `apt` binary: `configs/smoke.toml` end to end (report, plots,
+//! GIFs, golden loss curve), config errors, dry runs, and interrupted runs (SIGKILL and Ctrl-C)
+//! that resume to the same weights as an uninterrupted run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn config(name: &str) -> String {
+    repo()
+        .join("configs")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn apt_command(args: &[String]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_apt"));
+    c.args(args).env("RUST_LOG", "info");
+    c
+}
+
+fn apt(args: &[String]) -> Output {
+    apt_command(args).output().expect("run apt")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// `apt train` on the smoke config with the run (and its text cache) under `out`.
+fn smoke_args(out: &Path, cache: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = strings(&["train", "--config", &config("smoke.toml")]);
+    for set in [
+        format!("out={:?}", out.to_string_lossy()),
+        format!("text.cache={:?}", cache.to_string_lossy()),
+    ] {
+        args.push("--set".into());
+        args.push(set);
+    }
+    args.extend(strings(extra));
+    args
+}
+
+/// `(step, value)` of `field` in a metrics.jsonl, last line per step.
+fn losses(path: &Path, field: &str) -> Vec<(u64, f64)> {
+    let mut by_step = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        by_step.insert(v["step"].as_u64().unwrap(), v[field].as_f64().unwrap());
+    }
+    by_step.into_iter().collect()
+}
+
+#[test]
+fn smoke_pipeline_writes_the_report_and_keeps_its_golden_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = apt(&smoke_args(&out, &dir.path().join("cache"), &[]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for file in [
+        "config.toml",
+        "log.txt",
+        "metrics.json",
+        "report.md",
+        "plots/losses.png",
+        "plots/apt.png",
+        "samples/prompt-0.gif",
+        "samples/prompt-1.gif",
+        "pretrain/teacher.safetensors",
+        "pretrain/checkpoints/latest",
+        "distill/student.safetensors",
+        "apt/generator.safetensors",
+        "apt/metrics.jsonl",
+    ] {
+        assert!(out.join(file).is_file(), "missing {file}");
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for row in [
+        "teacher (4-step CFG 2)",
+        "distilled one-step",
+        "APT one-step",
+        "APT two-step",
+    ] {
+        assert!(report.contains(row), "{report}");
+    }
+    assert!(report.contains("![plots/apt.png](plots/apt.png)"));
+    let log = std::fs::read_to_string(out.join("log.txt")).unwrap();
+    assert!(
+        log.contains("stage end") && !log.contains("\u{1b}["),
+        "plain log: {log}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let models = metrics["models"].as_array().unwrap();
+    assert_eq!(models.len(), 4);
+    for m in models {
+        let fd = m["report"]["frechet"].as_f64().unwrap();
+        assert!(fd.is_finite() && fd >= 0.0, "{m}");
+    }
+
+    // Golden loss curves: a change that moves them beyond the tolerance fails here; update the
+    // file deliberately (APT_UPDATE_GOLDEN=1) and say why in the commit.
+    let curves = serde_json::json!({
+        "pretrain.loss": losses(&out.join("pretrain/metrics.jsonl"), "loss"),
+        "distill.loss": losses(&out.join("distill/metrics.jsonl"), "loss"),
+        "apt.d_loss": losses(&out.join("apt/metrics.jsonl"), "d_loss"),
+        "apt.g_loss": losses(&out.join("apt/metrics.jsonl"), "g_loss"),
+    });
+    let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/smoke-losses.json");
+    if std::env::var_os("APT_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, serde_json::to_string_pretty(&curves).unwrap()).unwrap();
+    }
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&golden).unwrap()).unwrap();
+    let mut worst = (0.0f64, String::new());
+    for (key, points) in want.as_object().unwrap() {
+        let got = curves[key].as_array().unwrap();
+        let points = points.as_array().unwrap();
+        assert_eq!(got.len(), points.len(), "{key}: number of steps");
+        for (g, w) in got.iter().zip(points) {
+            let (g, w) = (g[1].as_f64().unwrap(), w[1].as_f64().unwrap());
+            // Float reassociation across CPUs moves these by ~1e-6; a real change by far more.
+            let excess = (g - w).abs() / (1e-3 + 2e-2 * w.abs());
+            if excess > worst.0 {
+                worst = (excess, format!("{key}: {g} vs golden {w}"));
+            }
+        }
+    }
+    println!(
+        "golden losses: worst |Δ| / tolerance = {:.3} ({})",
+        worst.0, worst.1
+    );
+    assert!(worst.0 <= 1.0, "loss curve moved: {}", worst.1);
+}
+
+#[test]
+fn config_mistakes_are_one_line_errors_naming_the_key() {
+    let cases = [
+        ("pretrain.train.stepz=3", "stepz"),
+        ("pretrain.train.ema_decay=1.5", "pretrain.train.ema_decay"),
+        ("distill.pairs=0", "distill.pairs"),
+        ("apt.sigma=-1", "apt.sigma"),
+        ("apt.colour=3", "colour"),
+        ("device=tpu", "device"),
+        ("report.prompts=0", "report.prompts"),
+        ("data.shapes.frames=0", "frames"),
+        ("model.preset=huge", "`model`"),
+        ("pretrain.train=3", "pretrain.train"),
+        ("nonsense", "key=value"),
+    ];
+    for (set, key) in cases {
+        let o = apt(&strings(&[
+            "train",
+            "--config",
+            &config("smoke.toml"),
+            "--dry-run",
+            "--set",
+            set,
+        ]));
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "{set}: accepted");
+        assert!(err.contains(key), "{set}: {err}");
+        assert!(
+            !err.contains("panicked") && err.trim().lines().count() == 1,
+            "{set}: {err}"
+        );
+    }
+    let o = apt(&strings(&["train", "--config", "/no/such.toml"]));
+    assert!(!o.status.success() && text(&o.stderr).contains("/no/such.toml"));
+}
+
+#[test]
+fn dry_runs_size_every_shipped_config() {
+    for (name, params) in [
+        ("smoke.toml", "290,400"),
+        ("demo.toml", "7,900,128"),
+        ("real-videos.toml", "7,900,128"),
+        ("seaweed-apt-8b.toml", "8,037,029,056"),
+    ] {
+        let o = apt(&strings(&["train", "--config", &config(name), "--dry-run"]));
+        let out = text(&o.stdout);
+        assert!(o.status.success(), "{name}: {}", text(&o.stderr));
+        assert!(
+            out.contains(&format!("teacher / generator {params}")),
+            "{name}: {out}"
+        );
+        assert!(out.contains("apt "), "{name}: {out}");
+    }
+    let o = apt(&strings(&[
+        "train",
+        "--config",
+        &config("seaweed-apt-8b.toml"),
+        "--dry-run",
+    ]));
+    let out = text(&o.stdout);
+    assert!(out.contains("runs here    no"), "{out}");
+    assert!(out.contains("discriminator 8,"), "{out}");
+}
+
+fn wait_for(path: &Path, child: &mut std::process::Child) {
+    let start = Instant::now();
+    while !path.is_file() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before {}",
+            path.display()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn killed_and_interrupted_runs_resume_to_the_uninterrupted_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let stage = [
+        "--stage",
+        "pretrain",
+        "--set",
+        "pretrain.train.steps=120",
+        "--set",
+        "pretrain.train.checkpoint_every=10",
+    ];
+    let weights = |out: &Path| std::fs::read(out.join("pretrain/teacher.safetensors")).unwrap();
+
+    let reference = dir.path().join("reference");
+    let o = apt(&smoke_args(&reference, &cache, &stage));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // SIGKILL after the step-30 checkpoint: nothing is flushed, the last intact checkpoint wins.
+    let killed = dir.path().join("killed");
+    let mut child = apt_command(&smoke_args(&killed, &cache, &stage))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        &killed.join("pretrain/checkpoints/step-000000030.json"),
+        &mut child,
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let again = apt(&smoke_args(&killed, &cache, &stage));
+    assert!(
+        !again.status.success(),
+        "a second start without --resume must refuse"
+    );
+    assert!(
+        text(&again.stderr).contains("--resume"),
+        "{}",
+        text(&again.stderr)
+    );
+    let mut resume = stage.to_vec();
+    resume.push("--resume");
+    let o = apt(&smoke_args(&killed, &cache, &resume));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        weights(&killed) == weights(&reference),
+        "SIGKILL + resume changed the weights"
+    );
+
+    // Ctrl-C (SIGINT): the step finishes, a checkpoint is written, exit code 130.
+    let interrupted = dir.path().join("interrupted");
+    let mut child = apt_command(&smoke_args(&interrupted, &cache, &stage))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        &interrupted.join("pretrain/checkpoints/step-000000020.json"),
+        &mut child,
+    );
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("stopped at a checkpoint"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(!interrupted.join("pretrain/teacher.safetensors").exists());
+    let o = apt(&smoke_args(&interrupted, &cache, &resume));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        weights(&interrupted) == weights(&reference),
+        "Ctrl-C + resume changed the weights"
+    );
+}
