@@ -19,7 +19,9 @@ cargo xtask <command> [args]
                    (APT_ASSETS_HOME)
   doctor           libtorch version and path, threads, CUDA devices, bf16 support
   test             setup, cargo fmt --check, clippy -D warnings, cargo test --workspace
-  train [args]     the main job (see README); extra args go to `apt model train-smoke`
+  train [args]     the main job: `apt train --config configs/demo.toml` (pre-train → distil →
+                   APT → runs/demo/report.md, ≤ 30 min on 2 CPU cores); extra args go to
+                   `apt train` (--config FILE, --resume, --set key=value, --dry-run)
   fixtures         regenerate the diffusers parity fixtures (installs diffusers)
   bench model      Rust vs PyTorch eager (diffusers) on the same SD3 model, interleaved
         [--size tiny|small] [--threads N] [--rounds R] [--iters K]
@@ -163,22 +165,23 @@ fn fixtures() -> Result<(), Failure> {
     Ok(())
 }
 
+/// `cargo xtask train [apt train options]`: the whole pipeline on `configs/demo.toml` (or the
+/// `--config` given), release build.
 fn train(args: &[String]) -> Result<(), Failure> {
     setup::setup(true)?;
     let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "-p",
-        "apt-cli",
-        "--",
-        "model",
-        "train-smoke",
-    ])
-    .args(args);
+    cmd.current_dir(repo_root())
+        .args(["run", "--release", "-q", "-p", "apt-cli", "--", "train"]);
+    if !args
+        .iter()
+        .any(|a| a == "--config" || a.starts_with("--config="))
+    {
+        cmd.args(["--config", "configs/demo.toml"]);
+    }
+    cmd.args(args);
     run(
         &mut cmd,
-        "apt model train-smoke (release build; the first one compiles libtorch bindings, 5-9 min)",
+        "apt train (release build; the first one compiles the libtorch bindings, 5-9 min)",
     )
 }
 

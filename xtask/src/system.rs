@@ -1,6 +1,7 @@
 //! System packages the workspace builds against: FFmpeg 5.1's development libraries (for
 //! `ffmpeg-next`), `libclang` (its bindgen), `pkg-config`, and the `ffmpeg`/`ffprobe` tools
-//! (tests compare our decoder with `ffprobe -count_frames`; setup transcodes test clips).
+//! (tests compare our decoder with `ffprobe -count_frames`; setup transcodes test clips), and
+//! the DejaVu font the report's plots are labelled with.
 //! Installed with apt-get when missing (Debian/Ubuntu), as root or through sudo.
 
 use std::path::Path;
@@ -17,6 +18,7 @@ pub const PACKAGES: &[&str] = &[
     "libswscale-dev",
     "libclang-dev",
     "ffmpeg",
+    "fonts-dejavu-core",
 ];
 
 fn quiet(cmd: &mut Command) -> bool {
@@ -49,6 +51,9 @@ fn missing() -> Vec<&'static str> {
         || !quiet(Command::new("ffmpeg").arg("-version"))
     {
         out.push("ffmpeg");
+    }
+    if !Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").is_file() {
+        out.push("fonts-dejavu-core");
     }
     out
 }

@@ -217,7 +217,20 @@ fn verdict(rows: &[EvaluatedModel]) -> String {
 pub fn evaluate_and_write(run: &RunConfig) -> Result<PathBuf> {
     tracing::info!(prompts = run.report.prompts, "evaluating every generator");
     let models = RunModels::load(run)?;
-    let rows = evaluate_run(run, &models, run.report.prompts, &run.report.teacher)?;
+    let bar = crate::train_cmd::bar(0, "evaluate");
+    let rows = evaluate_run(
+        run,
+        &models,
+        run.report.prompts,
+        &run.report.teacher,
+        |done, total, name| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(name.to_string());
+            tracing::info!(done, total, model = name, "evaluated");
+        },
+    )?;
+    bar.finish_and_clear();
     print!("{}", table(&rows));
     let stage_seconds: Vec<(String, f64)> = ["pretrain", "distill", "consistency", "apt"]
         .into_iter()
@@ -231,7 +244,14 @@ pub fn evaluate_and_write(run: &RunConfig) -> Result<PathBuf> {
         run.out.join("metrics.json"),
         serde_json::to_string_pretty(&metrics)?,
     )?;
-    let plots = write_plots(run).context("drawing the loss curves")?;
+    // A machine without the font still gets its report (the numbers), with a note.
+    let (plots, plot_note) = match write_plots(run).context("drawing the loss curves") {
+        Ok(p) => (p, None),
+        Err(e) => {
+            tracing::warn!("{e:#}; the report has no plots");
+            (Vec::new(), Some(format!("{e:#}")))
+        }
+    };
     let samples = run.out.join("samples");
     std::fs::create_dir_all(&samples)?;
     let strips = side_by_side(run, &models, run.report.gifs, &run.report.teacher)?;
@@ -277,6 +297,9 @@ pub fn evaluate_and_write(run: &RunConfig) -> Result<PathBuf> {
         md.push_str(".\n");
     }
     md.push_str("\n## Loss curves\n\n");
+    if let Some(note) = plot_note {
+        md.push_str(&format!("(no plots: {note})\n\n"));
+    }
     for p in &plots {
         md.push_str(&format!("![{0}]({0})\n\n", relative(run, p)));
     }

@@ -128,12 +128,27 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
+        // `timeout` and some schedulers deliver one termination twice (to the process and to
+        // its group): repeats within 2 s count as one. A later one exits at once, without
+        // running exit handlers (libtorch's teardown would race the running step).
+        let first: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
         ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond interrupt: exiting now (the last checkpoint is intact)");
-                std::process::exit(130);
+            let mut first = first.lock().expect("signal state");
+            match *first {
+                None => {
+                    *first = Some(std::time::Instant::now());
+                    stop.store(true, Ordering::SeqCst);
+                    eprintln!(
+                        "\ninterrupted: finishing the current step and writing a checkpoint …"
+                    );
+                }
+                Some(at) if at.elapsed() < std::time::Duration::from_secs(2) => {}
+                Some(_) => {
+                    eprintln!("\nsecond interrupt: exiting now (the last checkpoint is intact)");
+                    // SAFETY: `_exit` ends the process immediately; nothing is used after it.
+                    unsafe { libc::_exit(130) };
+                }
             }
-            eprintln!("\ninterrupted: finishing the current step and writing a checkpoint …");
         })
         .context("installing the Ctrl-C handler")?;
     }

@@ -311,3 +311,27 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     here.insert(parts[parts.len() - 1].to_string(), parsed);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_parse_toml_values_and_fall_back_to_strings() {
+        let mut t: toml::Table = toml::from_str("[a]\nb = 1").unwrap();
+        apply_override(&mut t, "a.b=2").unwrap();
+        apply_override(&mut t, "a.c.d = [1, 2]").unwrap();
+        apply_override(&mut t, "device=cuda:1").unwrap();
+        apply_override(&mut t, "s=\"quoted\"").unwrap();
+        apply_override(&mut t, "lr=1e-4").unwrap();
+        assert_eq!(t["a"]["b"].as_integer(), Some(2));
+        assert_eq!(t["a"]["c"]["d"].as_array().unwrap().len(), 2);
+        assert_eq!(t["device"].as_str(), Some("cuda:1"));
+        assert_eq!(t["s"].as_str(), Some("quoted"));
+        assert_eq!(t["lr"].as_float(), Some(1e-4));
+        let e = apply_override(&mut t, "a.b.c=1").unwrap_err().to_string();
+        assert!(e.contains("`a.b`"), "{e}");
+        assert!(apply_override(&mut t, "a..b=1").is_err());
+        assert!(apply_override(&mut t, "novalue").is_err());
+    }
+}

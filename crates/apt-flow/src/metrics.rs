@@ -210,3 +210,29 @@ mod tests {
         assert_eq!(start_coverage(&real, &[], 4), 0.0);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// FD ≥ 0, symmetric, and a pure shift of a set by `d` costs exactly ‖d‖².
+        #[test]
+        fn frechet_is_symmetric_and_prices_a_shift_at_its_square(
+            seed in 0i64..1000, dx in -3.0f64..3.0, dy in -3.0f64..3.0, scale in 0.2f64..3.0,
+        ) {
+            tch::manual_seed(seed);
+            let a = Tensor::randn([64, 2], (Kind::Double, Device::Cpu));
+            let b = Tensor::randn([64, 2], (Kind::Double, Device::Cpu)) * scale;
+            let (ab, ba) = (frechet_distance(&a, &b), frechet_distance(&b, &a));
+            prop_assert!(ab >= 0.0);
+            prop_assert!((ab - ba).abs() < 1e-6 * (1.0 + ab), "{} vs {}", ab, ba);
+            let shifted = &a + Tensor::from_slice(&[dx, dy]).view([1, 2]);
+            let fd = frechet_distance(&a, &shifted);
+            prop_assert!((fd - (dx * dx + dy * dy)).abs() < 1e-6, "{} vs {}", fd, dx * dx + dy * dy);
+        }
+    }
+}

@@ -95,12 +95,19 @@ fn teacher_sample(
 
 /// Evaluates every generator the run has produced on `prompts` held-out prompts (the eval
 /// seed, not the training seed) with the same noise. Stages that have not run are skipped.
+/// `progress(done, total, name)` is called after each generator.
 pub fn evaluate_run(
     run: &RunConfig,
     models: &RunModels,
     prompts: usize,
     teacher: &SamplerConfig,
+    mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<Vec<EvaluatedModel>> {
+    let total = [&models.teacher, &models.distilled, &models.consistency]
+        .iter()
+        .filter(|m| m.is_some())
+        .count()
+        + 2 * usize::from(models.apt.is_some());
     let shapes = shapes_of(run)?;
     let device = run.device()?;
     let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
@@ -121,6 +128,7 @@ pub fn evaluate_run(
             network_evaluations: teacher.network_evaluations(),
             report,
         });
+        progress(rows.len(), total, &rows[rows.len() - 1].name);
     }
     for (model, label) in [
         (&models.distilled, "distilled"),
@@ -135,6 +143,7 @@ pub fn evaluate_run(
             network_evaluations: 1,
             report,
         });
+        progress(rows.len(), total, &rows[rows.len() - 1].name);
         if label == "APT" {
             let report = shapes_alignment(shapes, &text, &eval, device, |z, c| {
                 g.generate_steps(z, c, 2)
@@ -144,6 +153,7 @@ pub fn evaluate_run(
                 network_evaluations: 2,
                 report,
             });
+            progress(rows.len(), total, &rows[rows.len() - 1].name);
         }
     }
     Ok(rows)

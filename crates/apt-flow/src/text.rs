@@ -4,6 +4,7 @@
 //! swaps a caption for the null (empty) caption.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use apt_data::{EmbeddingCache, TextEmbedding, TextEncoder};
 use tch::{Device, Kind, Tensor};
@@ -11,31 +12,44 @@ use tch::{Device, Kind, Tensor};
 use crate::error::Result;
 use crate::flow::Conditioning;
 
+/// Width of MiniLM's token states and pooled vector.
+pub const MINILM_WIDTH: i64 = 384;
+
 /// Embeds captions for the model.
 #[derive(Debug)]
 pub struct TextConditioner {
-    encoder: TextEncoder,
+    /// Loaded on the first caption missing from the cache (a run whose captions are all cached
+    /// never reads the encoder's 90 MB).
+    encoder: OnceLock<TextEncoder>,
     cache: EmbeddingCache,
     tokens: i64,
     device: Device,
 }
 
 impl TextConditioner {
-    /// MiniLM (from the assets) with its cache in `cache_dir`, padding to `tokens` tokens.
+    /// MiniLM (from the assets, loaded when first needed) with its cache in `cache_dir`,
+    /// padding to `tokens` tokens.
     pub fn minilm(cache_dir: &Path, tokens: usize, device: Device) -> Result<Self> {
-        // Building the encoder draws (overwritten) initial weights from libtorch's generator.
-        let encoder = crate::rng::with_global_seed(0, || TextEncoder::minilm(Device::Cpu))?;
         Ok(Self {
-            encoder,
+            encoder: OnceLock::new(),
             cache: EmbeddingCache::new(cache_dir)?,
             tokens: tokens as i64,
             device,
         })
     }
 
+    fn encoder(&self) -> apt_data::Result<&TextEncoder> {
+        if let Some(e) = self.encoder.get() {
+            return Ok(e);
+        }
+        // Building the encoder draws (overwritten) initial weights from libtorch's generator.
+        let e = crate::rng::with_global_seed(0, || TextEncoder::minilm(Device::Cpu))?;
+        Ok(self.encoder.get_or_init(|| e))
+    }
+
     /// Token width of the context (384 for MiniLM).
     pub fn width(&self) -> i64 {
-        self.encoder.width()
+        MINILM_WIDTH
     }
 
     /// Tokens per caption after padding/truncation.
@@ -61,7 +75,8 @@ impl TextConditioner {
             } else {
                 caption.as_str()
             };
-            let (c, p) = self.padded(&self.cache.get(text, &self.encoder)?);
+            let embedding = self.cache.get_with(text, |t| self.encoder()?.encode(t))?;
+            let (c, p) = self.padded(&embedding);
             contexts.push(c);
             pooled.push(p);
         }

@@ -47,6 +47,16 @@ impl EmbeddingCache {
 
     /// The embedding of `caption`, encoding it with `encoder` only if it is in neither cache.
     pub fn get(&self, caption: &str, encoder: &TextEncoder) -> Result<TextEmbedding> {
+        self.get_with(caption, |c| encoder.encode(c))
+    }
+
+    /// The embedding of `caption`, calling `encode` only if it is in neither cache (so an
+    /// encoder can be loaded lazily, only when a caption is new).
+    pub fn get_with(
+        &self,
+        caption: &str,
+        encode: impl FnOnce(&str) -> Result<TextEmbedding>,
+    ) -> Result<TextEmbedding> {
         if let Some((c, p)) = self.memory.lock().expect("cache lock").get(caption) {
             return Ok(TextEmbedding {
                 context: c.shallow_clone(),
@@ -57,7 +67,7 @@ impl EmbeddingCache {
         let embedding = match read(&path, caption)? {
             Some(e) => e,
             None => {
-                let e = encoder.encode(caption)?;
+                let e = encode(caption)?;
                 write(&path, caption, &e)?;
                 e
             }
