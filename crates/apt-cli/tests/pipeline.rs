@@ -106,6 +106,19 @@ fn smoke_pipeline_writes_the_report_and_keeps_its_golden_losses() {
         let fd = m["report"]["frechet"].as_f64().unwrap();
         assert!(fd.is_finite() && fd >= 0.0, "{m}");
     }
+    // `apt eval` re-evaluates the finished run from its directory alone, to the same numbers.
+    std::fs::remove_file(out.join("metrics.json")).unwrap();
+    let o = apt(&strings(&["eval", "--run", &out.to_string_lossy()]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    for (a, b) in again["models"].as_array().unwrap().iter().zip(models) {
+        assert_eq!(a["report"]["frechet"], b["report"]["frechet"]);
+        assert_eq!(
+            a["report"]["colour_accuracy"],
+            b["report"]["colour_accuracy"]
+        );
+    }
 
     // Golden loss curves: a change that moves them beyond the tolerance fails here; update the
     // file deliberately (APT_UPDATE_GOLDEN=1) and say why in the commit.
@@ -303,4 +316,52 @@ fn killed_and_interrupted_runs_resume_to_the_uninterrupted_weights() {
         weights(&interrupted) == weights(&reference),
         "Ctrl-C + resume changed the weights"
     );
+}
+
+#[test]
+fn real_videos_config_runs_image_then_video_stage_on_real_clips() {
+    let clips = apt_build::assets_dir()
+        .expect("assets (cargo xtask setup)")
+        .join("clips");
+    let dir = tempfile::tempdir().unwrap();
+    let videos = dir.path().join("videos");
+    std::fs::create_dir_all(&videos).unwrap();
+    for (file, caption) in [
+        ("bikes.mp4", "people riding bikes down a street"),
+        ("cockatoo.mp4", "a cockatoo turning its head"),
+    ] {
+        std::fs::copy(clips.join(file), videos.join(file)).unwrap();
+        let stem = file.split('.').next().unwrap();
+        std::fs::write(videos.join(format!("{stem}.txt")), caption).unwrap();
+    }
+    let out = dir.path().join("run");
+    let mut args = strings(&["train", "--config", &config("real-videos.toml")]);
+    for set in [
+        format!("data.path={:?}", videos.to_string_lossy()),
+        format!("out={:?}", out.to_string_lossy()),
+        "pretrain.train.steps=2".into(),
+        "pretrain.train.batch_size=2".into(),
+        "consistency.train.steps=2".into(),
+        "consistency.train.batch_size=2".into(),
+        "apt.steps=1".into(),
+        "apt.batch_size=2".into(),
+        "apt.image.steps=1".into(),
+        "apt.preview_every=0".into(),
+    ] {
+        args.push("--set".into());
+        args.push(set);
+    }
+    let o = apt(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for file in [
+        "pretrain/teacher.safetensors",
+        "consistency/student.safetensors",
+        "apt-image/generator.safetensors",
+        "apt/generator.safetensors",
+        "report.md",
+    ] {
+        assert!(out.join(file).is_file(), "missing {file}");
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("No evaluation table"), "{report}");
 }

@@ -457,7 +457,7 @@ impl AptTrainer {
         let accum = self.conds.len().max(1) as f64;
         let mut g_loss = 0.0;
         let conds: Vec<Conditioning> = self.conds.iter().map(Conditioning::shallow_clone).collect();
-        let shape = clip_shape(&self.data);
+        let shape = TrainData::clip_shape(&self.data_config);
         for cond in &conds {
             let b = cond.batch();
             let z = self
@@ -589,7 +589,7 @@ impl AptTrainer {
             })
             .collect::<std::result::Result<_, _>>()?;
         let cond = self.text.batch(&captions, &[])?;
-        let shape = clip_shape(&self.data);
+        let shape = TrainData::clip_shape(&self.data_config);
         let z = TensorRng::seeded_normal(
             4242,
             &[4, shape[0], shape[1], shape[2], shape[3]],
@@ -609,18 +609,6 @@ impl AptTrainer {
         })?;
         apt_data::write_video(&path, &strip, 8.0)?;
         Ok(())
-    }
-}
-
-fn clip_shape(data: &Option<TrainData>) -> [i64; 4] {
-    match data.as_ref().expect("data") {
-        TrainData::Shapes { config, .. } => [
-            3,
-            config.frames as i64,
-            config.height as i64,
-            config.width as i64,
-        ],
-        TrainData::Files(_) => [3, 0, 0, 0],
     }
 }
 
