@@ -74,6 +74,16 @@ const COLOURS: [RGBColor; 4] = [
     RGBColor(148, 103, 189),
 ];
 
+/// A short tick label: 3 significant digits, scientific notation below 0.01.
+fn compact(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.1e}")
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 /// Draws `panels` in a grid of `columns` into the PNG `path`.
 pub fn draw_panels(path: &Path, panels: &[Panel], columns: usize) -> Result<()> {
     register_font()?;
@@ -126,6 +136,11 @@ fn draw_panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, p: &Pan
             chart
                 .configure_mesh()
                 .x_desc("step")
+                .x_labels(6)
+                .y_labels(6)
+                .light_line_style(WHITE)
+                .x_label_formatter(&|v| format!("{v:.0}"))
+                .y_label_formatter(&|v| compact(*v))
                 .label_style(("sans-serif", 12))
                 .draw()
                 .map_err(|e| err(&e))?;
@@ -156,7 +171,8 @@ fn draw_panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, p: &Pan
                 .map_err(|e| err(&e))?;
         }};
     }
-    if p.log_y {
+    // A log axis over less than a decade would show a single tick label.
+    if p.log_y && lo > 0.0 && hi / lo > 10.0 {
         body!(builder
             .build_cartesian_2d(0f64..x_max, (lo..hi).log_scale())
             .map_err(|e| err(&e))?);
@@ -183,6 +199,14 @@ mod tests {
         let m = moving_average(&step, 3);
         assert_eq!(m[1].1, 1.0);
         assert_eq!(m[2].1, 2.0);
+    }
+
+    #[test]
+    fn tick_labels_are_short() {
+        assert_eq!(compact(0.9000000001), "0.9");
+        assert_eq!(compact(0.125), "0.125");
+        assert_eq!(compact(0.004), "4.0e-3");
+        assert_eq!(compact(12.0), "12");
     }
 
     #[test]

@@ -189,7 +189,10 @@ fn config_errors_name_the_key() {
     std::fs::write(&path, "out = \"x\"\nmodel = { preset = \"small\" }\ndata = { kind = \"shapes\", shapes = { frames = 8, height = 32, width = 32 } }\nbogus = 1\n").unwrap();
     let err = RunConfig::from_file(&path).unwrap_err().to_string();
     assert!(err.contains("bad.toml") && err.contains("bogus"), "{err}");
+    // A model that does not fit the data loads (so `--dry-run` can size it) but cannot run:
+    // every stage asks `model()`, which says why.
     std::fs::write(&path, "out = \"x\"\nmodel = { preset = \"tiny\" }\ndata = { kind = \"shapes\", shapes = { frames = 8, height = 32, width = 32 } }\n").unwrap();
-    let err = RunConfig::from_file(&path).unwrap_err().to_string();
+    let run = RunConfig::from_file(&path).unwrap();
+    let err = run.model().unwrap_err().to_string();
     assert!(err.contains("model") && err.contains("channels"), "{err}");
 }
