@@ -15,6 +15,7 @@
 
 use anyhow::Result;
 use apt_flow::train::OptimizerConfig;
+use apt_flow::trainer::TrainerConfig;
 use apt_flow::RunConfig;
 use apt_gan::adversarial::AptConfig;
 use apt_gan::discriminator::{default_taps, discriminator_param_count};
@@ -87,41 +88,22 @@ pub fn estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemo
     let (n, _) = tokens(run, &model);
     let act = |depth: usize, batch: usize| activation_bytes(depth, model.hidden_size(), n, batch);
     let frozen = p * VALUE;
+    let flow_stage = |t: &TrainerConfig, frozen_copies: u64| {
+        let states = trained_bytes(p, &t.optimizer, t.ema_decay.is_some()) + frozen_copies * frozen;
+        (
+            t.batch_size,
+            StepMemory {
+                states,
+                activations: act(model.depth, t.batch_size),
+            },
+        )
+    };
     Ok(match stage {
-        Stage::Pretrain => run.pretrain.as_ref().map(|c| {
-            let t = &c.train;
-            let states = trained_bytes(p, &t.optimizer, t.ema_decay.is_some());
-            (
-                t.batch_size,
-                StepMemory {
-                    states,
-                    activations: act(model.depth, t.batch_size),
-                },
-            )
-        }),
-        Stage::Distill => run.distill.as_ref().map(|c| {
-            let t = &c.train;
-            let states = trained_bytes(p, &t.optimizer, t.ema_decay.is_some()) + frozen;
-            (
-                t.batch_size,
-                StepMemory {
-                    states,
-                    activations: act(model.depth, t.batch_size),
-                },
-            )
-        }),
-        Stage::Consistency => run.consistency.as_ref().map(|c| {
-            let t = &c.train;
-            // The student, the frozen teacher and the target network.
-            let states = trained_bytes(p, &t.optimizer, t.ema_decay.is_some()) + 2 * frozen;
-            (
-                t.batch_size,
-                StepMemory {
-                    states,
-                    activations: act(model.depth, t.batch_size),
-                },
-            )
-        }),
+        // Trained student + `frozen_copies` frozen networks of the same size.
+        Stage::Pretrain => run.pretrain.as_ref().map(|c| flow_stage(&c.train, 0)),
+        Stage::Distill => run.distill.as_ref().map(|c| flow_stage(&c.train, 1)),
+        // The student, the frozen teacher and the target network.
+        Stage::Consistency => run.consistency.as_ref().map(|c| flow_stage(&c.train, 2)),
         Stage::Apt => match run.apt {
             None => None,
             Some(_) => {
@@ -215,13 +197,7 @@ pub fn print(run: &RunConfig, stages: &[Stage]) -> Result<()> {
         "stage", "steps", "batch", "states", "activations", "per step"
     );
     for &stage in stages {
-        let steps = match stage {
-            Stage::Pretrain => run.pretrain.as_ref().map(|c| c.train.steps),
-            Stage::Distill => run.distill.as_ref().map(|c| c.train.steps),
-            Stage::Consistency => run.consistency.as_ref().map(|c| c.train.steps),
-            Stage::Apt => Some(AptConfig::from_run(run)?.steps),
-            Stage::All => None,
-        };
+        let steps = crate::train_cmd::stage_steps(run, stage)?;
         if let (Some(steps), Some((batch, m))) = (steps, estimate(run, stage)?) {
             println!(
                 "{:<12} {:>7} {:>6} {:>12} {:>12} {:>12}",

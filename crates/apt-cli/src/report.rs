@@ -19,10 +19,27 @@ pub struct RunMetrics {
     pub stage_seconds: Vec<(String, f64)>,
 }
 
+/// One row's cells, formatted once for both tables.
+fn cells(r: &EvaluatedModel) -> [String; 11] {
+    let m = &r.report;
+    [
+        r.name.clone(),
+        r.network_evaluations.to_string(),
+        format!("{:.1}%", 100.0 * m.colour_accuracy),
+        format!("{:.1}%", 100.0 * m.direction_accuracy),
+        format!("{:.1}%", 100.0 * m.shape_accuracy),
+        format!("{:.2}", m.sharpness_vs_real),
+        format!("{:.2}", m.frechet),
+        format!("{:.2}", m.start_coverage),
+        format!("{:.3}", m.size_variation),
+        format!("{:.3}", m.colour_drift),
+        format!("{:.1}", 1e3 * m.seconds_per_clip),
+    ]
+}
+
 /// The table as fixed-width text (the console).
 pub fn table(rows: &[EvaluatedModel]) -> String {
-    let mut out = format!(
-        "{:<24} {:>4} {:>7} {:>9} {:>7} {:>7} {:>6} {:>6} {:>6} {:>7} {:>8}\n",
+    const HEADER: [&str; 11] = [
         "model",
         "NFE",
         "colour",
@@ -33,24 +50,19 @@ pub fn table(rows: &[EvaluatedModel]) -> String {
         "cover",
         "size±",
         "drift",
-        "ms/clip"
-    );
+        "ms/clip",
+    ];
+    const WIDTH: [usize; 11] = [24, 4, 7, 9, 7, 7, 6, 6, 6, 7, 8];
+    let line = |cells: &[String]| {
+        let mut out = format!("{:<24}", cells[0]);
+        for (c, w) in cells.iter().zip(WIDTH).skip(1) {
+            out.push_str(&format!(" {c:>w$}"));
+        }
+        out + "\n"
+    };
+    let mut out = line(&HEADER.map(String::from));
     for r in rows {
-        let m = &r.report;
-        out.push_str(&format!(
-            "{:<24} {:>4} {:>6.1}% {:>8.1}% {:>6.1}% {:>7.2} {:>6.2} {:>6.2} {:>6.3} {:>7.3} {:>8.1}\n",
-            r.name,
-            r.network_evaluations,
-            100.0 * m.colour_accuracy,
-            100.0 * m.direction_accuracy,
-            100.0 * m.shape_accuracy,
-            m.sharpness_vs_real,
-            m.frechet,
-            m.start_coverage,
-            m.size_variation,
-            m.colour_drift,
-            1e3 * m.seconds_per_clip
-        ));
+        out.push_str(&line(&cells(r)));
     }
     out
 }
@@ -60,21 +72,7 @@ fn markdown_table(rows: &[EvaluatedModel]) -> String {
         "| model | NFE | colour | direction | shape | sharpness vs real | Fréchet ↓ | start coverage | size variation | colour drift | ms / clip |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
-        let m = &r.report;
-        out.push_str(&format!(
-            "| {} | {} | {:.1}% | {:.1}% | {:.1}% | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.1} |\n",
-            r.name,
-            r.network_evaluations,
-            100.0 * m.colour_accuracy,
-            100.0 * m.direction_accuracy,
-            100.0 * m.shape_accuracy,
-            m.sharpness_vs_real,
-            m.frechet,
-            m.start_coverage,
-            m.size_variation,
-            m.colour_drift,
-            1e3 * m.seconds_per_clip
-        ));
+        out.push_str(&format!("| {} |\n", cells(r).join(" | ")));
     }
     out
 }

@@ -92,6 +92,19 @@ pub fn configured_stages(run: &RunConfig) -> Vec<Stage> {
     stages
 }
 
+/// Updates `stage` is configured for (`None` when its section is absent, or for `all`).
+pub fn stage_steps(run: &RunConfig, stage: Stage) -> Result<Option<u64>> {
+    Ok(match stage {
+        Stage::Pretrain => run.pretrain.as_ref().map(|c| c.train.steps),
+        Stage::Distill => run.distill.as_ref().map(|c| c.train.steps),
+        Stage::Consistency => run.consistency.as_ref().map(|c| c.train.steps),
+        Stage::Apt if run.apt.is_some() => {
+            Some(apt_gan::adversarial::AptConfig::from_run(run)?.steps)
+        }
+        Stage::Apt | Stage::All => None,
+    })
+}
+
 /// Runs the stage(s). Exit code 130 when interrupted (Ctrl-C / SIGTERM) after the current step
 /// was finished and checkpointed.
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
@@ -178,14 +191,8 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
 }
 
 fn run_stage(run: &RunConfig, stage: Stage, resume: bool, stop: Arc<AtomicBool>) -> Result<Finish> {
-    let steps = |train: Option<u64>| train.unwrap_or(0);
     let label = stage.name();
-    let total = match stage {
-        Stage::Pretrain => steps(run.pretrain.as_ref().map(|c| c.train.steps)),
-        Stage::Distill => steps(run.distill.as_ref().map(|c| c.train.steps)),
-        Stage::Consistency => steps(run.consistency.as_ref().map(|c| c.train.steps)),
-        Stage::Apt | Stage::All => apt_gan::adversarial::AptConfig::from_run(run)?.steps,
-    };
+    let total = stage_steps(run, stage)?.unwrap_or(0);
     tracing::info!(stage = label, steps = total, resume, "stage start");
     let started = std::time::Instant::now();
     let progress_bar = bar(total, label);
