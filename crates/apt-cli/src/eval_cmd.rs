@@ -1,11 +1,16 @@
 //! `apt eval --run DIR`: every generator a run has produced, on the same prompts and noise;
-//! writes `metrics.json`, `report.md` and its plots and GIFs.
+//! writes `metrics.json`, `report.md` and its plots and GIFs. The run directory is locked
+//! while it runs; Ctrl-C stops before anything is written (exit 130).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use apt_flow::RunConfig;
+use anyhow::Result;
+use apt_pipeline::report::{evaluate_and_write, table};
+use apt_pipeline::OpenRun;
 use clap::Args;
+
+use crate::progress::{bar, stop_flag};
 
 /// Arguments of `apt eval`.
 #[derive(Args)]
@@ -16,13 +21,29 @@ pub struct EvalArgs {
 }
 
 /// Evaluates and writes the report.
-pub fn run(args: EvalArgs) -> Result<()> {
-    let config = args.run.join("config.toml");
-    let mut run = RunConfig::from_file(&config)
-        .with_context(|| format!("{} is not a run directory", args.run.display()))?;
-    // The run may have been moved since it was trained.
-    run.out = args.run.clone();
-    let path = crate::report::evaluate_and_write(&run)?;
-    println!("report      {}", path.display());
-    Ok(())
+pub fn run(args: EvalArgs) -> Result<ExitCode> {
+    let open = OpenRun::for_evaluation(&args.run)?;
+    crate::log_file::open(&open.dir.log_file())?;
+    let stop = stop_flag()?;
+    let eval_bar = bar(0, "evaluate");
+    let written = evaluate_and_write(&open.config, &open.dir, &stop, |done, total, name| {
+        eval_bar.set_length(total as u64);
+        eval_bar.set_position(done as u64);
+        eval_bar.set_message(name.to_string());
+    });
+    eval_bar.finish_and_clear();
+    match written {
+        Ok((path, metrics)) => {
+            if !metrics.models.is_empty() {
+                print!("{}", table(&metrics.models));
+            }
+            println!("report      {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.is_interrupted() => {
+            println!("evaluation stopped before writing anything");
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -11,7 +11,8 @@ pub enum GanCommand {
     /// Recompute a seed-GAN fixture with our code in seed-compatible mode; the last line is the
     /// max abs difference.
     SeedParity {
-        /// safetensors with the seed modules' `gen.*` / `dis.*` weights, inputs and outputs.
+        /// safetensors with the seed modules' `state_dict` (`gen.0.weight`, …, `dis.0.weight`,
+        /// …), inputs and outputs.
         #[arg(long)]
         fixture: PathBuf,
     },
@@ -30,7 +31,7 @@ pub enum GanCommand {
 pub fn run(command: GanCommand) -> Result<()> {
     match command {
         GanCommand::SeedParity { fixture } => {
-            let p = apt_gan::seed_gan::run_seed_parity(&fixture).map_err(|e| anyhow!(e))?;
+            let p = apt_gan::seed::gan::run_seed_parity(&fixture).map_err(|e| anyhow!(e))?;
             let c = p.config;
             println!("seed GAN      in_size {}, cond_in {}, latent_s {}, width {}, layers {}, lambda_gp {}", c.in_size, c.cond_in, c.latent_s, c.width, c.layers, c.lambda_gp);
             println!("max abs difference: {:e}", p.max_abs_diff);
@@ -39,15 +40,16 @@ pub fn run(command: GanCommand) -> Result<()> {
         GanCommand::Scenarios { config, out } => {
             let text = std::fs::read_to_string(&config)
                 .map_err(|e| anyhow!("{}: {e}", config.display()))?;
-            let cfg: apt_gan::scenarios::ScenarioConfig = toml::from_str(&text).map_err(|e| {
-                anyhow!(
-                    "{}: {}",
-                    config.display(),
-                    e.to_string().trim().replace('\n', " ")
-                )
-            })?;
+            let cfg: apt_gan::seed::scenarios::ScenarioConfig =
+                toml::from_str(&text).map_err(|e| {
+                    anyhow!(
+                        "{}: {}",
+                        config.display(),
+                        e.to_string().trim().replace('\n', " ")
+                    )
+                })?;
             println!("{:>8} {:>14} {:>10}", "step", "energy score", "CRPS");
-            let report = apt_gan::scenarios::train_scenarios(&cfg, |s| {
+            let report = apt_gan::seed::scenarios::train_scenarios(&cfg, |s| {
                 println!("{:>8} {:>14.4} {:>10.4}", s.step, s.energy_score, s.crps)
             })
             .map_err(|e| anyhow!(e))?;

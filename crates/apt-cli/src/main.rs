@@ -7,13 +7,12 @@ mod eval_cmd;
 mod gan_cmd;
 mod log_file;
 mod model_cmd;
-mod plots;
-mod report;
+mod progress;
 mod sample_cmd;
 mod text_cmd;
 mod train_cmd;
-mod train_smoke;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -51,7 +50,7 @@ enum Command {
         #[command(subcommand)]
         command: text_cmd::TextCommand,
     },
-    /// Model tools: sizes and FLOPs, diffusers parity, a short real training run.
+    /// Model tools: sizes and FLOPs, diffusers parity.
     Model {
         #[command(subcommand)]
         command: model_cmd::ModelCommand,
@@ -68,6 +67,8 @@ fn main() -> ExitCode {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                // Colours for a terminal only: a file or pipe gets plain text.
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_target(false),
         )
         .with(
@@ -86,7 +87,10 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Sample(args) => sample_cmd::run(args),
-        Command::Eval(args) => eval_cmd::run(args),
+        Command::Eval(args) => match eval_cmd::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Model { command } => model_cmd::run(command),
         Command::Gan { command } => gan_cmd::run(command),
         Command::Text { command } => text_cmd::run(command),

@@ -1,4 +1,4 @@
-//! `apt model …`: sizes and FLOPs, diffusers parity, a short real training run.
+//! `apt model …`: sizes and FLOPs, diffusers parity.
 
 use std::path::PathBuf;
 
@@ -23,8 +23,6 @@ pub enum ModelCommand {
         #[arg(long)]
         fixture: PathBuf,
     },
-    /// A short real training run (rectified flow on generated moving-blob clips).
-    TrainSmoke(crate::train_smoke::TrainSmokeArgs),
 }
 
 /// Arguments of `apt model info`.
@@ -59,7 +57,6 @@ pub fn run(command: ModelCommand) -> Result<()> {
     match command {
         ModelCommand::Info(args) => info(args),
         ModelCommand::Parity { diffusers, fixture } => parity(&diffusers, &fixture),
-        ModelCommand::TrainSmoke(args) => crate::train_smoke::run(args),
     }
 }
 

@@ -1,14 +1,19 @@
-//! `apt sample`: a video from a prompt, in one step by default.
+//! `apt sample`: a video from a prompt, in one step by default. The text length, device and
+//! clip shape come from the run's config (`runs/NAME/config.toml`) unless given; the weights
+//! are checked (integrity record, finite values) and the clip's memory before anything is
+//! allocated.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use apt_flow::text::TextConditioner;
-use apt_flow::{sample, Guidance, Method, OneStepGenerator, RunConfig, SamplerConfig, TensorRng};
-use apt_mmdit::{Mmdit, MmditConfig};
+use apt_flow::{sample, Guidance, Method, OneStepGenerator, SamplerConfig, TensorRng};
+use apt_pipeline::config::parse_device;
+use apt_pipeline::memory::{human_bytes, machine_memory, sample_bytes};
+use apt_pipeline::run_dir::load_exported;
+use apt_pipeline::text::TextConditioner;
+use apt_pipeline::RunConfig;
 use clap::Args;
-use tch::{nn, Device};
 
 /// Arguments of `apt sample`.
 #[derive(Args)]
@@ -31,19 +36,26 @@ pub struct SampleArgs {
     seed: u64,
     /// Clip shape C,T,H,W (default: the run's data shape, from runs/NAME/config.toml).
     #[arg(long, value_parser = parse_shape)]
-    shape: Option<[i64; 4]>,
+    shape: Option<[u64; 4]>,
+    /// Text tokens per caption (default: the run's `text.tokens`; must match training).
+    #[arg(long)]
+    text_tokens: Option<usize>,
+    /// cpu, cuda or cuda:N (default: the run's device).
+    #[arg(long)]
+    device: Option<String>,
     /// Output: .mp4, .mov, .mkv, .gif or .png (frame grid).
     #[arg(long)]
     out: PathBuf,
 }
 
-fn parse_shape(s: &str) -> Result<[i64; 4], String> {
-    let v: Vec<i64> = s
+fn parse_shape(s: &str) -> Result<[u64; 4], String> {
+    let bad = || format!("expected four positive integers C,T,H,W, got {s:?}");
+    let v: Vec<u64> = s
         .split(',')
-        .map(|p| p.trim().parse())
-        .collect::<Result<_, _>>()
-        .map_err(|_| format!("expected C,T,H,W, got {s:?}"))?;
-    <[i64; 4]>::try_from(v).map_err(|_| format!("expected C,T,H,W, got {s:?}"))
+        .map(|p| p.trim().parse::<u64>().ok().filter(|&n| n > 0))
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    <[u64; 4]>::try_from(v).map_err(|_| bad())
 }
 
 /// The stage directory and the weights file in it.
@@ -74,42 +86,52 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("--steps must be at least 1");
     }
     let (dir, weights) = locate(&args.checkpoint)?;
-    let cfg = MmditConfig::from_toml_file(dir.join("model.toml"))
-        .with_context(|| format!("{} must sit next to model.toml", weights.display()))?;
-    let run_cfg = dir
-        .parent()
-        .map(|r| r.join("config.toml"))
-        .filter(|p| p.is_file());
-    let shape = match (args.shape, &run_cfg) {
-        (Some(s), _) => s,
-        (None, Some(path)) => {
-            apt_flow::data::TrainData::clip_shape(&RunConfig::from_file(path)?.data)
-        }
+    let run_dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    let config_file = run_dir.join("config.toml");
+    let run = match config_file.is_file() {
+        true => Some(RunConfig::from_file(&config_file)?),
+        false => None,
+    };
+    let device = parse_device(
+        args.device
+            .as_deref()
+            .or(run.as_ref().map(|r| r.device.as_str()))
+            .unwrap_or("cpu"),
+    )?;
+    let tokens = match (args.text_tokens, &run) {
+        (Some(0), _) => bail!("--text-tokens must be at least 1"),
+        (Some(n), _) => n,
+        (None, Some(r)) => r.text.tokens,
         (None, None) => bail!(
-            "no runs/NAME/config.toml next to {}: give --shape C,T,H,W",
-            dir.display()
+            "no run config at {}: give --text-tokens N (the text length the model was trained with)",
+            config_file.display()
         ),
     };
-    let cache = dir
-        .parent()
-        .map(|r| r.join("text-cache"))
-        .unwrap_or_else(|| PathBuf::from("text-cache"));
-    let device = Device::Cpu;
+    let shape = match (args.shape, &run) {
+        (Some(s), _) => s,
+        (None, Some(r)) => r.data.clip_shape().map(|v| v as u64),
+        (None, None) => bail!(
+            "no run config at {}: give --shape C,T,H,W",
+            config_file.display()
+        ),
+    };
+    let cfg = apt_mmdit::MmditConfig::from_toml_file(dir.join("model.toml"))
+        .with_context(|| format!("{} must sit next to model.toml", weights.display()))?;
+    check_shape(&cfg, shape, device)?;
+    let cache = match run.as_ref().and_then(|r| r.text.cache.clone()) {
+        Some(c) => c,
+        None => run_dir.join("text-cache"),
+    };
 
     let start = Instant::now();
-    let text = TextConditioner::minilm(&cache, 16, device)?;
+    let text = TextConditioner::minilm(&cache, tokens, device)?;
     let cond = text.batch(std::slice::from_ref(&args.prompt), &[])?;
     let null = text.null()?;
     let text_time = start.elapsed();
 
-    let vs = nn::VarStore::new(device);
-    let model = Mmdit::new(vs.root(), &cfg)?;
-    apt_mmdit::load_safetensors(&vs, &weights)?;
-    let z = TensorRng::seeded_normal(
-        args.seed,
-        &[1, shape[0], shape[1], shape[2], shape[3]],
-        device,
-    );
+    let model = load_exported(&weights, device)?.model;
+    let [c, t, h, w] = shape.map(|v| v as i64);
+    let z = TensorRng::seeded_normal(args.seed, &[1, c, t, h, w], device);
     let start = Instant::now();
     let video = tch::no_grad(|| -> apt_flow::Result<tch::Tensor> {
         match (args.steps, args.cfg == 1.0) {
@@ -138,14 +160,17 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let generator_time = start.elapsed();
 
     let start = Instant::now();
-    apt_data::write_video(&args.out, &video.get(0).clamp(-1.0, 1.0), 8.0)?;
+    let clip = video.get(0).clamp(-1.0, 1.0).to_device(tch::Device::Cpu);
+    apt_data::write_video(&args.out, &clip, 8.0)?;
     let write_time = start.elapsed();
     println!("prompt        {:?}", args.prompt);
     println!(
-        "model         {} ({} steps, cfg {})",
+        "model         {} ({} steps, cfg {}, {} text tokens, {:?})",
         weights.display(),
         args.steps,
-        args.cfg
+        args.cfg,
+        tokens,
+        device
     );
     println!(
         "text          {:.1} ms (MiniLM: load and encode, or the embedding cache)",
@@ -155,4 +180,34 @@ pub fn run(args: SampleArgs) -> Result<()> {
     println!("write         {:.1} ms", write_time.as_secs_f64() * 1e3);
     println!("video         {}", args.out.display());
     Ok(())
+}
+
+/// The clip fits the model (channels, patch multiples) and this machine's memory.
+fn check_shape(cfg: &apt_mmdit::MmditConfig, shape: [u64; 4], device: tch::Device) -> Result<()> {
+    let [c, t, h, w] = shape;
+    let [pt, ph, pw] = cfg.patch_size.map(|p| p as u64);
+    if c != cfg.in_channels as u64 {
+        bail!(
+            "--shape {c},{t},{h},{w}: the model takes {} channels",
+            cfg.in_channels
+        );
+    }
+    if t % pt != 0 || h % ph != 0 || w % pw != 0 {
+        bail!(
+            "--shape {c},{t},{h},{w}: T, H and W must be multiples of the patch size {:?}",
+            cfg.patch_size
+        );
+    }
+    let needed = sample_bytes(cfg, 1, shape);
+    let available = machine_memory().filter(|_| device == tch::Device::Cpu);
+    match (needed, available) {
+        (None, _) => bail!("--shape {c},{t},{h},{w}: far too large to generate"),
+        (Some(n), Some(a)) if n > a => bail!(
+            "--shape {c},{t},{h},{w}: one clip needs about {} of memory, more than this \
+             machine's {}",
+            human_bytes(n),
+            human_bytes(a)
+        ),
+        _ => Ok(()),
+    }
 }

@@ -3,42 +3,42 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use apt_flow::distill::{run_consistency, run_distill};
-use apt_flow::pretrain::run_pretrain;
-use apt_flow::trainer::{Finish, MetricLine};
-use apt_flow::RunConfig;
+use anyhow::Result;
+use apt_flow::train::MetricLine;
+use apt_flow::Finish;
+use apt_pipeline::report::{evaluate_and_write, table};
+use apt_pipeline::stages::{run_stages, stage_steps, Outcome, Progress, StageRun};
+use apt_pipeline::{planned_stages, OpenRun, RunConfig, Selection, Stage};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
-use crate::{dry_run, log_file, report};
+use crate::progress::{bar, stop_flag};
+use crate::{dry_run, log_file};
 
-/// A pipeline stage.
+/// A pipeline stage on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Stage {
+pub enum StageArg {
     /// Rectified-flow pre-training of the teacher.
     Pretrain,
     /// Deterministic distillation to one step (teacher ODE pairs).
     Distill,
     /// Consistency distillation to one step.
     Consistency,
-    /// Adversarial post-training of the one-step generator.
+    /// Adversarial post-training of the one-step generator (with its image stage, if any).
     Apt,
     /// Every configured stage in order, then the evaluation and `report.md`.
     All,
 }
 
-impl Stage {
-    fn name(self) -> &'static str {
+impl StageArg {
+    fn selection(self) -> Selection {
         match self {
-            Stage::Pretrain => "pretrain",
-            Stage::Distill => "distill",
-            Stage::Consistency => "consistency",
-            Stage::Apt => "apt",
-            Stage::All => "all",
+            StageArg::Pretrain => Selection::One(Stage::Pretrain),
+            StageArg::Distill => Selection::One(Stage::Distill),
+            StageArg::Consistency => Selection::One(Stage::Consistency),
+            StageArg::Apt => Selection::One(Stage::Apt),
+            StageArg::All => Selection::All,
         }
     }
 }
@@ -51,7 +51,7 @@ pub struct TrainArgs {
     config: PathBuf,
     /// Which stage to run (`all`: every configured stage, then the report).
     #[arg(long, value_enum, default_value = "all")]
-    stage: Stage,
+    stage: StageArg,
     /// Continue from the newest intact checkpoint (with `all`: finished stages are skipped).
     #[arg(long)]
     resume: bool,
@@ -63,60 +63,90 @@ pub struct TrainArgs {
     dry_run: bool,
 }
 
-pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what:>12} {{bar:30}} {{pos}}/{{len}} {{msg}} [{{elapsed_precise}} < {{eta_precise}}]"
-        ))
-        .expect("template"),
-    );
-    bar
+/// Progress bars and log lines for the stages.
+struct Bars {
+    config: RunConfig,
+    bar: Option<ProgressBar>,
+    pairs: Option<ProgressBar>,
+    started: std::time::Instant,
 }
 
-/// The stages `all` runs for this config, in order.
-pub fn configured_stages(run: &RunConfig) -> Vec<Stage> {
-    let mut stages = Vec::new();
-    if run.pretrain.is_some() {
-        stages.push(Stage::Pretrain);
+impl Progress for Bars {
+    fn stage_start(&mut self, stage: Stage, steps: u64) {
+        tracing::info!(stage = stage.name(), steps, "stage start");
+        self.started = std::time::Instant::now();
+        self.bar = Some(bar(steps, stage.name()));
     }
-    if run.distill.is_some() {
-        stages.push(Stage::Distill);
-    }
-    if run.consistency.is_some() {
-        stages.push(Stage::Consistency);
-    }
-    if run.apt.is_some() {
-        stages.push(Stage::Apt);
-    }
-    stages
-}
 
-/// Updates `stage` is configured for (`None` when its section is absent, or for `all`).
-pub fn stage_steps(run: &RunConfig, stage: Stage) -> Result<Option<u64>> {
-    Ok(match stage {
-        Stage::Pretrain => run.pretrain.as_ref().map(|c| c.train.steps),
-        Stage::Distill => run.distill.as_ref().map(|c| c.train.steps),
-        Stage::Consistency => run.consistency.as_ref().map(|c| c.train.steps),
-        Stage::Apt if run.apt.is_some() => {
-            Some(apt_gan::adversarial::AptConfig::from_run(run)?.steps)
+    fn update(&mut self, stage: Stage, m: &MetricLine) {
+        let total = stage_steps(&self.config, stage);
+        if let Some(b) = &self.bar {
+            b.set_position(m.step);
+            b.set_message(match stage {
+                Stage::AptImage | Stage::Apt => format!(
+                    "D(real) {:+.2} D(fake) {:+.2} aR1 {:.4} G {:.3}",
+                    m.value("d_real"),
+                    m.value("d_fake"),
+                    m.value("ar1"),
+                    m.value("g_loss")
+                ),
+                _ => format!("loss {:.4} lr {:.2e}", m.value("loss"), m.value("lr")),
+            });
         }
-        Stage::Apt | Stage::All => None,
-    })
+        if m.step.is_multiple_of(50) || m.step == total {
+            let values = serde_json::to_string(&m.values).unwrap_or_default();
+            tracing::info!(stage = %m.stage, step = m.step, skipped = m.skipped, %values, "progress");
+        }
+    }
+
+    fn pairs(&mut self, done: usize, total: usize) {
+        let b = self.pairs.get_or_insert_with(|| bar(total as u64, "pairs"));
+        b.set_position(done as u64);
+        if done == total {
+            b.finish_and_clear();
+            self.pairs = None;
+        }
+    }
+
+    fn stage_end(&mut self, stage: Stage, outcome: &Outcome) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        if let Some(b) = self.pairs.take() {
+            b.finish_and_clear();
+        }
+        let seconds = self.started.elapsed().as_secs_f64();
+        let stopped = matches!(outcome, Outcome::Stopped);
+        tracing::info!(stage = stage.name(), seconds, stopped, "stage end");
+        if let Outcome::Completed(report) = outcome {
+            let json = serde_json::to_value(report).unwrap_or_default();
+            let bad = json["bad_samples"].as_array().map_or(0, Vec::len);
+            if bad > 0 {
+                tracing::warn!(
+                    stage = stage.name(),
+                    files = bad,
+                    "bad samples were skipped (listed in the stage's report.json)"
+                );
+            }
+            println!(
+                "{} report ({seconds:.0} s):\n{}",
+                stage.name(),
+                serde_json::to_string_pretty(&json).unwrap_or_default()
+            );
+        }
+    }
+
+    fn skipped(&mut self, stage: Stage) {
+        println!("{}: finished earlier; skipping", stage.name());
+    }
 }
 
 /// Runs the stage(s). Exit code 130 when interrupted (Ctrl-C / SIGTERM) after the current step
 /// was finished and checkpointed.
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let path = args.config.display().to_string();
-    let run = RunConfig::from_file_with(&args.config, &args.overrides)
+    let config = RunConfig::load(&args.config, &args.overrides)
         .map_err(anyhow::Error::new)
-        .and_then(|run| {
-            if run.apt.is_some() {
-                apt_gan::adversarial::AptConfig::from_run(&run)?;
-            }
-            Ok(run)
-        })
         // Errors about a key do not say which file; those about the file already do.
         .map_err(|e| {
             if e.to_string().contains(&path) {
@@ -125,141 +155,57 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
                 e.context(path.clone())
             }
         })?;
+    let selection = args.stage.selection();
+    let stages = planned_stages(&config, selection)?;
     if args.dry_run {
-        dry_run::print(&run, &configured_stages(&run))?;
+        dry_run::print(&config, &stages)?;
         return Ok(ExitCode::SUCCESS);
     }
-    run.model()?;
-    std::fs::create_dir_all(&run.out)
-        .with_context(|| format!("creating the run directory {}", run.out.display()))?;
-    log_file::open(&run.out.join("log.txt"))?;
-    std::fs::write(
-        run.out.join("config.toml"),
-        toml::to_string_pretty(&run).unwrap_or_default(),
-    )?;
-    tracing::info!(config = %args.config.display(), out = %run.out.display(), stage = args.stage.name(), resume = args.resume, "apt train");
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // `timeout` and some schedulers deliver one termination twice (to the process and to
-        // its group): repeats within 2 s count as one. A later one exits at once, without
-        // running exit handlers (libtorch's teardown would race the running step).
-        let first: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-        ctrlc::set_handler(move || {
-            let mut first = first.lock().expect("signal state");
-            match *first {
-                None => {
-                    *first = Some(std::time::Instant::now());
-                    stop.store(true, Ordering::SeqCst);
-                    eprintln!(
-                        "\ninterrupted: finishing the current step and writing a checkpoint …"
-                    );
-                }
-                Some(at) if at.elapsed() < std::time::Duration::from_secs(2) => {}
-                Some(_) => {
-                    eprintln!("\nsecond interrupt: exiting now (the last checkpoint is intact)");
-                    // SAFETY: `_exit` ends the process immediately; nothing is used after it.
-                    unsafe { libc::_exit(130) };
-                }
-            }
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
-    let stages = match args.stage {
-        Stage::All => configured_stages(&run),
-        one => vec![one],
+    let explicit = args.stage != StageArg::All;
+    // Every check passes before anything in the run directory changes.
+    let open = OpenRun::for_training(config, &stages, args.resume, explicit)?;
+    log_file::open(&open.dir.log_file())?;
+    tracing::info!(config = %args.config.display(), out = %open.dir.root().display(), stage = ?args.stage, resume = args.resume, "apt train");
+    let stop = stop_flag()?;
+    let mut bars = Bars {
+        config: open.config.clone(),
+        bar: None,
+        pairs: None,
+        started: std::time::Instant::now(),
     };
-    for stage in stages {
-        let finished = run.out.join(stage.name()).join("report.json").is_file();
-        if args.stage == Stage::All && args.resume && finished {
-            println!("{}: finished earlier; skipping", stage.name());
-            continue;
-        }
-        if let Finish::Stopped = run_stage(&run, stage, args.resume, stop.clone())? {
-            println!(
-                "{}: stopped at a checkpoint; continue with --resume",
-                stage.name()
-            );
-            return Ok(ExitCode::from(130));
-        }
+    let mut ctx = StageRun {
+        config: &open.config,
+        dir: &open.dir,
+        resume: args.resume,
+        stop: stop.clone(),
+        progress: &mut bars,
+    };
+    if run_stages(&mut ctx, &stages, explicit)? == Finish::Stopped {
+        println!("stopped at a checkpoint; continue with --resume");
+        return Ok(ExitCode::from(130));
     }
-    if args.stage == Stage::All {
-        let path = report::evaluate_and_write(&run)?;
-        println!("report      {}", path.display());
+    if args.stage == StageArg::All {
+        let eval_bar = bar(0, "evaluate");
+        let written = evaluate_and_write(&open.config, &open.dir, &stop, |done, total, name| {
+            eval_bar.set_length(total as u64);
+            eval_bar.set_position(done as u64);
+            eval_bar.set_message(name.to_string());
+            tracing::info!(done, total, model = name, "evaluated");
+        });
+        eval_bar.finish_and_clear();
+        match written {
+            Ok((path, metrics)) => {
+                if !metrics.models.is_empty() {
+                    print!("{}", table(&metrics.models));
+                }
+                println!("report      {}", path.display());
+            }
+            Err(e) if e.is_interrupted() => {
+                println!("evaluation stopped before writing; `--resume` evaluates again");
+                return Ok(ExitCode::from(130));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn run_stage(run: &RunConfig, stage: Stage, resume: bool, stop: Arc<AtomicBool>) -> Result<Finish> {
-    let label = stage.name();
-    let total = stage_steps(run, stage)?.unwrap_or(0);
-    tracing::info!(stage = label, steps = total, resume, "stage start");
-    let started = std::time::Instant::now();
-    let progress_bar = bar(total, label);
-    let progress = |m: &MetricLine| {
-        progress_bar.set_position(m.step);
-        progress_bar.set_message(format!("loss {:.4} lr {:.2e}", m.loss, m.lr));
-        if m.step % 50 == 0 || m.step == total {
-            tracing::info!(stage = %m.stage, step = m.step, loss = m.loss, lr = m.lr, grad_norm = m.grad_norm, skipped = m.skipped, "progress");
-        }
-    };
-    let (finish, report) = match stage {
-        Stage::Pretrain => {
-            let (f, r) = run_pretrain(run, resume, stop, progress)?;
-            (f, r.map(|r| pretty(&r)))
-        }
-        Stage::Distill => {
-            let pairs_bar = bar(0, "pairs");
-            let pair_progress = |done: usize, shards: usize| {
-                pairs_bar.set_length(shards as u64);
-                pairs_bar.set_position(done as u64);
-            };
-            let (f, r) = run_distill(run, resume, stop, pair_progress, progress)?;
-            pairs_bar.finish_and_clear();
-            (f, r.map(|r| pretty(&r)))
-        }
-        Stage::Consistency => {
-            let (f, r) = run_consistency(run, resume, stop, progress)?;
-            (f, r.map(|r| pretty(&r)))
-        }
-        Stage::Apt | Stage::All => {
-            let apt_progress = |m: &apt_gan::adversarial::AptMetrics| {
-                progress_bar.set_position(m.step);
-                progress_bar.set_message(format!(
-                    "D(real) {:+.2} D(fake) {:+.2} aR1 {:.4} G {:.3}",
-                    m.d_real, m.d_fake, m.ar1, m.g_loss
-                ));
-                if m.step % 25 == 0 || m.step == total {
-                    tracing::info!(
-                        step = m.step,
-                        d_real = m.d_real,
-                        d_fake = m.d_fake,
-                        d_loss = m.d_loss,
-                        ar1 = m.ar1,
-                        g_loss = m.g_loss,
-                        "apt"
-                    );
-                }
-            };
-            let (f, r) = apt_gan::adversarial::run_apt(run, resume, stop, apt_progress)?;
-            (f, r.map(|r| pretty(&r)))
-        }
-    };
-    progress_bar.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64();
-    tracing::info!(
-        stage = label,
-        seconds,
-        stopped = (finish == Finish::Stopped),
-        "stage end"
-    );
-    if let (Finish::Completed, Some(report)) = (finish, report) {
-        println!("{label} report ({seconds:.0} s):\n{report}");
-    }
-    Ok(finish)
-}
-
-/// A stage report as pretty JSON.
-fn pretty<T: serde::Serialize>(report: &T) -> String {
-    serde_json::to_string_pretty(report).unwrap_or_default()
 }

@@ -2,53 +2,12 @@
 //! GIFs, golden loss curve), config errors, dry runs, and interrupted runs (SIGKILL and Ctrl-C)
 //! that resume to the same weights as an uninterrupted run.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn config(name: &str) -> String {
-    repo()
-        .join("configs")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn apt_command(args: &[String]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_apt"));
-    c.args(args).env("RUST_LOG", "info");
-    c
-}
-
-fn apt(args: &[String]) -> Output {
-    apt_command(args).output().expect("run apt")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
-
-/// `apt train` on the smoke config with the run (and its text cache) under `out`.
-fn smoke_args(out: &Path, cache: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args = strings(&["train", "--config", &config("smoke.toml")]);
-    for set in [
-        format!("out={:?}", out.to_string_lossy()),
-        format!("text.cache={:?}", cache.to_string_lossy()),
-    ] {
-        args.push("--set".into());
-        args.push(set);
-    }
-    args.extend(strings(extra));
-    args
-}
+use common::*;
 
 /// `(step, value)` of `field` in a metrics.jsonl, last line per step.
 fn losses(path: &Path, field: &str) -> Vec<(u64, f64)> {
@@ -98,6 +57,28 @@ fn smoke_pipeline_writes_the_report_and_keeps_its_golden_losses() {
         log.contains("stage end") && !log.contains("\u{1b}["),
         "plain log: {log}"
     );
+    // Colours are for terminals: the piped console output has none either.
+    assert!(!text(&o.stderr).contains("\u{1b}["), "{}", text(&o.stderr));
+    // One step from the finished run: its text length (8 tokens), device and clip shape come
+    // from the run's config.
+    let clip = dir.path().join("red.gif");
+    let o = apt(&strings(&[
+        "sample",
+        "--checkpoint",
+        &out.join("apt").to_string_lossy(),
+        "--prompt",
+        "a red circle moves right",
+        "--out",
+        &clip.to_string_lossy(),
+    ]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("8 text tokens"),
+        "{}",
+        text(&o.stdout)
+    );
+    let frames = apt_data::decode(&clip, apt_data::FrameSize::Native).unwrap();
+    assert_eq!((frames.len(), frames.width, frames.height), (4, 16, 16));
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     let models = metrics["models"].as_array().unwrap();
@@ -169,6 +150,37 @@ fn config_mistakes_are_one_line_errors_naming_the_key() {
         ("model.preset=huge", "`model`"),
         ("pretrain.train=3", "pretrain.train"),
         ("nonsense", "key=value"),
+        // Values that used to pass validation and then train wrongly.
+        (
+            "pretrain.train.schedule.decay.min_factor=-1.0",
+            "pretrain.train.schedule.decay.min_factor",
+        ),
+        (
+            "pretrain.train.schedule.decay.min_factor=nan",
+            "pretrain.train.schedule.decay.min_factor",
+        ),
+        (
+            "pretrain.train.optimizer.eps=inf",
+            "pretrain.train.optimizer.eps",
+        ),
+        (
+            "pretrain.train.optimizer.weight_decay=inf",
+            "pretrain.train.optimizer.weight_decay",
+        ),
+        (
+            "apt.discriminator.time_shift=-1",
+            "apt.discriminator.time_shift",
+        ),
+        ("threads=100000", "threads"),
+        ("apt.train.optimizer_d.lr=-1", "apt.train.optimizer_d.lr"),
+        ("distill.train.optimizer.lr=0", "distill.train.optimizer.lr"),
+        ("out=\"\"", "`out`"),
+        // A key of an older apt-rs says where it went.
+        ("apt.steps=3", "under [apt.train]"),
+        (
+            "distill.train.optimizer_d={ kind = \"adamw\", lr = 1e-4 }",
+            "distill.train.optimizer_d",
+        ),
     ];
     for (set, key) in cases {
         let o = apt(&strings(&[
@@ -217,23 +229,6 @@ fn dry_runs_size_every_shipped_config() {
     let out = text(&o.stdout);
     assert!(out.contains("runs here    no"), "{out}");
     assert!(out.contains("discriminator 8,"), "{out}");
-}
-
-fn wait_for(path: &Path, child: &mut std::process::Child) {
-    let start = Instant::now();
-    while !path.is_file() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before {}",
-            path.display()
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "no {}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
@@ -343,10 +338,10 @@ fn real_videos_config_runs_image_then_video_stage_on_real_clips() {
         "pretrain.train.batch_size=2".into(),
         "consistency.train.steps=2".into(),
         "consistency.train.batch_size=2".into(),
-        "apt.steps=1".into(),
-        "apt.batch_size=2".into(),
+        "apt.train.steps=1".into(),
+        "apt.train.batch_size=2".into(),
         "apt.image.steps=1".into(),
-        "apt.preview_every=0".into(),
+        "apt.train.preview_every=0".into(),
     ] {
         args.push("--set".into());
         args.push(set);

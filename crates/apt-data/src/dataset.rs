@@ -113,13 +113,29 @@ impl Dataset {
             path: dir.to_path_buf(),
             source,
         })?;
-        let mut files: Vec<PathBuf> = entries
+        let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_media(p))
+            .filter(|p| is_media(p))
             .collect();
-        files.sort();
+        paths.sort();
         let mut set = Dataset::default();
-        for file in files {
+        for file in paths {
+            // Follows links: a dangling link or a link loop is a bad sample, not a silent gap.
+            match std::fs::metadata(&file) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => continue, // a directory with a media extension
+                Err(e) => {
+                    let reason = format!("unreadable ({e})");
+                    if policy == OnBadSample::Fail {
+                        return Err(DataError::Dataset { path: file, reason });
+                    }
+                    set.skipped.push(Skipped {
+                        what: file.display().to_string(),
+                        reason,
+                    });
+                    continue;
+                }
+            }
             let sidecar = file.with_extension("txt");
             match std::fs::read_to_string(&sidecar) {
                 Ok(text) => set.items.push(Item {

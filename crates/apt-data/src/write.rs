@@ -120,7 +120,7 @@ fn write_h264(path: &Path, rgb: &[u8], t: usize, h: usize, w: usize, fps: f64) -
     init();
     let (w32, h32) = (w as u32, h as u32);
     // 4:2:0 needs even sizes; odd sizes are kept exactly with 4:4:4.
-    let pixel = if w % 2 == 0 && h % 2 == 0 {
+    let pixel = if w.is_multiple_of(2) && h.is_multiple_of(2) {
         Pixel::YUV420P
     } else {
         Pixel::YUV444P

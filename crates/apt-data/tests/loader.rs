@@ -164,6 +164,27 @@ fn bad_files_are_skipped_and_listed_or_stop_the_run() {
 }
 
 #[test]
+fn a_link_loop_is_a_bad_sample_listed_or_refused_never_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    shapes_folder(dir.path(), 4);
+    let looped = dir.path().join("loop.mp4");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    std::fs::write(dir.path().join("loop.txt"), "a clip that is a link loop").unwrap();
+    let set = Dataset::open(dir.path(), OnBadSample::Skip).unwrap();
+    assert_eq!(set.len(), 4);
+    assert_eq!(set.skipped.len(), 1);
+    assert!(
+        set.skipped[0].what.ends_with("loop.mp4") && set.skipped[0].reason.contains("unreadable"),
+        "{:?}",
+        set.skipped
+    );
+    let err = Dataset::open(dir.path(), OnBadSample::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("loop.mp4"), "{err}");
+}
+
+#[test]
 fn manifests_take_videos_latents_and_precomputed_embeddings() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -69,15 +69,44 @@ fn the_cache_stores_one_file_per_caption_and_returns_the_same_embedding() {
         .unwrap();
     assert!(again.context.equal(&a.context) && again.pooled.equal(&a.pooled));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
-    // A corrupted cache file is a clear error naming it.
+    // A damaged cache file is encoded again and replaced.
+    let fresh = encoder.encode("x").unwrap();
     std::fs::write(cache.path_for("x"), b"garbage").unwrap();
-    let err = EmbeddingCache::new(dir.path())
+    let healed = EmbeddingCache::new(dir.path())
         .unwrap()
         .get("x", &encoder)
+        .unwrap();
+    assert!(healed.context.equal(&fresh.context) && healed.pooled.equal(&fresh.pooled));
+    let reread = EmbeddingCache::new(dir.path())
+        .unwrap()
+        .get_with("x", |_| {
+            panic!("the replaced file must be read, not re-encoded")
+        })
+        .unwrap();
+    assert!(reread.context.equal(&fresh.context));
+}
+
+#[test]
+fn a_failed_cache_write_is_an_error_and_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = EmbeddingCache::new(dir.path()).unwrap();
+    // The entry's name is taken by a non-empty directory, so the final rename fails.
+    let blocked = cache.path_for("blocked");
+    std::fs::create_dir_all(blocked.join("inside")).unwrap();
+    let embedding = |_: &str| {
+        Ok(apt_data::TextEmbedding {
+            context: Tensor::ones([3, 4], (tch::Kind::Float, Device::Cpu)),
+            pooled: Tensor::ones([4], (tch::Kind::Float, Device::Cpu)),
+        })
+    };
+    let err = cache
+        .get_with("blocked", embedding)
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains(".safetensors") && err.contains("corrupt"),
-        "{err}"
-    );
+    assert!(err.contains(&blocked.display().to_string()), "{err}");
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 1, "only the blocking directory: {left:?}");
 }

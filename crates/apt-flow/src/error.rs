@@ -40,9 +40,9 @@ pub enum FlowError {
     /// The model failed.
     #[error(transparent)]
     Model(#[from] apt_mmdit::MmditError),
-    /// Data loading failed.
+    /// A data source or text encoder supplied by the caller failed (its message names the file).
     #[error(transparent)]
-    Data(#[from] apt_data::DataError),
+    Source(Box<dyn std::error::Error + Send + Sync>),
     /// libtorch failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -51,7 +51,8 @@ pub enum FlowError {
 /// Shorthand for this crate's results.
 pub type Result<T, E = FlowError> = std::result::Result<T, E>;
 
-pub(crate) fn config_error(key: &str, reason: impl Into<String>) -> FlowError {
+/// A [`FlowError::Config`] for `key`.
+pub fn config_error(key: &str, reason: impl Into<String>) -> FlowError {
     FlowError::Config {
         key: key.to_string(),
         reason: reason.into(),

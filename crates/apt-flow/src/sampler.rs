@@ -44,19 +44,22 @@ impl SamplerConfig {
         }
     }
 
-    /// Checks the values.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks the values (`key`: where the table sits, e.g. `distill.teacher`).
+    pub fn validate(&self, key: &str) -> Result<()> {
         if self.steps == 0 {
-            return Err(config_error("steps", "must be at least 1"));
+            return Err(config_error(&format!("{key}.steps"), "must be at least 1"));
         }
         if !(self.shift.is_finite() && self.shift > 0.0) {
             return Err(config_error(
-                "shift",
-                format!("must be positive, got {}", self.shift),
+                &format!("{key}.shift"),
+                format!("must be a positive number, got {}", self.shift),
             ));
         }
         if !self.cfg_scale.is_finite() {
-            return Err(config_error("cfg_scale", "must be finite"));
+            return Err(config_error(
+                &format!("{key}.cfg_scale"),
+                format!("must be finite, got {}", self.cfg_scale),
+            ));
         }
         Ok(())
     }
@@ -135,7 +138,7 @@ pub fn sample_trajectory(
     g: &Guidance,
     cfg: &SamplerConfig,
 ) -> Result<Vec<Tensor>> {
-    cfg.validate()?;
+    cfg.validate("sampler")?;
     let grid = time_grid(cfg.steps, cfg.shift);
     tch::no_grad(|| {
         let mut states = vec![z.shallow_clone()];

@@ -60,18 +60,18 @@ impl Default for TimestepSampler {
 }
 
 impl TimestepSampler {
-    /// Checks the values.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks the values (`key`: where the table sits, e.g. `pretrain.timesteps`).
+    pub fn validate(&self, key: &str) -> Result<()> {
         if !(self.shift.is_finite() && self.shift > 0.0) {
             return Err(config_error(
-                "timesteps.shift",
+                &format!("{key}.shift"),
                 format!("must be positive, got {}", self.shift),
             ));
         }
         if let TimeDistribution::LogitNormal { mean, std } = self.distribution {
             if !(mean.is_finite() && std.is_finite() && std > 0.0) {
                 return Err(config_error(
-                    "timesteps.std",
+                    &format!("{key}.distribution"),
                     format!("logit-normal needs finite mean and std > 0, got {mean}, {std}"),
                 ));
             }

@@ -1,14 +1,12 @@
 //! Distillation and the one-step generator on Gaussian data with the exact teacher, and the
 //! trainer's accumulation and divergence handling on synthetic objectives.
 
-use apt_data::Cursor;
 use apt_flow::gaussian::GaussianFlow;
 use apt_flow::train::checkpoint;
-use apt_flow::train::{Optimizer, OptimizerConfig};
-use apt_flow::trainer::{Objective, Trainer, TrainerConfig};
+use apt_flow::train::{Optimizer, OptimizerConfig, Part, StepLog, TrainConfig, TrainStep, Trainer};
 use apt_flow::{
-    sample, Conditioning, FlowError, Guidance, Method, OneStepGenerator, SamplerConfig, TensorRng,
-    VelocityModel,
+    sample, Conditioning, Cursor, FlowError, Guidance, Method, OneStepGenerator, SamplerConfig,
+    TensorRng, VelocityModel,
 };
 use tch::{nn, Device, Kind, Tensor};
 
@@ -134,12 +132,18 @@ struct Quadratic<'a> {
     nan_from: Option<usize>,
 }
 
-impl Objective for Quadratic<'_> {
-    fn loss(&mut self, _rng: &mut TensorRng) -> apt_flow::Result<Tensor> {
+impl TrainStep for Quadratic<'_> {
+    fn loss(
+        &mut self,
+        _phase: usize,
+        _rng: &mut TensorRng,
+        log: &mut StepLog,
+    ) -> apt_flow::Result<Tensor> {
         let start = self.cursor.position % self.targets.len();
         let t = Tensor::from_slice(&self.targets[start..start + self.batch]).to_kind(Kind::Float);
         self.cursor.position += self.batch;
         let loss = (self.w - t).square().mean(Kind::Float);
+        log.add("loss", loss.double_value(&[]));
         Ok(match self.nan_from {
             Some(n) if self.cursor.position > n => loss * f64::NAN,
             _ => loss,
@@ -154,26 +158,32 @@ impl Objective for Quadratic<'_> {
     }
 }
 
-fn trainer_config(batch: usize, accum: usize, steps: u64) -> TrainerConfig {
-    TrainerConfig {
-        steps,
-        batch_size: batch,
+const RMSPROP: OptimizerConfig = OptimizerConfig::Rmsprop {
+    lr: 0.01,
+    alpha: 0.9,
+    eps: 1e-8,
+    weight_decay: 0.0,
+    momentum: 0.0,
+    centered: false,
+};
+
+fn trainer_config(batch: usize, accum: usize, steps: u64) -> TrainConfig {
+    TrainConfig {
         grad_accum: accum,
-        optimizer: OptimizerConfig::Rmsprop {
-            lr: 0.01,
-            alpha: 0.9,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            momentum: 0.0,
-            centered: false,
-        },
-        schedule: Default::default(),
-        clip_grad: None,
-        ema_decay: None,
         checkpoint_every: 2,
         keep_checkpoints: 5,
         max_nonfinite: 3,
+        ..TrainConfig::new(steps, batch, RMSPROP)
     }
+}
+
+/// A trainer of the single weight `w` (a part called `model`).
+fn quadratic_trainer(dir: &std::path::Path, config: &TrainConfig) -> (Trainer, Tensor) {
+    let vs = nn::VarStore::new(CPU);
+    let w = vs.root().zeros("w", &[1]);
+    let part = Part::new("model", vs, RMSPROP, None).unwrap();
+    let trainer = Trainer::new("quad", dir, config, vec![part], TensorRng::new(0, 0)).unwrap();
+    (trainer, w)
 }
 
 #[test]
@@ -182,10 +192,7 @@ fn accumulating_two_half_batches_equals_one_full_batch() {
     let mut finals = vec![];
     for (batch, accum) in [(8, 1), (4, 2)] {
         let dir = tempfile::tempdir().unwrap();
-        let vs = nn::VarStore::new(CPU);
-        let w = vs.root().zeros("w", &[1]);
-        let mut trainer =
-            Trainer::new("quad", dir.path(), trainer_config(batch, accum, 5), &vs, 0).unwrap();
+        let (mut trainer, w) = quadratic_trainer(dir.path(), &trainer_config(batch, accum, 5));
         let mut objective = Quadratic {
             w: &w,
             targets: targets.clone(),
@@ -193,7 +200,7 @@ fn accumulating_two_half_batches_equals_one_full_batch() {
             cursor: Cursor::default(),
             nan_from: None,
         };
-        trainer.run(&vs, &mut objective, |_| {}).unwrap();
+        trainer.run(&mut objective, &mut |_: &_| {}).unwrap();
         finals.push(w.double_value(&[0]));
     }
     assert!((finals[0] - finals[1]).abs() < 1e-6, "{finals:?}");
@@ -202,10 +209,8 @@ fn accumulating_two_half_batches_equals_one_full_batch() {
 #[test]
 fn a_diverging_run_stops_with_the_last_good_checkpoint_intact() {
     let dir = tempfile::tempdir().unwrap();
-    let vs = nn::VarStore::new(CPU);
-    let w = vs.root().zeros("w", &[1]);
     let targets: Vec<f64> = (0..64).map(|i| i as f64 / 64.0).collect();
-    let mut trainer = Trainer::new("quad", dir.path(), trainer_config(4, 1, 20), &vs, 0).unwrap();
+    let (mut trainer, w) = quadratic_trainer(dir.path(), &trainer_config(4, 1, 20));
     // Losses turn NaN after 4 updates (16 samples): updates 5, 6, 7 are skipped, then it stops.
     let mut objective = Quadratic {
         w: &w,
@@ -214,7 +219,7 @@ fn a_diverging_run_stops_with_the_last_good_checkpoint_intact() {
         cursor: Cursor::default(),
         nan_from: Some(16),
     };
-    let err = trainer.run(&vs, &mut objective, |_| {}).unwrap_err();
+    let err = trainer.run(&mut objective, &mut |_: &_| {}).unwrap_err();
     assert!(
         matches!(err, FlowError::Diverged { count: 3, step: 7 }),
         "{err}"

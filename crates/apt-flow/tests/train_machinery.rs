@@ -244,11 +244,11 @@ fn checkpoints_round_trip_and_survive_corruption() {
         let state = TrainState {
             stage: "test",
             step,
-            models: vec![("model", &vs)],
-            emas: vec![("ema", &ema)],
-            optimizers: vec![("optimizer", &opt)],
+            models: vec![("model".into(), &vs)],
+            emas: vec![("ema".into(), &ema)],
+            optimizers: vec![("optimizer".into(), &opt)],
             rng: Some(&rng),
-            cursor: Some(apt_data::Cursor {
+            cursor: Some(apt_flow::Cursor {
                 epoch: 0,
                 position: step as usize,
             }),

@@ -7,6 +7,7 @@
 //! is (no noise); only the timestep given to D is random, `t ~ shift(U(0, 1), s)` per sample,
 //! and D sees the text condition.
 
+use apt_flow::error::config_error;
 use apt_mmdit::attention::{attention, RmsNorm};
 use apt_mmdit::{Mmdit, MmditConfig};
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,28 @@ pub struct DiscriminatorConfig {
 
 fn default_shift() -> f64 {
     1.0
+}
+
+impl DiscriminatorConfig {
+    /// Checks the values for a backbone of `depth` blocks; `key` names the table
+    /// (`apt.discriminator`).
+    pub fn validate(&self, key: &str, depth: usize) -> apt_flow::Result<()> {
+        if !(self.time_shift.is_finite() && self.time_shift > 0.0) {
+            return Err(config_error(
+                &format!("{key}.time_shift"),
+                format!("must be a positive number, got {}", self.time_shift),
+            ));
+        }
+        if let Some(taps) = &self.taps {
+            if taps.is_empty() || taps.iter().any(|&k| k == 0 || k > depth) {
+                return Err(config_error(
+                    &format!("{key}.taps"),
+                    format!("must be block numbers in 1..={depth}, got {taps:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for DiscriminatorConfig {

@@ -1,17 +1,21 @@
 //! # apt-gan
 //!
-//! GAN losses for adversarial post-training, as free functions over logits with their formulas:
-//! binary cross-entropy / minimax / non-saturating, hinge, WGAN with gradient penalty, exact R1
-//! (double backward) and APT's approximated R1/R2, and the relativistic pairing loss.
+//! The adversarial half of APT: GAN losses as free functions over logits with their formulas
+//! ([`losses`]: binary cross-entropy / minimax / non-saturating, hinge, WGAN with gradient
+//! penalty, exact R1 by double backward, APT's approximated R1/R2, the relativistic pairing
+//! loss), the APT discriminator ([`discriminator`]), and one adversarial update — D then G —
+//! as a step of `apt-flow`'s training loop ([`adversarial`]). [`seed`] holds the seed
+//! article's conditional MLP WGAN-GP.
 
 #![warn(missing_docs)]
 
 pub mod adversarial;
 pub mod discriminator;
 pub mod losses;
-pub mod scenarios;
-pub mod seed_gan;
+pub mod seed;
 
+pub use adversarial::{AdversarialConfig, AdversarialStep};
+pub use discriminator::{AptDiscriminator, DiscriminatorConfig};
 pub use losses::{
     approx_r1_penalty, approx_r2_penalty, bce_discriminator_loss, exact_r1_penalty,
     gradient_penalty, hinge_discriminator_loss, hinge_generator_loss, minimax_generator_loss,

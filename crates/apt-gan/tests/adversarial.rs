@@ -1,226 +1,286 @@
-//! The adversarial trainer on a tiny model: D steps touch only D, G steps only G, the stage
-//! runs end to end, and a stopped run resumes to the same weights.
+//! One adversarial update through apt-flow's training loop on a tiny model and a fixed set of
+//! clips: the D phase changes only D, the G phase only G, every value is logged, and a
+//! checkpointed run resumes to the same weights.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
-use apt_flow::distill::run_distill;
-use apt_flow::pretrain::run_pretrain;
-use apt_flow::trainer::Finish;
-use apt_flow::RunConfig;
-use apt_gan::adversarial::{run_apt, AptConfig, AptMetrics, AptTrainer, StagePlan};
-use tch::Tensor;
+use apt_flow::data::{CaptionEncoder, ClipSource, Cursor};
+use apt_flow::train::{OptimizerConfig, Part, StepLog, TrainConfig, TrainStep, Trainer};
+use apt_flow::{Conditioning, Result, TensorRng};
+use apt_gan::adversarial::{AdversarialStep, DISCRIMINATOR, GENERATOR};
+use apt_gan::{AdversarialConfig, AptDiscriminator, DiscriminatorConfig};
+use apt_mmdit::{Mmdit, MmditConfig};
+use tch::{nn, Device, Tensor};
 
-fn config(out: &Path, cache: &Path) -> RunConfig {
-    config_with(out, cache, "")
+const CPU: Device = Device::Cpu;
+
+fn model_config() -> MmditConfig {
+    MmditConfig::from_toml_str(
+        "in_channels = 3\nout_channels = 3\npatch_size = [1, 4, 4]\ndepth = 2\nnum_heads = 2\n\
+         head_dim = 16\ncontext_dim = 8\npooled_dim = 8\nqk_norm = true\n\
+         [positions]\nkind = \"rope3d\"\n",
+    )
+    .unwrap()
 }
 
-fn config_with(out: &Path, cache: &Path, extra: &str) -> RunConfig {
-    let text = format!(
-        r#"
-out = "{out}"
-seed = 5
-threads = 1
-
-[model.config]
-in_channels = 3
-out_channels = 3
-patch_size = [1, 4, 4]
-depth = 2
-num_heads = 2
-head_dim = 16
-context_dim = 384
-pooled_dim = 384
-qk_norm = true
-[model.config.positions]
-kind = "rope3d"
-
-[data]
-kind = "shapes"
-[data.shapes]
-frames = 2
-height = 16
-width = 16
-
-[text]
-tokens = 12
-cache = "{cache}"
-
-[pretrain]
-val_clips = 0
-[pretrain.train]
-steps = 3
-batch_size = 2
-optimizer = {{ kind = "adamw", lr = 1e-3 }}
-
-[distill]
-pairs = 4
-teacher = {{ steps = 2, method = "euler", shift = 1.0, cfg_scale = 2.0 }}
-[distill.train]
-steps = 2
-batch_size = 2
-optimizer = {{ kind = "adamw", lr = 1e-4 }}
-
-[apt]
-steps = 4
-batch_size = 2
-grad_accum = 2
-optimizer_g = {{ kind = "rmsprop", lr = 1e-4, alpha = 0.9 }}
-optimizer_d = {{ kind = "rmsprop", lr = 1e-4, alpha = 0.9 }}
-checkpoint_every = 2
-preview_every = 2
-eval = {{ prompts = 2, batch = 2, sampler = {{ steps = 1, method = "euler", shift = 1.0, cfg_scale = 1.0 }} }}
-{extra}
-"#,
-        out = out.display(),
-        cache = cache.display()
-    );
-    let path = out.with_extension("toml");
-    std::fs::write(&path, text).unwrap();
-    RunConfig::from_file(&path).unwrap()
+/// Eight fixed clips `[3, 2, 16, 16]` with two captions, served in order.
+struct Clips {
+    clips: Tensor,
+    captions: Vec<String>,
+    cursor: Cursor,
 }
 
-fn prepared(dir: &Path, name: &str) -> RunConfig {
-    let run = config(&dir.join(name), &dir.join("cache"));
-    let no = || Arc::new(AtomicBool::new(false));
-    run_pretrain(&run, false, no(), |_| {}).unwrap();
-    run_distill(&run, false, no(), |_, _| {}, |_| {}).unwrap();
-    run
-}
-
-fn snapshot(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .map(|(k, t)| (k, t.copy()))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-fn changed(before: &[(String, Tensor)], vs: &tch::nn::VarStore) -> usize {
-    let now = vs.variables();
-    before.iter().filter(|(k, t)| !t.equal(&now[k])).count()
-}
-
-#[test]
-fn d_steps_change_only_d_and_g_steps_only_g() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = prepared(dir.path(), "run");
-    let cfg = AptConfig::from_run(&run).unwrap();
-    let mut trainer = AptTrainer::new(&run, &StagePlan::all(&run, &cfg)[0]).unwrap();
-    let (g0, d0) = (snapshot(&trainer.vs_g), snapshot(&trainer.vs_d));
-    let mut m = AptMetrics::default();
-    trainer.d_step(&mut m).unwrap();
-    assert_eq!(changed(&g0, &trainer.vs_g), 0, "a D step must not touch G");
-    assert!(changed(&d0, &trainer.vs_d) > 0);
-    assert!(m.d_loss.is_finite() && m.ar1 >= 0.0 && m.d_real.is_finite() && m.d_fake.is_finite());
-    let d1 = snapshot(&trainer.vs_d);
-    trainer.g_step(&mut m).unwrap();
-    assert_eq!(changed(&d1, &trainer.vs_d), 0, "a G step must not touch D");
-    assert!(changed(&g0, &trainer.vs_g) > 0);
-    assert!(m.g_loss.is_finite());
-}
-
-#[test]
-fn the_apt_stage_runs_and_resumes_to_the_same_generator() {
-    let dir = tempfile::tempdir().unwrap();
-    let straight = prepared(dir.path(), "a");
-    let (finish, report) =
-        run_apt(&straight, false, Arc::new(AtomicBool::new(false)), |_| {}).unwrap();
-    assert_eq!(finish, Finish::Completed);
-    let report = report.unwrap();
-    assert!(report.initial.is_some() && report.one_step.is_some() && report.two_step.is_some());
-    assert!(dir.path().join("a/apt/previews/step-000002.png").is_file());
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("a/apt/metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .count(),
-        4
-    );
-
-    let interrupted = prepared(dir.path(), "b");
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    let (finish, _) = run_apt(&interrupted, false, stop, move |m| {
-        if m.step == 1 {
-            flag.store(true, Ordering::SeqCst);
+impl Clips {
+    fn new() -> Self {
+        Self {
+            clips: TensorRng::new(7, 0).normal(&[8, 3, 2, 16, 16], CPU).tanh(),
+            captions: (0..8).map(|i| format!("clip {}", i % 2)).collect(),
+            cursor: Cursor::default(),
         }
+    }
+}
+
+impl ClipSource for Clips {
+    fn next_clips(&mut self, batch: usize) -> Result<(Tensor, Vec<String>)> {
+        let start = self.cursor.position % 8;
+        self.cursor.position += batch;
+        let idx: Vec<i64> = (start..start + batch).map(|i| (i % 8) as i64).collect();
+        let captions = idx
+            .iter()
+            .map(|&i| self.captions[i as usize].clone())
+            .collect();
+        Ok((
+            self.clips.index_select(0, &Tensor::from_slice(&idx)),
+            captions,
+        ))
+    }
+    fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+    fn restore(&mut self, cursor: Cursor) -> Result<()> {
+        self.cursor = cursor;
+        Ok(())
+    }
+    fn clip_shape(&self) -> [i64; 4] {
+        [3, 2, 16, 16]
+    }
+}
+
+/// A fixed random embedding per caption (4 tokens of width 8).
+struct Embeddings;
+
+impl CaptionEncoder for Embeddings {
+    fn encode(&self, captions: &[String], drop: &[bool]) -> Result<Conditioning> {
+        let one = |i: usize, c: &String| {
+            let seed = if drop.get(i).copied().unwrap_or(false) {
+                0
+            } else {
+                c.len() as u64 + c.bytes().map(u64::from).sum::<u64>()
+            };
+            let mut rng = TensorRng::new(seed, 1);
+            (rng.normal(&[4, 8], CPU), rng.normal(&[8], CPU))
+        };
+        let (context, pooled): (Vec<Tensor>, Vec<Tensor>) =
+            captions.iter().enumerate().map(|(i, c)| one(i, c)).unzip();
+        Ok(Conditioning {
+            context: Tensor::stack(&context, 0),
+            pooled: Tensor::stack(&pooled, 0),
+        })
+    }
+}
+
+fn snapshot(vs: &nn::VarStore) -> BTreeMap<String, Tensor> {
+    vs.variables()
+        .into_iter()
+        .map(|(k, t)| (k, t.detach().copy()))
+        .collect()
+}
+
+fn changed(before: &BTreeMap<String, Tensor>, vs: &nn::VarStore) -> usize {
+    let now = vs.variables();
+    before.iter().filter(|(k, t)| !t.equal(&now[*k])).count()
+}
+
+/// Records which parts each phase's update changed.
+struct Probe<'a> {
+    inner: AdversarialStep<'a, Mmdit>,
+    before: Vec<BTreeMap<String, Tensor>>,
+    changes: Vec<(usize, usize, usize)>,
+}
+
+impl TrainStep for Probe<'_> {
+    fn phases(&self) -> Vec<usize> {
+        self.inner.phases()
+    }
+    fn prepare(&mut self, parts: &[Part]) -> Result<()> {
+        self.before = parts.iter().map(|p| snapshot(&p.vs)).collect();
+        Ok(())
+    }
+    fn loss(&mut self, phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
+        self.inner.loss(phase, rng, log)
+    }
+    fn after_update(&mut self, phase: usize, parts: &[Part]) -> Result<()> {
+        let g = changed(&self.before[GENERATOR], &parts[GENERATOR].vs);
+        let d = changed(&self.before[DISCRIMINATOR], &parts[DISCRIMINATOR].vs);
+        self.changes.push((phase, g, d));
+        self.before = parts.iter().map(|p| snapshot(&p.vs)).collect();
+        Ok(())
+    }
+    fn cursor(&self) -> Cursor {
+        self.inner.cursor()
+    }
+    fn restore(&mut self, cursor: Cursor) -> Result<()> {
+        self.inner.restore(cursor)
+    }
+}
+
+const RMSPROP: OptimizerConfig = OptimizerConfig::Rmsprop {
+    lr: 1e-3,
+    alpha: 0.9,
+    eps: 1e-8,
+    weight_decay: 0.0,
+    momentum: 0.0,
+    centered: false,
+};
+
+struct Models {
+    generator: Mmdit,
+    discriminator: AptDiscriminator,
+    parts: Vec<Part>,
+}
+
+fn models() -> Models {
+    let cfg = model_config();
+    let vs_g = nn::VarStore::new(CPU);
+    let generator = apt_flow::rng::with_global_seed(1, || Mmdit::new(vs_g.root(), &cfg)).unwrap();
+    let vs_d = nn::VarStore::new(CPU);
+    let discriminator = apt_flow::rng::with_global_seed(2, || {
+        AptDiscriminator::new(vs_d.root(), &cfg, &DiscriminatorConfig::default())
     })
     .unwrap();
-    assert_eq!(finish, Finish::Stopped);
-    let (finish, _) =
-        run_apt(&interrupted, true, Arc::new(AtomicBool::new(false)), |_| {}).unwrap();
-    assert_eq!(finish, Finish::Completed);
-    let read = |p: &Path| {
-        let mut t = Tensor::read_safetensors(p).unwrap();
-        t.sort_by(|a, b| a.0.cmp(&b.0));
-        t
-    };
-    let (a, b) = (
-        read(&report.generator),
-        read(&dir.path().join("b/apt/generator.safetensors")),
-    );
-    for ((ka, ta), (_, tb)) in a.iter().zip(&b) {
-        assert!(ta.equal(tb), "{ka} differs after resume");
+    let parts = vec![
+        Part::new("generator", vs_g, RMSPROP, Some(0.9)).unwrap(),
+        Part::new("discriminator", vs_d, RMSPROP, None).unwrap(),
+    ];
+    Models {
+        generator,
+        discriminator,
+        parts,
+    }
+}
+
+fn train_config(steps: u64) -> TrainConfig {
+    TrainConfig {
+        grad_accum: 2,
+        optimizer_d: Some(RMSPROP),
+        checkpoint_every: 1,
+        ..TrainConfig::new(steps, 2, RMSPROP)
     }
 }
 
 #[test]
-fn an_image_stage_hands_its_ema_generator_to_the_video_stage() {
+fn the_d_phase_changes_only_d_and_the_g_phase_only_g() {
     let dir = tempfile::tempdir().unwrap();
-    let run = config_with(
-        &dir.path().join("run"),
-        &dir.path().join("cache"),
-        "[apt.image]\nsteps = 2\nframes = 1\n",
-    );
-    let no = || Arc::new(AtomicBool::new(false));
-    run_pretrain(&run, false, no(), |_| {}).unwrap();
-    run_distill(&run, false, no(), |_, _| {}, |_| {}).unwrap();
-    let cfg = AptConfig::from_run(&run).unwrap();
-    let plans = StagePlan::all(&run, &cfg);
-    assert_eq!(
-        plans.iter().map(|p| p.name).collect::<Vec<_>>(),
-        vec!["apt-image", "apt"]
-    );
-    assert_eq!(
-        (
-            plans[0].config.steps,
-            plans[0].config.sigma,
-            plans[0].config.discriminator.time_shift
+    let m = models();
+    let mut trainer = Trainer::new(
+        "apt",
+        dir.path(),
+        &train_config(2),
+        m.parts,
+        TensorRng::new(0, 3),
+    )
+    .unwrap();
+    let mut data = Clips::new();
+    let mut probe = Probe {
+        inner: AdversarialStep::new(
+            &m.generator,
+            &m.discriminator,
+            AdversarialConfig::default(),
+            &mut data,
+            &Embeddings,
+            2,
+            CPU,
         ),
-        (2, 0.01, 1.0)
-    );
-    let (finish, report) = run_apt(&run, false, no(), |_| {}).unwrap();
-    assert_eq!(finish, Finish::Completed);
-    assert!(report
-        .unwrap()
-        .generator
-        .ends_with("apt/generator.safetensors"));
-    let image_g = dir.path().join("run/apt-image/generator.safetensors");
-    assert!(image_g.is_file());
-    // The video stage starts from the image stage's EMA generator, and D from the teacher.
-    let video = AptTrainer::new(&run, &plans[1]).unwrap();
-    let stored: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&image_g)
-        .unwrap()
-        .into_iter()
-        .collect();
-    for (k, v) in video.vs_g.variables() {
-        assert!(v.equal(&stored[&k]), "{k}");
+        before: vec![],
+        changes: vec![],
+    };
+    let mut lines = Vec::new();
+    trainer
+        .run(&mut probe, &mut |l: &apt_flow::train::MetricLine| {
+            lines.push(l.clone())
+        })
+        .unwrap();
+    assert_eq!(probe.changes.len(), 4, "two updates of two phases");
+    for (phase, g, d) in &probe.changes {
+        match phase {
+            0 => assert!(
+                *g == 0 && *d > 0,
+                "a D phase changed G ({g}) or not D ({d})"
+            ),
+            _ => assert!(
+                *d == 0 && *g > 0,
+                "a G phase changed D ({d}) or not G ({g})"
+            ),
+        }
     }
-    let teacher: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(dir.path().join("run/pretrain/teacher.safetensors"))
-            .unwrap()
-            .into_iter()
-            .collect();
-    for (k, v) in video
-        .vs_d
-        .variables()
-        .iter()
-        .filter(|(k, _)| k.starts_with("backbone."))
-    {
-        assert!(v.equal(&teacher[&k["backbone.".len()..]]), "{k}");
+    for key in [
+        "d_real",
+        "d_fake",
+        "d_loss",
+        "ar1",
+        "g_loss",
+        "lr_generator",
+        "lr_discriminator",
+        "grad_norm_generator",
+        "grad_norm_discriminator",
+    ] {
+        assert!(lines[1].value(key).is_finite(), "{key}: {lines:?}");
     }
+    assert!(lines[1].value("ar1") >= 0.0);
+}
+
+#[test]
+fn a_stopped_adversarial_run_resumes_to_the_same_weights() {
+    let run = |dir: &std::path::Path, steps: u64, resume: bool| {
+        let m = models();
+        let mut trainer = Trainer::new(
+            "apt",
+            dir,
+            &train_config(steps),
+            m.parts,
+            TensorRng::new(0, 3),
+        )
+        .unwrap();
+        let mut data = Clips::new();
+        let mut step = AdversarialStep::new(
+            &m.generator,
+            &m.discriminator,
+            AdversarialConfig::default(),
+            &mut data,
+            &Embeddings,
+            2,
+            CPU,
+        );
+        if resume {
+            assert!(trainer.resume(&mut step).unwrap());
+        }
+        trainer.run(&mut step, &mut |_: &_| {}).unwrap();
+        let ema = nn::VarStore::new(CPU);
+        let _g = Mmdit::new(ema.root(), &model_config()).unwrap();
+        trainer.parts[GENERATOR].copy_exported_to(&ema).unwrap();
+        (snapshot(&ema), snapshot(&trainer.parts[DISCRIMINATOR].vs))
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let straight = run(a.path(), 3, false);
+    run(b.path(), 1, false);
+    let resumed = run(b.path(), 3, true);
+    for (x, y) in [(&straight.0, &resumed.0), (&straight.1, &resumed.1)] {
+        for (k, t) in x {
+            assert!(t.equal(&y[k]), "{k} differs after resume");
+        }
+    }
+    assert!(straight
+        .0
+        .values()
+        .all(|t| t.isfinite().all().int64_value(&[]) != 0));
 }

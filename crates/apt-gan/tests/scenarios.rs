@@ -1,9 +1,9 @@
 //! The seed GAN's worked example: scores and a short training run on PV-like profiles.
 
-use apt_gan::scenarios::{
+use apt_gan::seed::gan::SeedGanConfig;
+use apt_gan::seed::scenarios::{
     crps, energy_score, random_contexts, train_scenarios, true_profiles, ScenarioConfig,
 };
-use apt_gan::seed_gan::SeedGanConfig;
 use proptest::prelude::*;
 use tch::{Device, Kind, Tensor};
 

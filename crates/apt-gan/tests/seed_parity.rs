@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use apt_gan::seed_gan::run_seed_parity;
+use apt_gan::seed::gan::{parity_name, run_seed_parity};
 
 #[test]
 fn seed_gan_matches_the_seed_pytorch_code() {
@@ -22,4 +22,32 @@ fn seed_gan_matches_the_seed_pytorch_code() {
     let err =
         run_seed_parity(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap_err();
     assert!(err.contains("Cargo.toml"), "{err}");
+}
+
+#[test]
+fn parity_files_with_the_modules_own_state_dict_keys_are_read() {
+    // PyTorch writes the seed modules' weights as `gen.0.weight`, …, `dis.0.weight` (the layers
+    // live in `self.gen` / `self.dis`); the committed fixture prefixed them once more.
+    assert_eq!(parity_name("gen.gen.0.weight"), "gen.0.weight");
+    assert_eq!(parity_name("gen.0.weight"), "gen.0.weight");
+    assert_eq!(parity_name("grad.dis.dis.2.bias"), "grad.dis.2.bias");
+    assert_eq!(parity_name("grad.dis.2.bias"), "grad.dis.2.bias");
+    assert_eq!(parity_name("noise"), "noise");
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed_gan.safetensors");
+    let as_pytorch_writes: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(&fixture)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (parity_name(&k), v))
+        .collect();
+    assert!(as_pytorch_writes.iter().any(|(k, _)| k == "gen.0.weight"));
+    assert!(as_pytorch_writes
+        .iter()
+        .any(|(k, _)| k == "grad.dis.0.weight"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state-dict-keys.safetensors");
+    tch::Tensor::write_safetensors(&as_pytorch_writes, &path).unwrap();
+    let parity = run_seed_parity(&path).unwrap();
+    assert!(parity.max_abs_diff <= 1e-6, "{}", parity.max_abs_diff);
+    assert_eq!(parity.config, run_seed_parity(&fixture).unwrap().config);
 }

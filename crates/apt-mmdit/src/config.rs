@@ -87,9 +87,6 @@ fn default_mlp_ratio() -> usize {
 }
 
 impl MmditConfig {
-    /// Names of the built-in presets.
-    pub const PRESETS: [&'static str; 4] = ["tiny", "small", "sd3-medium", "seaweed-8b"];
-
     /// Model width `num_heads · head_dim`.
     pub fn hidden_size(&self) -> usize {
         self.num_heads * self.head_dim
@@ -118,11 +115,6 @@ impl MmditConfig {
             }
             Positions::Sincos2d { .. } => None,
         }
-    }
-
-    /// The built-in preset `name` (see [`crate::Preset`]).
-    pub fn preset(name: &str) -> Result<Self> {
-        Ok(crate::presets::Preset::named(name)?.config)
     }
 
     /// Parses a TOML document (unknown keys are errors) and validates it.
@@ -175,7 +167,7 @@ impl MmditConfig {
                 "must be three positive sizes [pt, ph, pw]",
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(config_error(
                 "head_dim",
                 format!("must be even, got {}", self.head_dim),
@@ -210,7 +202,7 @@ impl MmditConfig {
                         "max_size and base_size must be at least 1",
                     ));
                 }
-                if self.hidden_size() % 4 != 0 {
+                if !self.hidden_size().is_multiple_of(4) {
                     return Err(config_error(
                         "num_heads",
                         format!(

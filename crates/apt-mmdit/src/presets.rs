@@ -125,3 +125,13 @@ impl Preset {
             })
     }
 }
+
+impl MmditConfig {
+    /// Names of the built-in presets.
+    pub const PRESETS: [&'static str; 4] = ["tiny", "small", "sd3-medium", "seaweed-8b"];
+
+    /// The built-in preset `name` (see [`Preset`]).
+    pub fn preset(name: &str) -> Result<Self> {
+        Ok(Preset::named(name)?.config)
+    }
+}

@@ -64,7 +64,12 @@ impl EmbeddingCache {
             });
         }
         let path = self.path_for(caption);
-        let embedding = match read(&path, caption)? {
+        let cached = read(&path, caption).unwrap_or_else(|e| {
+            // A damaged entry (a crash elsewhere, a full disk) is re-encoded and replaced.
+            tracing::warn!("{e}; encoding the caption again");
+            None
+        });
+        let embedding = match cached {
             Some(e) => e,
             None => {
                 let e = encode(caption)?;
@@ -99,7 +104,7 @@ fn read(path: &Path, caption: &str) -> Result<Option<TextEmbedding>> {
     }
     let corrupt = |why: String| DataError::Dataset {
         path: path.to_path_buf(),
-        reason: format!("corrupt cached embedding ({why}); delete the file"),
+        reason: format!("corrupt cached embedding ({why})"),
     };
     let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path)
         .map_err(|e| corrupt(e.to_string()))?
@@ -134,12 +139,20 @@ fn write(path: &Path, caption: &str, e: &TextEmbedding) -> Result<()> {
         ("pooled", e.pooled.to_device(tch::Device::Cpu)),
         ("caption", bytes),
     ];
-    Tensor::write_safetensors(&tensors, &tmp).map_err(|err| DataError::Dataset {
-        path: tmp.clone(),
-        reason: err.to_string(),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    let result = Tensor::write_safetensors(&tensors, &tmp)
+        .map_err(|err| DataError::Dataset {
+            path: tmp.clone(),
+            reason: err.to_string(),
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|source| DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        });
+    if result.is_err() {
+        // Never leave a temporary file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }

@@ -1,8 +1,8 @@
 //! Training checkpoints: models + EMAs + optimizer states (one safetensors file, each part's
-//! tensors under its own prefix: `model.`, `ema.`, `optimizer.` for a single-model trainer;
-//! `generator.`, `discriminator.`, … for adversarial training) and a JSON manifest (step,
-//! optimizer steps, RNG state, data cursor, non-finite counters, the weights file's size and
-//! hash).
+//! tensors under its own prefix: `<part>.`, `ema.<part>.`, `optimizer.<part>.`, with parts
+//! `model` for a flow stage and `generator` + `discriminator` for adversarial training) and a
+//! JSON manifest (step, optimizer configs and steps, RNG state, data cursor, non-finite
+//! counters, the weights file's size and hash).
 //!
 //! Writes are atomic (temporary file, fsync, rename) and ordered weights → manifest → `latest`
 //! pointer, so a crash at any moment leaves the previous checkpoint complete and referenced.
@@ -18,11 +18,12 @@ use tch::{nn, Tensor};
 use super::ema::Ema;
 use super::guard::NonFiniteGuard;
 use super::optim::{Optimizer, OptimizerConfig};
+use crate::data::Cursor;
 use crate::error::{FlowError, Result};
 use crate::rng::TensorRng;
 
-/// The manifest format tag.
-pub const FORMAT: &str = "apt-rs checkpoint v1";
+/// The manifest format tag (v2: per-part prefixes `ema.<part>.` and `optimizer.<part>.`).
+pub const FORMAT: &str = "apt-rs checkpoint v2";
 /// The pointer file naming the newest complete manifest.
 pub const LATEST: &str = "latest";
 
@@ -41,12 +42,12 @@ pub struct Manifest {
     pub weights_bytes: u64,
     /// Its FNV-1a 64 hash (hex).
     pub weights_fnv64: String,
-    /// Every optimizer's configuration and update count, by prefix.
+    /// Every optimizer's configuration and update count, by prefix (the part's name).
     pub optimizers: BTreeMap<String, (OptimizerConfig, u64)>,
     /// The training random stream.
     pub rng: Option<TensorRng>,
     /// The data loader's position.
-    pub cursor: Option<apt_data::Cursor>,
+    pub cursor: Option<Cursor>,
     /// Non-finite step counters.
     pub guard: NonFiniteGuard,
     /// Stage-specific values (losses, configs, …).
@@ -61,15 +62,15 @@ pub struct TrainState<'a> {
     /// Completed steps.
     pub step: u64,
     /// Model weights, each under its prefix.
-    pub models: Vec<(&'a str, &'a nn::VarStore)>,
+    pub models: Vec<(String, &'a nn::VarStore)>,
     /// EMA weights, each under its prefix.
-    pub emas: Vec<(&'a str, &'a Ema)>,
+    pub emas: Vec<(String, &'a Ema)>,
     /// Optimizers, each under its prefix.
-    pub optimizers: Vec<(&'a str, &'a Optimizer)>,
+    pub optimizers: Vec<(String, &'a Optimizer)>,
     /// Random stream.
     pub rng: Option<&'a TensorRng>,
     /// Data cursor.
-    pub cursor: Option<apt_data::Cursor>,
+    pub cursor: Option<Cursor>,
     /// Non-finite counters.
     pub guard: &'a NonFiniteGuard,
     /// Anything else worth keeping.
@@ -87,7 +88,9 @@ pub struct Loaded {
     pub tensors: Vec<(String, Tensor)>,
 }
 
-fn fnv1a_file(path: &Path) -> Result<(u64, String)> {
+/// The size and FNV-1a 64 hash (hex) of a file: what manifests record to detect truncated or
+/// corrupted weights.
+pub fn fingerprint(path: &Path) -> Result<(u64, String)> {
     let bytes = fs::read(path).map_err(|source| FlowError::Io {
         path: path.to_path_buf(),
         source,
@@ -139,7 +142,7 @@ pub fn save(dir: &Path, state: &TrainState, keep_last: usize) -> Result<PathBuf>
     apt_mmdit::weights::write_atomically(&weights, |tmp| {
         Tensor::write_safetensors(&tensors, tmp).map_err(apt_mmdit::MmditError::from)
     })?;
-    let (bytes, hash) = fnv1a_file(&weights)?;
+    let (bytes, hash) = fingerprint(&weights)?;
     let manifest = Manifest {
         format: FORMAT.into(),
         stage: state.stage.into(),
@@ -211,7 +214,7 @@ pub fn load(manifest_path: &Path) -> Result<Loaded> {
         )));
     }
     let weights = manifest_path.with_file_name(&manifest.weights);
-    let (bytes, hash) = fnv1a_file(&weights)?;
+    let (bytes, hash) = fingerprint(&weights)?;
     if bytes != manifest.weights_bytes || hash != manifest.weights_fnv64 {
         return Err(FlowError::File {
             path: weights,

@@ -1,15 +1,21 @@
-//! Training machinery shared by every trainer (flow pre-training, distillation, and the
-//! adversarial trainer): optimizers with saveable state, learning-rate schedules, gradient
-//! clipping, EMA, non-finite step handling, and atomic checkpoints.
+//! Training machinery shared by every stage: the one training loop ([`Trainer`] with its
+//! [`TrainStep`]s and [`Part`]s), optimizers with saveable state, learning-rate schedules,
+//! gradient clipping, EMA, non-finite step handling, `metrics.jsonl`, and atomic checkpoints.
 
 pub mod checkpoint;
+pub mod config;
 pub mod ema;
 pub mod guard;
+pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod trainer;
 
 pub use checkpoint::{Loaded, Manifest, TrainState};
+pub use config::TrainConfig;
 pub use ema::Ema;
 pub use guard::NonFiniteGuard;
+pub use metrics::{MetricLine, MetricsLog, StepLog};
 pub use optim::{clip_grad_norm, zero_grad, Optimizer, OptimizerConfig};
 pub use schedule::{Decay, LrSchedule};
+pub use trainer::{copy_weights, Finish, Observer, Part, TrainStep, Trainer};

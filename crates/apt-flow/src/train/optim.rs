@@ -81,15 +81,30 @@ impl OptimizerConfig {
         }
     }
 
-    /// Checks the values.
-    pub fn validate(&self) -> Result<()> {
-        let check = |ok: bool, key: &str, what: &str| {
+    /// The optimizer's name as written in the config (`adamw`, `rmsprop`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OptimizerConfig::Adamw { .. } => "adamw",
+            OptimizerConfig::Rmsprop { .. } => "rmsprop",
+        }
+    }
+
+    /// Checks every value: finite, and in its range. `key` is where the table sits
+    /// (`pretrain.train.optimizer`), so that errors name the full key.
+    pub fn validate(&self, key: &str) -> Result<()> {
+        let check = |ok: bool, name: &str, value: f64, what: &str| {
             if ok {
                 Ok(())
             } else {
-                Err(config_error(key, what.to_string()))
+                Err(config_error(
+                    &format!("{key}.{name}"),
+                    format!("{what}, got {value}"),
+                ))
             }
         };
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let non_negative = |v: f64| v.is_finite() && v >= 0.0;
+        let fraction = |v: f64| (0.0..1.0).contains(&v);
         match *self {
             OptimizerConfig::Adamw {
                 lr,
@@ -97,18 +112,17 @@ impl OptimizerConfig {
                 eps,
                 weight_decay,
             } => {
+                check(positive(lr), "lr", lr, "must be a positive number")?;
+                for b in betas {
+                    check(fraction(b), "betas", b, "must be in [0, 1)")?;
+                }
+                check(positive(eps), "eps", eps, "must be a positive number")?;
                 check(
-                    lr > 0.0 && lr.is_finite(),
-                    "optimizer.lr",
-                    "must be positive",
-                )?;
-                check(
-                    betas.iter().all(|b| (0.0..1.0).contains(b)),
-                    "optimizer.betas",
-                    "must be in [0, 1)",
-                )?;
-                check(eps > 0.0, "optimizer.eps", "must be positive")?;
-                check(weight_decay >= 0.0, "optimizer.weight_decay", "must be ≥ 0")
+                    non_negative(weight_decay),
+                    "weight_decay",
+                    weight_decay,
+                    "must be a number ≥ 0",
+                )
             }
             OptimizerConfig::Rmsprop {
                 lr,
@@ -118,21 +132,19 @@ impl OptimizerConfig {
                 momentum,
                 ..
             } => {
+                check(positive(lr), "lr", lr, "must be a positive number")?;
+                check(fraction(alpha), "alpha", alpha, "must be in [0, 1)")?;
+                check(positive(eps), "eps", eps, "must be a positive number")?;
                 check(
-                    lr > 0.0 && lr.is_finite(),
-                    "optimizer.lr",
-                    "must be positive",
+                    non_negative(weight_decay),
+                    "weight_decay",
+                    weight_decay,
+                    "must be a number ≥ 0",
                 )?;
                 check(
-                    (0.0..1.0).contains(&alpha),
-                    "optimizer.alpha",
-                    "must be in [0, 1)",
-                )?;
-                check(eps > 0.0, "optimizer.eps", "must be positive")?;
-                check(weight_decay >= 0.0, "optimizer.weight_decay", "must be ≥ 0")?;
-                check(
-                    (0.0..1.0).contains(&momentum),
-                    "optimizer.momentum",
+                    fraction(momentum),
+                    "momentum",
+                    momentum,
                     "must be in [0, 1)",
                 )
             }
@@ -153,7 +165,7 @@ pub struct Optimizer {
 impl Optimizer {
     /// A fresh optimizer.
     pub fn new(config: OptimizerConfig) -> Result<Self> {
-        config.validate()?;
+        config.validate("optimizer")?;
         Ok(Self {
             config,
             step: 0,

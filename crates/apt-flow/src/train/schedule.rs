@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{config_error, Result};
+
 /// After warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
@@ -10,7 +12,7 @@ pub enum Decay {
     Constant,
     /// Half-cosine from the peak to `min_factor × peak` at `total_steps`.
     Cosine {
-        /// Final fraction of the peak.
+        /// Final fraction of the peak, in [0, 1].
         #[serde(default)]
         min_factor: f64,
     },
@@ -37,6 +39,21 @@ impl Default for LrSchedule {
 }
 
 impl LrSchedule {
+    /// Checks the values (`key`: where the table sits, e.g. `pretrain.train.schedule`).
+    pub fn validate(&self, key: &str) -> Result<()> {
+        if let Decay::Cosine { min_factor } = self.decay {
+            if !(0.0..=1.0).contains(&min_factor) {
+                return Err(config_error(
+                    &format!("{key}.decay.min_factor"),
+                    format!(
+                        "must be in [0, 1] (a fraction of the peak learning rate), got {min_factor}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Learning rate for update `step` (1-based) of `total_steps`, given the peak.
     pub fn lr(&self, peak: f64, step: u64, total_steps: u64) -> f64 {
         if step <= self.warmup_steps && self.warmup_steps > 0 {

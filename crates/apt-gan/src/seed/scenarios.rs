@@ -14,8 +14,8 @@ use tch::{nn, Device, Kind, Tensor};
 
 use apt_flow::train::{zero_grad, Optimizer, OptimizerConfig};
 
-use crate::seed_gan::{critic_loss, draw_interpolation, SeedCritic, SeedGanConfig, SeedGenerator};
-use crate::wgan_generator_loss;
+use super::gan::{critic_loss, draw_interpolation, SeedCritic, SeedGanConfig, SeedGenerator};
+use crate::losses::wgan_generator_loss;
 
 /// Hours per profile.
 pub const HOURS: i64 = 24;

@@ -2,18 +2,18 @@
 //! CFG sampler, the distilled students in one step, the APT generator in one and two steps) on
 //! the same prompts and noise, and side-by-side clips for the report.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use apt_data::shapes::{ShapesConfig, Split};
+use apt_flow::{sample, Conditioning, Guidance, OneStepGenerator, SamplerConfig, TensorRng};
 use apt_mmdit::Mmdit;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::config::RunConfig;
-use crate::data::DataConfig;
-use crate::error::{config_error, Result};
-use crate::evaluate::{default_batch, default_seed, shapes_alignment, AlignmentReport, EvalConfig};
-use crate::onestep::OneStepGenerator;
-use crate::rng::TensorRng;
-use crate::sampler::{sample, Guidance, SamplerConfig};
+use super::alignment::{shapes_alignment, AlignmentReport};
+use crate::config::{default_eval_batch, default_eval_seed, EvalConfig, RunConfig};
+use crate::error::{config_error, PipelineError, Result};
+use crate::run_dir::{RunDir, Stage};
 use crate::text::TextConditioner;
 
 /// One row of a run's evaluation table.
@@ -40,47 +40,35 @@ pub struct RunModels {
 }
 
 impl RunModels {
-    /// Loads whatever the run has exported.
-    pub fn load(run: &RunConfig) -> Result<Self> {
+    /// Loads whatever the run has exported, each checked against its integrity record.
+    pub fn load(run: &RunConfig, dir: &RunDir) -> Result<Self> {
         let device = run.device()?;
-        let load = |stage: &str, file: &str| -> Result<Option<Mmdit>> {
-            let dir = run.out.join(stage);
-            if !dir.join(file).is_file() {
-                return Ok(None);
-            }
-            let cfg = apt_mmdit::MmditConfig::from_toml_file(dir.join("model.toml"))?;
-            let vs = tch::nn::VarStore::new(device);
-            let model = crate::rng::with_global_seed(0, || Mmdit::new(vs.root(), &cfg))?;
-            apt_mmdit::load_safetensors(&vs, dir.join(file))?;
+        let load = |stage| -> Result<Option<Mmdit>> {
             // The model holds its tensors; the store can go.
-            Ok(Some(model))
+            Ok(dir.load_model(stage, device)?.map(|m| m.model))
         };
         Ok(Self {
-            teacher: load("pretrain", "teacher.safetensors")?,
-            distilled: load("distill", "student.safetensors")?,
-            consistency: load("consistency", "student.safetensors")?,
-            apt: load("apt", "generator.safetensors")?,
+            teacher: load(Stage::Pretrain)?,
+            distilled: load(Stage::Distill)?,
+            consistency: load(Stage::Consistency)?,
+            apt: load(Stage::Apt)?,
         })
     }
 }
 
 fn shapes_of(run: &RunConfig) -> Result<&ShapesConfig> {
-    match &run.data {
-        DataConfig::Shapes { shapes, .. } => Ok(shapes),
-        DataConfig::Files { .. } => Err(config_error(
-            "data",
-            "evaluation needs the moving-shapes benchmark",
-        )),
-    }
+    run.data
+        .shapes()
+        .ok_or_else(|| config_error("data", "evaluation needs the moving-shapes benchmark"))
 }
 
 fn teacher_sample(
     model: &Mmdit,
     z: &Tensor,
-    cond: &crate::flow::Conditioning,
-    null: &crate::flow::Conditioning,
+    cond: &Conditioning,
+    null: &Conditioning,
     sampler: &SamplerConfig,
-) -> Result<Tensor> {
+) -> apt_flow::Result<Tensor> {
     sample(
         model,
         z,
@@ -95,12 +83,14 @@ fn teacher_sample(
 
 /// Evaluates every generator the run has produced on `prompts` held-out prompts (the eval
 /// seed, not the training seed) with the same noise. Stages that have not run are skipped.
-/// `progress(done, total, name)` is called after each generator.
+/// `progress(done, total, name)` is called after each generator; raising `stop` ends the
+/// evaluation with [`PipelineError::Interrupted`].
 pub fn evaluate_run(
     run: &RunConfig,
     models: &RunModels,
     prompts: usize,
     teacher: &SamplerConfig,
+    stop: &AtomicBool,
     mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<Vec<EvaluatedModel>> {
     let total = [&models.teacher, &models.distilled, &models.consistency]
@@ -114,13 +104,13 @@ pub fn evaluate_run(
     let null = text.null()?;
     let eval = EvalConfig {
         prompts,
-        seed: default_seed(),
+        seed: default_eval_seed(),
         sampler: *teacher,
-        batch: default_batch(),
+        batch: default_eval_batch(),
     };
     let mut rows = Vec::new();
     if let Some(model) = &models.teacher {
-        let report = shapes_alignment(shapes, &text, &eval, device, |z, cond| {
+        let report = shapes_alignment(shapes, &text, &eval, device, stop, |z, cond| {
             teacher_sample(model, z, cond, &null, teacher)
         })?;
         rows.push(EvaluatedModel {
@@ -137,7 +127,7 @@ pub fn evaluate_run(
     ] {
         let Some(model) = model else { continue };
         let g = OneStepGenerator::new(model);
-        let report = shapes_alignment(shapes, &text, &eval, device, |z, c| g.generate(z, c))?;
+        let report = shapes_alignment(shapes, &text, &eval, device, stop, |z, c| g.generate(z, c))?;
         rows.push(EvaluatedModel {
             name: format!("{label} one-step"),
             network_evaluations: 1,
@@ -145,7 +135,7 @@ pub fn evaluate_run(
         });
         progress(rows.len(), total, &rows[rows.len() - 1].name);
         if label == "APT" {
-            let report = shapes_alignment(shapes, &text, &eval, device, |z, c| {
+            let report = shapes_alignment(shapes, &text, &eval, device, stop, |z, c| {
                 g.generate_steps(z, c, 2)
             })?;
             rows.push(EvaluatedModel {
@@ -170,12 +160,14 @@ pub struct SideBySide {
     pub strip: Tensor,
 }
 
-/// Side-by-side strips for the first `prompts` evaluation prompts.
+/// Side-by-side strips for the first `prompts` evaluation prompts (`stop` as in
+/// [`evaluate_run`]).
 pub fn side_by_side(
     run: &RunConfig,
     models: &RunModels,
     prompts: usize,
     teacher: &SamplerConfig,
+    stop: &AtomicBool,
 ) -> Result<Vec<SideBySide>> {
     let shapes = shapes_of(run)?;
     let device = run.device()?;
@@ -186,10 +178,13 @@ pub fn side_by_side(
         shapes.height as i64,
         shapes.width as i64,
     );
-    let mut noise = TensorRng::new(default_seed(), 1);
+    let mut noise = TensorRng::new(default_eval_seed(), 1);
     let mut out = Vec::new();
     for i in 0..prompts {
-        let drawn = shapes.draw(default_seed(), i as u64, Split::All)?;
+        if stop.load(Ordering::SeqCst) {
+            return Err(PipelineError::Interrupted);
+        }
+        let drawn = shapes.draw(default_eval_seed(), i as u64, Split::All)?;
         let caption = shapes.caption(&drawn);
         let cond = text.batch(std::slice::from_ref(&caption), &[])?;
         let z = noise.normal(&[1, 3, t, h, w], device);

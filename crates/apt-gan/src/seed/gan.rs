@@ -199,13 +199,34 @@ pub struct SeedParity {
     pub max_abs_diff: f64,
 }
 
-/// Recomputes a seed-parity fixture (the seed modules' `state_dict` as `gen.*` / `dis.*`,
-/// inputs `noise`, `context`, `true_samples`, `epsilon`, 0-d `lambda_gp`, expected `generated`,
-/// `critic_loss`, `gradient_penalty`, optionally `grad.dis.*`) in seed-compatible mode.
+/// The name our seed modules give a tensor of a parity file: the seed modules' own
+/// `state_dict` keys (`gen.0.weight`, `dis.2.bias`: the classes keep their layers in
+/// `self.gen` / `self.dis`) are taken as they are; a file that prefixed them once more with
+/// the module (`gen.gen.0.weight`, `dis.dis.2.bias`) is read too. Gradients follow the same
+/// rule after `grad.`. Other tensors keep their names.
+pub fn parity_name(key: &str) -> String {
+    if let Some(rest) = key.strip_prefix("grad.") {
+        return format!("grad.{}", parity_name(rest));
+    }
+    for module in ["gen.", "dis."] {
+        if let Some(rest) = key.strip_prefix(module) {
+            if rest.starts_with(module) {
+                return rest.to_string();
+            }
+        }
+    }
+    key.to_string()
+}
+
+/// Recomputes a seed-parity fixture (the seed modules' `state_dict`, keys `gen.0.weight`, …,
+/// `dis.0.weight`, … as PyTorch writes them, see [`parity_name`]; inputs `noise`, `context`,
+/// `true_samples`, `epsilon`, 0-d `lambda_gp`; expected `generated`, `critic_loss`,
+/// `gradient_penalty`, optionally the critic's gradients `grad.dis.*`) in seed-compatible mode.
 pub fn run_seed_parity(path: &std::path::Path) -> Result<SeedParity, String> {
     let fx: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
         .map_err(|e| format!("{}: not a readable safetensors file: {e}", path.display()))?
         .into_iter()
+        .map(|(k, v)| (parity_name(&k), v))
         .collect();
     let need = |k: &str| {
         fx.get(k)
@@ -213,19 +234,13 @@ pub fn run_seed_parity(path: &std::path::Path) -> Result<SeedParity, String> {
     };
     let weights: BTreeMap<String, Tensor> = fx
         .iter()
-        .filter_map(|(k, v)| {
-            Some((
-                k.strip_prefix("gen.")
-                    .or_else(|| k.strip_prefix("dis."))?
-                    .to_string(),
-                v.shallow_clone(),
-            ))
-        })
+        .filter(|(k, _)| k.starts_with("gen.") || k.starts_with("dis."))
+        .map(|(k, v)| (k.clone(), v.shallow_clone()))
         .collect();
     let cfg = config_from_state_dict(&weights, need("lambda_gp")?.double_value(&[])).ok_or_else(
         || {
             format!(
-                "{}: expected the seed modules' weights gen.gen.0.weight, …, dis.dis.0.weight, …",
+                "{}: expected the seed modules' weights gen.0.weight, …, dis.0.weight, …",
                 path.display()
             )
         },
@@ -257,7 +272,7 @@ pub fn run_seed_parity(path: &std::path::Path) -> Result<SeedParity, String> {
     params.sort_by(|a, b| a.0.cmp(&b.0));
     if params
         .iter()
-        .all(|(k, _)| fx.contains_key(&format!("grad.dis.{k}")))
+        .all(|(k, _)| fx.contains_key(&format!("grad.{k}")))
     {
         let grads = Tensor::run_backward(
             &[&loss.loss],
@@ -269,7 +284,7 @@ pub fn run_seed_parity(path: &std::path::Path) -> Result<SeedParity, String> {
             false,
         );
         for ((k, _), g) in params.iter().zip(&grads) {
-            worst = worst.max(diff(g, &fx[&format!("grad.dis.{k}")]));
+            worst = worst.max(diff(g, &fx[&format!("grad.{k}")]));
         }
     }
     Ok(SeedParity {

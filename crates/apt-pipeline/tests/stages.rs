@@ -1,13 +1,13 @@
-//! End to end on a tiny model: every stage runs, checkpoints, resumes exactly, and reports.
+//! End to end on a tiny model: every flow stage runs, checkpoints, resumes exactly, and
+//! reports; config errors name the key.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use apt_flow::distill::{run_consistency, run_distill};
-use apt_flow::pretrain::run_pretrain;
-use apt_flow::trainer::Finish;
-use apt_flow::RunConfig;
+use apt_flow::train::MetricLine;
+use apt_pipeline::stages::{Outcome, Progress, StageReport};
+use apt_pipeline::{run_stage, RunConfig, RunDir, Stage, StageRun};
 
 fn config(out: &Path, cache: &Path) -> RunConfig {
     let text = format!(
@@ -83,6 +83,49 @@ optimizer = {{ kind = "adamw", lr = 1e-4 }}
     RunConfig::from_file(&path).unwrap()
 }
 
+/// Raises the stop flag after update `at` (as Ctrl-C would).
+struct StopAt {
+    at: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Progress for StopAt {
+    fn update(&mut self, _stage: Stage, line: &MetricLine) {
+        if line.step == self.at {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn stage(run: &RunConfig, stage: Stage, resume: bool) -> Outcome {
+    stage_with(
+        run,
+        stage,
+        resume,
+        &mut (),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap()
+}
+
+fn stage_with(
+    run: &RunConfig,
+    stage: Stage,
+    resume: bool,
+    progress: &mut dyn Progress,
+    stop: Arc<AtomicBool>,
+) -> apt_pipeline::Result<Outcome> {
+    let dir = RunDir::new(&run.out);
+    let mut ctx = StageRun {
+        config: run,
+        dir: &dir,
+        resume,
+        stop,
+        progress,
+    };
+    run_stage(&mut ctx, stage)
+}
+
 fn weights(path: &Path) -> Vec<(String, tch::Tensor)> {
     let mut t = tch::Tensor::read_safetensors(path).unwrap();
     t.sort_by(|a, b| a.0.cmp(&b.0));
@@ -94,38 +137,42 @@ fn pretraining_resumed_after_a_stop_ends_with_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let straight = config(&dir.path().join("straight"), &cache);
-    let (finish, report) =
-        run_pretrain(&straight, false, Arc::new(AtomicBool::new(false)), |_| {}).unwrap();
-    assert_eq!(finish, Finish::Completed);
-    let report = report.unwrap();
+    let Outcome::Completed(report) = stage(&straight, Stage::Pretrain, false) else {
+        panic!("stopped")
+    };
+    let StageReport::Pretrain(report) = *report else {
+        panic!("not a pretraining report")
+    };
     assert!(
         report.val_loss_start.unwrap() > 0.0 && report.alignment.as_ref().unwrap().prompts == 4
     );
 
     let interrupted = config(&dir.path().join("interrupted"), &cache);
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    let (finish, _) = run_pretrain(&interrupted, false, stop, move |m| {
-        if m.step == 3 {
-            flag.store(true, Ordering::SeqCst);
-        }
-    })
-    .unwrap();
-    assert_eq!(finish, Finish::Stopped);
-    // Starting over without --resume refuses to clobber the checkpoints.
-    let err = run_pretrain(
+    let mut at_3 = StopAt {
+        at: 3,
+        stop: stop.clone(),
+    };
+    let outcome = stage_with(&interrupted, Stage::Pretrain, false, &mut at_3, stop).unwrap();
+    assert!(matches!(outcome, Outcome::Stopped));
+    // Starting over without resuming refuses to clobber the checkpoints.
+    let err = stage_with(
         &interrupted,
+        Stage::Pretrain,
         false,
+        &mut (),
         Arc::new(AtomicBool::new(false)),
-        |_| {},
     )
     .unwrap_err()
     .to_string();
     assert!(err.contains("--resume"), "{err}");
-    let (finish, resumed) =
-        run_pretrain(&interrupted, true, Arc::new(AtomicBool::new(false)), |_| {}).unwrap();
-    assert_eq!(finish, Finish::Completed);
-    assert_eq!(resumed.unwrap().val_loss_start, report.val_loss_start);
+    let Outcome::Completed(resumed) = stage(&interrupted, Stage::Pretrain, true) else {
+        panic!("stopped")
+    };
+    let StageReport::Pretrain(resumed) = *resumed else {
+        panic!("not a pretraining report")
+    };
+    assert_eq!(resumed.val_loss_start, report.val_loss_start);
     let (a, b) = (
         weights(&report.teacher),
         weights(&dir.path().join("interrupted/pretrain/teacher.safetensors")),
@@ -140,17 +187,13 @@ fn pretraining_resumed_after_a_stop_ends_with_the_same_weights() {
 fn distillation_stages_run_after_pretraining() {
     let dir = tempfile::tempdir().unwrap();
     let run = config(&dir.path().join("run"), &dir.path().join("cache"));
-    run_pretrain(&run, false, Arc::new(AtomicBool::new(false)), |_| {}).unwrap();
-    let (finish, report) = run_distill(
-        &run,
-        false,
-        Arc::new(AtomicBool::new(false)),
-        |_, _| {},
-        |_| {},
-    )
-    .unwrap();
-    assert_eq!(finish, Finish::Completed);
-    let report = report.unwrap();
+    stage(&run, Stage::Pretrain, false);
+    let Outcome::Completed(report) = stage(&run, Stage::Distill, false) else {
+        panic!("stopped")
+    };
+    let StageReport::Distill(report) = *report else {
+        panic!("not a distillation report")
+    };
     assert!(
         report.final_loss.is_finite() && report.one_step.is_some() && report.two_step.is_some()
     );
@@ -166,20 +209,16 @@ fn distillation_stages_run_after_pretraining() {
     let before = std::fs::read(&shard).unwrap();
     std::fs::remove_file(&shard).unwrap();
     std::fs::remove_dir_all(dir.path().join("run/distill/checkpoints")).unwrap();
-    run_distill(
-        &run,
-        false,
-        Arc::new(AtomicBool::new(false)),
-        |_, _| {},
-        |_| {},
-    )
-    .unwrap();
+    stage(&run, Stage::Distill, false);
     assert_eq!(std::fs::read(&shard).unwrap(), before);
 
-    let (finish, report) =
-        run_consistency(&run, false, Arc::new(AtomicBool::new(false)), |_| {}).unwrap();
-    assert_eq!(finish, Finish::Completed);
-    assert!(report.unwrap().student.is_file());
+    let Outcome::Completed(report) = stage(&run, Stage::Consistency, false) else {
+        panic!("stopped")
+    };
+    let StageReport::Distill(report) = *report else {
+        panic!("not a distillation report")
+    };
+    assert!(report.student.is_file());
 }
 
 #[test]

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 
 /// Fonts tried for the labels (Debian's fonts-dejavu-core first).
@@ -14,7 +13,7 @@ const FONT_FILES: [&str; 3] = [
 ];
 
 /// Registers a sans-serif font with plotters once (it keeps a `'static` reference).
-fn register_font() -> Result<()> {
+fn register_font() -> Result<(), String> {
     static REGISTERED: std::sync::OnceLock<std::result::Result<(), String>> =
         std::sync::OnceLock::new();
     REGISTERED
@@ -33,7 +32,6 @@ fn register_font() -> Result<()> {
                 .map_err(|_| "the DejaVu font could not be parsed".to_string())
         })
         .clone()
-        .map_err(|e| anyhow!(e))
 }
 
 /// One curve.
@@ -84,23 +82,27 @@ fn compact(v: f64) -> String {
     }
 }
 
-/// Draws `panels` in a grid of `columns` into the PNG `path`.
-pub fn draw_panels(path: &Path, panels: &[Panel], columns: usize) -> Result<()> {
+/// Draws `panels` in a grid of `columns` into the PNG `path`; the error says what failed (no
+/// font, a panel, writing the file).
+pub fn draw_panels(path: &Path, panels: &[Panel], columns: usize) -> Result<(), String> {
     register_font()?;
     let rows = panels.len().div_ceil(columns.max(1)).max(1);
     let size = (480 * columns as u32, 300 * rows as u32);
     let root = BitMapBackend::new(path, size).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
     let areas = root.split_evenly((rows, columns));
     for (panel, area) in panels.iter().zip(areas) {
-        draw_panel(&area, panel).with_context(|| format!("plotting {}", panel.title))?;
+        draw_panel(&area, panel).map_err(|e| format!("plotting {}: {e}", panel.title))?;
     }
     root.present()
-        .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(())
 }
 
-fn draw_panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, p: &Panel) -> Result<()> {
+fn draw_panel(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    p: &Panel,
+) -> Result<(), String> {
     let all: Vec<(f64, f64)> = p
         .series
         .iter()
@@ -122,7 +124,7 @@ fn draw_panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, p: &Pan
             lo -= 1.0;
         }
     }
-    let err = |e: &dyn std::fmt::Display| anyhow!("{e}");
+    let err = |e: &dyn std::fmt::Display| e.to_string();
     let mut builder = ChartBuilder::on(area);
     builder
         .caption(&p.title, ("sans-serif", 18))

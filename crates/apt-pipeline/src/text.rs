@@ -1,16 +1,17 @@
-//! Captions → conditioning tensors: embeddings from the frozen encoder through the on-disk
-//! cache, padded (with zeros) or truncated to a fixed token count so that every batch, and the
-//! conditional and null halves of a guided batch, line up. Classifier-free-guidance dropout
-//! swaps a caption for the null (empty) caption.
+//! Captions → conditioning tensors: embeddings from the frozen MiniLM encoder through the
+//! on-disk cache, padded (with zeros) or truncated to a fixed token count so that every batch,
+//! and the conditional and null halves of a guided batch, line up. Classifier-free-guidance
+//! dropout swaps a caption for the null (empty) caption.
 
 use std::path::Path;
 use std::sync::OnceLock;
 
 use apt_data::{EmbeddingCache, TextEmbedding, TextEncoder};
+use apt_flow::data::CaptionEncoder;
+use apt_flow::{Conditioning, FlowError};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::Result;
-use crate::flow::Conditioning;
 
 /// Width of MiniLM's token states and pooled vector.
 pub const MINILM_WIDTH: i64 = 384;
@@ -43,7 +44,7 @@ impl TextConditioner {
             return Ok(e);
         }
         // Building the encoder draws (overwritten) initial weights from libtorch's generator.
-        let e = crate::rng::with_global_seed(0, || TextEncoder::minilm(Device::Cpu))?;
+        let e = apt_flow::rng::with_global_seed(0, || TextEncoder::minilm(Device::Cpu))?;
         Ok(self.encoder.get_or_init(|| e))
     }
 
@@ -85,9 +86,20 @@ impl TextConditioner {
             pooled: Tensor::stack(&pooled, 0).to_device(self.device),
         })
     }
+}
 
+impl TextConditioner {
     /// The null condition for one sample (`[1, tokens, D]`, `[1, D]`).
     pub fn null(&self) -> Result<Conditioning> {
         self.batch(&[String::new()], &[false])
+    }
+}
+
+impl CaptionEncoder for TextConditioner {
+    fn encode(&self, captions: &[String], drop: &[bool]) -> apt_flow::Result<Conditioning> {
+        self.batch(captions, drop).map_err(|e| match e {
+            crate::PipelineError::Flow(f) => f,
+            other => FlowError::Source(Box::new(other)),
+        })
     }
 }

@@ -1,59 +1,20 @@
 //! Text alignment on the moving-shapes benchmark: generate a clip for each prompt and ask the
-//! attribute estimator whether colour, outline and direction match the caption.
+//! attribute estimator whether colour, outline and direction match the caption; sharpness,
+//! temporal consistency, the Fréchet distance to the real renders and start coverage.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use apt_data::estimator::estimate;
 use apt_data::shapes::{ShapesConfig, Split};
+use apt_flow::{Conditioning, TensorRng};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::error::Result;
-use crate::flow::Conditioning;
-use crate::metrics;
-use crate::rng::TensorRng;
-use crate::sampler::SamplerConfig;
+use super::metrics;
+use crate::config::EvalConfig;
+use crate::error::{PipelineError, Result};
 use crate::text::TextConditioner;
-
-/// How to evaluate a generator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvalConfig {
-    /// Prompts (moving-shapes captions of samples `0..prompts` of the eval seed).
-    #[serde(default = "default_prompts")]
-    pub prompts: usize,
-    /// Seed of the prompts and the noise.
-    #[serde(default = "default_seed")]
-    pub seed: u64,
-    /// The teacher's sampler (steps, method, shift, CFG).
-    pub sampler: SamplerConfig,
-    /// Prompts per generation batch.
-    #[serde(default = "default_batch")]
-    pub batch: usize,
-}
-
-impl EvalConfig {
-    /// Checks the values (`key` is where the table sits, e.g. `pretrain.eval`).
-    pub fn validate(&self, key: &str) -> Result<()> {
-        if self.prompts == 0 || self.batch == 0 {
-            return Err(crate::error::config_error(
-                &format!("{key}.prompts"),
-                "prompts and batch must be at least 1",
-            ));
-        }
-        self.sampler.validate()
-    }
-}
-
-fn default_prompts() -> usize {
-    32
-}
-pub(crate) fn default_seed() -> u64 {
-    77_777
-}
-pub(crate) fn default_batch() -> usize {
-    16
-}
 
 /// Text-alignment results.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -83,7 +44,7 @@ pub struct AlignmentReport {
     #[serde(default)]
     pub colour_drift: f64,
     /// Fréchet distance to the real renders of the same prompts on the estimator features
-    /// ([`crate::metrics`]), standardised by the real set.
+    /// ([`super::metrics`]), standardised by the real set.
     #[serde(default)]
     pub frechet: f64,
     /// Share of the real set's 4×4 start-position cells the generated set also starts in.
@@ -93,13 +54,15 @@ pub struct AlignmentReport {
     pub seconds_per_clip: f64,
 }
 
-/// Generates one clip per prompt with `generate(noise, conditioning)` and scores it.
+/// Generates one clip per prompt with `generate(noise, conditioning)` and scores it. Raising
+/// `stop` ends it between batches with [`PipelineError::Interrupted`].
 pub fn shapes_alignment(
     shapes: &ShapesConfig,
     text: &TextConditioner,
     eval: &EvalConfig,
     device: Device,
-    mut generate: impl FnMut(&Tensor, &Conditioning) -> Result<Tensor>,
+    stop: &AtomicBool,
+    mut generate: impl FnMut(&Tensor, &Conditioning) -> apt_flow::Result<Tensor>,
 ) -> Result<AlignmentReport> {
     let (mut colour, mut direction, mut outline, mut empty) = (0usize, 0usize, 0usize, 0usize);
     let (mut sharpness, mut size_var, mut drift) = (Vec::new(), Vec::new(), Vec::new());
@@ -115,6 +78,9 @@ pub fn shapes_alignment(
     ];
     let mut noise = TensorRng::new(eval.seed, 1);
     for first in (0..eval.prompts).step_by(eval.batch.max(1)) {
+        if stop.load(Ordering::SeqCst) {
+            return Err(PipelineError::Interrupted);
+        }
         let n = eval.batch.min(eval.prompts - first);
         let mut captions = Vec::with_capacity(n);
         let mut truths = Vec::with_capacity(n);

@@ -1,0 +1,176 @@
+//! Consistency distillation (the paper's initialisation for APT): the student is an
+//! x0-predictor `f(x_t, t) = x_t − t·v(x_t, t)`; for `n ~ U{0, …, N−1}` on a shifted grid, the
+//! target is the stop-gradient (or EMA) student at `t_n`, applied to one teacher CFG Euler
+//! step from `x_{t_{n+1}}`; the loss is `‖f(x_{t_{n+1}}) − sg f(x_{t_n})‖²`.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::data::{CaptionEncoder, ClipSource, Cursor};
+use crate::error::{config_error, Result};
+use crate::flow::{interpolate, per_sample, predict_x0, Conditioning, VelocityModel};
+use crate::rng::TensorRng;
+use crate::sampler::time_grid;
+use crate::train::{Part, StepLog, TrainStep};
+
+/// Which network gives the consistency target at `t_n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConsistencyTarget {
+    /// The current student without gradient.
+    #[default]
+    StopGradient,
+    /// The EMA of the student (the trained part needs an EMA).
+    Ema,
+}
+
+/// The method's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConsistencyConfig {
+    /// Discretisation points N (≥ 2).
+    pub points: usize,
+    /// Shift of the discretisation grid.
+    pub shift: f64,
+    /// The teacher's constant CFG scale.
+    pub cfg_scale: f64,
+    /// Target network.
+    pub target: ConsistencyTarget,
+}
+
+impl ConsistencyConfig {
+    /// Checks the values; `key` names the section (`consistency`).
+    pub fn validate(&self, key: &str) -> Result<()> {
+        if self.points < 2 {
+            return Err(config_error(
+                &format!("{key}.points"),
+                format!("must be at least 2, got {}", self.points),
+            ));
+        }
+        if !(self.shift.is_finite() && self.shift > 0.0) {
+            return Err(config_error(
+                &format!("{key}.shift"),
+                format!("must be a positive number, got {}", self.shift),
+            ));
+        }
+        if !self.cfg_scale.is_finite() {
+            return Err(config_error(
+                &format!("{key}.cfg_scale"),
+                format!("must be finite, got {}", self.cfg_scale),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One micro-batch of consistency distillation. Logs `loss`.
+pub struct ConsistencyStep<'a, M> {
+    student: &'a M,
+    teacher: &'a M,
+    target: Option<(&'a M, &'a nn::VarStore)>,
+    data: &'a mut dyn ClipSource,
+    text: &'a dyn CaptionEncoder,
+    null: Conditioning,
+    grid: Vec<f64>,
+    cfg_scale: f64,
+    batch: usize,
+    device: Device,
+}
+
+impl<'a, M: VelocityModel> ConsistencyStep<'a, M> {
+    /// The step for `student` (trained part 0) against `teacher`. With
+    /// [`ConsistencyTarget::Ema`], `ema_target` is a separate model (and its store) that holds
+    /// the student's EMA weights, refreshed after every update.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: &ConsistencyConfig,
+        student: &'a M,
+        teacher: &'a M,
+        ema_target: Option<(&'a M, &'a nn::VarStore)>,
+        data: &'a mut dyn ClipSource,
+        text: &'a dyn CaptionEncoder,
+        batch: usize,
+        device: Device,
+    ) -> Result<Self> {
+        let mut grid = time_grid(cfg.points, cfg.shift);
+        grid.reverse(); // ascending: t_0 = 0 … t_N = 1
+        Ok(Self {
+            student,
+            teacher,
+            target: ema_target.filter(|_| cfg.target == ConsistencyTarget::Ema),
+            data,
+            null: text.null()?,
+            text,
+            grid,
+            cfg_scale: cfg.cfg_scale,
+            batch,
+            device,
+        })
+    }
+
+    fn sync(&self, parts: &[Part]) -> Result<()> {
+        if let (Some((_, target_vs)), Some(ema)) = (self.target, parts[0].ema.as_ref()) {
+            ema.copy_to(target_vs)?;
+        }
+        Ok(())
+    }
+}
+
+impl<M: VelocityModel> TrainStep for ConsistencyStep<'_, M> {
+    fn prepare(&mut self, parts: &[Part]) -> Result<()> {
+        self.sync(parts)
+    }
+
+    fn loss(&mut self, _phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
+        let (video, captions) = self.data.next_clips(self.batch)?;
+        let x0 = video.to_device(self.device);
+        let b = captions.len();
+        let cond = self.text.encode(&captions, &[])?;
+        // n uniform in {0, …, N-1}: the pair (t_{n+1}, t_n) on the ascending grid.
+        let points = self.grid.len() - 1;
+        let n: Vec<usize> = (0..b)
+            .map(|_| ((rng.unit() * points as f64) as usize).min(points - 1))
+            .collect();
+        let at = |offset: usize| {
+            let t: Vec<f32> = n.iter().map(|&i| self.grid[i + offset] as f32).collect();
+            Tensor::from_slice(&t).to_device(self.device)
+        };
+        let (t_hi, t_lo) = (at(1), at(0));
+        let eps = rng.normal(&x0.size(), self.device);
+        let x_hi = interpolate(&x0, &eps, &t_hi);
+        let target = tch::no_grad(|| -> Result<Tensor> {
+            // One teacher CFG Euler step t_{n+1} → t_n, per sample.
+            let both =
+                Conditioning::cat(&cond, &self.null.expand_to(b as i64)).expect("same token count");
+            let v = self.teacher.velocity(
+                &Tensor::cat(&[&x_hi, &x_hi], 0),
+                &Tensor::cat(&[&t_hi, &t_hi], 0),
+                &both,
+            )?;
+            let (vc, vu) = (v.narrow(0, 0, b as i64), v.narrow(0, b as i64, b as i64));
+            let v_cfg = &vu + (vc - &vu) * self.cfg_scale;
+            let x_lo = &x_hi + per_sample(&(&t_lo - &t_hi), &x_hi) * v_cfg;
+            let net = self.target.map(|(m, _)| m).unwrap_or(self.student);
+            Ok(predict_x0(
+                &x_lo,
+                &t_lo,
+                &net.velocity(&x_lo, &t_lo, &cond)?,
+            ))
+        })?;
+        let f = predict_x0(&x_hi, &t_hi, &self.student.velocity(&x_hi, &t_hi, &cond)?);
+        let loss = (f - target).square().mean(Kind::Float);
+        log.add("loss", loss.double_value(&[]));
+        Ok(loss)
+    }
+
+    fn after_update(&mut self, _phase: usize, parts: &[Part]) -> Result<()> {
+        self.sync(parts)
+    }
+
+    fn cursor(&self) -> Cursor {
+        self.data.cursor()
+    }
+
+    fn restore(&mut self, cursor: Cursor) -> Result<()> {
+        self.data.restore(cursor)
+    }
+}

@@ -1,0 +1,142 @@
+//! Deterministic distillation: `MSE(z − Ĝ(z, c, 1), x_teacher)` over teacher ODE pairs
+//! `(z, c) → x_teacher`, served in a seeded per-epoch shuffle.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use tch::{Kind, Tensor};
+
+use crate::data::Cursor;
+use crate::error::Result;
+use crate::flow::{Conditioning, VelocityModel};
+use crate::onestep::OneStepGenerator;
+use crate::rng::TensorRng;
+use crate::sampler::{sample, Guidance, SamplerConfig};
+use crate::train::{StepLog, TrainStep};
+
+/// Teacher pairs in memory.
+#[derive(Debug)]
+pub struct Pairs {
+    /// Noise `[P, C, T, H, W]`.
+    pub z: Tensor,
+    /// Teacher samples, same shape.
+    pub x: Tensor,
+    /// Conditioning `[P, L, D]`, `[P, D]`.
+    pub cond: Conditioning,
+}
+
+impl Pairs {
+    /// The teacher's samples for noise `z` and conditioning `cond`: its sampler with CFG
+    /// against `null` at the sampler's scale.
+    pub fn generate(
+        teacher: &impl VelocityModel,
+        z: Tensor,
+        cond: Conditioning,
+        null: &Conditioning,
+        sampler: &SamplerConfig,
+    ) -> Result<Self> {
+        let g = Guidance {
+            cond: &cond,
+            uncond: Some(null),
+            scale: sampler.cfg_scale,
+        };
+        let x = sample(teacher, &z, &g, sampler)?;
+        Ok(Self { z, x, cond })
+    }
+
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.z.size()[0] as usize
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All pairs of `parts` in order, on `device`.
+    pub fn cat(parts: &[Pairs], device: tch::Device) -> Self {
+        let all = |f: fn(&Pairs) -> &Tensor| {
+            Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0).to_device(device)
+        };
+        Self {
+            z: all(|p| &p.z),
+            x: all(|p| &p.x),
+            cond: Conditioning {
+                context: all(|p| &p.cond.context),
+                pooled: all(|p| &p.cond.pooled),
+            },
+        }
+    }
+}
+
+/// `MSE(z − Ĝ(z, c, 1), x_teacher)` over pairs in a seeded shuffle per epoch. Logs `loss`.
+pub struct PairDistillStep<'a, M> {
+    student: &'a M,
+    pairs: &'a Pairs,
+    batch: usize,
+    seed: u64,
+    cursor: Cursor,
+    order: Vec<i64>,
+}
+
+impl<'a, M: VelocityModel> PairDistillStep<'a, M> {
+    /// The student `student` on `pairs`, `batch` pairs per micro-batch, shuffled by `seed`.
+    pub fn new(student: &'a M, pairs: &'a Pairs, batch: usize, seed: u64) -> Self {
+        let mut step = Self {
+            student,
+            pairs,
+            batch,
+            seed,
+            cursor: Cursor::default(),
+            order: vec![],
+        };
+        step.order = step.order(0);
+        step
+    }
+
+    fn order(&self, epoch: u64) -> Vec<i64> {
+        let mut order: Vec<i64> = (0..self.pairs.z.size()[0]).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed ^ 0x0d15_7111);
+        rng.set_stream(epoch);
+        order.shuffle(&mut rng);
+        order
+    }
+}
+
+impl<M: VelocityModel> TrainStep for PairDistillStep<'_, M> {
+    fn loss(&mut self, _phase: usize, _rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
+        if self.cursor.position + self.batch > self.order.len() {
+            self.cursor = Cursor {
+                epoch: self.cursor.epoch + 1,
+                position: 0,
+            };
+            self.order = self.order(self.cursor.epoch);
+        }
+        let idx = Tensor::from_slice(
+            &self.order[self.cursor.position..self.cursor.position + self.batch],
+        )
+        .to_device(self.pairs.z.device());
+        self.cursor.position += self.batch;
+        let z = self.pairs.z.index_select(0, &idx);
+        let cond = Conditioning {
+            context: self.pairs.cond.context.index_select(0, &idx),
+            pooled: self.pairs.cond.pooled.index_select(0, &idx),
+        };
+        let x = OneStepGenerator::new(self.student).generate(&z, &cond)?;
+        let loss = (x - self.pairs.x.index_select(0, &idx))
+            .square()
+            .mean(Kind::Float);
+        log.add("loss", loss.double_value(&[]));
+        Ok(loss)
+    }
+
+    fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    fn restore(&mut self, cursor: Cursor) -> Result<()> {
+        self.order = self.order(cursor.epoch);
+        self.cursor = cursor;
+        Ok(())
+    }
+}

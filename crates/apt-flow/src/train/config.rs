@@ -1,0 +1,119 @@
+//! The `[<stage>.train]` table: the knobs of the training loop, the same for every stage.
+
+use serde::{Deserialize, Serialize};
+
+use super::optim::OptimizerConfig;
+use super::schedule::LrSchedule;
+use crate::error::{config_error, Result};
+
+/// The loop's knobs (a stage's `[<stage>.train]` table; `[apt.train]` adds `optimizer_d`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimizer updates.
+    pub steps: u64,
+    /// Samples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per update (a larger effective batch at the same memory).
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// The optimizer of the trained model (the generator, in adversarial training) and its
+    /// peak learning rate.
+    pub optimizer: OptimizerConfig,
+    /// The discriminator's optimizer (adversarial training only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer_d: Option<OptimizerConfig>,
+    /// Warm-up and decay (applied to every optimizer's peak rate).
+    #[serde(default)]
+    pub schedule: LrSchedule,
+    /// Clip each model's global gradient norm to this value.
+    #[serde(default)]
+    pub clip_grad: Option<f64>,
+    /// EMA decay of the (generator's) weights; none when absent.
+    #[serde(default)]
+    pub ema_decay: Option<f64>,
+    /// Checkpoint every this many updates (and at the end, and on a stop).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Checkpoints kept on disk.
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+    /// Stop after this many non-finite (half-)steps in a row.
+    #[serde(default = "default_nonfinite")]
+    pub max_nonfinite: usize,
+    /// Fixed-seed previews every this many updates and at the end (0 = never).
+    #[serde(default)]
+    pub preview_every: u64,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_checkpoint_every() -> u64 {
+    200
+}
+fn default_keep() -> usize {
+    3
+}
+fn default_nonfinite() -> usize {
+    10
+}
+
+impl TrainConfig {
+    /// A config with the defaults for everything but the essentials.
+    pub fn new(steps: u64, batch_size: usize, optimizer: OptimizerConfig) -> Self {
+        Self {
+            steps,
+            batch_size,
+            grad_accum: one(),
+            optimizer,
+            optimizer_d: None,
+            schedule: LrSchedule::default(),
+            clip_grad: None,
+            ema_decay: None,
+            checkpoint_every: default_checkpoint_every(),
+            keep_checkpoints: default_keep(),
+            max_nonfinite: default_nonfinite(),
+            preview_every: 0,
+        }
+    }
+
+    /// Checks every value; `key` is where the table sits (`pretrain.train`), so that errors
+    /// name the full key (`pretrain.train.optimizer.lr`).
+    pub fn validate(&self, key: &str) -> Result<()> {
+        let at = |k: &str| format!("{key}.{k}");
+        for (name, value) in [
+            ("steps", self.steps),
+            ("batch_size", self.batch_size as u64),
+            ("grad_accum", self.grad_accum as u64),
+            ("checkpoint_every", self.checkpoint_every),
+            ("keep_checkpoints", self.keep_checkpoints as u64),
+            ("max_nonfinite", self.max_nonfinite as u64),
+        ] {
+            if value == 0 {
+                return Err(config_error(&at(name), "must be at least 1"));
+            }
+        }
+        if let Some(d) = self.ema_decay {
+            if !(0.0..1.0).contains(&d) {
+                return Err(config_error(
+                    &at("ema_decay"),
+                    format!("must be in [0, 1), got {d}"),
+                ));
+            }
+        }
+        if let Some(c) = self.clip_grad {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(config_error(
+                    &at("clip_grad"),
+                    format!("must be a positive number, got {c}"),
+                ));
+            }
+        }
+        self.optimizer.validate(&at("optimizer"))?;
+        if let Some(d) = &self.optimizer_d {
+            d.validate(&at("optimizer_d"))?;
+        }
+        self.schedule.validate(&at("schedule"))
+    }
+}

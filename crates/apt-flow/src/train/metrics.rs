@@ -1,0 +1,107 @@
+//! `metrics.jsonl`: one JSON line per update, written by the training loop.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{FlowError, Result};
+
+/// One line of `metrics.jsonl`: the stage, the update, every logged value (the step's own —
+/// `loss` for a flow stage; `d_real`, `d_fake`, `d_loss`, `ar1`, `g_loss` for APT — and the
+/// loop's `lr` and `grad_norm`, suffixed `_<part>` when several models train), the non-finite
+/// steps so far and the seconds since the run (or resume) started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricLine {
+    /// Stage.
+    pub stage: String,
+    /// Update number (1-based).
+    pub step: u64,
+    /// Logged values (a NaN is written as `null`, e.g. the gradient norm of a skipped step).
+    #[serde(flatten)]
+    pub values: BTreeMap<String, Option<f64>>,
+    /// Non-finite (half-)steps so far.
+    pub skipped: u64,
+    /// Seconds since the run (or resume) started.
+    pub seconds: f64,
+}
+
+impl MetricLine {
+    /// The value called `name` (NaN when absent or not finite when written).
+    pub fn value(&self, name: &str) -> f64 {
+        self.values.get(name).copied().flatten().unwrap_or(f64::NAN)
+    }
+}
+
+/// Scalars a step logs over the micro-batches of one update; the loop writes their means.
+#[derive(Debug, Default, Clone)]
+pub struct StepLog {
+    sums: BTreeMap<String, f64>,
+}
+
+impl StepLog {
+    /// Adds `value` to `name`'s sum (once per micro-batch).
+    pub fn add(&mut self, name: &str, value: f64) {
+        *self.sums.entry(name.to_string()).or_insert(0.0) += value;
+    }
+
+    /// Every logged value divided by the number of micro-batches.
+    pub fn means(&self, micro_batches: usize) -> impl Iterator<Item = (String, f64)> + '_ {
+        self.sums
+            .iter()
+            .map(move |(k, v)| (k.clone(), v / micro_batches as f64))
+    }
+}
+
+/// Appends one JSON object per line to `<dir>/metrics.jsonl`.
+#[derive(Debug)]
+pub struct MetricsLog {
+    file: File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// Opens (creating `dir` and the file when missing) for appending.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| FlowError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join("metrics.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        Ok(Self { file, path })
+    }
+
+    /// Appends `line`.
+    pub fn write(&mut self, line: &impl Serialize) -> Result<()> {
+        writeln!(
+            self.file,
+            "{}",
+            serde_json::to_string(line).expect("metrics serialise")
+        )
+        .map_err(|source| FlowError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Reads every line of a `metrics.jsonl`, keeping the last one per step (a resumed run
+    /// repeats the steps after its checkpoint). A missing file reads as no lines.
+    pub fn read(path: &Path) -> Vec<MetricLine> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut by_step = BTreeMap::new();
+        for line in text.lines() {
+            if let Ok(m) = serde_json::from_str::<MetricLine>(line) {
+                by_step.insert(m.step, m);
+            }
+        }
+        by_step.into_values().collect()
+    }
+}

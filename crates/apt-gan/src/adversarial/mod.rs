@@ -1,0 +1,12 @@
+//! Stage 3, adversarial post-training (spec §5), as one step of `apt-flow`'s training loop:
+//! G starts from the distilled one-step student, D from the diffusion (teacher) weights with
+//! fresh heads ([`crate::discriminator`]); each update is a D phase — the non-saturating loss
+//! `softplus(−D(x)) + softplus(D(G(z)))` plus λ·approximated R1 on the real clips — then a G
+//! phase — `softplus(−D(G(z)))` with D frozen. The loop supplies gradient accumulation, the
+//! non-finite guard, clipping, RMSProp, the generator EMA, checkpoints and resume.
+
+pub mod config;
+pub mod step;
+
+pub use config::AdversarialConfig;
+pub use step::{AdversarialStep, DISCRIMINATOR, GENERATOR};

@@ -1,0 +1,270 @@
+//! The run configuration (TOML): one file describes the model, the data, the text encoder and
+//! every stage, parsed once into typed sections and validated once. Unknown keys, moved keys
+//! and out-of-range values are errors naming the key.
+
+mod compare;
+mod overrides;
+mod sections;
+
+use std::path::{Path, PathBuf};
+
+use apt_mmdit::{MmditConfig, Preset};
+use serde::{Deserialize, Serialize};
+
+pub use compare::{changed_keys, Change};
+pub use overrides::{apply_override, reject_moved_keys};
+pub use sections::{
+    default_eval_batch, default_eval_seed, AptSection, ConsistencySection, DistillSection,
+    EvalConfig, GeneratorInit, ImageStage, ModelSection, PretrainSection, ReportSection,
+    TextSection,
+};
+
+use crate::data::DataConfig;
+use crate::error::{config_error, PipelineError, Result};
+
+/// `cpu`, `cuda` or `cuda:N` as a device (an error naming `device` otherwise).
+pub fn parse_device(name: &str) -> Result<tch::Device> {
+    match name {
+        "cpu" => Ok(tch::Device::Cpu),
+        "cuda" => Ok(tch::Device::Cuda(0)),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(i) => Ok(tch::Device::Cuda(i)),
+            None => Err(config_error(
+                "device",
+                format!("must be cpu, cuda or cuda:N, got {other:?}"),
+            )),
+        },
+    }
+}
+
+/// The most libtorch threads a config may ask for.
+pub const MAX_THREADS: usize = 1024;
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run directory (`runs/NAME`).
+    pub out: PathBuf,
+    /// Seed of everything random.
+    #[serde(default)]
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "cpu")]
+    pub device: String,
+    /// libtorch intra-op threads (default: all cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// The MMDiT.
+    pub model: ModelSection,
+    /// Training clips.
+    pub data: DataConfig,
+    /// Text conditioning.
+    #[serde(default)]
+    pub text: TextSection,
+    /// Stage 1: rectified-flow pre-training of the teacher.
+    #[serde(default)]
+    pub pretrain: Option<PretrainSection>,
+    /// Stage 2a: deterministic distillation (teacher ODE pairs → one step).
+    #[serde(default)]
+    pub distill: Option<DistillSection>,
+    /// Stage 2b: consistency distillation.
+    #[serde(default)]
+    pub consistency: Option<ConsistencySection>,
+    /// Stage 3: adversarial post-training.
+    #[serde(default)]
+    pub apt: Option<AptSection>,
+    /// The final evaluation and report.
+    #[serde(default)]
+    pub report: ReportSection,
+}
+
+fn cpu() -> String {
+    "cpu".into()
+}
+
+impl RunConfig {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        Self::load(path, &[])
+    }
+
+    /// Reads a TOML file, applies `key=value` overrides (`pretrain.train.steps=10`; the value
+    /// is TOML, or a bare string) and validates every section, once. Unknown keys, keys that
+    /// moved and out-of-range values are errors naming the key.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(crate::error::io_error(path))?;
+        Self::parse(&text, overrides).map_err(|e| match e {
+            PipelineError::File { reason, .. } => PipelineError::File {
+                path: path.to_path_buf(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses a TOML document (see [`RunConfig::load`]); syntax errors come back as
+    /// [`PipelineError::File`] with an empty path.
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
+        let file_error = |reason: String| PipelineError::File {
+            path: PathBuf::new(),
+            reason: reason.trim().replace('\n', " "),
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| file_error(e.to_string()))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        reject_moved_keys(&table)?;
+        // Without overrides, parse the text itself: its errors point at the line.
+        let cfg: Self = if overrides.is_empty() {
+            toml::from_str(text)
+        } else {
+            toml::Value::Table(table).try_into()
+        }
+        .map_err(|e: toml::de::Error| file_error(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The config as TOML (defaults filled in): what `config.toml` of a run holds.
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string_pretty(self).expect("a run config serialises")
+    }
+
+    /// Checks every section on its own (the model against the data and text encoder is
+    /// [`RunConfig::check_compatibility`]).
+    pub fn validate(&self) -> Result<()> {
+        if self.out.as_os_str().is_empty() {
+            return Err(config_error(
+                "out",
+                "must name the run directory (e.g. \"runs/demo\"), got \"\"",
+            ));
+        }
+        let model = self.model_config()?;
+        self.device()?;
+        if let Some(t) = self.threads {
+            if t == 0 || t > MAX_THREADS {
+                return Err(config_error(
+                    "threads",
+                    format!("must be in 1..={MAX_THREADS}, got {t}"),
+                ));
+            }
+        }
+        if self.text.tokens == 0 {
+            return Err(config_error("text.tokens", "must be at least 1"));
+        }
+        self.data.validate()?;
+        self.report.validate()?;
+        if let Some(p) = &self.pretrain {
+            p.validate()?;
+        }
+        if let Some(d) = &self.distill {
+            d.validate()?;
+        }
+        if let Some(c) = &self.consistency {
+            c.validate()?;
+        }
+        if let Some(a) = &self.apt {
+            a.validate(model.depth)?;
+        }
+        Ok(())
+    }
+
+    /// The model config of `[model]` (a preset or a full config), validated on its own.
+    pub fn model_config(&self) -> Result<MmditConfig> {
+        let cfg = match (&self.model.preset, &self.model.config) {
+            (Some(name), None) => Preset::named(name)?.config,
+            (None, Some(cfg)) => cfg.clone(),
+            _ => {
+                return Err(config_error(
+                    "model",
+                    "give exactly one of `preset` and `config`",
+                ))
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The model config, checked against the data and the text encoder (MiniLM: 384 wide):
+    /// what every stage needs before it can run here.
+    pub fn model(&self) -> Result<MmditConfig> {
+        let cfg = self.model_config()?;
+        self.check_compatibility(&cfg)?;
+        Ok(cfg)
+    }
+
+    /// Whether `cfg` fits the clips of `[data]` (and of the APT image stage) and the MiniLM
+    /// text encoder.
+    pub fn check_compatibility(&self, cfg: &MmditConfig) -> Result<()> {
+        let [c, t, h, w] = self.data.clip_shape();
+        if cfg.in_channels as i64 != c || cfg.out_channels as i64 != c {
+            return Err(config_error(
+                "model",
+                format!(
+                    "takes {} → {} channels but the data has {c}",
+                    cfg.in_channels, cfg.out_channels
+                ),
+            ));
+        }
+        let [pt, ph, pw] = cfg.patch_size.map(|p| p as i64);
+        if t % pt != 0 || h % ph != 0 || w % pw != 0 {
+            return Err(config_error(
+                "data",
+                format!(
+                    "clips {t}×{h}×{w} are not divisible by the patch size {:?}",
+                    cfg.patch_size
+                ),
+            ));
+        }
+        if let Some(image) = self.apt.as_ref().and_then(|a| a.image.as_ref()) {
+            if image.frames as i64 % pt != 0 {
+                return Err(config_error(
+                    "apt.image.frames",
+                    format!(
+                        "must be a multiple of the temporal patch {pt}, got {}",
+                        image.frames
+                    ),
+                ));
+            }
+        }
+        if cfg.context_dim != 384 || cfg.pooled_dim != 384 {
+            return Err(config_error(
+                "model",
+                format!(
+                    "context_dim and pooled_dim must be 384 (MiniLM), got {} and {}",
+                    cfg.context_dim, cfg.pooled_dim
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The device.
+    pub fn device(&self) -> Result<tch::Device> {
+        parse_device(&self.device)
+    }
+
+    /// The caption-embedding cache directory.
+    pub fn text_cache(&self) -> PathBuf {
+        self.text
+            .cache
+            .clone()
+            .unwrap_or_else(|| self.out.join("text-cache"))
+    }
+
+    /// Sets libtorch's intra-op threads from `threads` (warning when above the machine's cores).
+    pub fn apply_threads(&self) {
+        if let Some(n) = self.threads {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if n > cores {
+                tracing::warn!(
+                    threads = n,
+                    cores,
+                    "more threads than cores: expect a slow run"
+                );
+            }
+            tch::set_num_threads(n as i32);
+        }
+    }
+}

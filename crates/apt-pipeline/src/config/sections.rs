@@ -1,0 +1,399 @@
+//! The sections of a run config, each with its defaults and its checks (errors name the full
+//! key). The training loop's table is `apt_flow::TrainConfig` in every stage.
+
+use std::path::PathBuf;
+
+use apt_flow::distill::{ConsistencyConfig, ConsistencyTarget};
+use apt_flow::{Method, SamplerConfig, TimestepSampler, TrainConfig};
+use apt_gan::{AdversarialConfig, DiscriminatorConfig};
+use apt_mmdit::MmditConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{config_error, Result};
+
+/// `[model]`: a preset name or a full model config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A built-in preset (`tiny`, `small`, …).
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// A full config (instead of a preset).
+    #[serde(default)]
+    pub config: Option<MmditConfig>,
+}
+
+/// `[text]`: the frozen text encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextSection {
+    /// Tokens per caption after padding/truncation.
+    #[serde(default = "default_tokens")]
+    pub tokens: usize,
+    /// Caption-embedding cache (default: `<run>/text-cache`).
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
+}
+
+fn default_tokens() -> usize {
+    16
+}
+
+impl Default for TextSection {
+    fn default() -> Self {
+        Self {
+            tokens: default_tokens(),
+            cache: None,
+        }
+    }
+}
+
+/// How a stage evaluates the generator it made (moving-shapes data only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Prompts (moving-shapes captions of samples `0..prompts` of the eval seed).
+    #[serde(default = "default_eval_prompts")]
+    pub prompts: usize,
+    /// Seed of the prompts and the noise.
+    #[serde(default = "default_eval_seed")]
+    pub seed: u64,
+    /// The sampler (steps, method, shift, CFG).
+    pub sampler: SamplerConfig,
+    /// Prompts per generation batch.
+    #[serde(default = "default_eval_batch")]
+    pub batch: usize,
+}
+
+fn default_eval_prompts() -> usize {
+    32
+}
+/// The evaluation seed every report uses (not a training seed).
+pub fn default_eval_seed() -> u64 {
+    77_777
+}
+/// Prompts per generation batch in evaluations.
+pub fn default_eval_batch() -> usize {
+    16
+}
+
+impl EvalConfig {
+    /// Checks the values (`key`: where the table sits, e.g. `pretrain.eval`).
+    pub fn validate(&self, key: &str) -> Result<()> {
+        positive(&format!("{key}.prompts"), self.prompts)?;
+        positive(&format!("{key}.batch"), self.batch)?;
+        Ok(self.sampler.validate(&format!("{key}.sampler"))?)
+    }
+}
+
+/// `[report]`: the evaluation after the last stage (`apt train --stage all`, `apt eval`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSection {
+    /// Held-out moving-shapes prompts every generator is evaluated on.
+    #[serde(default = "default_report_prompts")]
+    pub prompts: usize,
+    /// The teacher's sampler (default: 25 Euler steps with CFG 2).
+    #[serde(default = "default_teacher_sampler")]
+    pub teacher: SamplerConfig,
+    /// Prompts that get a side-by-side GIF (teacher | distilled | APT).
+    #[serde(default = "default_gifs")]
+    pub gifs: usize,
+}
+
+fn default_report_prompts() -> usize {
+    64
+}
+fn default_teacher_sampler() -> SamplerConfig {
+    SamplerConfig {
+        steps: 25,
+        method: Method::Euler,
+        shift: 1.0,
+        cfg_scale: 2.0,
+    }
+}
+fn default_gifs() -> usize {
+    4
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        Self {
+            prompts: default_report_prompts(),
+            teacher: default_teacher_sampler(),
+            gifs: default_gifs(),
+        }
+    }
+}
+
+impl ReportSection {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        positive("report.prompts", self.prompts)?;
+        Ok(self.teacher.validate("report.teacher")?)
+    }
+}
+
+/// `[pretrain]`: stage 1, rectified-flow pre-training of the teacher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainSection {
+    /// Probability of training on the null caption (CFG dropout).
+    #[serde(default = "default_p_uncond")]
+    pub p_uncond: f64,
+    /// Training-time distribution.
+    #[serde(default)]
+    pub timesteps: TimestepSampler,
+    /// Fixed validation clips (moving shapes only; 0 = none).
+    #[serde(default = "default_val")]
+    pub val_clips: usize,
+    /// Evaluation of the finished teacher (moving shapes only).
+    #[serde(default)]
+    pub eval: Option<EvalConfig>,
+    /// The loop's knobs.
+    pub train: TrainConfig,
+}
+
+fn default_p_uncond() -> f64 {
+    0.1
+}
+fn default_val() -> usize {
+    16
+}
+
+impl PretrainSection {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        apt_flow::pretrain::validate_flow_matching("pretrain", self.p_uncond, &self.timesteps)?;
+        validate_eval(&self.eval, "pretrain.eval")?;
+        validate_flow_train(&self.train, "pretrain")
+    }
+}
+
+/// `[distill]`: stage 2a, deterministic distillation on teacher ODE pairs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillSection {
+    /// The teacher's sampler for the pairs.
+    pub teacher: SamplerConfig,
+    /// Number of `(z, c) → x_teacher` pairs.
+    pub pairs: usize,
+    /// Pairs per shard file.
+    #[serde(default = "default_shard")]
+    pub shard_size: usize,
+    /// One-step evaluation (moving shapes).
+    #[serde(default)]
+    pub eval: Option<EvalConfig>,
+    /// The loop's knobs.
+    pub train: TrainConfig,
+}
+
+fn default_shard() -> usize {
+    256
+}
+
+impl DistillSection {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        positive("distill.pairs", self.pairs)?;
+        positive("distill.shard_size", self.shard_size)?;
+        if self.pairs < self.train.batch_size {
+            return Err(config_error(
+                "distill.pairs",
+                format!(
+                    "must be at least distill.train.batch_size ({}), got {}",
+                    self.train.batch_size, self.pairs
+                ),
+            ));
+        }
+        self.teacher.validate("distill.teacher")?;
+        validate_eval(&self.eval, "distill.eval")?;
+        validate_flow_train(&self.train, "distill")
+    }
+}
+
+/// `[consistency]`: stage 2b, consistency distillation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencySection {
+    /// Discretisation points N.
+    #[serde(default = "default_points")]
+    pub points: usize,
+    /// Shift of the discretisation grid.
+    #[serde(default = "one_f")]
+    pub shift: f64,
+    /// The teacher's constant CFG scale.
+    pub cfg_scale: f64,
+    /// Target network.
+    #[serde(default)]
+    pub target: ConsistencyTarget,
+    /// One-step evaluation (moving shapes).
+    #[serde(default)]
+    pub eval: Option<EvalConfig>,
+    /// The loop's knobs.
+    pub train: TrainConfig,
+}
+
+fn default_points() -> usize {
+    32
+}
+fn one_f() -> f64 {
+    1.0
+}
+
+impl ConsistencySection {
+    /// The method's settings.
+    pub fn method(&self) -> ConsistencyConfig {
+        ConsistencyConfig {
+            points: self.points,
+            shift: self.shift,
+            cfg_scale: self.cfg_scale,
+            target: self.target,
+        }
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        self.method().validate("consistency")?;
+        if self.target == ConsistencyTarget::Ema && self.train.ema_decay.is_none() {
+            return Err(config_error(
+                "consistency.target",
+                "\"ema\" needs consistency.train.ema_decay",
+            ));
+        }
+        validate_eval(&self.eval, "consistency.eval")?;
+        validate_flow_train(&self.train, "consistency")
+    }
+}
+
+/// Which distilled student starts the generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GeneratorInit {
+    /// `distill/student.safetensors`.
+    Distill,
+    /// `consistency/student.safetensors` (the paper's choice).
+    Consistency,
+}
+
+/// `[apt]`: stage 3, adversarial post-training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptSection {
+    /// Weight λ of the approximated R1 (paper: 100).
+    #[serde(default = "hundred")]
+    pub lambda_r1: f64,
+    /// Its perturbation standard deviation σ (paper: 0.01 images, 0.1 video).
+    #[serde(default = "default_sigma")]
+    pub sigma: f64,
+    /// Which distilled student starts G.
+    #[serde(default = "default_init")]
+    pub generator_init: GeneratorInit,
+    /// Discriminator taps and time shift.
+    #[serde(default)]
+    pub discriminator: DiscriminatorConfig,
+    /// Evaluation of the distilled start and the final generator (moving shapes).
+    #[serde(default)]
+    pub eval: Option<EvalConfig>,
+    /// An image stage before this (video) stage, as in the paper: G then continues from the
+    /// image stage's generator and D restarts from the diffusion weights.
+    #[serde(default)]
+    pub image: Option<ImageStage>,
+    /// The loop's knobs: `optimizer` is G's, `optimizer_d` D's; `ema_decay` is G's EMA.
+    pub train: TrainConfig,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+fn default_sigma() -> f64 {
+    0.01
+}
+fn default_init() -> GeneratorInit {
+    GeneratorInit::Distill
+}
+
+/// `[apt.image]`: the image stage's differences from the video stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageStage {
+    /// Generator updates.
+    pub steps: u64,
+    /// Frames per training clip (1 = images; a multiple of the temporal patch).
+    #[serde(default = "one_u")]
+    pub frames: usize,
+    /// aR1's σ (paper: 0.01 for images).
+    #[serde(default = "default_sigma")]
+    pub sigma: f64,
+    /// D's time shift (paper: 1 for images).
+    #[serde(default = "one_f")]
+    pub time_shift: f64,
+}
+
+fn one_u() -> usize {
+    1
+}
+
+impl AptSection {
+    /// The adversarial objective's settings.
+    pub fn method(&self) -> AdversarialConfig {
+        AdversarialConfig {
+            lambda_r1: self.lambda_r1,
+            sigma: self.sigma,
+        }
+    }
+
+    /// Checks the values for a backbone of `depth` blocks.
+    pub fn validate(&self, depth: usize) -> Result<()> {
+        self.method().validate("apt")?;
+        self.discriminator.validate("apt.discriminator", depth)?;
+        if self.train.optimizer_d.is_none() {
+            return Err(config_error(
+                "apt.train.optimizer_d",
+                "is missing: the discriminator's optimizer (the paper: \
+                 { kind = \"rmsprop\", lr = 3e-6, alpha = 0.9 })",
+            ));
+        }
+        if let Some(image) = &self.image {
+            positive("apt.image.steps", image.steps as usize)?;
+            positive("apt.image.frames", image.frames)?;
+            let method = AdversarialConfig {
+                lambda_r1: self.lambda_r1,
+                sigma: image.sigma,
+            };
+            method.validate("apt.image")?;
+            DiscriminatorConfig {
+                time_shift: image.time_shift,
+                ..self.discriminator.clone()
+            }
+            .validate("apt.image", depth)?;
+        }
+        validate_eval(&self.eval, "apt.eval")?;
+        Ok(self.train.validate("apt.train")?)
+    }
+}
+
+fn positive(key: &str, value: usize) -> Result<()> {
+    if value == 0 {
+        return Err(config_error(key, "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn validate_eval(eval: &Option<EvalConfig>, key: &str) -> Result<()> {
+    match eval {
+        Some(e) => e.validate(key),
+        None => Ok(()),
+    }
+}
+
+/// A flow stage's `[<stage>.train]`: the loop's checks, and no discriminator optimizer.
+fn validate_flow_train(train: &TrainConfig, stage: &str) -> Result<()> {
+    if train.optimizer_d.is_some() {
+        return Err(config_error(
+            &format!("{stage}.train.optimizer_d"),
+            "is for [apt.train] only: this stage trains one model",
+        ));
+    }
+    Ok(train.validate(&format!("{stage}.train"))?)
+}

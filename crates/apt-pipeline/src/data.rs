@@ -1,0 +1,243 @@
+//! Where training clips come from: the moving-shapes benchmark rendered on the fly (sample `i`
+//! is a pure function of the seed and `i`, so the cursor is just a counter), or a folder /
+//! manifest through `apt-data`'s loader (with its own cursor). Every file the loader skips is
+//! reported once, with its reason.
+
+use apt_data::shapes::{ShapesConfig, Split};
+use apt_data::{ClipSpec, Dataset, Loader, LoaderConfig, OnBadSample, Skipped};
+use apt_flow::data::{ClipSource, Cursor};
+use apt_flow::FlowError;
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::error::{config_error, Result};
+
+/// The `[data]` section of a run config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DataConfig {
+    /// Moving shapes, rendered on the fly.
+    Shapes {
+        /// The benchmark's config (frames, size, shapes, speeds, held-out pairs).
+        shapes: ShapesConfig,
+        /// Data-set seed (training uses split `train`).
+        #[serde(default)]
+        seed: u64,
+    },
+    /// A folder with caption sidecars or a JSONL manifest.
+    Files {
+        /// Folder or manifest path.
+        path: std::path::PathBuf,
+        /// Clip to cut (frames, stride/fps, size; random offset and crop for training).
+        clip: ClipSpec,
+        /// Decoding threads.
+        #[serde(default = "two")]
+        workers: usize,
+        /// What to do with unreadable files.
+        #[serde(default)]
+        on_bad_sample: OnBadSample,
+    },
+}
+
+fn two() -> usize {
+    2
+}
+
+impl DataConfig {
+    /// Checks the values (the files themselves are opened when a stage starts).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            DataConfig::Shapes { shapes, .. } => Ok(shapes.validate()?),
+            DataConfig::Files { clip, workers, .. } => {
+                if *workers == 0 {
+                    return Err(config_error("data.workers", "must be at least 1"));
+                }
+                Ok(clip.validate()?)
+            }
+        }
+    }
+
+    /// The clip shape `[C, T, H, W]` this source yields.
+    pub fn clip_shape(&self) -> [i64; 4] {
+        match self {
+            DataConfig::Shapes { shapes, .. } => [
+                3,
+                shapes.frames as i64,
+                shapes.height as i64,
+                shapes.width as i64,
+            ],
+            DataConfig::Files { clip, .. } => [
+                3,
+                clip.num_frames as i64,
+                clip.height as i64,
+                clip.width as i64,
+            ],
+        }
+    }
+
+    /// The same source with `frames` frames per clip (the APT image stage).
+    pub fn with_frames(&self, frames: usize) -> Self {
+        let mut data = self.clone();
+        match &mut data {
+            DataConfig::Shapes { shapes, .. } => shapes.frames = frames,
+            DataConfig::Files { clip, .. } => clip.num_frames = frames,
+        }
+        data
+    }
+
+    /// The moving-shapes benchmark, when that is the data.
+    pub fn shapes(&self) -> Option<&ShapesConfig> {
+        match self {
+            DataConfig::Shapes { shapes, .. } => Some(shapes),
+            DataConfig::Files { .. } => None,
+        }
+    }
+}
+
+/// A stream of `(clips [B, C, T, H, W], captions)` with a resumable cursor.
+pub struct TrainData {
+    source: Source,
+    shape: [i64; 4],
+    /// Skipped files already reported.
+    reported: usize,
+}
+
+enum Source {
+    /// Rendered shapes; the cursor's `position` counts samples drawn.
+    Shapes {
+        config: ShapesConfig,
+        seed: u64,
+        next: u64,
+    },
+    /// Files through the loader (`None` only while the cursor is being restored).
+    Files(Option<Box<Loader>>),
+}
+
+impl std::fmt::Debug for TrainData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TrainData {{ cursor: {:?} }}", self.cursor())
+    }
+}
+
+impl TrainData {
+    /// Opens the source for batches of `batch_size` with loader seed `seed`. Files listed but
+    /// unusable (no caption, unreadable) are reported now.
+    pub fn open(config: &DataConfig, batch_size: usize, seed: u64) -> Result<Self> {
+        let source = match config {
+            DataConfig::Shapes {
+                shapes,
+                seed: data_seed,
+            } => {
+                shapes.validate()?;
+                Source::Shapes {
+                    config: shapes.clone(),
+                    seed: *data_seed,
+                    next: 0,
+                }
+            }
+            DataConfig::Files {
+                path,
+                clip,
+                workers,
+                on_bad_sample,
+            } => {
+                let set = Dataset::open(path, *on_bad_sample)?;
+                let cfg = LoaderConfig {
+                    on_bad_sample: *on_bad_sample,
+                    ..LoaderConfig::new(batch_size, *workers, seed, *clip)
+                };
+                Source::Files(Some(Box::new(Loader::new(set, cfg)?)))
+            }
+        };
+        let mut data = Self {
+            source,
+            shape: config.clip_shape(),
+            reported: 0,
+        };
+        data.report_skipped();
+        Ok(data)
+    }
+
+    /// Every file or manifest line skipped so far, with its reason.
+    pub fn skipped(&self) -> Vec<Skipped> {
+        match &self.source {
+            Source::Files(Some(loader)) => loader.stats().skipped.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Warns once for every skipped file not reported yet.
+    fn report_skipped(&mut self) {
+        let skipped = self.skipped();
+        for s in &skipped[self.reported.min(skipped.len())..] {
+            tracing::warn!(file = %s.what, reason = %s.reason, "skipping a bad sample");
+        }
+        self.reported = skipped.len();
+    }
+
+    fn batch(&mut self, batch_size: usize) -> apt_data::Result<(Tensor, Vec<String>)> {
+        match &mut self.source {
+            Source::Shapes { config, seed, next } => {
+                let mut videos = Vec::with_capacity(batch_size);
+                let mut captions = Vec::with_capacity(batch_size);
+                for _ in 0..batch_size {
+                    let s = config.sample(*seed, *next, Split::Train)?;
+                    *next += 1;
+                    videos.push(s.video);
+                    captions.push(s.caption);
+                }
+                Ok((Tensor::stack(&videos, 0), captions))
+            }
+            Source::Files(loader) => {
+                let b = loader.as_mut().expect("loader").next_batch()?;
+                Ok((b.video, b.captions))
+            }
+        }
+    }
+}
+
+impl ClipSource for TrainData {
+    fn next_clips(&mut self, batch: usize) -> apt_flow::Result<(Tensor, Vec<String>)> {
+        let result = self.batch(batch);
+        self.report_skipped();
+        result.map_err(|e| FlowError::Source(Box::new(e)))
+    }
+
+    fn cursor(&self) -> Cursor {
+        match &self.source {
+            Source::Shapes { next, .. } => Cursor {
+                epoch: 0,
+                position: *next as usize,
+            },
+            Source::Files(loader) => {
+                let c = loader.as_ref().expect("loader").cursor();
+                Cursor {
+                    epoch: c.epoch,
+                    position: c.position,
+                }
+            }
+        }
+    }
+
+    fn restore(&mut self, cursor: Cursor) -> apt_flow::Result<()> {
+        match &mut self.source {
+            Source::Shapes { next, .. } => *next = cursor.position as u64,
+            Source::Files(loader) => {
+                let l = loader.take().expect("loader");
+                let c = apt_data::Cursor {
+                    epoch: cursor.epoch,
+                    position: cursor.position,
+                };
+                *loader = Some(Box::new(
+                    l.with_cursor(c)
+                        .map_err(|e| FlowError::Source(Box::new(e)))?,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn clip_shape(&self) -> [i64; 4] {
+        self.shape
+    }
+}

@@ -1,0 +1,29 @@
+//! # apt-pipeline
+//!
+//! The layer between the method crates (`apt-flow`, `apt-gan`) and the `apt` command line:
+//! one typed run config ([`config::RunConfig`], every section typed, validated once), the run
+//! directory and every file name in it ([`run_dir::RunDir`], exports with integrity records),
+//! the lock and checks that claim a directory before anything in it changes
+//! ([`session::OpenRun`]), the stage drivers ([`stages`]), the data and text sources the
+//! method crates' traits are implemented with ([`data`], [`text`]), and the run's evaluation
+//! and report ([`eval`], [`report`]).
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod lock;
+pub mod memory;
+pub mod report;
+pub mod run_dir;
+pub mod session;
+pub mod stages;
+pub mod text;
+
+pub use config::RunConfig;
+pub use error::{PipelineError, Result};
+pub use run_dir::{RunDir, Stage};
+pub use session::{planned_stages, OpenRun, Selection};
+pub use stages::{run_stage, run_stages, Outcome, Progress, StageReport, StageRun};

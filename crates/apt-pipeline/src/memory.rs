@@ -1,0 +1,266 @@
+//! How much memory one training step of a stage needs — estimated without building a model, so
+//! the 8B preset can be sized on a laptop — and the check that refuses a run that cannot fit
+//! before anything is allocated.
+//!
+//! Memory per step, in f32 (4 bytes per value, what the trainers use):
+//! - trained networks: weights + gradients + optimizer state (AdamW 2, RMSProp 1 per weight)
+//!   + EMA copy when configured; frozen networks (the teacher): weights only;
+//! - activations kept for the backward pass: `depth × batch × tokens × width × 68` bytes, the
+//!   34 bytes per token and width of a transformer layer at 16 bits without attention-score
+//!   storage (Korthikanti et al. 2022, "Reducing Activation Recomputation", fused attention)
+//!   doubled for f32. APT's D step keeps D activations for three batches (real, fake, perturbed
+//!   real for aR1); its G step keeps G's and one batch of D's.
+//!
+//! It is an estimate: libtorch's allocator, workspace buffers and the data pipeline add to it.
+
+use apt_flow::train::OptimizerConfig;
+use apt_flow::TrainConfig;
+use apt_gan::discriminator::{default_taps, discriminator_param_count};
+use apt_mmdit::{param_count, MmditConfig, Preset};
+
+use crate::config::RunConfig;
+use crate::error::{config_error, Result};
+use crate::run_dir::Stage;
+
+/// Bytes of one value (the trainers keep f32 weights, gradients and states).
+const VALUE: u64 = 4;
+/// Activation bytes per layer, token and width at f32 (34 at 16 bits, doubled).
+const ACTIVATION_BYTES: u64 = 68;
+
+/// One stage's memory estimate, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepMemory {
+    /// Weights, gradients, optimizer state and EMA copies of every network the stage holds.
+    pub states: u64,
+    /// Activations kept for the backward pass.
+    pub activations: u64,
+}
+
+impl StepMemory {
+    /// Both (saturating: absurd configs give `u64::MAX`, not an overflow).
+    pub fn total(&self) -> u64 {
+        self.states.saturating_add(self.activations)
+    }
+}
+
+/// Bytes of a trained network of `params` values.
+pub fn trained_bytes(params: u64, optimizer: &OptimizerConfig, ema: bool) -> u64 {
+    params.saturating_mul(VALUE * (2 + optimizer.state_slots() as u64 + u64::from(ema)))
+}
+
+/// Activation bytes of `depth` blocks of width `width` over `tokens` tokens for `batch` clips.
+pub fn activation_bytes(depth: usize, width: usize, tokens: usize, batch: usize) -> u64 {
+    [depth, width, tokens, batch]
+        .iter()
+        .fold(ACTIVATION_BYTES, |acc, &v| acc.saturating_mul(v as u64))
+}
+
+/// Visual + text tokens per clip of `frames` frames (the data's when `None`), and what the
+/// count was sized on.
+pub fn tokens(run: &RunConfig, model: &MmditConfig, frames: Option<usize>) -> (usize, String) {
+    let [c, t, h, w] = run.data.clip_shape().map(|v| v as usize);
+    let t = frames.unwrap_or(t);
+    let [pt, ph, pw] = model.patch_size;
+    let text = run.text.tokens;
+    let (input, source) = if run.check_compatibility(model).is_ok() {
+        ([c, t, h, w], "the data's clips".to_string())
+    } else {
+        let typical = run
+            .model
+            .preset
+            .as_deref()
+            .and_then(|name| Preset::named(name).ok())
+            .map(|p| p.typical_input)
+            .unwrap_or([model.in_channels, t, h, w]);
+        (typical, "the preset's typical latent".to_string())
+    };
+    let visual = input[1].div_ceil(pt) * input[2].div_ceil(ph) * input[3].div_ceil(pw);
+    (
+        visual + text,
+        format!(
+            "{visual} visual ({}×{}×{}×{} on {source}) + {text} text",
+            input[0], input[1], input[2], input[3]
+        ),
+    )
+}
+
+/// The train table of the section driving `stage` (`None` when it is not configured).
+pub fn train_config(run: &RunConfig, stage: Stage) -> Option<&TrainConfig> {
+    match stage {
+        Stage::Pretrain => run.pretrain.as_ref().map(|c| &c.train),
+        Stage::Distill => run.distill.as_ref().map(|c| &c.train),
+        Stage::Consistency => run.consistency.as_ref().map(|c| &c.train),
+        Stage::AptImage | Stage::Apt => run.apt.as_ref().map(|c| &c.train),
+    }
+}
+
+/// The estimate for `stage` with its micro-batch (`None` when the config has no such stage).
+pub fn estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemory)>> {
+    let model = run.model_config()?;
+    let p = param_count(&model).total();
+    let frames = match stage {
+        Stage::AptImage => run
+            .apt
+            .as_ref()
+            .and_then(|a| a.image.as_ref())
+            .map(|i| i.frames),
+        _ => None,
+    };
+    if stage == Stage::AptImage && frames.is_none() {
+        return Ok(None);
+    }
+    let (n, _) = tokens(run, &model, frames);
+    let act = |depth: usize, batch: usize| activation_bytes(depth, model.hidden_size(), n, batch);
+    let frozen = p.saturating_mul(VALUE);
+    let flow_stage = |t: &TrainConfig, frozen_copies: u64| {
+        let states = trained_bytes(p, &t.optimizer, t.ema_decay.is_some())
+            .saturating_add(frozen_copies.saturating_mul(frozen));
+        (
+            t.batch_size,
+            StepMemory {
+                states,
+                activations: act(model.depth, t.batch_size),
+            },
+        )
+    };
+    Ok(match stage {
+        // Trained student + `frozen_copies` frozen networks of the same size.
+        Stage::Pretrain => run.pretrain.as_ref().map(|c| flow_stage(&c.train, 0)),
+        Stage::Distill => run.distill.as_ref().map(|c| flow_stage(&c.train, 1)),
+        // The student, the frozen teacher and the target network.
+        Stage::Consistency => run.consistency.as_ref().map(|c| flow_stage(&c.train, 2)),
+        Stage::AptImage | Stage::Apt => run.apt.as_ref().map(|cfg| {
+            let taps = cfg
+                .discriminator
+                .taps
+                .clone()
+                .unwrap_or_else(|| default_taps(model.depth));
+            let d_depth = taps.iter().copied().max().unwrap_or(model.depth);
+            let pd = discriminator_param_count(&model, taps.len());
+            let d_optimizer = cfg.train.optimizer_d.unwrap_or(cfg.train.optimizer);
+            let states = trained_bytes(p, &cfg.train.optimizer, cfg.train.ema_decay.is_some())
+                .saturating_add(trained_bytes(pd, &d_optimizer, false));
+            let b = cfg.train.batch_size;
+            let d_step = act(d_depth, b).saturating_mul(3);
+            let g_step = act(model.depth, b).saturating_add(act(d_depth, b));
+            (
+                b,
+                StepMemory {
+                    states,
+                    activations: d_step.max(g_step),
+                },
+            )
+        }),
+    })
+}
+
+/// This machine's memory in bytes (`MemTotal`), when the system says.
+pub fn machine_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Bytes as `1.2 GB` / `345 MB`.
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else {
+        format!("{:.0} MB", b / 1e6)
+    }
+}
+
+/// Fails, naming the stage's batch size, when one training step of a stage in `stages` needs
+/// more memory than this machine has (CPU runs; a GPU's memory is not known here).
+pub fn check_fits(run: &RunConfig, stages: &[Stage]) -> Result<()> {
+    if run.device()? != tch::Device::Cpu {
+        return Ok(());
+    }
+    let Some(available) = machine_memory() else {
+        return Ok(());
+    };
+    for &stage in stages {
+        if let Some((batch, m)) = estimate(run, stage)? {
+            if m.total() > available {
+                return Err(config_error(
+                    &format!("{}.train.batch_size", stage.section()),
+                    format!(
+                        "= {batch}: one {stage} step needs about {} ({} states + {} \
+                         activations), more than this machine's {}; lower the batch size \
+                         (grad_accum keeps the effective batch)",
+                        human_bytes(m.total()),
+                        human_bytes(m.states),
+                        human_bytes(m.activations),
+                        human_bytes(available)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes one no-gradient forward of `model` needs for a batch of clips of `shape`
+/// `[C, T, H, W]` (input, output, and the widest per-block activations; attention scores when
+/// the math path is used), or `None` when the count overflows.
+pub fn sample_bytes(model: &MmditConfig, batch: u64, shape: [u64; 4]) -> Option<u64> {
+    let [pt, ph, pw] = model.patch_size.map(|p| p as u64);
+    let elements = shape.iter().try_fold(batch, |acc, &v| acc.checked_mul(v))?;
+    let tokens = (shape[1] / pt.max(1))
+        .checked_mul(shape[2] / ph.max(1))?
+        .checked_mul(shape[3] / pw.max(1))?;
+    let width = model.hidden_size() as u64;
+    // Hidden states, q/k/v/out and the MLP's inner layer: about 16 × width per token.
+    let per_token = width.checked_mul(16 + 4 * model.mlp_ratio as u64)?;
+    let activations = batch.checked_mul(tokens)?.checked_mul(per_token)?;
+    let scores = match model.attention {
+        apt_mmdit::AttentionBackend::Math => batch
+            .checked_mul(model.num_heads as u64)?
+            .checked_mul(tokens.checked_mul(tokens)?)?,
+        _ => 0,
+    };
+    elements
+        .checked_mul(4)?
+        .checked_add(activations)?
+        .checked_add(scores)?
+        .checked_mul(VALUE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adamw_with_ema_holds_five_copies_and_rmsprop_four() {
+        let adamw = OptimizerConfig::Adamw {
+            lr: 1e-4,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let rms = OptimizerConfig::Rmsprop {
+            lr: 1e-4,
+            alpha: 0.9,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            centered: false,
+        };
+        assert_eq!(trained_bytes(1000, &adamw, true), 1000 * 4 * 5);
+        assert_eq!(trained_bytes(1000, &rms, true), 1000 * 4 * 4);
+        assert_eq!(activation_bytes(2, 8, 10, 3), 2 * 8 * 10 * 3 * 68);
+        assert_eq!(activation_bytes(usize::MAX, 8, 10, 3), u64::MAX);
+        assert_eq!(human_bytes(2_500_000_000), "2.5 GB");
+    }
+
+    #[test]
+    fn sample_memory_overflows_to_none_and_grows_with_the_clip() {
+        let cfg = MmditConfig::preset("tiny").unwrap();
+        let small = sample_bytes(&cfg, 1, [4, 2, 16, 16]).unwrap();
+        let big = sample_bytes(&cfg, 1, [4, 2, 32, 32]).unwrap();
+        assert!(big > 3 * small, "{small} {big}");
+        assert_eq!(sample_bytes(&cfg, u64::MAX, [4, 2, 16, 16]), None);
+    }
+}

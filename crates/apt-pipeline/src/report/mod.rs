@@ -1,0 +1,251 @@
+//! The run's evaluation and `report.md`: every generator on the same held-out prompts
+//! (`metrics.json`), loss curves as PNG plots (`plots/`) and side-by-side GIFs (`samples/`).
+//! Everything is computed before anything is written, so an interrupted evaluation leaves the
+//! previous report as it was.
+
+pub mod plots;
+pub mod table;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use apt_flow::train::MetricsLog;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+use crate::error::{io_error, Result};
+use crate::eval::{evaluate_run, side_by_side, EvaluatedModel, RunModels};
+use crate::run_dir::{write_atomically, write_json, RunDir, Stage};
+use plots::{draw_panels, Panel, Series};
+pub use table::{markdown_table, table, verdict};
+
+/// `metrics.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunMetrics {
+    /// One row per generator.
+    pub models: Vec<EvaluatedModel>,
+    /// Seconds each stage's training took (from its `metrics.jsonl`).
+    pub stage_seconds: Vec<(String, f64)>,
+}
+
+/// `(step, field)` of a stage's `metrics.jsonl`, the last line per step.
+fn curve(dir: &RunDir, stage: Stage, field: &str) -> Vec<(f64, f64)> {
+    MetricsLog::read(&dir.stage_metrics(stage))
+        .iter()
+        .filter_map(|m| {
+            let v = m.values.get(field).copied().flatten()?;
+            Some((m.step as f64, v))
+        })
+        .collect()
+}
+
+/// Training seconds of a stage: its last logged `seconds` (time since the stage's start; a
+/// resumed stage counts from its resume).
+fn stage_seconds(dir: &RunDir, stage: Stage) -> Option<f64> {
+    MetricsLog::read(&dir.stage_metrics(stage))
+        .last()
+        .map(|m| m.seconds)
+}
+
+fn series(label: &str, points: Vec<(f64, f64)>) -> Option<Series> {
+    (!points.is_empty()).then(|| Series {
+        label: label.into(),
+        points,
+    })
+}
+
+/// Writes `plots/losses.png` (flow losses) and `plots/apt.png` (G, D, aR1, D(real)/D(fake)).
+fn write_plots(dir: &RunDir) -> std::result::Result<Vec<PathBuf>, String> {
+    let plots = dir.plots_dir();
+    std::fs::create_dir_all(&plots).map_err(|e| format!("{}: {e}", plots.display()))?;
+    let mut written = Vec::new();
+    let flow: Vec<Panel> = [
+        (Stage::Pretrain, "teacher: rectified-flow loss"),
+        (Stage::Distill, "distillation: one-step loss"),
+        (Stage::Consistency, "consistency distillation loss"),
+    ]
+    .into_iter()
+    .filter_map(|(stage, title)| {
+        series("loss", curve(dir, stage, "loss")).map(|s| Panel {
+            title: title.into(),
+            series: vec![s],
+            log_y: true,
+        })
+    })
+    .collect();
+    if !flow.is_empty() {
+        let path = plots.join("losses.png");
+        draw_panels(&path, &flow, flow.len().min(3))?;
+        written.push(path);
+    }
+    if dir.stage_metrics(Stage::Apt).is_file() {
+        let apt = |field: &str| curve(dir, Stage::Apt, field);
+        let panels = vec![
+            Panel {
+                title: "APT: generator loss (non-saturating)".into(),
+                series: series("G", apt("g_loss")).into_iter().collect(),
+                log_y: false,
+            },
+            Panel {
+                title: "APT: discriminator loss (BCE)".into(),
+                series: series("D", apt("d_loss")).into_iter().collect(),
+                log_y: false,
+            },
+            Panel {
+                title: "APT: λ·approximated R1".into(),
+                series: series("aR1", apt("ar1")).into_iter().collect(),
+                log_y: true,
+            },
+            Panel {
+                title: "APT: D logits".into(),
+                series: [
+                    series("D(real)", apt("d_real")),
+                    series("D(fake)", apt("d_fake")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+                log_y: false,
+            },
+        ];
+        let path = plots.join("apt.png");
+        draw_panels(&path, &panels, 2)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn relative(dir: &RunDir, path: &Path) -> String {
+    path.strip_prefix(dir.root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// Evaluates the run, writes `metrics.json`, the plots, the GIFs and `report.md`, and returns
+/// the report's path and the metrics. `progress(done, total, name)` follows the evaluation;
+/// raising `stop` ends it with [`crate::PipelineError::Interrupted`] before anything is
+/// written.
+pub fn evaluate_and_write(
+    run: &RunConfig,
+    dir: &RunDir,
+    stop: &AtomicBool,
+    progress: impl FnMut(usize, usize, &str),
+) -> Result<(PathBuf, RunMetrics)> {
+    tracing::info!(prompts = run.report.prompts, "evaluating every generator");
+    run.apply_threads();
+    let models = RunModels::load(run, dir)?;
+    // The attribute estimator reads moving shapes only; other data get curves and no table.
+    let benchmark = run.data.shapes().is_some();
+    let (rows, strips) = if benchmark {
+        let rows = evaluate_run(
+            run,
+            &models,
+            run.report.prompts,
+            &run.report.teacher,
+            stop,
+            progress,
+        )?;
+        let strips = side_by_side(run, &models, run.report.gifs, &run.report.teacher, stop)?;
+        (rows, strips)
+    } else {
+        tracing::warn!(
+            "the evaluation table needs the moving-shapes benchmark; writing curves only"
+        );
+        (Vec::new(), Vec::new())
+    };
+    let stage_seconds: Vec<(String, f64)> = [
+        Stage::Pretrain,
+        Stage::Distill,
+        Stage::Consistency,
+        Stage::Apt,
+    ]
+    .into_iter()
+    .filter_map(|s| stage_seconds(dir, s).map(|t| (s.name().to_string(), t)))
+    .collect();
+    let metrics = RunMetrics {
+        models: rows,
+        stage_seconds,
+    };
+    write_json(&dir.metrics_file(), &metrics)?;
+    // A machine without the font still gets its report (the numbers), with a note.
+    let (plots, plot_note) = match write_plots(dir) {
+        Ok(p) => (p, None),
+        Err(e) => {
+            let e = format!("drawing the loss curves: {e}");
+            tracing::warn!("{e}; the report has no plots");
+            (Vec::new(), Some(e))
+        }
+    };
+    let samples = dir.samples_dir();
+    std::fs::create_dir_all(&samples).map_err(io_error(&samples))?;
+    let mut gifs = Vec::new();
+    for (k, s) in strips.iter().enumerate() {
+        let path = samples.join(format!("prompt-{k}.gif"));
+        apt_data::write_video(&path, &s.strip, 4.0)?;
+        gifs.push((path, s));
+    }
+
+    let mut md = String::from("# Run report\n\n");
+    md.push_str(&format!(
+        "Run `{}`; {} held-out moving-shapes prompts (evaluation seed, not the training \
+         seed), the same noise for every generator; the teacher samples with {} Euler steps \
+         and CFG {}.\n\n",
+        run.out.display(),
+        run.report.prompts,
+        run.report.teacher.steps,
+        run.report.teacher.cfg_scale
+    ));
+    if benchmark {
+        md.push_str(&markdown_table(&metrics.models));
+    } else {
+        md.push_str(
+            "No evaluation table: the text-alignment, sharpness and Fréchet metrics read \
+             moving-shapes clips with the attribute estimator, and this run trains on files. \
+             Use `apt sample` on the stage directories to look at samples.\n",
+        );
+    }
+    md.push_str(
+        "\n*colour / direction / shape*: share of clips whose main object matches the caption \
+         (attribute estimator; chance 1/8, 1/8, 1/3). *sharpness vs real*: edge sharpness over \
+         that of the real renders of the same prompts. *Fréchet*: distance between Gaussians fitted \
+         to 16 estimator features per clip (colour, background, size, size variation, start, \
+         velocity, sharpness, outline moments, colour drift; standardised by the real set) of the \
+         generated and the real clips. *start coverage*: share of the real clips' 4×4 start cells \
+         the generated clips also start in (mode collapse lowers it). *size variation*: area std / \
+         mean across frames; *colour drift*: RGB distance of each frame's object colour from its \
+         mean. *ms / clip*: generation time per clip in batches of 16.\n\n",
+    );
+    md.push_str("## What APT does here\n\n");
+    md.push_str(&verdict(&metrics.models));
+    if !metrics.stage_seconds.is_empty() {
+        md.push_str("\nTraining time: ");
+        let parts: Vec<String> = metrics
+            .stage_seconds
+            .iter()
+            .map(|(s, t)| format!("{s} {:.1} min", t / 60.0))
+            .collect();
+        md.push_str(&parts.join(", "));
+        md.push_str(".\n");
+    }
+    md.push_str("\n## Loss curves\n\n");
+    if let Some(note) = plot_note {
+        md.push_str(&format!("(no plots: {note})\n\n"));
+    }
+    for p in &plots {
+        md.push_str(&format!("![{0}]({0})\n\n", relative(dir, p)));
+    }
+    md.push_str("## Samples\n\n");
+    for (path, s) in &gifs {
+        md.push_str(&format!(
+            "**{}** — {}\n\n![{}]({})\n\n",
+            s.caption,
+            s.columns.join(" | "),
+            s.caption,
+            relative(dir, path)
+        ));
+    }
+    let path = dir.report_file();
+    write_atomically(&path, md.as_bytes())?;
+    Ok((path, metrics))
+}

@@ -1,0 +1,240 @@
+//! Claiming a run directory: every check runs before anything in it changes — the config
+//! against the data, memory, the lock, the config of record (`config.toml`) against the new
+//! one, checkpoints against `--resume` — and only then is the config of record written.
+
+use std::path::Path;
+
+use crate::config::RunConfig;
+use crate::error::{config_error, io_error, PipelineError, Result};
+use crate::lock::RunLock;
+use crate::memory;
+use crate::run_dir::{RunDir, Stage};
+
+/// Which stages `apt train` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// Every configured stage in order, then the evaluation and report.
+    All,
+    /// One stage (`Apt` includes the image stage before it, when configured).
+    One(Stage),
+}
+
+/// The stages `selection` runs for `config`, in order. A selected stage whose section is
+/// missing is an error naming the section.
+pub fn planned_stages(config: &RunConfig, selection: Selection) -> Result<Vec<Stage>> {
+    let image = config.apt.as_ref().is_some_and(|a| a.image.is_some());
+    let configured = |s: Stage| match s {
+        Stage::Pretrain => config.pretrain.is_some(),
+        Stage::Distill => config.distill.is_some(),
+        Stage::Consistency => config.consistency.is_some(),
+        Stage::AptImage => image,
+        Stage::Apt => config.apt.is_some(),
+    };
+    let stages: Vec<Stage> = match selection {
+        Selection::All => Stage::ALL.into_iter().filter(|&s| configured(s)).collect(),
+        Selection::One(Stage::Apt | Stage::AptImage) if config.apt.is_some() => {
+            [Stage::AptImage, Stage::Apt]
+                .into_iter()
+                .filter(|&s| configured(s))
+                .collect()
+        }
+        Selection::One(s) if configured(s) => vec![s],
+        Selection::One(s) => {
+            return Err(config_error(
+                s.section(),
+                format!("section missing: the config has no [{}]", s.section()),
+            ))
+        }
+    };
+    if stages.is_empty() {
+        return Err(config_error(
+            "pretrain",
+            "no stage is configured ([pretrain], [distill], [consistency] or [apt])",
+        ));
+    }
+    Ok(stages)
+}
+
+/// A run directory claimed by this process: checked, locked, its config of record written.
+#[derive(Debug)]
+pub struct OpenRun {
+    /// The run's config.
+    pub config: RunConfig,
+    /// Its files.
+    pub dir: RunDir,
+    _lock: RunLock,
+}
+
+impl OpenRun {
+    /// Claims `config.out` for training `stages` (from [`planned_stages`]). With `resume`,
+    /// stages continue from their newest checkpoint; without, a stage that already holds
+    /// checkpoints is an error. An explicit stage (`explicit`) resumed with nothing to resume
+    /// is an error too. Nothing in the directory changes unless every check passes.
+    pub fn for_training(
+        config: RunConfig,
+        stages: &[Stage],
+        resume: bool,
+        explicit: bool,
+    ) -> Result<Self> {
+        config.model()?;
+        memory::check_fits(&config, stages)?;
+        let dir = RunDir::new(&config.out);
+        let created = !dir.root().exists();
+        std::fs::create_dir_all(dir.root()).map_err(io_error(dir.root()))?;
+        let claimed = RunLock::acquire(&dir).and_then(|lock| {
+            check_against_the_run(&config, &dir, stages, resume, explicit)?;
+            crate::run_dir::write_atomically(
+                &dir.config_file(),
+                config.to_toml_string().as_bytes(),
+            )?;
+            Ok(lock)
+        });
+        match claimed {
+            Ok(lock) => Ok(Self {
+                config,
+                dir,
+                _lock: lock,
+            }),
+            Err(e) => {
+                if created {
+                    // Only the lock file is in it: leave no trace of a refused run.
+                    let _ = std::fs::remove_dir_all(dir.root());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Claims an existing run directory to evaluate it (`apt eval`): locked, its config read
+    /// from `config.toml` (with `out` set to `dir`, which may have moved).
+    pub fn for_evaluation(dir: &Path) -> Result<Self> {
+        let run = RunDir::new(dir);
+        if !run.config_file().is_file() {
+            return Err(PipelineError::File {
+                path: dir.to_path_buf(),
+                reason: "is not a run directory (no config.toml)".into(),
+            });
+        }
+        let lock = RunLock::acquire(&run)?;
+        let mut config = RunConfig::from_file(&run.config_file())?;
+        config.out = dir.to_path_buf();
+        Ok(Self {
+            config,
+            dir: run,
+            _lock: lock,
+        })
+    }
+}
+
+/// Keys that may differ from the run's config of record whatever state the run is in: where
+/// it runs and how it is reported.
+fn always_free(key: &str) -> bool {
+    ["out", "device", "threads", "text.cache"].contains(&key) || key.starts_with("report.")
+}
+
+/// Keys of a stage's section that may differ after the stage has started: how long it trains
+/// and how it checkpoints, previews and evaluates — not what it has trained so far.
+fn free_in_a_started_stage(rest: &str) -> bool {
+    [
+        "train.steps",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.max_nonfinite",
+        "train.preview_every",
+        "image.steps",
+    ]
+    .contains(&rest)
+        || rest.starts_with("eval.")
+}
+
+/// The stages whose exported models `stage` starts from.
+fn prerequisites(config: &RunConfig, stage: Stage) -> Vec<Stage> {
+    let apt = config.apt.as_ref();
+    let student = match apt.map(|a| a.generator_init) {
+        Some(crate::config::GeneratorInit::Consistency) => Stage::Consistency,
+        _ => Stage::Distill,
+    };
+    match stage {
+        Stage::Pretrain => vec![],
+        Stage::Distill | Stage::Consistency => vec![Stage::Pretrain],
+        Stage::AptImage => vec![Stage::Pretrain, student],
+        Stage::Apt if apt.is_some_and(|a| a.image.is_some()) => {
+            vec![Stage::Pretrain, Stage::AptImage]
+        }
+        Stage::Apt => vec![Stage::Pretrain, student],
+    }
+}
+
+fn check_against_the_run(
+    config: &RunConfig,
+    dir: &RunDir,
+    stages: &[Stage],
+    resume: bool,
+    explicit: bool,
+) -> Result<()> {
+    if dir.config_file().is_file() {
+        let saved = RunConfig::from_file(&dir.config_file()).map_err(|e| PipelineError::File {
+            path: dir.config_file(),
+            reason: format!(
+                "the run's config of record does not load ({e}); start a new run directory"
+            ),
+        })?;
+        let refused: Vec<String> = crate::config::changed_keys(&saved, config)
+            .into_iter()
+            .filter(|c| {
+                if always_free(&c.key) {
+                    return false;
+                }
+                let (section, rest) = c.key.split_once('.').unwrap_or((&c.key, ""));
+                let owners: Vec<Stage> = Stage::ALL
+                    .into_iter()
+                    .filter(|s| s.section() == section)
+                    .collect();
+                let started = owners.iter().any(|&s| dir.has_state(s));
+                // Shared keys (seed, model, data, text) bind once any stage has state.
+                let shared_bound =
+                    owners.is_empty() && Stage::ALL.iter().any(|&s| dir.has_state(s));
+                shared_bound || (started && !free_in_a_started_stage(rest))
+            })
+            .map(|c| c.to_string())
+            .collect();
+        if !refused.is_empty() {
+            return Err(PipelineError::File {
+                path: dir.config_file(),
+                reason: format!(
+                    "this run was trained with a different config: {}. Use the run's own \
+                     config (its config.toml), or a new `out` directory",
+                    refused.join("; ")
+                ),
+            });
+        }
+    }
+    for (i, &stage) in stages.iter().enumerate() {
+        for needed in prerequisites(config, stage) {
+            if !stages[..i].contains(&needed) && !dir.export_path(needed).is_file() {
+                return Err(PipelineError::File {
+                    path: dir.export_path(needed),
+                    reason: format!(
+                        "missing: run the `{needed}` stage first (`{stage}` starts from it)"
+                    ),
+                });
+            }
+        }
+        if !resume && dir.has_checkpoints(stage) {
+            return Err(PipelineError::File {
+                path: dir.checkpoints(stage),
+                reason: "already holds checkpoints: pass --resume to continue, or remove it to \
+                         start over"
+                    .into(),
+            });
+        }
+    }
+    if resume && explicit && !stages.iter().any(|&s| dir.has_state(s)) {
+        return Err(PipelineError::File {
+            path: dir.stage(stages[stages.len() - 1]),
+            reason: "has no checkpoint to resume from: run without --resume to start the stage"
+                .into(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Stage 2b: consistency distillation on the training data (the paper's initialisation for
+//! APT): the student starts from the teacher's weights; with an EMA target, a separate model
+//! holds the student's EMA and is refreshed after every update.
+
+use apt_flow::distill::{ConsistencyStep, ConsistencyTarget};
+use apt_flow::train::{Part, Trainer};
+use apt_flow::{Finish, TensorRng};
+
+use super::common::{new_model, start_or_resume, student_from_teacher, Follow};
+use super::distill::finish_student;
+use super::{Outcome, StageRun};
+use crate::data::TrainData;
+use crate::error::{config_error, Result};
+use crate::run_dir::Stage;
+use crate::text::TextConditioner;
+
+/// Consistency distillation: the student (resumable), then its export and evaluation.
+pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
+    let run = ctx.config;
+    let cfg = run
+        .consistency
+        .as_ref()
+        .ok_or_else(|| config_error("consistency", "section missing"))?;
+    run.apply_threads();
+    let device = run.device()?;
+    let (vs, student, teacher) = student_from_teacher(run, ctx.dir, device)?;
+    let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
+    let dir = ctx.dir.stage(Stage::Consistency);
+    let part = Part::new("model", vs, cfg.train.optimizer, cfg.train.ema_decay)?;
+    let rng = TensorRng::new(run.seed, 0);
+    let mut trainer = Trainer::new("consistency", &dir, &cfg.train, vec![part], rng)?;
+    trainer.stop = ctx.stop.clone();
+    let (target_vs, target_model) = new_model(&run.model()?, run.seed, device)?;
+    let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?;
+    let ema_target = (cfg.target == ConsistencyTarget::Ema).then_some((&target_model, &target_vs));
+    let mut step = ConsistencyStep::new(
+        &cfg.method(),
+        &student,
+        &teacher.model,
+        ema_target,
+        &mut data,
+        &text,
+        cfg.train.batch_size,
+        device,
+    )?;
+    start_or_resume(&mut trainer, &mut step, ctx, Stage::Consistency)?;
+    let mut follow = Follow {
+        stage: Stage::Consistency,
+        progress: &mut *ctx.progress,
+    };
+    if trainer.run(&mut step, &mut follow)? == Finish::Stopped {
+        return Ok(Outcome::Stopped);
+    }
+    let bad_samples = data.skipped();
+    finish_student(
+        ctx,
+        Stage::Consistency,
+        &trainer,
+        cfg.eval.as_ref(),
+        &text,
+        bad_samples,
+    )
+}

@@ -1,0 +1,206 @@
+//! Stage 2a: deterministic distillation. The teacher's ODE pairs are generated into shard files
+//! (shard `k` is a pure function of the seed, `k` and the configs, so an interrupted generation
+//! resumes where it stopped and reproduces the same pairs), then the student — initialised
+//! from the teacher — learns `z − Ĝ(z, c, 1) ≈ x_teacher`.
+
+use std::path::{Path, PathBuf};
+
+use apt_data::shapes::Split;
+use apt_data::Skipped;
+use apt_flow::distill::{PairDistillStep, Pairs};
+use apt_flow::train::{MetricsLog, Part, Trainer};
+use apt_flow::{Conditioning, Finish, TensorRng};
+use apt_mmdit::Mmdit;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use super::common::{export_part, one_and_two_step, start_or_resume, student_from_teacher, Follow};
+use super::{Outcome, StageReport, StageRun};
+use crate::config::{DistillSection, EvalConfig};
+use crate::error::{config_error, io_error, PipelineError, Result};
+use crate::eval::AlignmentReport;
+use crate::run_dir::{write_json, Stage};
+use crate::text::TextConditioner;
+
+/// What a distillation stage produced (`distill/` or `consistency/report.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DistillReport {
+    /// Updates.
+    pub steps: u64,
+    /// Mean loss of the last 10% of updates.
+    pub final_loss: f64,
+    /// One-step text alignment.
+    pub one_step: Option<AlignmentReport>,
+    /// Zero-shot two-step text alignment.
+    pub two_step: Option<AlignmentReport>,
+    /// The exported student weights.
+    pub student: PathBuf,
+    /// Training files skipped as unreadable, with the reason.
+    #[serde(default)]
+    pub bad_samples: Vec<Skipped>,
+}
+
+/// Generates (or completes) the pair shards in `dir` and loads them; checks the stop flag
+/// between shards ([`PipelineError::Interrupted`]).
+fn teacher_pairs(
+    ctx: &mut StageRun,
+    cfg: &DistillSection,
+    teacher: &Mmdit,
+    text: &TextConditioner,
+    dir: &Path,
+) -> Result<Pairs> {
+    let run = ctx.config;
+    let (
+        Some(shapes),
+        crate::data::DataConfig::Shapes {
+            seed: data_seed, ..
+        },
+    ) = (run.data.shapes(), &run.data)
+    else {
+        return Err(config_error(
+            "data",
+            "deterministic distillation draws its prompts from the moving-shapes benchmark",
+        ));
+    };
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let device = run.device()?;
+    let null = text.null()?;
+    let shards = cfg.pairs.div_ceil(cfg.shard_size);
+    let [c, t, h, w] = run.data.clip_shape();
+    let mut loaded = Vec::with_capacity(shards);
+    for k in 0..shards {
+        if ctx.stopping() {
+            return Err(PipelineError::Interrupted);
+        }
+        let path = dir.join(format!("shard-{k:05}.safetensors"));
+        let n = cfg.shard_size.min(cfg.pairs - k * cfg.shard_size);
+        if !path.is_file() {
+            let first = (k * cfg.shard_size) as u64;
+            let captions: Vec<String> = (first..first + n as u64)
+                .map(|i| {
+                    shapes
+                        .draw(data_seed.wrapping_add(2_000_003), i, Split::Train)
+                        .map(|s| shapes.caption(&s))
+                })
+                .collect::<std::result::Result<_, _>>()?;
+            let cond = text.batch(&captions, &[])?;
+            let z =
+                TensorRng::new(run.seed, 1_000 + k as u64).normal(&[n as i64, c, t, h, w], device);
+            let pairs = Pairs::generate(teacher, z, cond, &null, &cfg.teacher)?;
+            write_shard(&path, &pairs)?;
+        }
+        loaded.push(read_shard(&path, n)?);
+        ctx.progress.pairs(k + 1, shards);
+    }
+    Ok(Pairs::cat(&loaded, device))
+}
+
+fn write_shard(path: &Path, pairs: &Pairs) -> Result<()> {
+    let cpu = |t: &Tensor| t.to_device(Device::Cpu);
+    let tensors = [
+        ("z", cpu(&pairs.z)),
+        ("x", cpu(&pairs.x)),
+        ("context", cpu(&pairs.cond.context)),
+        ("pooled", cpu(&pairs.cond.pooled)),
+    ];
+    apt_mmdit::weights::write_atomically(path, |tmp| {
+        Tensor::write_safetensors(&tensors, tmp).map_err(apt_mmdit::MmditError::from)
+    })?;
+    Ok(())
+}
+
+fn read_shard(path: &Path, n: usize) -> Result<Pairs> {
+    let bad = |reason: String| PipelineError::File {
+        path: path.to_path_buf(),
+        reason: format!("{reason}; delete it to regenerate"),
+    };
+    let read: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
+        .map_err(|e| bad(format!("unreadable pair shard ({e})")))?
+        .into_iter()
+        .collect();
+    let get = |key: &str| -> Result<Tensor> {
+        let t = read
+            .get(key)
+            .ok_or_else(|| bad(format!("missing `{key}`")))?;
+        if t.size()[0] != n as i64 {
+            return Err(bad(format!("holds {} pairs, expected {n}", t.size()[0])));
+        }
+        Ok(t.shallow_clone())
+    };
+    Ok(Pairs {
+        z: get("z")?,
+        x: get("x")?,
+        cond: Conditioning {
+            context: get("context")?,
+            pooled: get("pooled")?,
+        },
+    })
+}
+
+/// Exports the trained student (EMA if any), evaluates one- and two-step generation, and
+/// writes the stage's report.
+pub fn finish_student(
+    ctx: &StageRun,
+    stage: Stage,
+    trainer: &Trainer,
+    eval: Option<&EvalConfig>,
+    text: &TextConditioner,
+    bad_samples: Vec<Skipped>,
+) -> Result<Outcome> {
+    let run = ctx.config;
+    let mcfg = run.model()?;
+    let (student, path) = export_part(run, ctx.dir, stage, &trainer.parts[0], &mcfg, trainer.step)?;
+    let (one_step, two_step) = one_and_two_step(run, &run.data, &student, eval, text, &ctx.stop)?;
+    let losses: Vec<f64> = MetricsLog::read(&ctx.dir.stage_metrics(stage))
+        .iter()
+        .map(|m| m.value("loss"))
+        .collect();
+    let tail = &losses[losses.len() - (losses.len() / 10).max(1).min(losses.len())..];
+    let report = DistillReport {
+        steps: trainer.step,
+        final_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
+        one_step,
+        two_step,
+        student: path,
+        bad_samples,
+    };
+    write_json(&ctx.dir.stage_report(stage), &report)?;
+    Ok(Outcome::Completed(Box::new(StageReport::Distill(report))))
+}
+
+/// Deterministic distillation: pairs (resumable), then the student (resumable).
+pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
+    let run = ctx.config;
+    let cfg = run
+        .distill
+        .as_ref()
+        .ok_or_else(|| config_error("distill", "section missing"))?;
+    run.apply_threads();
+    let device = run.device()?;
+    let (vs, student, teacher) = student_from_teacher(run, ctx.dir, device)?;
+    let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
+    let pairs_dir = ctx.dir.pairs_dir();
+    let pairs = teacher_pairs(ctx, cfg, &teacher.model, &text, &pairs_dir)?;
+    let dir = ctx.dir.stage(Stage::Distill);
+    let part = Part::new("model", vs, cfg.train.optimizer, cfg.train.ema_decay)?;
+    let rng = TensorRng::new(run.seed, 0);
+    let mut trainer = Trainer::new("distill", &dir, &cfg.train, vec![part], rng)?;
+    trainer.stop = ctx.stop.clone();
+    let mut step = PairDistillStep::new(&student, &pairs, cfg.train.batch_size, run.seed);
+    start_or_resume(&mut trainer, &mut step, ctx, Stage::Distill)?;
+    let mut follow = Follow {
+        stage: Stage::Distill,
+        progress: &mut *ctx.progress,
+    };
+    if trainer.run(&mut step, &mut follow)? == Finish::Stopped {
+        return Ok(Outcome::Stopped);
+    }
+    finish_student(
+        ctx,
+        Stage::Distill,
+        &trainer,
+        cfg.eval.as_ref(),
+        &text,
+        vec![],
+    )
+}

@@ -1,0 +1,235 @@
+//! The adversarial stages on a tiny model: the stage runs end to end with previews and its
+//! evaluation, a stopped run resumes to the same generator, and an image stage hands its
+//! generator to the video stage while D restarts from the teacher.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use apt_flow::train::MetricLine;
+use apt_pipeline::stages::apt::{StagePlan, StartingModels};
+use apt_pipeline::stages::{Outcome, Progress, StageReport};
+use apt_pipeline::{run_stage, run_stages, RunConfig, RunDir, Stage, StageRun};
+use tch::Tensor;
+
+fn config_with(out: &Path, cache: &Path, extra: &str) -> RunConfig {
+    let text = format!(
+        r#"
+out = "{out}"
+seed = 5
+threads = 1
+
+[model.config]
+in_channels = 3
+out_channels = 3
+patch_size = [1, 4, 4]
+depth = 2
+num_heads = 2
+head_dim = 16
+context_dim = 384
+pooled_dim = 384
+qk_norm = true
+[model.config.positions]
+kind = "rope3d"
+
+[data]
+kind = "shapes"
+[data.shapes]
+frames = 2
+height = 16
+width = 16
+
+[text]
+tokens = 12
+cache = "{cache}"
+
+[pretrain]
+val_clips = 0
+[pretrain.train]
+steps = 3
+batch_size = 2
+optimizer = {{ kind = "adamw", lr = 1e-3 }}
+
+[distill]
+pairs = 4
+teacher = {{ steps = 2, method = "euler", shift = 1.0, cfg_scale = 2.0 }}
+[distill.train]
+steps = 2
+batch_size = 2
+optimizer = {{ kind = "adamw", lr = 1e-4 }}
+
+[apt]
+eval = {{ prompts = 2, batch = 2, sampler = {{ steps = 1, method = "euler", shift = 1.0, cfg_scale = 1.0 }} }}
+[apt.train]
+steps = 4
+batch_size = 2
+grad_accum = 2
+optimizer = {{ kind = "rmsprop", lr = 1e-4, alpha = 0.9 }}
+optimizer_d = {{ kind = "rmsprop", lr = 1e-4, alpha = 0.9 }}
+ema_decay = 0.995
+checkpoint_every = 2
+preview_every = 2
+{extra}
+"#,
+        out = out.display(),
+        cache = cache.display()
+    );
+    let path = out.with_extension("toml");
+    std::fs::write(&path, text).unwrap();
+    RunConfig::from_file(&path).unwrap()
+}
+
+struct StopAt {
+    at: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Progress for StopAt {
+    fn update(&mut self, _stage: Stage, line: &MetricLine) {
+        if line.step == self.at {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn run(
+    config: &RunConfig,
+    stages: &[Stage],
+    resume: bool,
+    progress: &mut dyn Progress,
+    stop: Arc<AtomicBool>,
+) -> apt_flow::Finish {
+    let dir = RunDir::new(&config.out);
+    let mut ctx = StageRun {
+        config,
+        dir: &dir,
+        resume,
+        stop,
+        progress,
+    };
+    run_stages(&mut ctx, stages, true).unwrap()
+}
+
+fn prepared(dir: &Path, name: &str, extra: &str) -> RunConfig {
+    let run_cfg = config_with(&dir.join(name), &dir.join("cache"), extra);
+    let no = || Arc::new(AtomicBool::new(false));
+    run(&run_cfg, &[Stage::Pretrain], false, &mut (), no());
+    run(&run_cfg, &[Stage::Distill], false, &mut (), no());
+    run_cfg
+}
+
+fn read(p: &Path) -> Vec<(String, Tensor)> {
+    let mut t = Tensor::read_safetensors(p).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+#[test]
+fn the_apt_stage_runs_and_resumes_to_the_same_generator() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = prepared(dir.path(), "a", "");
+    let run_dir = RunDir::new(&straight.out);
+    let mut ctx = StageRun {
+        config: &straight,
+        dir: &run_dir,
+        resume: false,
+        stop: Arc::new(AtomicBool::new(false)),
+        progress: &mut (),
+    };
+    let Outcome::Completed(report) = run_stage(&mut ctx, Stage::Apt).unwrap() else {
+        panic!("stopped")
+    };
+    let StageReport::Apt(report) = *report else {
+        panic!("not an APT report")
+    };
+    assert!(report.initial.is_some() && report.one_step.is_some() && report.two_step.is_some());
+    assert!(dir.path().join("a/apt/previews/step-000002.png").is_file());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("a/apt/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        4
+    );
+
+    let interrupted = prepared(dir.path(), "b", "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut at_1 = StopAt {
+        at: 1,
+        stop: stop.clone(),
+    };
+    let finish = run(&interrupted, &[Stage::Apt], false, &mut at_1, stop);
+    assert_eq!(finish, apt_flow::Finish::Stopped);
+    let finish = run(
+        &interrupted,
+        &[Stage::Apt],
+        true,
+        &mut (),
+        Arc::new(AtomicBool::new(false)),
+    );
+    assert_eq!(finish, apt_flow::Finish::Completed);
+    let (a, b) = (
+        read(&report.generator),
+        read(&dir.path().join("b/apt/generator.safetensors")),
+    );
+    for ((ka, ta), (_, tb)) in a.iter().zip(&b) {
+        assert!(ta.equal(tb), "{ka} differs after resume");
+    }
+}
+
+#[test]
+fn an_image_stage_hands_its_generator_to_the_video_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_cfg = prepared(dir.path(), "run", "[apt.image]\nsteps = 2\nframes = 1\n");
+    let image = StagePlan::new(&run_cfg, Stage::AptImage).unwrap();
+    assert_eq!(
+        (
+            image.train.steps,
+            image.method.sigma,
+            image.discriminator.time_shift,
+            image.generator_init
+        ),
+        (2, 0.01, 1.0, Stage::Distill)
+    );
+    assert_eq!(image.data.clip_shape(), [3, 1, 16, 16]);
+    let video = StagePlan::new(&run_cfg, Stage::Apt).unwrap();
+    assert_eq!(video.generator_init, Stage::AptImage);
+    let finish = run(
+        &run_cfg,
+        &[Stage::AptImage, Stage::Apt],
+        false,
+        &mut (),
+        Arc::new(AtomicBool::new(false)),
+    );
+    assert_eq!(finish, apt_flow::Finish::Completed);
+    for stage in ["apt-image", "apt"] {
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(format!("run/{stage}/report.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["steps"], if stage == "apt" { 4 } else { 2 });
+    }
+    // The video stage starts from the image stage's exported generator, and D from the teacher.
+    let start = StartingModels::load(&run_cfg, &RunDir::new(&run_cfg.out), &video).unwrap();
+    let stored = |p: &str| -> std::collections::HashMap<String, Tensor> {
+        Tensor::read_safetensors(dir.path().join(p))
+            .unwrap()
+            .into_iter()
+            .collect()
+    };
+    let image_g = stored("run/apt-image/generator.safetensors");
+    for (k, v) in start.vs_g.variables() {
+        assert!(v.equal(&image_g[&k]), "{k}");
+    }
+    let teacher = stored("run/pretrain/teacher.safetensors");
+    let backbone: Vec<_> = start
+        .vs_d
+        .variables()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("backbone."))
+        .collect();
+    assert!(!backbone.is_empty());
+    for (k, v) in backbone {
+        assert!(v.equal(&teacher[&k["backbone.".len()..]]), "{k}");
+    }
+}
