@@ -10,9 +10,9 @@ use anyhow::{bail, Context, Result};
 use apt_flow::{sample, Guidance, Method, OneStepGenerator, SamplerConfig, TensorRng};
 use apt_pipeline::config::parse_device;
 use apt_pipeline::memory::{human_bytes, machine_memory, sample_bytes};
-use apt_pipeline::run_dir::load_exported;
+use apt_pipeline::run_dir::{load_exported, MODEL_CONFIG};
 use apt_pipeline::text::TextConditioner;
-use apt_pipeline::RunConfig;
+use apt_pipeline::{RunConfig, RunDir, Stage};
 use clap::Args;
 
 /// Arguments of `apt sample`.
@@ -67,12 +67,8 @@ fn locate(checkpoint: &Path) -> Result<(PathBuf, PathBuf)> {
             .unwrap_or_default();
         return Ok((dir, checkpoint.to_path_buf()));
     }
-    for name in [
-        "generator.safetensors",
-        "student.safetensors",
-        "teacher.safetensors",
-    ] {
-        let f = checkpoint.join(name);
+    for stage in [Stage::Apt, Stage::Distill, Stage::Pretrain] {
+        let f = checkpoint.join(stage.export_file());
         if f.is_file() {
             return Ok((checkpoint.to_path_buf(), f));
         }
@@ -86,8 +82,8 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("--steps must be at least 1");
     }
     let (dir, weights) = locate(&args.checkpoint)?;
-    let run_dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-    let config_file = run_dir.join("config.toml");
+    let run_dir = RunDir::new(dir.parent().map(Path::to_path_buf).unwrap_or_default());
+    let config_file = run_dir.config_file();
     let run = match config_file.is_file() {
         true => Some(RunConfig::from_file(&config_file)?),
         false => None,
@@ -115,12 +111,12 @@ pub fn run(args: SampleArgs) -> Result<()> {
             config_file.display()
         ),
     };
-    let cfg = apt_mmdit::MmditConfig::from_toml_file(dir.join("model.toml"))
+    let cfg = apt_mmdit::MmditConfig::from_toml_file(dir.join(MODEL_CONFIG))
         .with_context(|| format!("{} must sit next to model.toml", weights.display()))?;
     check_shape(&cfg, shape, device)?;
     let cache = match run.as_ref().and_then(|r| r.text.cache.clone()) {
         Some(c) => c,
-        None => run_dir.join("text-cache"),
+        None => run_dir.default_text_cache(),
     };
 
     let start = Instant::now();

@@ -23,3 +23,8 @@ pub use error::{DataError, Result};
 pub use loader::{Batch, Cursor, Loader, LoaderConfig, LoaderStats};
 pub use text::{EmbeddingCache, TextEmbedding, TextEncoder};
 pub use write::write_video;
+
+/// The README's example, compiled as a doctest (`cargo test --doc`).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

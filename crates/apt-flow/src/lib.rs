@@ -28,3 +28,8 @@ pub use rng::TensorRng;
 pub use sampler::{sample, sample_trajectory, Guidance, Method, SamplerConfig};
 pub use timesteps::{shift, TimeDistribution, TimestepSampler};
 pub use train::{Finish, Part, TrainConfig, TrainStep, Trainer};
+
+/// The README's example, compiled as a doctest (`cargo test --doc`).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -233,3 +233,45 @@ fn a_diverging_run_stops_with_the_last_good_checkpoint_intact() {
     let weights = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
     assert_eq!(weights.lines().count(), 6);
 }
+
+#[test]
+fn resuming_with_another_optimizer_kind_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let targets: Vec<f64> = (0..64).map(|i| i as f64 / 64.0).collect();
+    let config = trainer_config(4, 1, 2);
+    let (mut trainer, w) = quadratic_trainer(dir.path(), &config);
+    let mut objective = Quadratic {
+        w: &w,
+        targets: targets.clone(),
+        batch: 4,
+        cursor: Cursor::default(),
+        nan_from: None,
+    };
+    trainer.run(&mut objective, &mut |_: &_| {}).unwrap();
+    let vs = nn::VarStore::new(CPU);
+    let w2 = vs.root().zeros("w", &[1]);
+    let adamw = OptimizerConfig::Adamw {
+        lr: 0.01,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let part = Part::new("model", vs, adamw, None).unwrap();
+    let mut other = Trainer::new(
+        "quad",
+        dir.path(),
+        &config,
+        vec![part],
+        TensorRng::new(0, 0),
+    )
+    .unwrap();
+    let mut objective = Quadratic {
+        w: &w2,
+        targets,
+        batch: 4,
+        cursor: Cursor::default(),
+        nan_from: None,
+    };
+    let err = other.resume(&mut objective).unwrap_err().to_string();
+    assert!(err.contains("rmsprop") && err.contains("adamw"), "{err}");
+}

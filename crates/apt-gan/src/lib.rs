@@ -22,3 +22,8 @@ pub use losses::{
     non_saturating_generator_loss, relativistic_discriminator_loss, relativistic_generator_loss,
     wgan_critic_loss, wgan_generator_loss, Interpolation,
 };
+
+/// The README's example, compiled as a doctest (`cargo test --doc`).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

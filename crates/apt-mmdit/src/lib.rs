@@ -43,3 +43,8 @@ pub use error::{MmditError, Result};
 pub use model::{Mmdit, TapOutput, TIMESTEP_SCALE};
 pub use presets::Preset;
 pub use weights::{load_safetensors, save_safetensors};
+
+/// The README's example, compiled as a doctest (`cargo test --doc`).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -27,3 +27,8 @@ pub use error::{PipelineError, Result};
 pub use run_dir::{RunDir, Stage};
 pub use session::{planned_stages, OpenRun, Selection};
 pub use stages::{run_stage, run_stages, Outcome, Progress, StageReport, StageRun};
+
+/// The README's example, compiled as a doctest (`cargo test --doc`).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

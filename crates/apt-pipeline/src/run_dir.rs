@@ -80,6 +80,9 @@ impl std::fmt::Display for Stage {
     }
 }
 
+/// The model config written next to every exported model.
+pub const MODEL_CONFIG: &str = "model.toml";
+
 /// The format tag of an export's integrity record.
 pub const EXPORT_FORMAT: &str = "apt-rs export v1";
 
@@ -136,6 +139,16 @@ impl RunDir {
         self.root.join("config.toml")
     }
 
+    /// `text-cache/`: the caption embeddings, unless the config puts them elsewhere.
+    pub fn default_text_cache(&self) -> PathBuf {
+        self.root.join("text-cache")
+    }
+
+    /// The model config next to a stage's export.
+    pub fn model_config_file(&self, stage: Stage) -> PathBuf {
+        self.stage(stage).join(MODEL_CONFIG)
+    }
+
     /// `log.txt`: every log event of the runs in this directory.
     pub fn log_file(&self) -> PathBuf {
         self.root.join("log.txt")
@@ -173,12 +186,14 @@ impl RunDir {
 
     /// The stage's checkpoints.
     pub fn checkpoints(&self, stage: Stage) -> PathBuf {
-        self.stage(stage).join("checkpoints")
+        self.stage(stage)
+            .join(apt_flow::train::trainer::CHECKPOINT_DIR)
     }
 
     /// The stage's `metrics.jsonl`.
     pub fn stage_metrics(&self, stage: Stage) -> PathBuf {
-        self.stage(stage).join("metrics.jsonl")
+        self.stage(stage)
+            .join(apt_flow::train::metrics::METRICS_FILE)
     }
 
     /// The stage's `report.json` (written last: its presence means the stage finished).
@@ -240,7 +255,7 @@ impl RunDir {
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         let path = self.export_path(stage);
         apt_mmdit::save_safetensors(vs, &path)?;
-        write_atomically(&dir.join("model.toml"), cfg.to_toml_string().as_bytes())?;
+        write_atomically(&dir.join(MODEL_CONFIG), cfg.to_toml_string().as_bytes())?;
         let (bytes, hash) = checkpoint::fingerprint(&path)?;
         let record = ExportRecord {
             format: EXPORT_FORMAT.into(),
@@ -312,7 +327,7 @@ pub fn load_exported(path: &Path, device: Device) -> Result<LoadedModel> {
         tracing::warn!(weights = %path.display(), "no integrity record next to the weights; loading them unchecked");
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let config = MmditConfig::from_toml_file(dir.join("model.toml"))?;
+    let config = MmditConfig::from_toml_file(dir.join(MODEL_CONFIG))?;
     let vs = nn::VarStore::new(device);
     let model = apt_flow::rng::with_global_seed(0, || Mmdit::new(vs.root(), &config))?;
     apt_mmdit::load_safetensors(&vs, path)?;

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{FlowError, Result};
 
+/// The metrics log's file name, in the loop's directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
 /// One line of `metrics.jsonl`: the stage, the update, every logged value (the step's own —
 /// `loss` for a flow stage; `d_real`, `d_fake`, `d_loss`, `ar1`, `g_loss` for APT — and the
 /// loop's `lr` and `grad_norm`, suffixed `_<part>` when several models train), the non-finite
@@ -70,7 +73,7 @@ impl MetricsLog {
             move |source| FlowError::Io { path, source }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let path = dir.join("metrics.jsonl");
+        let path = dir.join(METRICS_FILE);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -25,6 +25,9 @@ use crate::error::{FlowError, Result};
 use crate::rng::TensorRng;
 use crate::train::TrainConfig;
 
+/// The loop's checkpoint directory, under its run directory.
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+
 /// One trained network: its weights, optimizer and optional EMA.
 #[derive(Debug)]
 pub struct Part {
@@ -199,7 +202,7 @@ impl Trainer {
 
     /// The checkpoint directory.
     pub fn checkpoint_dir(&self) -> PathBuf {
-        self.dir.join("checkpoints")
+        self.dir.join(CHECKPOINT_DIR)
     }
 
     /// Restores everything from the newest intact checkpoint; `Ok(false)` when there is none.

@@ -250,7 +250,7 @@ impl RunConfig {
         self.text
             .cache
             .clone()
-            .unwrap_or_else(|| self.out.join("text-cache"))
+            .unwrap_or_else(|| crate::run_dir::RunDir::new(&self.out).default_text_cache())
     }
 
     /// Sets libtorch's intra-op threads from `threads` (warning when above the machine's cores).

@@ -71,7 +71,7 @@ pub fn student_from_teacher(
             "model",
             format!(
                 "differs from the pre-trained teacher's {}",
-                dir.stage(Stage::Pretrain).join("model.toml").display()
+                dir.model_config_file(Stage::Pretrain).display()
             ),
         ));
     }

@@ -28,7 +28,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let dir = ctx.dir.stage(Stage::Consistency);
     let part = Part::new("model", vs, cfg.train.optimizer, cfg.train.ema_decay)?;
     let rng = TensorRng::new(run.seed, 0);
-    let mut trainer = Trainer::new("consistency", &dir, &cfg.train, vec![part], rng)?;
+    let mut trainer = Trainer::new(Stage::Consistency.name(), &dir, &cfg.train, vec![part], rng)?;
     trainer.stop = ctx.stop.clone();
     let (target_vs, target_model) = new_model(&run.model()?, run.seed, device)?;
     let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?;

@@ -184,7 +184,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let dir = ctx.dir.stage(Stage::Distill);
     let part = Part::new("model", vs, cfg.train.optimizer, cfg.train.ema_decay)?;
     let rng = TensorRng::new(run.seed, 0);
-    let mut trainer = Trainer::new("distill", &dir, &cfg.train, vec![part], rng)?;
+    let mut trainer = Trainer::new(Stage::Distill.name(), &dir, &cfg.train, vec![part], rng)?;
     trainer.stop = ctx.stop.clone();
     let mut step = PairDistillStep::new(&student, &pairs, cfg.train.batch_size, run.seed);
     start_or_resume(&mut trainer, &mut step, ctx, Stage::Distill)?;

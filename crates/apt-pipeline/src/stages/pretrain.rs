@@ -103,7 +103,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let dir = ctx.dir.stage(Stage::Pretrain);
     let part = Part::new("model", vs, cfg.train.optimizer, cfg.train.ema_decay)?;
     let rng = TensorRng::new(run.seed, 0);
-    let mut trainer = Trainer::new("pretrain", &dir, &cfg.train, vec![part], rng)?;
+    let mut trainer = Trainer::new(Stage::Pretrain.name(), &dir, &cfg.train, vec![part], rng)?;
     trainer.stop = ctx.stop.clone();
     let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?;
     let validation = Validation::new(run, cfg.val_clips, &text, device)?;
