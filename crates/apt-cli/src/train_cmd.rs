@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use apt_flow::train::MetricLine;
 use apt_flow::Finish;
-use apt_pipeline::report::{evaluate_and_write, table};
-use apt_pipeline::stages::{run_stages, stage_steps, Outcome, Progress, StageRun};
+use apt_pipeline::report::table;
+use apt_pipeline::stages::{run_all, run_stages, stage_steps, Outcome, Progress, StageRun};
 use apt_pipeline::{planned_stages, OpenRun, RunConfig, Selection, Stage};
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
@@ -139,6 +139,19 @@ impl Progress for Bars {
     fn skipped(&mut self, stage: Stage) {
         println!("{}: finished earlier; skipping", stage.name());
     }
+
+    fn evaluated(&mut self, done: usize, total: usize, name: &str) {
+        let b = self
+            .bar
+            .get_or_insert_with(|| bar(total as u64, "evaluate"));
+        b.set_position(done as u64);
+        b.set_message(name.to_string());
+        tracing::info!(done, total, model = name, "evaluated");
+        if done == total {
+            b.finish_and_clear();
+            self.bar = None;
+        }
+    }
 }
 
 /// Runs the stage(s). Exit code 130 when interrupted (Ctrl-C / SIGTERM) after the current step
@@ -163,7 +176,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     }
     let explicit = args.stage != StageArg::All;
     // Every check passes before anything in the run directory changes.
-    let open = OpenRun::for_training(config, &stages, args.resume, explicit)?;
+    let open = OpenRun::for_training(config, &stages, args.resume)?;
     log_file::open(&open.dir.log_file())?;
     tracing::info!(config = %args.config.display(), out = %open.dir.root().display(), stage = ?args.stage, resume = args.resume, "apt train");
     let stop = stop_flag()?;
@@ -180,32 +193,18 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         stop: stop.clone(),
         progress: &mut bars,
     };
-    if run_stages(&mut ctx, &stages, explicit)? == Finish::Stopped {
+    if !explicit {
+        let Some((path, metrics)) = run_all(&mut ctx, &stages)? else {
+            println!("stopped (training at a checkpoint, or the evaluation before writing anything); continue with --resume");
+            return Ok(ExitCode::from(130));
+        };
+        if !metrics.models.is_empty() {
+            print!("{}", table(&metrics.models));
+        }
+        println!("report      {}", path.display());
+    } else if run_stages(&mut ctx, &stages, explicit)? == Finish::Stopped {
         println!("stopped at a checkpoint; continue with --resume");
         return Ok(ExitCode::from(130));
-    }
-    if args.stage == StageArg::All {
-        let eval_bar = bar(0, "evaluate");
-        let written = evaluate_and_write(&open.config, &open.dir, &stop, |done, total, name| {
-            eval_bar.set_length(total as u64);
-            eval_bar.set_position(done as u64);
-            eval_bar.set_message(name.to_string());
-            tracing::info!(done, total, model = name, "evaluated");
-        });
-        eval_bar.finish_and_clear();
-        match written {
-            Ok((path, metrics)) => {
-                if !metrics.models.is_empty() {
-                    print!("{}", table(&metrics.models));
-                }
-                println!("report      {}", path.display());
-            }
-            Err(e) if e.is_interrupted() => {
-                println!("evaluation stopped before writing; `--resume` evaluates again");
-                return Ok(ExitCode::from(130));
-            }
-            Err(e) => return Err(e.into()),
-        }
     }
     Ok(ExitCode::SUCCESS)
 }

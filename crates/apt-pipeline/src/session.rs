@@ -67,22 +67,18 @@ pub struct OpenRun {
 
 impl OpenRun {
     /// Claims `config.out` for training `stages` (from [`planned_stages`]). With `resume`,
-    /// stages continue from their newest checkpoint; without, a stage that already holds
-    /// checkpoints is an error. An explicit stage (`explicit`) resumed with nothing to resume
-    /// is an error too. Nothing in the directory changes unless every check passes.
-    pub fn for_training(
-        config: RunConfig,
-        stages: &[Stage],
-        resume: bool,
-        explicit: bool,
-    ) -> Result<Self> {
+    /// stages continue from their newest checkpoint (finished ones are skipped); without, a
+    /// stage that already holds checkpoints is an error, and so is resuming when none of the
+    /// stages has anything to resume. Nothing in the directory changes unless every check
+    /// passes.
+    pub fn for_training(config: RunConfig, stages: &[Stage], resume: bool) -> Result<Self> {
         config.model()?;
         memory::check_fits(&config, stages)?;
         let dir = RunDir::new(&config.out);
         let created = !dir.root().exists();
         std::fs::create_dir_all(dir.root()).map_err(io_error(dir.root()))?;
         let claimed = RunLock::acquire(&dir).and_then(|lock| {
-            check_against_the_run(&config, &dir, stages, resume, explicit)?;
+            check_against_the_run(&config, &dir, stages, resume)?;
             crate::run_dir::write_atomically(
                 &dir.config_file(),
                 config.to_toml_string().as_bytes(),
@@ -170,7 +166,6 @@ fn check_against_the_run(
     dir: &RunDir,
     stages: &[Stage],
     resume: bool,
-    explicit: bool,
 ) -> Result<()> {
     if dir.config_file().is_file() {
         let saved = RunConfig::from_file(&dir.config_file()).map_err(|e| PipelineError::File {
@@ -229,11 +224,14 @@ fn check_against_the_run(
             });
         }
     }
-    if resume && explicit && !stages.iter().any(|&s| dir.has_state(s)) {
+    if resume && !stages.iter().any(|&s| dir.has_state(s)) {
+        let path = match stages {
+            [one] => dir.stage(*one),
+            _ => dir.root().to_path_buf(),
+        };
         return Err(PipelineError::File {
-            path: dir.stage(stages[stages.len() - 1]),
-            reason: "has no checkpoint to resume from: run without --resume to start the stage"
-                .into(),
+            path,
+            reason: "has no checkpoint to resume from: run without --resume to start".into(),
         });
     }
     Ok(())

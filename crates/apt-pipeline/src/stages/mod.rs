@@ -8,6 +8,7 @@ pub mod consistency;
 pub mod distill;
 pub mod pretrain;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use serde::Serialize;
 use crate::config::RunConfig;
 use crate::error::Result;
 use crate::memory::train_config;
+use crate::report::{evaluate_and_write, RunMetrics};
 use crate::run_dir::{RunDir, Stage};
 
 pub use apt::AptReport;
@@ -37,6 +39,8 @@ pub trait Progress {
     fn stage_end(&mut self, _stage: Stage, _outcome: &Outcome) {}
     /// A finished stage is skipped (resuming).
     fn skipped(&mut self, _stage: Stage) {}
+    /// The run's evaluation: `done` of `total` generators, the last one `name`.
+    fn evaluated(&mut self, _done: usize, _total: usize, _name: &str) {}
 }
 
 impl Progress for () {}
@@ -113,6 +117,23 @@ pub fn run_stage(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
     }?;
     ctx.progress.stage_end(stage, &outcome);
     Ok(outcome)
+}
+
+/// `--stage all`: every stage in `stages` (finished ones skipped when resuming), then the
+/// run's evaluation and report. `None` when stopped (a stage at a checkpoint, or the
+/// evaluation before writing anything).
+pub fn run_all(ctx: &mut StageRun, stages: &[Stage]) -> Result<Option<(PathBuf, RunMetrics)>> {
+    if run_stages(ctx, stages, false)? == Finish::Stopped {
+        return Ok(None);
+    }
+    let progress = &mut *ctx.progress;
+    match evaluate_and_write(ctx.config, ctx.dir, &ctx.stop, |done, total, name| {
+        progress.evaluated(done, total, name)
+    }) {
+        Ok(written) => Ok(Some(written)),
+        Err(e) if e.is_interrupted() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Runs `stages` in order (see [`crate::session::planned_stages`]); when resuming, finished
