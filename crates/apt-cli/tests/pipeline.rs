@@ -38,6 +38,7 @@ fn smoke_pipeline_writes_the_report_and_keeps_its_golden_losses() {
         "pretrain/checkpoints/latest",
         "distill/student.safetensors",
         "apt/generator.safetensors",
+        "apt/generator-raw.safetensors",
         "apt/metrics.jsonl",
     ] {
         assert!(out.join(file).is_file(), "missing {file}");
@@ -46,8 +47,11 @@ fn smoke_pipeline_writes_the_report_and_keeps_its_golden_losses() {
     for row in [
         "teacher (4-step CFG 2)",
         "distilled one-step",
+        "distilled two-step",
         "APT one-step",
+        "APT one-step (raw G)",
         "APT two-step",
+        "Difference to the reference row",
     ] {
         assert!(report.contains(row), "{report}");
     }
@@ -82,11 +86,24 @@ fn smoke_pipeline_writes_the_report_and_keeps_its_golden_losses() {
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     let models = metrics["models"].as_array().unwrap();
-    assert_eq!(models.len(), 4);
+    assert_eq!(models.len(), 6);
     for m in models {
         let fd = m["report"]["frechet"].as_f64().unwrap();
         assert!(fd.is_finite() && fd >= 0.0, "{m}");
+        let i = &m["intervals"]["metrics"]["frechet"];
+        let (lo, hi) = (i["lo"].as_f64().unwrap(), i["hi"].as_f64().unwrap());
+        assert!(
+            lo <= hi && m["report"]["periodicity"].as_f64().unwrap() > 0.0,
+            "{m}"
+        );
     }
+    // The reference row's difference to itself is exactly 0.
+    let reference = &models[1]["intervals"]["vs_reference"]["frechet"];
+    assert_eq!(reference["estimate"].as_f64(), Some(0.0), "{reference}");
+    assert_eq!(
+        models[5]["intervals"]["control"].as_str(),
+        Some("distilled two-step")
+    );
     // `apt eval` re-evaluates the finished run from its directory alone, to the same numbers.
     std::fs::remove_file(out.join("metrics.json")).unwrap();
     let o = apt(&strings(&["eval", "--run", &out.to_string_lossy()]));

@@ -206,6 +206,15 @@ impl RunDir {
         self.stage(stage).join(stage.export_file())
     }
 
+    /// The stage's export of raw (not averaged) weights, next to the EMA export: an adversarial
+    /// stage writes both (`generator-raw.safetensors`).
+    pub fn raw_export_path(&self, stage: Stage) -> PathBuf {
+        let file = stage
+            .export_file()
+            .replace(".safetensors", "-raw.safetensors");
+        self.stage(stage).join(file)
+    }
+
     /// The deterministic distillation's teacher pairs.
     pub fn pairs_dir(&self) -> PathBuf {
         self.stage(Stage::Distill).join("pairs")
@@ -251,15 +260,30 @@ impl RunDir {
         cfg: &MmditConfig,
         step: u64,
     ) -> Result<PathBuf> {
+        self.export_to(stage, &self.export_path(stage), vs, cfg, step)
+    }
+
+    /// [`RunDir::export_model`] to `path` (in the stage's directory), e.g. a raw export.
+    pub fn export_to(
+        &self,
+        stage: Stage,
+        path: &Path,
+        vs: &nn::VarStore,
+        cfg: &MmditConfig,
+        step: u64,
+    ) -> Result<PathBuf> {
         let dir = self.stage(stage);
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-        let path = self.export_path(stage);
+        let path = path.to_path_buf();
         apt_mmdit::save_safetensors(vs, &path)?;
         write_atomically(&dir.join(MODEL_CONFIG), cfg.to_toml_string().as_bytes())?;
         let (bytes, hash) = checkpoint::fingerprint(&path)?;
         let record = ExportRecord {
             format: EXPORT_FORMAT.into(),
-            weights: stage.export_file().into(),
+            weights: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             weights_bytes: bytes,
             weights_fnv64: hash,
             stage: stage.name().into(),

@@ -90,9 +90,19 @@ impl EvalConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportSection {
-    /// Held-out moving-shapes prompts every generator is evaluated on.
+    /// Held-out moving-shapes prompts every generator is evaluated on (one clip each).
     #[serde(default = "default_report_prompts")]
     pub prompts: usize,
+    /// The multi-step teacher on the first this many of them only (it costs 25–50 network
+    /// evaluations a clip); all of them when absent.
+    #[serde(default)]
+    pub teacher_prompts: Option<usize>,
+    /// Seed of the prompts and the noise (not a training seed).
+    #[serde(default = "default_eval_seed")]
+    pub seed: u64,
+    /// Paired bootstrap resamples for the intervals (0 = none).
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap: usize,
     /// The teacher's sampler (default: 25 Euler steps with CFG 2).
     #[serde(default = "default_teacher_sampler")]
     pub teacher: SamplerConfig,
@@ -115,11 +125,17 @@ fn default_teacher_sampler() -> SamplerConfig {
 fn default_gifs() -> usize {
     4
 }
+fn default_bootstrap() -> usize {
+    1000
+}
 
 impl Default for ReportSection {
     fn default() -> Self {
         Self {
             prompts: default_report_prompts(),
+            teacher_prompts: None,
+            seed: default_eval_seed(),
+            bootstrap: default_bootstrap(),
             teacher: default_teacher_sampler(),
             gifs: default_gifs(),
         }
@@ -130,6 +146,14 @@ impl ReportSection {
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
         positive("report.prompts", self.prompts)?;
+        if let Some(n) = self.teacher_prompts {
+            if n == 0 || n > self.prompts {
+                return Err(config_error(
+                    "report.teacher_prompts",
+                    format!("must be in 1..={} (report.prompts), got {n}", self.prompts),
+                ));
+            }
+        }
         Ok(self.teacher.validate("report.teacher")?)
     }
 }
@@ -358,8 +382,8 @@ impl AptSection {
             positive("apt.image.steps", image.steps as usize)?;
             positive("apt.image.frames", image.frames)?;
             let method = AdversarialConfig {
-                lambda_r1: self.lambda_r1,
                 sigma: image.sigma,
+                ..self.method()
             };
             method.validate("apt.image")?;
             DiscriminatorConfig {

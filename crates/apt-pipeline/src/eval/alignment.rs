@@ -1,6 +1,7 @@
-//! Text alignment on the moving-shapes benchmark: generate a clip for each prompt and ask the
-//! attribute estimator whether colour, outline and direction match the caption; sharpness,
-//! temporal consistency, the Fréchet distance to the real renders and start coverage.
+//! One generator on the moving-shapes benchmark: generate a clip for each prompt, read it back
+//! with the attribute estimator, and keep what was read per clip ([`ClipScore`], next to the
+//! real render's [`RealScore`]), so that a set of clips can be summarised
+//! ([`AlignmentReport`]) on any subset of the prompts — all of them, or a bootstrap resample.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -11,12 +12,12 @@ use apt_flow::{Conditioning, TensorRng};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use super::metrics;
+use super::metrics::{self, FEATURES};
 use crate::config::EvalConfig;
 use crate::error::{PipelineError, Result};
 use crate::text::TextConditioner;
 
-/// Text-alignment results.
+/// Text-alignment results of a set of clips.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AlignmentReport {
     /// Prompts evaluated.
@@ -50,32 +51,92 @@ pub struct AlignmentReport {
     /// Share of the real set's 4×4 start-position cells the generated set also starts in.
     #[serde(default)]
     pub start_coverage: f64,
+    /// Energy of the patch-periodic component over that of the real renders
+    /// ([`metrics::patch_periodic_energy`]; 1 = as real, a patch-grid artefact is above).
+    #[serde(default)]
+    pub periodicity: f64,
     /// Seconds per generated clip.
     pub seconds_per_clip: f64,
 }
 
-/// Generates one clip per prompt with `generate(noise, conditioning)` and scores it. Raising
-/// `stop` ends it between batches with [`PipelineError::Interrupted`].
-pub fn shapes_alignment(
+/// What the estimator read off one generated clip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipScore {
+    /// An object was found.
+    pub found: bool,
+    /// The main object has the caption's colour.
+    pub colour: bool,
+    /// … moves in the caption's direction.
+    pub direction: bool,
+    /// … has the caption's outline.
+    pub shape: bool,
+    /// Edge sharpness of the main object.
+    pub sharpness: Option<f64>,
+    /// Its area variation over frames.
+    pub size_variation: Option<f64>,
+    /// Its colour drift over frames.
+    pub colour_drift: Option<f64>,
+    /// Its start position `(x / W, y / H)`.
+    pub start: Option<(f64, f64)>,
+    /// The feature vector ([`metrics::clip_features`]).
+    pub features: [f64; FEATURES],
+    /// Energy of the patch-periodic component.
+    pub periodic_energy: f64,
+}
+
+/// What the estimator reads off the real render of a prompt (the reference).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RealScore {
+    /// The feature vector.
+    pub features: [f64; FEATURES],
+    /// Edge sharpness of the main object.
+    pub sharpness: Option<f64>,
+    /// Its start position.
+    pub start: Option<(f64, f64)>,
+    /// Energy of the patch-periodic component.
+    pub periodic_energy: f64,
+}
+
+/// Every clip of one generator and the real renders of the same prompts.
+#[derive(Debug, Clone)]
+pub struct ScoredClips {
+    /// Per prompt, in order.
+    pub clips: Vec<ClipScore>,
+    /// The real renders, per prompt.
+    pub real: Vec<RealScore>,
+    /// Generation seconds per clip.
+    pub seconds_per_clip: f64,
+}
+
+/// The patch grid the periodicity is measured on (the model's `(ph, pw)`).
+pub type PatchGrid = [usize; 2];
+
+/// The spatial patch of a model: its `(ph, pw)`.
+pub fn patch_grid(cfg: &apt_mmdit::MmditConfig) -> PatchGrid {
+    [cfg.patch_size[1], cfg.patch_size[2]]
+}
+
+/// Generates one clip per prompt with `generate(noise, conditioning)` and reads every clip (and
+/// the real render of its prompt) back. Raising `stop` ends it between batches with
+/// [`PipelineError::Interrupted`].
+pub fn score_clips(
     shapes: &ShapesConfig,
     text: &TextConditioner,
     eval: &EvalConfig,
+    patch: PatchGrid,
     device: Device,
     stop: &AtomicBool,
     mut generate: impl FnMut(&Tensor, &Conditioning) -> apt_flow::Result<Tensor>,
-) -> Result<AlignmentReport> {
-    let (mut colour, mut direction, mut outline, mut empty) = (0usize, 0usize, 0usize, 0usize);
-    let (mut sharpness, mut size_var, mut drift) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut features, mut real_features) = (Vec::new(), Vec::new());
-    let (mut starts, mut real_starts, mut real_sharpness) = (Vec::new(), Vec::new(), Vec::new());
+) -> Result<ScoredClips> {
     let (h, w) = (shapes.height as usize, shapes.width as usize);
-    let mut seconds = 0.0;
     let shape = [
         3,
         shapes.frames as i64,
         shapes.height as i64,
         shapes.width as i64,
     ];
+    let (mut clips, mut real_scores) = (Vec::new(), Vec::new());
+    let mut seconds = 0.0;
     let mut noise = TensorRng::new(eval.seed, 1);
     for first in (0..eval.prompts).step_by(eval.batch.max(1)) {
         if stop.load(Ordering::SeqCst) {
@@ -86,61 +147,126 @@ pub fn shapes_alignment(
         let mut truths = Vec::with_capacity(n);
         let mut reals = Vec::with_capacity(n);
         for i in first..first + n {
-            let shapes_drawn = shapes.draw(eval.seed, i as u64, Split::All)?;
-            captions.push(shapes.caption(&shapes_drawn));
-            reals.push(shapes.render(&shapes_drawn));
-            truths.push(shapes_drawn.into_iter().next().expect("at least one shape"));
+            let drawn = shapes.draw(eval.seed, i as u64, Split::All)?;
+            captions.push(shapes.caption(&drawn));
+            reals.push(shapes.render(&drawn));
+            truths.push(drawn.into_iter().next().expect("at least one shape"));
         }
         let cond = text.batch(&captions, &[])?;
         let z = noise.normal(&[n as i64, shape[0], shape[1], shape[2], shape[3]], device);
         let start = Instant::now();
-        let clips = generate(&z, &cond)?.to_device(Device::Cpu);
+        let generated = generate(&z, &cond)?.to_device(Device::Cpu);
         seconds += start.elapsed().as_secs_f64();
         for (k, (truth, real)) in truths.iter().zip(&reals).enumerate() {
-            let found = estimate(&clips.get(k as i64).clamp(-1.0, 1.0));
-            let real = estimate(real);
-            real_features.push(metrics::clip_features(&real, Some(truth.colour), h, w));
-            if let Some(s) = metrics::main_object(&real, Some(truth.colour)) {
-                real_sharpness.push(s.sharpness);
-                real_starts.extend(metrics::start_position(s, h, w));
-            }
-            features.push(metrics::clip_features(&found, Some(truth.colour), h, w));
-            match metrics::main_object(&found, Some(truth.colour)) {
-                None => empty += 1,
-                Some(s) => {
-                    sharpness.push(s.sharpness);
-                    size_var.push(metrics::size_variation(s));
-                    drift.push(metrics::colour_drift(s));
-                    starts.extend(metrics::start_position(s, h, w));
-                    colour += usize::from(s.colour == truth.colour);
-                    direction += usize::from(s.direction == Some(truth.direction));
-                    outline += usize::from(s.shape == truth.shape);
-                }
-            }
+            let clip = generated.get(k as i64).clamp(-1.0, 1.0);
+            let found = estimate(&clip);
+            let real_found = estimate(real);
+            let real_main = metrics::main_object(&real_found, Some(truth.colour));
+            real_scores.push(RealScore {
+                features: metrics::clip_features(&real_found, Some(truth.colour), h, w),
+                sharpness: real_main.map(|s| s.sharpness),
+                start: real_main.and_then(|s| metrics::start_position(s, h, w)),
+                periodic_energy: metrics::patch_periodic_energy(real, patch),
+            });
+            let main = metrics::main_object(&found, Some(truth.colour));
+            clips.push(ClipScore {
+                found: main.is_some(),
+                colour: main.is_some_and(|s| s.colour == truth.colour),
+                direction: main.is_some_and(|s| s.direction == Some(truth.direction)),
+                shape: main.is_some_and(|s| s.shape == truth.shape),
+                sharpness: main.map(|s| s.sharpness),
+                size_variation: main.map(metrics::size_variation),
+                colour_drift: main.map(metrics::colour_drift),
+                start: main.and_then(|s| metrics::start_position(s, h, w)),
+                features: metrics::clip_features(&found, Some(truth.colour), h, w),
+                periodic_energy: metrics::patch_periodic_energy(&clip, patch),
+            });
         }
     }
-    let n = eval.prompts.max(1) as f64;
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let as_tensor = |rows: &[[f64; metrics::FEATURES]]| {
-        Tensor::from_slice(&rows.concat()).view([rows.len() as i64, metrics::FEATURES as i64])
+    Ok(ScoredClips {
+        seconds_per_clip: seconds / eval.prompts.max(1) as f64,
+        clips,
+        real: real_scores,
+    })
+}
+
+/// The real set's per-feature mean and standard deviation (floored): the fixed scale every
+/// Fréchet distance against it is measured in.
+#[derive(Debug)]
+pub struct FeatureScale {
+    mean: Tensor,
+    std: Tensor,
+}
+
+fn feature_rows(rows: &[[f64; FEATURES]]) -> Tensor {
+    Tensor::from_slice(&rows.concat()).view([rows.len() as i64, FEATURES as i64])
+}
+
+impl FeatureScale {
+    /// The scale of the real renders `real`.
+    pub fn of(real: &[RealScore]) -> Self {
+        let rows: Vec<[f64; FEATURES]> = real.iter().map(|r| r.features).collect();
+        let (mean, std) =
+            metrics::feature_scale(&feature_rows(&rows), &metrics::FEATURE_SCALE_FLOOR);
+        Self { mean, std }
+    }
+
+    fn apply(&self, rows: &[[f64; FEATURES]]) -> Tensor {
+        (feature_rows(rows).to_kind(tch::Kind::Double) - &self.mean) / &self.std
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// The report of the clips at prompt indices `idx` (repeats allowed: a bootstrap resample),
+/// against the real renders of the same indices, features in `scale`.
+pub fn summarise(scored: &ScoredClips, idx: &[usize], scale: &FeatureScale) -> AlignmentReport {
+    let clips: Vec<&ClipScore> = idx.iter().map(|&i| &scored.clips[i]).collect();
+    let real: Vec<&RealScore> = idx.iter().map(|&i| &scored.real[i]).collect();
+    let n = idx.len().max(1) as f64;
+    let share = |f: fn(&ClipScore) -> bool| clips.iter().filter(|c| f(c)).count() as f64 / n;
+    let some = |f: fn(&ClipScore) -> Option<f64>| -> Vec<f64> {
+        clips.iter().filter_map(|c| f(c)).collect()
     };
-    let (generated, real) = (as_tensor(&features), as_tensor(&real_features));
-    let frechet = metrics::frechet_distance(
-        &metrics::standardise(&generated, &real, &metrics::FEATURE_SCALE_FLOOR),
-        &metrics::standardise(&real, &real, &metrics::FEATURE_SCALE_FLOOR),
-    );
-    Ok(AlignmentReport {
-        prompts: eval.prompts,
-        colour_accuracy: colour as f64 / n,
-        direction_accuracy: direction as f64 / n,
-        shape_accuracy: outline as f64 / n,
-        empty: empty as f64 / n,
-        sharpness: mean(&sharpness),
-        sharpness_vs_real: mean(&sharpness) / mean(&real_sharpness).max(1e-9),
-        size_variation: mean(&size_var),
-        colour_drift: mean(&drift),
+    let sharpness = mean(&some(|c| c.sharpness));
+    let real_sharpness = mean(&real.iter().filter_map(|r| r.sharpness).collect::<Vec<_>>());
+    let generated: Vec<[f64; FEATURES]> = clips.iter().map(|c| c.features).collect();
+    let reference: Vec<[f64; FEATURES]> = real.iter().map(|r| r.features).collect();
+    let frechet = metrics::frechet_distance(&scale.apply(&generated), &scale.apply(&reference));
+    let starts: Vec<(f64, f64)> = clips.iter().filter_map(|c| c.start).collect();
+    let real_starts: Vec<(f64, f64)> = real.iter().filter_map(|r| r.start).collect();
+    let energy = mean(&clips.iter().map(|c| c.periodic_energy).collect::<Vec<_>>());
+    let real_energy = mean(&real.iter().map(|r| r.periodic_energy).collect::<Vec<_>>());
+    AlignmentReport {
+        prompts: idx.len(),
+        colour_accuracy: share(|c| c.colour),
+        direction_accuracy: share(|c| c.direction),
+        shape_accuracy: share(|c| c.shape),
+        empty: share(|c| !c.found),
+        sharpness,
+        sharpness_vs_real: sharpness / real_sharpness.max(1e-9),
+        size_variation: mean(&some(|c| c.size_variation)),
+        colour_drift: mean(&some(|c| c.colour_drift)),
         frechet,
         start_coverage: metrics::start_coverage(&real_starts, &starts, 4),
-        seconds_per_clip: seconds / n,
-    })
+        periodicity: energy / real_energy.max(1e-12),
+        seconds_per_clip: scored.seconds_per_clip,
+    }
+}
+
+/// Generates and scores one clip per prompt (see [`score_clips`]) and summarises all of them.
+pub fn shapes_alignment(
+    shapes: &ShapesConfig,
+    text: &TextConditioner,
+    eval: &EvalConfig,
+    patch: PatchGrid,
+    device: Device,
+    stop: &AtomicBool,
+    generate: impl FnMut(&Tensor, &Conditioning) -> apt_flow::Result<Tensor>,
+) -> Result<AlignmentReport> {
+    let scored = score_clips(shapes, text, eval, patch, device, stop, generate)?;
+    let all: Vec<usize> = (0..scored.clips.len()).collect();
+    Ok(summarise(&scored, &all, &FeatureScale::of(&scored.real)))
 }

@@ -126,14 +126,43 @@ pub fn clip_features(
     .map(|v| if v.is_finite() { v } else { 0.0 })
 }
 
-/// Standardises `features` `[N, F]` with the mean and std of `reference` `[M, F]`, the std
-/// floored at `floor` `[F]`.
-pub fn standardise(features: &Tensor, reference: &Tensor, floor: &[f64]) -> Tensor {
+/// The mean `[1, F]` and standard deviation `[1, F]` of `reference` `[M, F]` per feature, the
+/// std floored at `floor` `[F]`.
+pub fn feature_scale(reference: &Tensor, floor: &[f64]) -> (Tensor, Tensor) {
     let reference = reference.to_kind(Kind::Double);
     let mean = reference.mean_dim(0, true, Kind::Double);
     let floor = Tensor::from_slice(floor).view([1, -1]);
     let std = reference.std_correction(0, 0, true).maximum(&floor);
+    (mean, std)
+}
+
+/// Standardises `features` `[N, F]` with the mean and std of `reference` `[M, F]`, the std
+/// floored at `floor` `[F]`.
+pub fn standardise(features: &Tensor, reference: &Tensor, floor: &[f64]) -> Tensor {
+    let (mean, std) = feature_scale(reference, floor);
     (features.to_kind(Kind::Double) - mean) / std
+}
+
+/// Energy of the part of a clip `[C, T, H, W]` that repeats with the patch period `[ph, pw]`:
+/// the clip averaged over every patch position — one `[C, T, ph, pw]` pattern, what is added
+/// equally to every patch — less its own mean, squared and averaged. A patch-grid artefact
+/// raises it; a clip without one has only what its content happens to leave (H and W are
+/// cropped to multiples of the patch).
+pub fn patch_periodic_energy(clip: &Tensor, patch: [usize; 2]) -> f64 {
+    let [c, t, h, w] = <[i64; 4]>::try_from(clip.size()).expect("[C, T, H, W]");
+    let (ph, pw) = (patch[0].max(1) as i64, patch[1].max(1) as i64);
+    let (gh, gw) = (h / ph, w / pw);
+    if gh == 0 || gw == 0 {
+        return 0.0;
+    }
+    let x = clip
+        .narrow(2, 0, gh * ph)
+        .narrow(3, 0, gw * pw)
+        .to_kind(Kind::Double)
+        .reshape([c, t, gh, ph, gw, pw]);
+    let pattern = x.mean_dim([2i64, 4].as_slice(), false, Kind::Double);
+    let centred = &pattern - pattern.mean_dim([2i64, 3].as_slice(), true, Kind::Double);
+    centred.square().mean(Kind::Double).double_value(&[])
 }
 
 /// Fréchet distance between Gaussians fitted to two sets of features `[N, F]`, `[M, F]`:
@@ -200,6 +229,28 @@ mod tests {
         let fd = frechet_distance(&a, &b);
         assert!((fd - 6.0).abs() < 0.15, "{fd}");
         assert!(frechet_distance(&a, &a) < 1e-9);
+    }
+
+    #[test]
+    fn a_pattern_repeated_in_every_patch_is_periodic_energy_and_noise_is_not() {
+        tch::manual_seed(5);
+        let pattern = Tensor::randn([3, 2, 4, 4], (Kind::Double, Device::Cpu));
+        let tiled = pattern.repeat([1, 1, 8, 8]); // [3, 2, 32, 32]
+        let centred = &pattern - pattern.mean_dim([2i64, 3].as_slice(), true, Kind::Double);
+        let expected = centred.square().mean(Kind::Double).double_value(&[]);
+        let e = patch_periodic_energy(&tiled, [4, 4]);
+        assert!((e - expected).abs() < 1e-9, "{e} vs {expected}");
+        // White noise leaves about 1/64 of its variance (the mean of 64 patches).
+        let noise = Tensor::randn([3, 2, 32, 32], (Kind::Double, Device::Cpu));
+        let n = patch_periodic_energy(&noise, [4, 4]);
+        assert!(n < 0.03 && n > 0.005, "{n}");
+        // A constant clip has none.
+        assert!(
+            patch_periodic_energy(
+                &Tensor::ones([3, 2, 32, 32], (Kind::Double, Device::Cpu)),
+                [4, 4]
+            ) < 1e-12
+        );
     }
 
     #[test]

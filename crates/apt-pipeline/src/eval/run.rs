@@ -1,6 +1,8 @@
-//! Evaluation of a whole run: every generator it has produced (the teacher with its multi-step
-//! CFG sampler, the distilled students in one step, the APT generator in one and two steps) on
-//! the same prompts and noise, and side-by-side clips for the report.
+//! Evaluation of a whole run: every generator it has produced — the teacher with its
+//! multi-step CFG sampler, the distilled students in one step (and the deterministic one in a
+//! zero-shot two steps, the control for APT two-step), the APT generator (EMA, and raw G) in
+//! one and two steps — on the same prompts and noise, with paired bootstrap intervals, and
+//! side-by-side clips for the report.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,8 +12,9 @@ use apt_mmdit::Mmdit;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use super::alignment::{shapes_alignment, AlignmentReport};
-use crate::config::{default_eval_batch, default_eval_seed, EvalConfig, RunConfig};
+use super::alignment::{score_clips, summarise, AlignmentReport, FeatureScale, ScoredClips};
+use super::bootstrap::{paired_bootstrap, ModelIntervals};
+use crate::config::{default_eval_batch, EvalConfig, RunConfig};
 use crate::error::{config_error, PipelineError, Result};
 use crate::run_dir::{RunDir, Stage};
 use crate::text::TextConditioner;
@@ -23,8 +26,13 @@ pub struct EvaluatedModel {
     pub name: String,
     /// Network evaluations per clip.
     pub network_evaluations: usize,
-    /// Alignment, sharpness, consistency, Fréchet distance and speed.
+    /// Alignment, sharpness, consistency, Fréchet distance, periodicity and speed, on every
+    /// prompt the model was evaluated on.
     pub report: AlignmentReport,
+    /// Paired bootstrap intervals of the metrics and of the differences to the reference row
+    /// (`None` without bootstrap draws).
+    #[serde(default)]
+    pub intervals: Option<ModelIntervals>,
 }
 
 /// The generators of a run, loaded from its stage directories (absent stages are `None`).
@@ -37,6 +45,8 @@ pub struct RunModels {
     pub consistency: Option<Mmdit>,
     /// `apt/generator.safetensors` (the EMA generator).
     pub apt: Option<Mmdit>,
+    /// `apt/generator-raw.safetensors` (G's own weights, without the EMA).
+    pub apt_raw: Option<Mmdit>,
 }
 
 impl RunModels {
@@ -47,11 +57,16 @@ impl RunModels {
             // The model holds its tensors; the store can go.
             Ok(dir.load_model(stage, device)?.map(|m| m.model))
         };
+        let raw = dir.raw_export_path(Stage::Apt);
         Ok(Self {
             teacher: load(Stage::Pretrain)?,
             distilled: load(Stage::Distill)?,
             consistency: load(Stage::Consistency)?,
             apt: load(Stage::Apt)?,
+            apt_raw: match raw.is_file() {
+                true => Some(crate::run_dir::load_exported(&raw, device)?.model),
+                false => None,
+            },
         })
     }
 }
@@ -81,72 +96,132 @@ fn teacher_sample(
     )
 }
 
-/// Evaluates every generator the run has produced on `prompts` held-out prompts (the eval
-/// seed, not the training seed) with the same noise. Stages that have not run are skipped.
-/// `progress(done, total, name)` is called after each generator; raising `stop` ends the
-/// evaluation with [`PipelineError::Interrupted`].
+/// How a row's clips are made.
+enum Generation<'a> {
+    /// The teacher's multi-step CFG sampler.
+    Teacher(&'a Mmdit),
+    /// A one-step generator in `steps` zero-shot steps.
+    Steps(&'a Mmdit, usize),
+}
+
+/// The rows a run's models give, in table order.
+fn rows<'a>(
+    models: &'a RunModels,
+    teacher: &SamplerConfig,
+) -> Vec<(String, usize, Generation<'a>)> {
+    let mut rows = Vec::new();
+    if let Some(m) = &models.teacher {
+        rows.push((
+            format!("teacher ({}-step CFG {})", teacher.steps, teacher.cfg_scale),
+            teacher.network_evaluations(),
+            Generation::Teacher(m),
+        ));
+    }
+    let mut add = |m: &'a Option<Mmdit>, name: &str, steps: usize| {
+        if let Some(m) = m {
+            rows.push((name.to_string(), steps, Generation::Steps(m, steps)));
+        }
+    };
+    add(&models.distilled, "distilled one-step", 1);
+    add(&models.distilled, "distilled two-step", 2);
+    add(&models.consistency, "consistency one-step", 1);
+    add(&models.apt, "APT one-step", 1);
+    add(&models.apt_raw, "APT one-step (raw G)", 1);
+    add(&models.apt, "APT two-step", 2);
+    rows
+}
+
+/// Evaluates every generator the run has produced on the report's held-out prompts (its seed,
+/// not the training seed; the teacher on `teacher_prompts` of them when set) with the same
+/// noise, then bootstraps intervals with the first distilled one-step row as the reference.
+/// Stages that have not run are skipped. `progress(done, total, name)` is called after each
+/// generator; raising `stop` ends the evaluation with [`PipelineError::Interrupted`].
 pub fn evaluate_run(
     run: &RunConfig,
     models: &RunModels,
-    prompts: usize,
-    teacher: &SamplerConfig,
     stop: &AtomicBool,
     mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<Vec<EvaluatedModel>> {
-    let total = [&models.teacher, &models.distilled, &models.consistency]
-        .iter()
-        .filter(|m| m.is_some())
-        .count()
-        + 2 * usize::from(models.apt.is_some());
+    let report = &run.report;
     let shapes = shapes_of(run)?;
     let device = run.device()?;
+    let [ph, pw] = super::alignment::patch_grid(&run.model()?);
     let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
     let null = text.null()?;
-    let eval = EvalConfig {
+    let eval = |prompts| EvalConfig {
         prompts,
-        seed: default_eval_seed(),
-        sampler: *teacher,
+        seed: report.seed,
+        sampler: report.teacher,
         batch: default_eval_batch(),
     };
-    let mut rows = Vec::new();
-    if let Some(model) = &models.teacher {
-        let report = shapes_alignment(shapes, &text, &eval, device, stop, |z, cond| {
-            teacher_sample(model, z, cond, &null, teacher)
-        })?;
-        rows.push(EvaluatedModel {
-            name: format!("teacher ({}-step CFG {})", teacher.steps, teacher.cfg_scale),
-            network_evaluations: teacher.network_evaluations(),
-            report,
-        });
-        progress(rows.len(), total, &rows[rows.len() - 1].name);
+    let planned = rows(models, &report.teacher);
+    let mut scored: Vec<(String, usize, ScoredClips)> = Vec::new();
+    for (name, nfe, how) in planned.iter() {
+        let clips = match how {
+            Generation::Teacher(m) => {
+                let prompts = report.teacher_prompts.unwrap_or(report.prompts);
+                score_clips(
+                    shapes,
+                    &text,
+                    &eval(prompts),
+                    [ph, pw],
+                    device,
+                    stop,
+                    |z, c| teacher_sample(m, z, c, &null, &report.teacher),
+                )?
+            }
+            Generation::Steps(m, steps) => {
+                let g = OneStepGenerator::new(*m);
+                score_clips(
+                    shapes,
+                    &text,
+                    &eval(report.prompts),
+                    [ph, pw],
+                    device,
+                    stop,
+                    |z, c| match steps {
+                        1 => g.generate(z, c),
+                        n => g.generate_steps(z, c, *n),
+                    },
+                )?
+            }
+        };
+        scored.push((name.clone(), *nfe, clips));
+        progress(scored.len(), planned.len(), name);
     }
-    for (model, label) in [
-        (&models.distilled, "distilled"),
-        (&models.consistency, "consistency"),
-        (&models.apt, "APT"),
-    ] {
-        let Some(model) = model else { continue };
-        let g = OneStepGenerator::new(model);
-        let report = shapes_alignment(shapes, &text, &eval, device, stop, |z, c| g.generate(z, c))?;
-        rows.push(EvaluatedModel {
-            name: format!("{label} one-step"),
-            network_evaluations: 1,
-            report,
-        });
-        progress(rows.len(), total, &rows[rows.len() - 1].name);
-        if label == "APT" {
-            let report = shapes_alignment(shapes, &text, &eval, device, stop, |z, c| {
-                g.generate_steps(z, c, 2)
-            })?;
-            rows.push(EvaluatedModel {
-                name: format!("{label} two-step"),
-                network_evaluations: 2,
-                report,
-            });
-            progress(rows.len(), total, &rows[rows.len() - 1].name);
-        }
-    }
-    Ok(rows)
+    let reference = scored
+        .iter()
+        .position(|(n, _, _)| n == "distilled one-step")
+        .or_else(|| scored.iter().position(|(n, _, _)| n.ends_with("one-step")))
+        .unwrap_or(0);
+    let sets: Vec<&ScoredClips> = scored.iter().map(|(_, _, s)| s).collect();
+    let position = |name: &str| scored.iter().position(|(n, _, _)| n == name);
+    // APT two-step's control is the distilled student in the same two steps.
+    let controls: Vec<(usize, usize, String)> =
+        match (position("APT two-step"), position("distilled two-step")) {
+            (Some(a), Some(b)) => vec![(a, b, "distilled two-step".into())],
+            _ => vec![],
+        };
+    let intervals = match (report.bootstrap, sets.is_empty()) {
+        (0, _) | (_, true) => vec![None; sets.len()],
+        (draws, false) => paired_bootstrap(&sets, reference, &controls, draws, report.seed)
+            .into_iter()
+            .map(Some)
+            .collect(),
+    };
+    Ok(scored
+        .into_iter()
+        .zip(intervals)
+        .map(|((name, nfe, clips), intervals)| {
+            let all: Vec<usize> = (0..clips.clips.len()).collect();
+            EvaluatedModel {
+                name,
+                network_evaluations: nfe,
+                report: summarise(&clips, &all, &FeatureScale::of(&clips.real)),
+                intervals,
+            }
+        })
+        .collect())
 }
 
 /// One prompt's clips side by side: the real render, then each generator on the same noise.
@@ -178,13 +253,14 @@ pub fn side_by_side(
         shapes.height as i64,
         shapes.width as i64,
     );
-    let mut noise = TensorRng::new(default_eval_seed(), 1);
+    let seed = run.report.seed;
+    let mut noise = TensorRng::new(seed, 1);
     let mut out = Vec::new();
     for i in 0..prompts {
         if stop.load(Ordering::SeqCst) {
             return Err(PipelineError::Interrupted);
         }
-        let drawn = shapes.draw(default_eval_seed(), i as u64, Split::All)?;
+        let drawn = shapes.draw(seed, i as u64, Split::All)?;
         let caption = shapes.caption(&drawn);
         let cond = text.batch(std::slice::from_ref(&caption), &[])?;
         let z = noise.normal(&[1, 3, t, h, w], device);

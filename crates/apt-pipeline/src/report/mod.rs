@@ -138,14 +138,7 @@ pub fn evaluate_and_write(
     // The attribute estimator reads moving shapes only; other data get curves and no table.
     let benchmark = run.data.shapes().is_some();
     let (rows, strips) = if benchmark {
-        let rows = evaluate_run(
-            run,
-            &models,
-            run.report.prompts,
-            &run.report.teacher,
-            stop,
-            progress,
-        )?;
+        let rows = evaluate_run(run, &models, stop, progress)?;
         let strips = side_by_side(run, &models, run.report.gifs, &run.report.teacher, stop)?;
         (rows, strips)
     } else {
@@ -187,14 +180,24 @@ pub fn evaluate_and_write(
     }
 
     let mut md = String::from("# Run report\n\n");
+    let teacher_prompts = run.report.teacher_prompts.unwrap_or(run.report.prompts);
     md.push_str(&format!(
-        "Run `{}`; {} held-out moving-shapes prompts (evaluation seed, not the training \
-         seed), the same noise for every generator; the teacher samples with {} Euler steps \
-         and CFG {}.\n\n",
+        "Run `{}`; {} held-out moving-shapes prompts (evaluation seed {}, not the training \
+         seed), one clip each, the same noise for every generator; the teacher samples with {} \
+         Euler steps and CFG {}{}. Intervals: 95% paired bootstrap over {} resamples of the \
+         prompts (the same resample for every model), differences against the distilled \
+         one-step row.\n\n",
         run.out.display(),
         run.report.prompts,
+        run.report.seed,
         run.report.teacher.steps,
-        run.report.teacher.cfg_scale
+        run.report.teacher.cfg_scale,
+        if teacher_prompts < run.report.prompts {
+            format!(" on the first {teacher_prompts} prompts only")
+        } else {
+            String::new()
+        },
+        run.report.bootstrap,
     ));
     if benchmark {
         md.push_str(&markdown_table(&metrics.models));
@@ -212,9 +215,11 @@ pub fn evaluate_and_write(
          to 16 estimator features per clip (colour, background, size, size variation, start, \
          velocity, sharpness, outline moments, colour drift; standardised by the real set) of the \
          generated and the real clips. *start coverage*: share of the real clips' 4×4 start cells \
-         the generated clips also start in (mode collapse lowers it). *size variation*: area std / \
-         mean across frames; *colour drift*: RGB distance of each frame's object colour from its \
-         mean. *ms / clip*: generation time per clip in batches of 16.\n\n",
+         the generated clips also start in (mode collapse lowers it). *periodicity*: energy of the \
+         component that repeats with the model's patch grid (the mean of all patches, less its \
+         mean) over that of the real renders; a patch-grid artefact raises it. *size variation*: \
+         area std / mean across frames; *colour drift*: RGB distance of each frame's object \
+         colour from its mean. *ms / clip*: generation time per clip in batches of 16.\n\n",
     );
     md.push_str("## What APT does here\n\n");
     md.push_str(&verdict(&metrics.models));

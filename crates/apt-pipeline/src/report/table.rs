@@ -1,9 +1,10 @@
-//! The evaluation table (console and markdown) and the verdict on what APT does in the run.
+//! The evaluation tables (console and markdown), with paired bootstrap intervals, and the
+//! verdict on what APT does in the run, read off those intervals.
 
-use crate::eval::{AlignmentReport, EvaluatedModel};
+use crate::eval::{AlignmentReport, EvaluatedModel, Interval};
 
 /// One row's cells, formatted once for both tables.
-fn cells(r: &EvaluatedModel) -> [String; 11] {
+fn cells(r: &EvaluatedModel) -> [String; 12] {
     let m = &r.report;
     [
         r.name.clone(),
@@ -13,6 +14,7 @@ fn cells(r: &EvaluatedModel) -> [String; 11] {
         format!("{:.1}%", 100.0 * m.shape_accuracy),
         format!("{:.2}", m.sharpness_vs_real),
         format!("{:.2}", m.frechet),
+        format!("{:.2}", m.periodicity),
         format!("{:.2}", m.start_coverage),
         format!("{:.3}", m.size_variation),
         format!("{:.3}", m.colour_drift),
@@ -22,7 +24,7 @@ fn cells(r: &EvaluatedModel) -> [String; 11] {
 
 /// The table as fixed-width text (the console).
 pub fn table(rows: &[EvaluatedModel]) -> String {
-    const HEADER: [&str; 11] = [
+    const HEADER: [&str; 12] = [
         "model",
         "NFE",
         "colour",
@@ -30,12 +32,13 @@ pub fn table(rows: &[EvaluatedModel]) -> String {
         "shape",
         "sharp",
         "FD",
+        "period",
         "cover",
         "size±",
         "drift",
         "ms/clip",
     ];
-    const WIDTH: [usize; 11] = [24, 4, 7, 9, 7, 7, 6, 6, 6, 7, 8];
+    const WIDTH: [usize; 12] = [24, 4, 7, 9, 7, 7, 6, 6, 6, 6, 7, 8];
     let line = |cells: &[String]| {
         let mut out = format!("{:<24}", cells[0]);
         for (c, w) in cells.iter().zip(WIDTH).skip(1) {
@@ -50,45 +53,178 @@ pub fn table(rows: &[EvaluatedModel]) -> String {
     out
 }
 
-/// The table in markdown (`report.md`).
+fn interval(i: Option<&Interval>, scale: f64, digits: usize) -> String {
+    match i {
+        Some(i) => format!("[{:.d$}, {:.d$}]", scale * i.lo, scale * i.hi, d = digits),
+        None => String::new(),
+    }
+}
+
+/// The difference to the reference, with its interval, marked when the interval excludes 0.
+fn difference(i: Option<&Interval>, scale: f64, digits: usize) -> String {
+    match i {
+        Some(i) => format!(
+            "{:+.d$} [{:+.d$}, {:+.d$}]{}",
+            scale * i.estimate,
+            scale * i.lo,
+            scale * i.hi,
+            if i.excludes_zero() { " ✱" } else { "" },
+            d = digits
+        ),
+        None => "–".into(),
+    }
+}
+
+/// The tables in markdown (`report.md`): the metrics with their 95% intervals, then every
+/// model's difference to the reference row.
 pub fn markdown_table(rows: &[EvaluatedModel]) -> String {
     let mut out = String::from(
-        "| model | NFE | colour | direction | shape | sharpness vs real | Fréchet ↓ | start coverage | size variation | colour drift | ms / clip |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| model | NFE | prompts | colour | direction | shape | sharpness vs real | Fréchet ↓ | periodicity | start coverage | size variation | colour drift | ms / clip |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
-        out.push_str(&format!("| {} |\n", cells(r).join(" | ")));
+        let c = cells(r);
+        let i = r.intervals.as_ref().map(|i| &i.metrics);
+        let at = |name: &str| i.and_then(|m| m.get(name));
+        out.push_str(&format!(
+            "| {} | {} | {} | {} {} | {} {} | {} {} | {} {} | {} {} | {} {} | {} | {} | {} | {} |\n",
+            c[0],
+            c[1],
+            r.report.prompts,
+            c[2],
+            interval(at("colour_accuracy"), 100.0, 1),
+            c[3],
+            interval(at("direction_accuracy"), 100.0, 1),
+            c[4],
+            interval(at("shape_accuracy"), 100.0, 1),
+            c[5],
+            interval(at("sharpness_vs_real"), 1.0, 2),
+            c[6],
+            interval(at("frechet"), 1.0, 1),
+            c[7],
+            interval(at("periodicity"), 1.0, 2),
+            c[8],
+            c[9],
+            c[10],
+            c[11],
+        ));
+    }
+    if rows.iter().any(|r| r.intervals.is_some()) {
+        out.push_str(
+            "\nDifference to the reference row (estimate [95% paired bootstrap interval]; ✱: the \
+             interval excludes 0):\n\n| model | Δ Fréchet | Δ \\|sharpness vs real − 1\\| | Δ colour (points) | Δ shape (points) | Δ periodicity |\n|---|---:|---:|---:|---:|---:|\n",
+        );
+        for r in rows {
+            let d = r.intervals.as_ref().map(|i| &i.vs_reference);
+            let at = |name: &str| d.and_then(|m| m.get(name));
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                r.name,
+                difference(at("frechet"), 1.0, 2),
+                difference(at("sharpness_error"), 1.0, 3),
+                difference(at("colour_accuracy"), 100.0, 1),
+                difference(at("shape_accuracy"), 100.0, 1),
+                difference(at("periodicity"), 1.0, 2),
+            ));
+        }
     }
     out
 }
 
-/// What the demo must show, stated on the numbers (no tuning: the comparison is printed as is).
+fn find<'a>(rows: &'a [EvaluatedModel], name: &str) -> Option<&'a EvaluatedModel> {
+    rows.iter().find(|r| r.name == name)
+}
+
+fn resolved(d: Option<&Interval>, better_lower: bool) -> &'static str {
+    match d {
+        None => "no interval",
+        Some(i) if !i.excludes_zero() => "inside the noise",
+        Some(i) if (i.estimate < 0.0) == better_lower => "**better**, resolved",
+        Some(_) => "**worse**, resolved",
+    }
+}
+
+/// What the demo must show, stated on the numbers and their intervals (no tuning: the
+/// comparison is printed as is).
 pub fn verdict(rows: &[EvaluatedModel]) -> String {
-    let find = |name: &str| rows.iter().find(|r| r.name.starts_with(name));
     let (Some(teacher), Some(distilled), Some(apt)) = (
-        find("teacher"),
-        find("distilled one-step"),
-        find("APT one-step"),
+        rows.iter().find(|r| r.name.starts_with("teacher")),
+        find(rows, "distilled one-step"),
+        find(rows, "APT one-step"),
     ) else {
         return "The comparison needs the teacher, the distilled and the APT generators.\n".into();
     };
     let (d, a, t) = (&distilled.report, &apt.report, &teacher.report);
+    let vs = |r: &EvaluatedModel, name: &str| {
+        r.intervals
+            .as_ref()
+            .and_then(|i| i.vs_reference.get(name))
+            .copied()
+    };
     let align = |r: &AlignmentReport| {
         100.0 * (r.colour_accuracy + r.direction_accuracy + r.shape_accuracy) / 3.0
     };
-    let yes = |b: bool| if b { "yes" } else { "**no**" };
-    format!(
-        "- APT one-step vs distilled one-step, Fréchet distance: {:.2} → {:.2} (lower is better): {}\n\
-         - … sharpness relative to real renders: {:.2} → {:.2}: {}\n\
-         - Text alignment (mean of colour, direction, shape): teacher {:.1}, APT one-step {:.1} \
-         (within 10 points: {})\n",
+    let fd = vs(apt, "frechet");
+    let sharp = vs(apt, "sharpness_error");
+    let show = |i: Option<Interval>, digits: usize| {
+        i.map(|i| {
+            format!(
+                "{:+.d$} [{:+.d$}, {:+.d$}]",
+                i.estimate,
+                i.lo,
+                i.hi,
+                d = digits
+            )
+        })
+        .unwrap_or_default()
+    };
+    let mut out = format!(
+        "- APT one-step vs distilled one-step, Fréchet distance (lower is better): {:.2} → \
+         {:.2}, Δ {}: {}\n\
+         - … sharpness relative to real renders: {:.2} → {:.2}; its distance from 1 (blur \
+         and over-sharpening alike), Δ {}: {}\n\
+         - … periodicity relative to real renders: {:.2} → {:.2} (≤ 1.2: {})\n\
+         - Colour accuracy: teacher {:.1}%, APT one-step {:.1}% (within 3 points: {}); text \
+         alignment (mean of colour, direction, shape): teacher {:.1}, APT one-step {:.1}\n",
         d.frechet,
         a.frechet,
-        yes(a.frechet < d.frechet),
+        show(fd, 2),
+        resolved(fd.as_ref(), true),
         d.sharpness_vs_real,
         a.sharpness_vs_real,
-        yes(a.sharpness_vs_real > d.sharpness_vs_real),
+        show(sharp, 3),
+        resolved(sharp.as_ref(), true),
+        d.periodicity,
+        a.periodicity,
+        if a.periodicity <= 1.2 {
+            "yes"
+        } else {
+            "**no**"
+        },
+        100.0 * t.colour_accuracy,
+        100.0 * a.colour_accuracy,
+        if (a.colour_accuracy - t.colour_accuracy).abs() <= 0.03 {
+            "yes"
+        } else {
+            "**no**"
+        },
         align(t),
         align(a),
-        yes(align(a) >= align(t) - 10.0),
-    )
+    );
+    if let (Some(apt2), Some(dist2)) =
+        (find(rows, "APT two-step"), find(rows, "distilled two-step"))
+    {
+        let fd2 = apt2
+            .intervals
+            .as_ref()
+            .and_then(|i| i.vs_control.get("frechet"))
+            .copied();
+        out.push_str(&format!(
+            "- Control: distilled two-step → APT two-step, Fréchet {:.2} → {:.2}, Δ {}: {}\n",
+            dist2.report.frechet,
+            apt2.report.frechet,
+            show(fd2, 2),
+            resolved(fd2.as_ref(), true),
+        ));
+    }
+    out
 }

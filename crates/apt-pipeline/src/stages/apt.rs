@@ -22,7 +22,7 @@ use super::{Outcome, Progress, StageReport, StageRun};
 use crate::config::{GeneratorInit, RunConfig};
 use crate::data::{DataConfig, TrainData};
 use crate::error::{config_error, io_error, Result};
-use crate::eval::{shapes_alignment, AlignmentReport};
+use crate::eval::{patch_grid, shapes_alignment, AlignmentReport};
 use crate::run_dir::{write_json, RunDir, Stage};
 use crate::text::TextConditioner;
 
@@ -178,7 +178,10 @@ fn initial_alignment(
     }
     let g = OneStepGenerator::new(generator);
     let device = ctx.config.device()?;
-    let report = shapes_alignment(shapes, text, eval, device, stop, |z, c| g.generate(z, c))?;
+    let patch = patch_grid(&ctx.config.model()?);
+    let report = shapes_alignment(shapes, text, eval, patch, device, stop, |z, c| {
+        g.generate(z, c)
+    })?;
     let dir = ctx.dir.stage(stage);
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     write_json(&file, &report)?;
@@ -281,8 +284,13 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
         &mcfg,
         trainer.step,
     )?;
+    let (raw_vs, _raw) = new_model(&mcfg, run.seed, device)?;
+    copy_weights(&trainer.parts[GENERATOR].vs, &raw_vs);
+    let raw_path = ctx.dir.raw_export_path(stage);
+    ctx.dir
+        .export_to(stage, &raw_path, &raw_vs, &mcfg, trainer.step)?;
     let (one_step, two_step) =
-        one_and_two_step(run, &plan.data, &g, eval.as_ref(), &text, &ctx.stop)?;
+        one_and_two_step(run, &plan.data, &g, &mcfg, eval.as_ref(), &text, &ctx.stop)?;
     let report = AptReport {
         steps: trainer.step,
         initial,

@@ -12,7 +12,7 @@ use super::{Progress, StageRun};
 use crate::config::{EvalConfig, RunConfig};
 use crate::data::DataConfig;
 use crate::error::{config_error, PipelineError, Result};
-use crate::eval::{shapes_alignment, AlignmentReport};
+use crate::eval::{patch_grid, shapes_alignment, AlignmentReport};
 use crate::run_dir::{LoadedModel, RunDir, Stage};
 use crate::text::TextConditioner;
 
@@ -102,6 +102,7 @@ pub fn one_and_two_step(
     run: &RunConfig,
     data: &DataConfig,
     generator: &Mmdit,
+    generator_config: &MmditConfig,
     eval: Option<&EvalConfig>,
     text: &TextConditioner,
     stop: &AtomicBool,
@@ -111,8 +112,11 @@ pub fn one_and_two_step(
     };
     let device = run.device()?;
     let g = OneStepGenerator::new(generator);
-    let one = shapes_alignment(shapes, text, eval, device, stop, |z, c| g.generate(z, c))?;
-    let two = shapes_alignment(shapes, text, eval, device, stop, |z, c| {
+    let patch = patch_grid(generator_config);
+    let one = shapes_alignment(shapes, text, eval, patch, device, stop, |z, c| {
+        g.generate(z, c)
+    })?;
+    let two = shapes_alignment(shapes, text, eval, patch, device, stop, |z, c| {
         g.generate_steps(z, c, 2)
     })?;
     Ok((Some(one), Some(two)))

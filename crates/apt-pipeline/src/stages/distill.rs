@@ -150,7 +150,8 @@ pub fn finish_student(
     let run = ctx.config;
     let mcfg = run.model()?;
     let (student, path) = export_part(run, ctx.dir, stage, &trainer.parts[0], &mcfg, trainer.step)?;
-    let (one_step, two_step) = one_and_two_step(run, &run.data, &student, eval, text, &ctx.stop)?;
+    let (one_step, two_step) =
+        one_and_two_step(run, &run.data, &student, &mcfg, eval, text, &ctx.stop)?;
     let losses: Vec<f64> = MetricsLog::read(&ctx.dir.stage_metrics(stage))
         .iter()
         .map(|m| m.value("loss"))

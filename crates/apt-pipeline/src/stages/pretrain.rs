@@ -19,7 +19,7 @@ use super::{Outcome, StageReport, StageRun};
 use crate::config::RunConfig;
 use crate::data::TrainData;
 use crate::error::{config_error, io_error, Result};
-use crate::eval::{shapes_alignment, AlignmentReport};
+use crate::eval::{patch_grid, shapes_alignment, AlignmentReport};
 use crate::run_dir::{write_json, Stage};
 use crate::text::TextConditioner;
 
@@ -157,6 +157,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
                 shapes,
                 &text,
                 eval,
+                patch_grid(&mcfg),
                 device,
                 &ctx.stop,
                 |z, cond| {
