@@ -190,6 +190,16 @@ fn config_mistakes_are_one_line_errors_naming_the_key() {
         ),
         ("threads=100000", "threads"),
         ("apt.train.optimizer_d.lr=-1", "apt.train.optimizer_d.lr"),
+        // Discriminator-side options.
+        ("apt.d_steps=0", "apt.d_steps"),
+        ("apt.translate=-1", "apt.translate"),
+        ("apt.lambda_r2=-1", "apt.lambda_r2"),
+        ("apt.loss=\"wasserstein\"", "loss"),
+        ("apt.discriminator.times=\"student\"", "times"),
+        (
+            "apt.discriminator.times={ distribution = { kind = \"uniform\" }, shift = 0.0 }",
+            "apt.discriminator.times.shift",
+        ),
         ("distill.train.optimizer.lr=0", "distill.train.optimizer.lr"),
         ("out=\"\"", "`out`"),
         // A key of an older apt-rs says where it went.

@@ -4,10 +4,12 @@
 //! concatenated, LayerNorm'ed and projected to one logit.
 //!
 //! Shape-agnostic: heads see `[B, N, D]` for any N. The real or generated clip goes in as it
-//! is (no noise); only the timestep given to D is random, `t ~ shift(U(0, 1), s)` per sample,
-//! and D sees the text condition.
+//! is (no noise; [`crate::adversarial::DiscriminatorInputs`] has the options); only the
+//! timestep given to D is random, `t ~ shift(U(0, 1), s)` per sample by default, and D sees the
+//! text condition.
 
 use apt_flow::error::config_error;
+use apt_flow::{TensorRng, TimeDistribution, TimestepSampler};
 use apt_mmdit::attention::{attention, RmsNorm};
 use apt_mmdit::{Mmdit, MmditConfig};
 use serde::{Deserialize, Serialize};
@@ -21,9 +23,35 @@ pub struct DiscriminatorConfig {
     /// (16, 26, 36 of 36).
     #[serde(default)]
     pub taps: Option<Vec<usize>>,
-    /// Shift `s` of D's timestep distribution (1 for images, 12 for video in the paper).
+    /// Shift `s` of D's timestep distribution `shift(U(0, 1), s)` (1 for images, 12 for video
+    /// in the paper). Ignored when `times` is set.
     #[serde(default = "default_shift")]
     pub time_shift: f64,
+    /// Another distribution of D's timesteps (default: `shift(U(0, 1), time_shift)`): a
+    /// sampler table like `[pretrain].timesteps` (e.g. APT2's `U(0, 1)` without a shift,
+    /// `{ distribution = { kind = "uniform" } }`), or `"teacher"` for the teacher's own
+    /// training distribution (where its features were learnt).
+    #[serde(default)]
+    pub times: Option<DiscriminatorTimes>,
+}
+
+/// D's timestep distribution, when not the shifted uniform of `time_shift`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DiscriminatorTimes {
+    /// `"teacher"`: the teacher's pre-training distribution (resolved by whoever knows it,
+    /// with [`DiscriminatorConfig::with_teacher_times`]).
+    Named(NamedTimes),
+    /// An explicit sampler.
+    Sampler(TimestepSampler),
+}
+
+/// Named time distributions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NamedTimes {
+    /// The teacher's pre-training distribution.
+    Teacher,
 }
 
 fn default_shift() -> f64 {
@@ -39,6 +67,9 @@ impl DiscriminatorConfig {
                 &format!("{key}.time_shift"),
                 format!("must be a positive number, got {}", self.time_shift),
             ));
+        }
+        if let Some(DiscriminatorTimes::Sampler(sampler)) = &self.times {
+            sampler.validate(&format!("{key}.times"))?;
         }
         if let Some(taps) = &self.taps {
             if taps.is_empty() || taps.iter().any(|&k| k == 0 || k > depth) {
@@ -57,6 +88,35 @@ impl Default for DiscriminatorConfig {
         Self {
             taps: None,
             time_shift: default_shift(),
+            times: None,
+        }
+    }
+}
+
+impl DiscriminatorConfig {
+    /// `times = "teacher"` replaced by the teacher's sampler (other settings unchanged).
+    pub fn with_teacher_times(&self, teacher: &TimestepSampler) -> Self {
+        let mut cfg = self.clone();
+        if cfg.times == Some(DiscriminatorTimes::Named(NamedTimes::Teacher)) {
+            cfg.times = Some(DiscriminatorTimes::Sampler(*teacher));
+        }
+        cfg
+    }
+
+    /// D's timestep sampler: `times`, or `shift(U(0, 1), time_shift)`. Errors on an
+    /// unresolved `"teacher"`.
+    pub fn time_sampler(&self) -> apt_flow::Result<TimestepSampler> {
+        match self.times {
+            None => Ok(TimestepSampler {
+                distribution: TimeDistribution::Uniform,
+                shift: self.time_shift,
+            }),
+            Some(DiscriminatorTimes::Sampler(s)) => Ok(s),
+            Some(DiscriminatorTimes::Named(NamedTimes::Teacher)) => Err(config_error(
+                "discriminator.times",
+                "\"teacher\" must be resolved with the teacher's sampler first \
+                 (DiscriminatorConfig::with_teacher_times)",
+            )),
         }
     }
 }
@@ -168,7 +228,7 @@ pub struct AptDiscriminator {
     taps: Vec<usize>,
     out_norm: nn::LayerNorm,
     out_proj: nn::Linear,
-    time_shift: f64,
+    times: TimestepSampler,
 }
 
 impl AptDiscriminator {
@@ -188,6 +248,12 @@ impl AptDiscriminator {
                 message: format!("must be block numbers in 1..={}, got {taps:?}", model.depth),
             });
         }
+        let times = cfg
+            .time_sampler()
+            .map_err(|e| apt_mmdit::MmditError::Config {
+                key: "discriminator.times".into(),
+                message: e.to_string(),
+            })?;
         let d = model.hidden_size() as i64;
         let heads = taps
             .iter()
@@ -203,7 +269,7 @@ impl AptDiscriminator {
             out_norm: nn::layer_norm(&p / "out_norm", vec![width], Default::default()),
             out_proj: nn::linear(&p / "out_proj", width, 1, Default::default()),
             taps,
-            time_shift: cfg.time_shift,
+            times,
         })
     }
 
@@ -212,9 +278,14 @@ impl AptDiscriminator {
         &self.taps
     }
 
-    /// Shift of D's timestep distribution.
-    pub fn time_shift(&self) -> f64 {
-        self.time_shift
+    /// D's timestep distribution.
+    pub fn time_sampler(&self) -> &TimestepSampler {
+        &self.times
+    }
+
+    /// `n` D-timesteps, one per sample.
+    pub fn sample_times(&self, n: i64, rng: &mut TensorRng, device: tch::Device) -> Tensor {
+        self.times.sample(n, rng, device)
     }
 
     /// Logits `[B]` for clips `x` (fed as they are) at D-times `t` `[B]` with the text.
@@ -238,13 +309,9 @@ impl AptDiscriminator {
         Ok(self.out_proj.forward(&joined).squeeze_dim(1))
     }
 
-    /// D's timesteps: `shift(u, s)` for uniform `u` `[B]` (one per sample).
+    /// D's timesteps for uniform `u` `[B]` through the shift of its sampler (`shift(u, s)`).
     pub fn times_from_uniform(&self, u: &Tensor) -> Tensor {
-        let s = self.time_shift;
-        if s == 1.0 {
-            return u.shallow_clone();
-        }
-        u * s / (u * (s - 1.0) + 1.0)
+        apt_flow::timesteps::shift_tensor(u, self.times.shift)
     }
 }
 

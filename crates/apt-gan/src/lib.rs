@@ -14,13 +14,13 @@ pub mod discriminator;
 pub mod losses;
 pub mod seed;
 
-pub use adversarial::{AdversarialConfig, AdversarialStep};
+pub use adversarial::{AdversarialConfig, AdversarialLoss, AdversarialStep, DiscriminatorInputs};
 pub use discriminator::{AptDiscriminator, DiscriminatorConfig};
 pub use losses::{
-    approx_r1_penalty, approx_r2_penalty, bce_discriminator_loss, exact_r1_penalty,
-    gradient_penalty, hinge_discriminator_loss, hinge_generator_loss, minimax_generator_loss,
-    non_saturating_generator_loss, relativistic_discriminator_loss, relativistic_generator_loss,
-    wgan_critic_loss, wgan_generator_loss, Interpolation,
+    approx_penalty_from_logits, approx_r1_penalty, approx_r2_penalty, bce_discriminator_loss,
+    exact_r1_penalty, gradient_penalty, hinge_discriminator_loss, hinge_generator_loss,
+    minimax_generator_loss, non_saturating_generator_loss, relativistic_discriminator_loss,
+    relativistic_generator_loss, wgan_critic_loss, wgan_generator_loss, Interpolation,
 };
 
 /// The README's example, compiled as a doctest (`cargo test --doc`).

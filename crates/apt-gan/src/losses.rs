@@ -129,7 +129,13 @@ pub fn approx_r1_penalty(
     sigma: f64,
     noise: &Tensor,
 ) -> Tensor {
-    let gap = d(real) - d(&(real + noise * sigma));
+    approx_penalty_from_logits(&d(real), &d(&(real + noise * sigma)), lambda)
+}
+
+/// The approximated R1/R2 from logits already computed, `λ · E (l_clean − l_perturbed)²`: lets
+/// the D step reuse the loss's `D(x)` as the clean branch instead of a second forward.
+pub fn approx_penalty_from_logits(clean: &Tensor, perturbed: &Tensor, lambda: f64) -> Tensor {
+    let gap = clean - perturbed;
     gap.square().mean(gap.kind()) * lambda
 }
 

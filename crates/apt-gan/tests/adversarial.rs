@@ -8,7 +8,9 @@ use apt_flow::data::{CaptionEncoder, ClipSource, Cursor};
 use apt_flow::train::{OptimizerConfig, Part, StepLog, TrainConfig, TrainStep, Trainer};
 use apt_flow::{Conditioning, Result, TensorRng};
 use apt_gan::adversarial::{AdversarialStep, DISCRIMINATOR, GENERATOR};
-use apt_gan::{AdversarialConfig, AptDiscriminator, DiscriminatorConfig};
+use apt_gan::{
+    AdversarialConfig, AdversarialLoss, AptDiscriminator, DiscriminatorConfig, DiscriminatorInputs,
+};
 use apt_mmdit::{Mmdit, MmditConfig};
 use tch::{nn, Device, Tensor};
 
@@ -178,8 +180,11 @@ fn train_config(steps: u64) -> TrainConfig {
     }
 }
 
-#[test]
-fn the_d_phase_changes_only_d_and_the_g_phase_only_g() {
+/// Two updates of `config` through the loop: which parts each phase changed, and the metric
+/// lines.
+fn probe_run(
+    config: AdversarialConfig,
+) -> (Vec<(usize, usize, usize)>, Vec<apt_flow::train::MetricLine>) {
     let dir = tempfile::tempdir().unwrap();
     let m = models();
     let mut trainer = Trainer::new(
@@ -195,7 +200,7 @@ fn the_d_phase_changes_only_d_and_the_g_phase_only_g() {
         inner: AdversarialStep::new(
             &m.generator,
             &m.discriminator,
-            AdversarialConfig::default(),
+            config,
             &mut data,
             &Embeddings,
             2,
@@ -210,19 +215,30 @@ fn the_d_phase_changes_only_d_and_the_g_phase_only_g() {
             lines.push(l.clone())
         })
         .unwrap();
-    assert_eq!(probe.changes.len(), 4, "two updates of two phases");
-    for (phase, g, d) in &probe.changes {
-        match phase {
-            0 => assert!(
+    (probe.changes, lines)
+}
+
+fn assert_phases_touch_their_part(changes: &[(usize, usize, usize)], d_steps: usize) {
+    assert_eq!(changes.len(), 2 * (d_steps + 1), "two updates: {changes:?}");
+    for (phase, g, d) in changes {
+        if *phase < d_steps {
+            assert!(
                 *g == 0 && *d > 0,
                 "a D phase changed G ({g}) or not D ({d})"
-            ),
-            _ => assert!(
+            );
+        } else {
+            assert!(
                 *d == 0 && *g > 0,
                 "a G phase changed D ({d}) or not G ({g})"
-            ),
+            );
         }
     }
+}
+
+#[test]
+fn the_d_phase_changes_only_d_and_the_g_phase_only_g() {
+    let (changes, lines) = probe_run(AdversarialConfig::default());
+    assert_phases_touch_their_part(&changes, 1);
     for key in [
         "d_real",
         "d_fake",
@@ -237,6 +253,57 @@ fn the_d_phase_changes_only_d_and_the_g_phase_only_g() {
         assert!(lines[1].value(key).is_finite(), "{key}: {lines:?}");
     }
     assert!(lines[1].value("ar1") >= 0.0);
+}
+
+#[test]
+fn every_discriminator_option_trains_each_part_in_its_phase() {
+    for loss in [
+        AdversarialLoss::NonSaturating,
+        AdversarialLoss::Relativistic,
+        AdversarialLoss::Hinge,
+    ] {
+        let config = AdversarialConfig {
+            loss,
+            lambda_r2: 10.0,
+            sigma_r2: 0.05,
+            d_steps: 2,
+            inputs: DiscriminatorInputs {
+                translate: 3,
+                noised: true,
+            },
+            ..AdversarialConfig::default()
+        };
+        let (changes, lines) = probe_run(config);
+        assert_phases_touch_their_part(&changes, 2);
+        for key in ["d_loss", "ar1", "ar2", "g_loss"] {
+            let v = lines[1].value(key);
+            assert!(v.is_finite(), "{loss:?} {key}: {lines:?}");
+        }
+        assert!(lines[1].value("ar2") > 0.0, "{loss:?}: R2 on fakes is on");
+    }
+}
+
+#[test]
+fn the_default_options_follow_the_papers_stream() {
+    // Turning an option on changes the run; the defaults written out explicitly do not.
+    let explicit = AdversarialConfig {
+        lambda_r2: 0.0,
+        d_steps: 1,
+        loss: AdversarialLoss::NonSaturating,
+        inputs: DiscriminatorInputs::default(),
+        ..AdversarialConfig::default()
+    };
+    let (_, a) = probe_run(AdversarialConfig::default());
+    let (_, b) = probe_run(explicit);
+    let (_, c) = probe_run(AdversarialConfig {
+        inputs: DiscriminatorInputs {
+            translate: 3,
+            noised: false,
+        },
+        ..AdversarialConfig::default()
+    });
+    assert_eq!(a[1].value("g_loss"), b[1].value("g_loss"));
+    assert_ne!(a[1].value("d_loss"), c[1].value("d_loss"));
 }
 
 #[test]

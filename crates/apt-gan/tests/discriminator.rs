@@ -1,5 +1,6 @@
 //! The APT discriminator: taps, shapes, backbone loading, early stop, and R1 through it.
 
+use apt_flow::{TensorRng, TimeDistribution, TimestepSampler};
 use apt_gan::discriminator::{
     default_taps, discriminator_param_count, load_backbone, AptDiscriminator, DiscriminatorConfig,
 };
@@ -79,6 +80,7 @@ fn the_backbone_loads_the_diffusion_weights_and_stops_after_the_last_tap() {
         &DiscriminatorConfig {
             taps: Some(vec![1]),
             time_shift: 1.0,
+            times: None,
         },
     )
     .unwrap();
@@ -128,6 +130,7 @@ fn d_times_follow_the_shift() {
         &DiscriminatorConfig {
             taps: None,
             time_shift: 12.0,
+            times: None,
         },
     )
     .unwrap();
@@ -136,6 +139,44 @@ fn d_times_follow_the_shift() {
     assert!(
         (v[0] - 0.0).abs() < 1e-6 && (v[1] - 12.0 / 13.0).abs() < 1e-6 && (v[2] - 1.0).abs() < 1e-6
     );
+    // The default sampler draws exactly shift(U(0, 1), s) from the stream.
+    let (mut a, mut b) = (TensorRng::new(5, 0), TensorRng::new(5, 0));
+    let drawn = d.sample_times(64, &mut a, Device::Cpu);
+    let by_hand = d.times_from_uniform(&b.uniform(&[64], Device::Cpu));
+    assert!(drawn.equal(&by_hand));
+}
+
+#[test]
+fn d_times_can_follow_another_sampler_or_the_teachers() {
+    let parse = |s: &str| -> DiscriminatorConfig { toml::from_str(s).unwrap() };
+    let uniform = parse("times = { distribution = { kind = \"uniform\" } }");
+    let sampler = uniform.time_sampler().unwrap();
+    assert_eq!(sampler.shift, 1.0);
+    assert_eq!(sampler.distribution, TimeDistribution::Uniform);
+    let teacher = parse("time_shift = 12.0\ntimes = \"teacher\"");
+    assert!(teacher.time_sampler().is_err(), "unresolved \"teacher\"");
+    let teachers = TimestepSampler {
+        distribution: TimeDistribution::LogitNormal {
+            mean: 0.0,
+            std: 1.0,
+        },
+        shift: 3.0,
+    };
+    let resolved = teacher.with_teacher_times(&teachers);
+    assert_eq!(resolved.time_sampler().unwrap(), teachers);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let d = AptDiscriminator::new(vs.root(), &tiny(), &resolved).unwrap();
+    let t = d.sample_times(4096, &mut TensorRng::new(1, 0), Device::Cpu);
+    // Logit-normal(0, 1) shifted by 3: median shift(0.5, 3) = 0.75.
+    let median = t.median().double_value(&[]);
+    assert!((median - 0.75).abs() < 0.03, "median {median}");
+    assert!(toml::from_str::<DiscriminatorConfig>("times = \"student\"").is_err());
+    let bad = parse("times = { distribution = { kind = \"uniform\" }, shift = -1.0 }");
+    let err = bad
+        .validate("apt.discriminator", 6)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("apt.discriminator.times.shift"), "{err}");
 }
 
 #[test]

@@ -1,12 +1,15 @@
 //! The adversarial stages on a tiny model: the stage runs end to end with previews and its
 //! evaluation, a stopped run resumes to the same generator, and an image stage hands its
-//! generator to the video stage while D restarts from the teacher.
+//! generator to the video stage while D restarts from the teacher; every discriminator option
+//! runs through the stage.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use apt_flow::train::MetricLine;
+use apt_gan::discriminator::{DiscriminatorTimes, NamedTimes};
+use apt_gan::AdversarialLoss;
 use apt_pipeline::stages::apt::{StagePlan, StartingModels};
 use apt_pipeline::stages::{Outcome, Progress, StageReport};
 use apt_pipeline::{run_stage, run_stages, RunConfig, RunDir, Stage, StageRun};
@@ -232,4 +235,43 @@ fn an_image_stage_hands_its_generator_to_the_video_stage() {
     for (k, v) in backbone {
         assert!(v.equal(&teacher[&k["backbone.".len()..]]), "{k}");
     }
+}
+
+#[test]
+fn the_discriminator_options_run_through_the_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run_cfg = prepared(dir.path(), "opts", "");
+    let apt = run_cfg.apt.as_mut().unwrap();
+    apt.loss = AdversarialLoss::Relativistic;
+    apt.lambda_r2 = 10.0;
+    apt.d_steps = 2;
+    apt.translate = 3;
+    apt.noised_inputs = true;
+    apt.discriminator.times = Some(DiscriminatorTimes::Named(NamedTimes::Teacher));
+    run_cfg.validate().unwrap();
+    let plan = StagePlan::new(&run_cfg, Stage::Apt).unwrap();
+    let teacher_times = run_cfg.pretrain.as_ref().unwrap().timesteps;
+    assert_eq!(plan.discriminator.time_sampler().unwrap(), teacher_times);
+    assert_eq!(
+        plan.method.sigma_r2, plan.method.sigma,
+        "σ_R2 defaults to σ"
+    );
+    assert_eq!(plan.method.d_steps, 2);
+    let finish = run(
+        &run_cfg,
+        &[Stage::Apt],
+        false,
+        &mut (),
+        Arc::new(AtomicBool::new(false)),
+    );
+    assert_eq!(finish, apt_flow::Finish::Completed);
+    let metrics = std::fs::read_to_string(dir.path().join("opts/apt/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    for key in ["ar1", "ar2", "d_loss", "g_loss"] {
+        assert!(last[key].is_f64(), "{key}: {last}");
+    }
+    // "teacher" needs a [pretrain] section to read the teacher's sampler from.
+    run_cfg.pretrain = None;
+    let err = run_cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("apt.discriminator.times"), "{err}");
 }

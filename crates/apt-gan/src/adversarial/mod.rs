@@ -4,9 +4,15 @@
 //! `softplus(−D(x)) + softplus(D(G(z)))` plus λ·approximated R1 on the real clips — then a G
 //! phase — `softplus(−D(G(z)))` with D frozen. The loop supplies gradient accumulation, the
 //! non-finite guard, clipping, RMSProp, the generator EMA, checkpoints and resume.
+//!
+//! [`AdversarialConfig`] also offers documented departures, all off by default: the
+//! relativistic or hinge loss, approximated R2 on fakes, several D steps per G step, and
+//! translated or noised D inputs ([`inputs`]).
 
 pub mod config;
+pub mod inputs;
 pub mod step;
 
-pub use config::AdversarialConfig;
+pub use config::{AdversarialConfig, AdversarialLoss};
+pub use inputs::{DiscriminatorInputs, InputDraw};
 pub use step::{AdversarialStep, DISCRIMINATOR, GENERATOR};

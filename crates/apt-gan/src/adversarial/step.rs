@@ -5,9 +5,13 @@ use apt_flow::train::{StepLog, TrainStep};
 use apt_flow::{Conditioning, OneStepGenerator, Result, TensorRng, VelocityModel};
 use tch::{Device, Kind, Tensor};
 
-use super::config::AdversarialConfig;
+use super::config::{AdversarialConfig, AdversarialLoss};
 use crate::discriminator::AptDiscriminator;
-use crate::losses::{approx_r1_penalty, bce_discriminator_loss, non_saturating_generator_loss};
+use crate::losses::{
+    approx_penalty_from_logits, bce_discriminator_loss, hinge_discriminator_loss,
+    hinge_generator_loss, non_saturating_generator_loss, relativistic_discriminator_loss,
+    relativistic_generator_loss,
+};
 
 /// Index of the generator among the loop's parts (its name is `generator`).
 pub const GENERATOR: usize = 0;
@@ -16,13 +20,16 @@ pub const DISCRIMINATOR: usize = 1;
 
 /// The D and G phases of one APT update.
 ///
-/// * D phase, per micro-batch: real clips `x` and captions `c`; `x̂ = z − Ĝ(z, c, 1)` without
-///   gradient; `t_r, t_f ~ shift(U(0, 1), s)` per sample; the loss is
-///   `softplus(−D(x, t_r, c)) + softplus(D(x̂, t_f, c))` plus `λ·(D(x, t_r, c) − D(x + σε, t_r, c))²`
-///   (the same time and text for both aR1 branches). Logs `d_real`, `d_fake` (mean logits),
-///   `d_loss`, `ar1` (λ included).
-/// * G phase, per micro-batch: the captions of the D phase's micro-batches, fresh `z` and D
-///   times; the loss is `softplus(−D(z − Ĝ(z, c, 1), t, c))`. Logs `g_loss`.
+/// * D phase (`d_steps` of them), per micro-batch: real clips `x` and captions `c`;
+///   `x̂ = z − Ĝ(z, c, 1)` without gradient; `t_r, t_f` from D's time distribution per sample;
+///   the loss (non-saturating by default) `softplus(−D(x, t_r, c)) + softplus(D(x̂, t_f, c))`
+///   plus `λ·(D(x, t_r, c) − D(x + σε, t_r, c))²` — the first term's `D(x, t_r, c)` reused as
+///   the clean branch — and, if `lambda_r2 > 0`, the same on `x̂`. Every clip passes through the
+///   batch's [`InputDraw`](super::InputDraw) first (same draw for a clip and its perturbed copy). Logs `d_real`,
+///   `d_fake` (mean logits), `d_loss`, `ar1`, `ar2` (λ included; the last D step's values).
+/// * G phase, per micro-batch: the captions of the D phase's micro-batches, fresh `z`, D times
+///   and input draw; the loss `softplus(−D(z − Ĝ(z, c, 1), t, c))` (or the configured pair's G
+///   side). Logs `g_loss`.
 pub struct AdversarialStep<'a, G> {
     generator: &'a G,
     discriminator: &'a AptDiscriminator,
@@ -31,8 +38,9 @@ pub struct AdversarialStep<'a, G> {
     text: &'a dyn CaptionEncoder,
     batch: usize,
     device: Device,
-    /// Conditioning of the last D phase's micro-batches, reused by the G phase.
-    conds: Vec<Conditioning>,
+    /// Conditioning (and real clips, for the relativistic loss) of the last D phases'
+    /// micro-batches, reused by the G phase.
+    batches: Vec<(Conditioning, Option<Tensor>)>,
     /// Which G micro-batch comes next.
     next_g: usize,
 }
@@ -61,7 +69,7 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
             text,
             batch,
             device,
-            conds: Vec::new(),
+            batches: Vec::new(),
             next_g: 0,
         }
     }
@@ -73,8 +81,31 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
     }
 
     fn d_times(&self, b: i64, rng: &mut TensorRng) -> Tensor {
-        self.discriminator
-            .times_from_uniform(&rng.uniform(&[b], self.device))
+        self.discriminator.sample_times(b, rng, self.device)
+    }
+
+    /// `λ·(D(x) − D(x + σε))²` with `D(x)` given as `clean` (0 when λ = 0, drawing nothing
+    /// unless `draw_always`).
+    #[allow(clippy::too_many_arguments)]
+    fn penalty(
+        &self,
+        clean: &Tensor,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        (lambda, sigma): (f64, f64),
+        draw_always: bool,
+        rng: &mut TensorRng,
+    ) -> Result<Tensor> {
+        if lambda <= 0.0 {
+            if draw_always {
+                let _skipped = rng.normal(&x.size(), self.device);
+            }
+            return Ok(Tensor::zeros([], (Kind::Float, self.device)));
+        }
+        let noise = rng.normal(&x.size(), self.device);
+        let perturbed = self.d_logits(&(x + noise * sigma), t, cond)?;
+        Ok(approx_penalty_from_logits(clean, &perturbed, lambda))
     }
 
     fn d_loss(&mut self, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
@@ -84,43 +115,77 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
         let cond = self.text.encode(&captions, &[])?;
         let z = rng.normal(&real.size(), self.device);
         let fake = tch::no_grad(|| OneStepGenerator::new(self.generator).generate(&z, &cond))?;
-        let (t_real, t_fake) = (self.d_times(b, rng), self.d_times(b, rng));
-        let l_real = self.d_logits(&real, &t_real, &cond)?;
-        let l_fake = self.d_logits(&fake, &t_fake, &cond)?;
-        let loss = bce_discriminator_loss(&l_real, &l_fake);
-        let noise = rng.normal(&real.size(), self.device);
-        let penalty = if self.config.lambda_r1 > 0.0 {
-            let d = self.discriminator;
-            approx_r1_penalty(
-                |x| {
-                    d.forward(x, &t_real, &cond.context, &cond.pooled)
-                        .expect("shapes checked by the first forward")
-                },
-                &real,
-                self.config.lambda_r1,
-                self.config.sigma,
-                &noise,
-            )
-        } else {
-            Tensor::zeros([], (Kind::Float, self.device))
+        let (t_real, mut t_fake) = (self.d_times(b, rng), self.d_times(b, rng));
+        if self.config.loss == AdversarialLoss::Relativistic {
+            // Pairs compare a real and a fake clip at the same time.
+            t_fake = t_real.shallow_clone();
+        }
+        let inputs = self.config.inputs;
+        let x_real = inputs.draw(&real, &t_real, rng).apply(&real);
+        let x_fake = inputs.draw(&fake, &t_fake, rng).apply(&fake);
+        let l_real = self.d_logits(&x_real, &t_real, &cond)?;
+        let l_fake = self.d_logits(&x_fake, &t_fake, &cond)?;
+        let loss = match self.config.loss {
+            AdversarialLoss::NonSaturating => bce_discriminator_loss(&l_real, &l_fake),
+            AdversarialLoss::Relativistic => relativistic_discriminator_loss(&l_real, &l_fake),
+            AdversarialLoss::Hinge => hinge_discriminator_loss(&l_real, &l_fake),
         };
+        let c = self.config;
+        // aR1's noise is drawn even when it is off (the stream of the paper's recipe).
+        let ar1 = self.penalty(
+            &l_real,
+            &x_real,
+            &t_real,
+            &cond,
+            (c.lambda_r1, c.sigma),
+            true,
+            rng,
+        )?;
+        let ar2 = self.penalty(
+            &l_fake,
+            &x_fake,
+            &t_fake,
+            &cond,
+            (c.lambda_r2, c.sigma_r2),
+            false,
+            rng,
+        )?;
         log.add("d_real", mean(&l_real));
         log.add("d_fake", mean(&l_fake));
         log.add("d_loss", loss.double_value(&[]));
-        log.add("ar1", penalty.double_value(&[]));
-        self.conds.push(cond);
-        Ok(loss + penalty)
+        log.add("ar1", ar1.double_value(&[]));
+        if self.config.lambda_r2 > 0.0 {
+            log.add("ar2", ar2.double_value(&[]));
+        }
+        let keep_real = (self.config.loss == AdversarialLoss::Relativistic).then_some(real);
+        self.batches.push((cond, keep_real));
+        Ok(loss + ar1 + ar2)
     }
 
     fn g_loss(&mut self, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
-        let cond = self.conds[self.next_g % self.conds.len()].shallow_clone();
+        let (cond, real) = &self.batches[self.next_g % self.batches.len()];
+        let (cond, real) = (
+            cond.shallow_clone(),
+            real.as_ref().map(|r| r.shallow_clone()),
+        );
         self.next_g += 1;
         let b = cond.batch();
         let [c, t, h, w] = self.data.clip_shape();
         let z = rng.normal(&[b, c, t, h, w], self.device);
         let fake = OneStepGenerator::new(self.generator).generate(&z, &cond)?;
         let times = self.d_times(b, rng);
-        let loss = non_saturating_generator_loss(&self.d_logits(&fake, &times, &cond)?);
+        let inputs = self.config.inputs;
+        let x_fake = inputs.draw(&fake, &times, rng).apply(&fake);
+        let l_fake = self.d_logits(&x_fake, &times, &cond)?;
+        let loss = match (self.config.loss, real) {
+            (AdversarialLoss::Relativistic, Some(real)) => {
+                let x_real = inputs.draw(&real, &times, rng).apply(&real);
+                let l_real = tch::no_grad(|| self.d_logits(&x_real, &times, &cond))?;
+                relativistic_generator_loss(&l_real, &l_fake)
+            }
+            (AdversarialLoss::Hinge, _) => hinge_generator_loss(&l_fake),
+            _ => non_saturating_generator_loss(&l_fake),
+        };
         log.add("g_loss", loss.double_value(&[]));
         Ok(loss)
     }
@@ -128,14 +193,16 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
 
 impl<G: VelocityModel> TrainStep for AdversarialStep<'_, G> {
     fn phases(&self) -> Vec<usize> {
-        vec![DISCRIMINATOR, GENERATOR]
+        let mut phases = vec![DISCRIMINATOR; self.config.d_steps];
+        phases.push(GENERATOR);
+        phases
     }
 
     fn loss(&mut self, phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
-        if phase == 0 {
+        if phase < self.config.d_steps {
             if self.next_g > 0 {
-                // A new update: the G phase of the previous one has consumed its captions.
-                self.conds.clear();
+                // A new update: the G phase of the previous one has consumed its batches.
+                self.batches.clear();
                 self.next_g = 0;
             }
             self.d_loss(rng, log)

@@ -8,6 +8,7 @@ mod sections;
 
 use std::path::{Path, PathBuf};
 
+use apt_gan::discriminator::{DiscriminatorTimes, NamedTimes};
 use apt_mmdit::{MmditConfig, Preset};
 use serde::{Deserialize, Serialize};
 
@@ -166,6 +167,14 @@ impl RunConfig {
         }
         if let Some(a) = &self.apt {
             a.validate(model.depth)?;
+            let teacher = Some(DiscriminatorTimes::Named(NamedTimes::Teacher));
+            if a.discriminator.times == teacher && self.pretrain.is_none() {
+                return Err(config_error(
+                    "apt.discriminator.times",
+                    "is \"teacher\" but there is no [pretrain] section to take the teacher's \
+                     timesteps from: give a sampler table instead",
+                ));
+            }
         }
         Ok(())
     }

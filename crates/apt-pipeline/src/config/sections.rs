@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use apt_flow::distill::{ConsistencyConfig, ConsistencyTarget};
 use apt_flow::{Method, SamplerConfig, TimestepSampler, TrainConfig};
-use apt_gan::{AdversarialConfig, DiscriminatorConfig};
+use apt_gan::{AdversarialConfig, AdversarialLoss, DiscriminatorConfig, DiscriminatorInputs};
 use apt_mmdit::MmditConfig;
 use serde::{Deserialize, Serialize};
 
@@ -310,6 +310,27 @@ pub struct AptSection {
     /// Its perturbation standard deviation σ (paper: 0.01 images, 0.1 video).
     #[serde(default = "default_sigma")]
     pub sigma: f64,
+    /// The loss pair: `"non-saturating"` (paper, default), `"relativistic"` (R3GAN, APT2) or
+    /// `"hinge"`.
+    #[serde(default)]
+    pub loss: AdversarialLoss,
+    /// Weight of the approximated R2 on generated clips (APT2; default 0 = off).
+    #[serde(default)]
+    pub lambda_r2: f64,
+    /// Its perturbation standard deviation (default: `sigma`).
+    #[serde(default)]
+    pub sigma_r2: Option<f64>,
+    /// D updates per G update (default 1, the paper).
+    #[serde(default = "one_u")]
+    pub d_steps: usize,
+    /// Random translation of every clip D sees by 0..=`translate` pixels along H and W
+    /// (DiffAugment; `patch − 1` covers every phase of the patch grid; default 0 = off).
+    #[serde(default)]
+    pub translate: i64,
+    /// D sees `x_t = (1 − t)·x + t·ε` at its timestep instead of the clean clip (LADD; a
+    /// departure from APT; default false).
+    #[serde(default)]
+    pub noised_inputs: bool,
     /// Which distilled student starts G.
     #[serde(default = "default_init")]
     pub generator_init: GeneratorInit,
@@ -364,6 +385,14 @@ impl AptSection {
         AdversarialConfig {
             lambda_r1: self.lambda_r1,
             sigma: self.sigma,
+            lambda_r2: self.lambda_r2,
+            sigma_r2: self.sigma_r2.unwrap_or(self.sigma),
+            loss: self.loss,
+            d_steps: self.d_steps,
+            inputs: DiscriminatorInputs {
+                translate: self.translate,
+                noised: self.noised_inputs,
+            },
         }
     }
 
@@ -388,6 +417,7 @@ impl AptSection {
             method.validate("apt.image")?;
             DiscriminatorConfig {
                 time_shift: image.time_shift,
+                times: None,
                 ..self.discriminator.clone()
             }
             .validate("apt.image", depth)?;

@@ -70,11 +70,16 @@ impl StagePlan {
             GeneratorInit::Distill => Stage::Distill,
             GeneratorInit::Consistency => Stage::Consistency,
         };
+        // `times = "teacher"` (checked against [pretrain] by RunConfig::validate).
+        let discriminator = match &run.pretrain {
+            Some(p) => cfg.discriminator.with_teacher_times(&p.timesteps),
+            None => cfg.discriminator.clone(),
+        };
         let video = Self {
             data: run.data.clone(),
             train: cfg.train.clone(),
             method: cfg.method(),
-            discriminator: cfg.discriminator.clone(),
+            discriminator,
             generator_init: student,
         };
         Ok(match (&cfg.image, stage) {
@@ -92,8 +97,10 @@ impl StagePlan {
                     sigma: image.sigma,
                     ..cfg.method()
                 },
+                // The image stage's D times: shift(U(0, 1), image.time_shift).
                 discriminator: DiscriminatorConfig {
                     time_shift: image.time_shift,
+                    times: None,
                     ..cfg.discriminator.clone()
                 },
                 generator_init: student,
