@@ -9,6 +9,7 @@ mod log_file;
 mod model_cmd;
 mod progress;
 mod sample_cmd;
+mod study_cmd;
 mod text_cmd;
 mod train_cmd;
 
@@ -35,6 +36,8 @@ enum Command {
     Sample(sample_cmd::SampleArgs),
     /// Train the pipeline (or one stage of it) from a run config.
     Train(train_cmd::TrainArgs),
+    /// Ablation study of the adversarial stage: variants × seeds from one shared init.
+    Study(study_cmd::StudyArgs),
     /// Data tools: inspect a video or image file.
     Data {
         #[command(subcommand)]
@@ -87,6 +90,10 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Sample(args) => sample_cmd::run(args),
+        Command::Study(args) => match study_cmd::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Eval(args) => match eval_cmd::run(args) {
             Ok(code) => return code,
             Err(e) => Err(e),

@@ -5,15 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use apt_flow::train::MetricLine;
 use apt_flow::Finish;
 use apt_pipeline::report::table;
-use apt_pipeline::stages::{run_all, run_stages, stage_steps, Outcome, Progress, StageRun};
+use apt_pipeline::stages::{run_all, run_stages, StageRun};
 use apt_pipeline::{planned_stages, OpenRun, RunConfig, Selection, Stage};
 use clap::{Args, ValueEnum};
-use indicatif::ProgressBar;
 
-use crate::progress::{bar, stop_flag};
+use crate::progress::{stop_flag, StageBars};
 use crate::{dry_run, log_file};
 
 /// A pipeline stage on the command line.
@@ -63,97 +61,6 @@ pub struct TrainArgs {
     dry_run: bool,
 }
 
-/// Progress bars and log lines for the stages.
-struct Bars {
-    config: RunConfig,
-    bar: Option<ProgressBar>,
-    pairs: Option<ProgressBar>,
-    started: std::time::Instant,
-}
-
-impl Progress for Bars {
-    fn stage_start(&mut self, stage: Stage, steps: u64) {
-        tracing::info!(stage = stage.name(), steps, "stage start");
-        self.started = std::time::Instant::now();
-        self.bar = Some(bar(steps, stage.name()));
-    }
-
-    fn update(&mut self, stage: Stage, m: &MetricLine) {
-        let total = stage_steps(&self.config, stage);
-        if let Some(b) = &self.bar {
-            b.set_position(m.step);
-            b.set_message(match stage {
-                Stage::AptImage | Stage::Apt => format!(
-                    "D(real) {:+.2} D(fake) {:+.2} aR1 {:.4} G {:.3}",
-                    m.value("d_real"),
-                    m.value("d_fake"),
-                    m.value("ar1"),
-                    m.value("g_loss")
-                ),
-                _ => format!("loss {:.4} lr {:.2e}", m.value("loss"), m.value("lr")),
-            });
-        }
-        if m.step.is_multiple_of(50) || m.step == total {
-            let values = serde_json::to_string(&m.values).unwrap_or_default();
-            tracing::info!(stage = %m.stage, step = m.step, skipped = m.skipped, %values, "progress");
-        }
-    }
-
-    fn pairs(&mut self, done: usize, total: usize) {
-        let b = self.pairs.get_or_insert_with(|| bar(total as u64, "pairs"));
-        b.set_position(done as u64);
-        if done == total {
-            b.finish_and_clear();
-            self.pairs = None;
-        }
-    }
-
-    fn stage_end(&mut self, stage: Stage, outcome: &Outcome) {
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-        if let Some(b) = self.pairs.take() {
-            b.finish_and_clear();
-        }
-        let seconds = self.started.elapsed().as_secs_f64();
-        let stopped = matches!(outcome, Outcome::Stopped);
-        tracing::info!(stage = stage.name(), seconds, stopped, "stage end");
-        if let Outcome::Completed(report) = outcome {
-            let json = serde_json::to_value(report).unwrap_or_default();
-            let bad = json["bad_samples"].as_array().map_or(0, Vec::len);
-            if bad > 0 {
-                tracing::warn!(
-                    stage = stage.name(),
-                    files = bad,
-                    "bad samples were skipped (listed in the stage's report.json)"
-                );
-            }
-            println!(
-                "{} report ({seconds:.0} s):\n{}",
-                stage.name(),
-                serde_json::to_string_pretty(&json).unwrap_or_default()
-            );
-        }
-    }
-
-    fn skipped(&mut self, stage: Stage) {
-        println!("{}: finished earlier; skipping", stage.name());
-    }
-
-    fn evaluated(&mut self, done: usize, total: usize, name: &str) {
-        let b = self
-            .bar
-            .get_or_insert_with(|| bar(total as u64, "evaluate"));
-        b.set_position(done as u64);
-        b.set_message(name.to_string());
-        tracing::info!(done, total, model = name, "evaluated");
-        if done == total {
-            b.finish_and_clear();
-            self.bar = None;
-        }
-    }
-}
-
 /// Runs the stage(s). Exit code 130 when interrupted (Ctrl-C / SIGTERM) after the current step
 /// was finished and checkpointed.
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
@@ -180,12 +87,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     log_file::open(&open.dir.log_file())?;
     tracing::info!(config = %args.config.display(), out = %open.dir.root().display(), stage = ?args.stage, resume = args.resume, "apt train");
     let stop = stop_flag()?;
-    let mut bars = Bars {
-        config: open.config.clone(),
-        bar: None,
-        pairs: None,
-        started: std::time::Instant::now(),
-    };
+    let mut bars = StageBars::new(open.config.clone());
     let mut ctx = StageRun {
         config: &open.config,
         dir: &open.dir,

@@ -6,7 +6,8 @@
 //! the lock and checks that claim a directory before anything in it changes
 //! ([`session::OpenRun`]), the stage drivers ([`stages`]), the data and text sources the
 //! method crates' traits are implemented with ([`data`], [`text`]), and the run's evaluation
-//! and report ([`eval`], [`report`]).
+//! and report ([`eval`], [`report`]); ablation studies of the adversarial stage over
+//! variants and seeds ([`study`]).
 
 #![warn(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod report;
 pub mod run_dir;
 pub mod session;
 pub mod stages;
+pub mod study;
 pub mod text;
 
 pub use config::RunConfig;

@@ -29,7 +29,7 @@ pub struct RunMetrics {
 }
 
 /// `(step, field)` of a stage's `metrics.jsonl`, the last line per step.
-fn curve(dir: &RunDir, stage: Stage, field: &str) -> Vec<(f64, f64)> {
+pub(crate) fn curve(dir: &RunDir, stage: Stage, field: &str) -> Vec<(f64, f64)> {
     MetricsLog::read(&dir.stage_metrics(stage))
         .iter()
         .filter_map(|m| {

@@ -1,0 +1,138 @@
+//! Training a study: the shared teacher and distilled init once (or reused), then every
+//! variant × seed's adversarial stage in its own run directory, whose stage directories of the
+//! init are links to the shared ones. Finished runs are skipped and interrupted ones resume,
+//! so running a study again continues it.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use apt_flow::Finish;
+
+use super::Study;
+use crate::config::{GeneratorInit, RunConfig};
+use crate::error::{io_error, PipelineError, Result};
+use crate::run_dir::{RunDir, Stage};
+use crate::session::{planned_stages, OpenRun, Selection};
+use crate::stages::{run_stages, Progress, StageRun};
+
+/// Who follows a study: the stages' progress, and which run is next.
+pub trait StudyProgress: Progress {
+    /// Run `index` of `total` (`label`: `shared`, or `<variant> seed <s>`) starts or is skipped.
+    fn run_start(&mut self, _label: &str, _index: usize, _total: usize, _skipped: bool) {}
+}
+
+impl StudyProgress for () {}
+
+/// The stages of the shared init: the teacher and the student that starts G.
+pub fn init_stages(config: &RunConfig) -> Vec<Stage> {
+    let student = match config.apt.as_ref().map(|a| a.generator_init) {
+        Some(GeneratorInit::Consistency) => Stage::Consistency,
+        _ => Stage::Distill,
+    };
+    vec![Stage::Pretrain, student]
+}
+
+/// Trains whatever the study still lacks: the shared init, then each variant × seed. Returns
+/// [`Finish::Stopped`] when `stop` was raised (the current run checkpointed).
+pub fn run_study(
+    study: &Study,
+    progress: &mut dyn StudyProgress,
+    stop: Arc<AtomicBool>,
+) -> Result<Finish> {
+    let total = study.runs.len() + 1;
+    if train_shared(study, progress, stop.clone())? == Finish::Stopped {
+        return Ok(Finish::Stopped);
+    }
+    let shared = RunDir::new(&study.shared.out);
+    for (i, (variant, seed, cfg)) in study.runs.iter().enumerate() {
+        let dir = RunDir::new(&cfg.out);
+        let label = format!("{variant} seed {seed}");
+        if dir.is_finished(Stage::Apt) {
+            progress.run_start(&label, i + 2, total, true);
+            continue;
+        }
+        progress.run_start(&label, i + 2, total, false);
+        std::fs::create_dir_all(dir.root()).map_err(io_error(dir.root()))?;
+        for stage in init_stages(cfg) {
+            link_stage(&shared, &dir, stage)?;
+        }
+        let stages = planned_stages(cfg, Selection::One(Stage::Apt))?;
+        if run(cfg, &stages, progress, stop.clone())? == Finish::Stopped {
+            return Ok(Finish::Stopped);
+        }
+    }
+    Ok(Finish::Completed)
+}
+
+/// The shared init: reused when `init` names a run (its exports must exist), else trained
+/// (or resumed) into `<out>/shared`.
+fn train_shared(
+    study: &Study,
+    progress: &mut dyn StudyProgress,
+    stop: Arc<AtomicBool>,
+) -> Result<Finish> {
+    let total = study.runs.len() + 1;
+    let dir = RunDir::new(&study.shared.out);
+    let needed = init_stages(&study.shared);
+    let missing: Vec<Stage> = needed
+        .iter()
+        .copied()
+        .filter(|&s| !dir.is_finished(s))
+        .collect();
+    if study.config.init.is_some() {
+        if let Some(&stage) = missing.first() {
+            return Err(PipelineError::File {
+                path: dir.stage(stage),
+                reason: format!(
+                    "the study's `init` run has not finished its `{stage}` stage (no report.json)"
+                ),
+            });
+        }
+    }
+    progress.run_start("shared", 1, total, missing.is_empty());
+    if missing.is_empty() {
+        return Ok(Finish::Completed);
+    }
+    run(&study.shared, &missing, progress, stop)
+}
+
+/// Claims `config.out` and runs `stages` in it, resuming any that has checkpoints.
+fn run(
+    config: &RunConfig,
+    stages: &[Stage],
+    progress: &mut dyn StudyProgress,
+    stop: Arc<AtomicBool>,
+) -> Result<Finish> {
+    let dir = RunDir::new(&config.out);
+    let resume = stages.iter().any(|&s| dir.has_checkpoints(s));
+    let open = OpenRun::for_training(config.clone(), stages, resume)?;
+    let mut ctx = StageRun {
+        config: &open.config,
+        dir: &open.dir,
+        resume,
+        stop,
+        progress,
+    };
+    run_stages(&mut ctx, stages, false)
+}
+
+/// Makes `run`'s directory of `stage` a link to the shared one (nothing to do when it exists).
+fn link_stage(shared: &RunDir, run: &RunDir, stage: Stage) -> Result<()> {
+    let link = run.stage(stage);
+    if link.exists() {
+        return Ok(());
+    }
+    let target = std::path::absolute(shared.stage(stage)).map_err(io_error(&link))?;
+    symlink_dir(&target, &link).map_err(io_error(&link))
+}
+
+#[cfg(unix)]
+fn symlink_dir(target: &Path, link: &Path) -> std::io::Result<()> {
+    std::os::unix::fs::symlink(target, link)
+}
+
+#[cfg(windows)]
+fn symlink_dir(target: &Path, link: &Path) -> std::io::Result<()> {
+    std::os::windows::fs::symlink_dir(target, link)
+}
