@@ -1,4 +1,4 @@
-//! `apt study --config configs/studies/NAME.toml [--evaluate-only]`: trains what the study
+//! `apt study --config configs/studies/NAME.toml [--init RUN] [--evaluate-only]`: trains what the study
 //! still lacks (the shared init, then every variant × seed; finished runs are skipped, stopped
 //! ones resume), evaluates every run against the shared distilled one-step generator and
 //! writes `results.md`, `results.json` and `plots/` under the study's `out`.
@@ -22,6 +22,9 @@ pub struct StudyArgs {
     /// The study file (base run config, seeds, variants).
     #[arg(long)]
     config: PathBuf,
+    /// Reuse this finished run's teacher and distilled student (overrides the file's `init`).
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Evaluate the finished runs only (train nothing).
     #[arg(long)]
     evaluate_only: bool,
@@ -74,7 +77,7 @@ impl StudyProgress for StudyBars<'_> {
 /// Runs the study. Exit code 130 when interrupted (the current run at a checkpoint; run the
 /// same command again to continue).
 pub fn run(args: StudyArgs) -> Result<ExitCode> {
-    let study = Study::load(&args.config)?;
+    let study = Study::load_with_init(&args.config, args.init)?;
     std::fs::create_dir_all(&study.config.out)?;
     crate::log_file::open(&study.config.out.join("study.log"))?;
     let stop = stop_flag()?;

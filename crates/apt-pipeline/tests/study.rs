@@ -186,3 +186,18 @@ fn a_variant_may_only_change_apt_keys() {
         .to_string()
         .contains("variants.name"));
 }
+
+#[test]
+fn the_shipped_studies_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/studies");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let s = Study::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(s.runs.len(), s.config.variants.len() * s.config.seeds.len());
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no study in {}", dir.display());
+}

@@ -89,11 +89,19 @@ pub struct Study {
 impl Study {
     /// Reads `path`, builds the shared config and every variant × seed config, and checks them.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with_init(path, None)
+    }
+
+    /// [`Study::load`], with `init` (when given) replacing the file's `init`.
+    pub fn load_with_init(path: &Path, init: Option<PathBuf>) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(io_error(path))?;
-        let config: StudyConfig = toml::from_str(&text).map_err(|e| PipelineError::File {
+        let mut config: StudyConfig = toml::from_str(&text).map_err(|e| PipelineError::File {
             path: path.to_path_buf(),
             reason: e.to_string().trim().replace('\n', " "),
         })?;
+        if init.is_some() {
+            config.init = init;
+        }
         let base = path.parent().unwrap_or(Path::new(".")).join(&config.base);
         Self::build(config, &base)
     }
