@@ -1,6 +1,9 @@
 //! Rectified flow: `x_t = (1 − t)·x0 + t·ε`, the network predicts `v = ε − x0`, loss = MSE.
-//! `t = 1` is pure noise; sampling integrates `dx/dt = v` from 1 to 0.
+//! `t = 1` is pure noise; sampling integrates `dx/dt = v` from 1 to 0. A model may predict the
+//! clean sample instead ([`apt_mmdit::Prediction::Sample`]); its output is turned into the
+//! velocity here, so every loss and sampler sees velocities.
 
+use apt_mmdit::Prediction;
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
@@ -65,9 +68,31 @@ pub trait VelocityModel {
     fn velocity(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor>;
 }
 
+/// The smallest `t` a clean-sample prediction is divided by when turned into a velocity
+/// (JiT clips `1 − t` at 0.05 in its reversed time convention): below it the velocity would
+/// amplify the prediction's error without bound.
+pub const SAMPLE_PREDICTION_MIN_T: f64 = 0.05;
+
+/// The velocity a clean-sample prediction `x̂0` at `(x_t, t)` implies:
+/// `v = (x_t − x̂0) / max(t, SAMPLE_PREDICTION_MIN_T)`.
+pub fn velocity_from_sample(x_t: &Tensor, t: &Tensor, x0: &Tensor) -> Tensor {
+    (x_t - x0) / per_sample(&t.clamp_min(SAMPLE_PREDICTION_MIN_T), x_t)
+}
+
 impl VelocityModel for apt_mmdit::Mmdit {
     fn velocity(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
-        Ok(self.forward(x, t, &cond.context, &cond.pooled)?)
+        let out = self.forward(x, t, &cond.context, &cond.pooled)?;
+        Ok(match self.config().prediction {
+            Prediction::Velocity => out,
+            Prediction::Sample => {
+                let t = if t.numel() == 1 {
+                    t.reshape([1]).expand([x.size()[0]], false)
+                } else {
+                    t.shallow_clone()
+                };
+                velocity_from_sample(x, &t, &out)
+            }
+        })
     }
 }
 

@@ -101,7 +101,7 @@ pub fn forward_flops(cfg: &MmditConfig, input: [usize; 4], text_tokens: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AttentionBackend, Positions};
+    use crate::config::{AttentionBackend, Positions, Prediction};
 
     fn cfg(depth: usize) -> MmditConfig {
         MmditConfig {
@@ -120,6 +120,7 @@ mod tests {
                 axes_dim: None,
             },
             attention: AttentionBackend::Sdpa,
+            prediction: Prediction::Velocity,
         }
     }
 

@@ -48,6 +48,19 @@ pub enum AttentionBackend {
     Math,
 }
 
+/// What the network's output means (diffusers' `prediction_type`). The architecture is the same
+/// either way; `apt_flow` turns the output into the velocity every sampler and loss uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Prediction {
+    /// The rectified-flow velocity `v = ε − x0` (SD3, diffusers' `flow_prediction`).
+    #[default]
+    Velocity,
+    /// The clean sample `x0` ("x-prediction", JiT: Li & He 2025, arXiv 2511.13720), for
+    /// pixel-space models whose patches are large: the velocity is `(x_t − x̂0) / t`.
+    Sample,
+}
+
 /// The full description of an MMDiT. Field names follow the paper; [`MmditConfig::from_diffusers_json`]
 /// maps diffusers' `SD3Transformer2DModel` config onto them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +93,9 @@ pub struct MmditConfig {
     /// Attention kernel.
     #[serde(default)]
     pub attention: AttentionBackend,
+    /// What the output predicts (default: the velocity).
+    #[serde(default)]
+    pub prediction: Prediction,
 }
 
 fn default_mlp_ratio() -> usize {
@@ -294,6 +310,7 @@ impl MmditConfig {
                 base_size: sample_size / patch,
             },
             attention: AttentionBackend::Sdpa,
+            prediction: Prediction::Velocity,
         };
         cfg.validate()?;
         Ok(cfg)

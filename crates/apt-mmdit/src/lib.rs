@@ -38,7 +38,7 @@ pub mod rope;
 pub mod weights;
 
 pub use analytic::{forward_flops, param_count, ParamCount};
-pub use config::{AttentionBackend, MmditConfig, Positions};
+pub use config::{AttentionBackend, MmditConfig, Positions, Prediction};
 pub use error::{MmditError, Result};
 pub use model::{Mmdit, TapOutput, TIMESTEP_SCALE};
 pub use presets::Preset;

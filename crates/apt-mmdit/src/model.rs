@@ -81,7 +81,8 @@ impl Mmdit {
         &self.blocks
     }
 
-    /// Velocity prediction `v(x_t, t, c)`.
+    /// The network's prediction at `(x_t, t, c)`: the velocity `v`, or the clean sample `x̂0`
+    /// when the config's `prediction` is `sample` (`apt_flow` converts it to a velocity).
     ///
     /// * `latents` `[B, C, T, H, W]` (images: `T = 1`), `T, H, W` divisible by the patch size;
     /// * `t` `[B]` (or one value for the whole batch), rectified-flow time in `[0, 1]`;

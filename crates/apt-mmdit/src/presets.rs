@@ -1,6 +1,6 @@
 //! Built-in model presets, from unit-test size to the APT paper's 8B video model.
 
-use crate::config::{AttentionBackend, MmditConfig, Positions};
+use crate::config::{AttentionBackend, MmditConfig, Positions, Prediction};
 use crate::error::{MmditError, Result};
 
 /// A named configuration plus the input it is typically run on (for FLOP estimates and
@@ -43,6 +43,7 @@ impl Preset {
                     qk_norm: true,
                     positions: rope.clone(),
                     attention: AttentionBackend::Sdpa,
+                    prediction: Prediction::Velocity,
                 },
                 typical_input: [4, 4, 8, 8],
                 typical_text_tokens: 8,
@@ -63,6 +64,7 @@ impl Preset {
                     qk_norm: true,
                     positions: rope.clone(),
                     attention: AttentionBackend::Sdpa,
+                    prediction: Prediction::Velocity,
                 },
                 typical_input: [3, 8, 32, 32],
                 typical_text_tokens: 16,
@@ -86,6 +88,7 @@ impl Preset {
                         base_size: 64,
                     },
                     attention: AttentionBackend::Sdpa,
+                    prediction: Prediction::Velocity,
                 },
                 typical_input: [16, 1, 128, 128],
                 typical_text_tokens: 333,
@@ -106,6 +109,7 @@ impl Preset {
                     qk_norm: true,
                     positions: rope,
                     attention: AttentionBackend::Sdpa,
+                    prediction: Prediction::Velocity,
                 },
                 // 2 s of 1280×720 at 24 fps (49 frames) through a 4×8×8 VAE.
                 typical_input: [16, 13, 90, 160],

@@ -235,3 +235,34 @@ fn config_errors_name_the_key() {
     let err = run.model().unwrap_err().to_string();
     assert!(err.contains("model") && err.contains("channels"), "{err}");
 }
+
+#[test]
+fn a_sample_predicting_model_trains_exports_and_loads_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = config(&dir.path().join("run"), &dir.path().join("cache"));
+    run.model.prediction = Some(apt_mmdit::Prediction::Sample);
+    assert_eq!(
+        run.model().unwrap().prediction,
+        apt_mmdit::Prediction::Sample
+    );
+    stage(&run, Stage::Pretrain, false);
+    stage(&run, Stage::Distill, false);
+    let runs = RunDir::new(&run.out);
+    for s in [Stage::Pretrain, Stage::Distill] {
+        let loaded = runs.load_model(s, tch::Device::Cpu).unwrap().unwrap();
+        assert_eq!(
+            loaded.config.prediction,
+            apt_mmdit::Prediction::Sample,
+            "{s:?}'s model.toml keeps the parameterisation"
+        );
+        assert_eq!(
+            loaded.model.config().prediction,
+            apt_mmdit::Prediction::Sample
+        );
+    }
+    // A typo in the value names the key.
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "out = \"x\"\nmodel = { preset = \"small\", prediction = \"x0\" }\ndata = { kind = \"shapes\", shapes = { frames = 4, height = 32, width = 32 } }\n").unwrap();
+    let err = RunConfig::from_file(&path).unwrap_err().to_string();
+    assert!(err.contains("prediction") || err.contains("x0"), "{err}");
+}

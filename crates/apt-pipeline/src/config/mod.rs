@@ -191,6 +191,10 @@ impl RunConfig {
                 ))
             }
         };
+        let mut cfg = cfg;
+        if let Some(prediction) = self.model.prediction {
+            cfg.prediction = prediction;
+        }
         cfg.validate()?;
         Ok(cfg)
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use apt_flow::distill::{ConsistencyConfig, ConsistencyTarget};
 use apt_flow::{Method, SamplerConfig, TimestepSampler, TrainConfig};
 use apt_gan::{AdversarialConfig, AdversarialLoss, DiscriminatorConfig, DiscriminatorInputs};
-use apt_mmdit::MmditConfig;
+use apt_mmdit::{MmditConfig, Prediction};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{config_error, Result};
@@ -21,6 +21,10 @@ pub struct ModelSection {
     /// A full config (instead of a preset).
     #[serde(default)]
     pub config: Option<MmditConfig>,
+    /// What the network predicts, `"velocity"` (every preset's) or `"sample"` (x-prediction,
+    /// JiT); overrides the preset's or the config's.
+    #[serde(default)]
+    pub prediction: Option<Prediction>,
 }
 
 /// `[text]`: the frozen text encoder.
