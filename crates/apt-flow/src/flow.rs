@@ -84,14 +84,8 @@ impl VelocityModel for apt_mmdit::Mmdit {
         let out = self.forward(x, t, &cond.context, &cond.pooled)?;
         Ok(match self.config().prediction {
             Prediction::Velocity => out,
-            Prediction::Sample => {
-                let t = if t.numel() == 1 {
-                    t.reshape([1]).expand([x.size()[0]], false)
-                } else {
-                    t.shallow_clone()
-                };
-                velocity_from_sample(x, &t, &out)
-            }
+            // One time for the whole batch broadcasts like one per sample.
+            Prediction::Sample => velocity_from_sample(x, t, &out),
         })
     }
 }
