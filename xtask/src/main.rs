@@ -5,6 +5,7 @@
 mod assets;
 mod bench;
 mod setup;
+mod standalone;
 mod system;
 
 use std::path::PathBuf;
@@ -18,7 +19,11 @@ cargo xtask <command> [args]
                    existing LIBTORCH is honoured), test clips and the MiniLM encoder
                    (APT_ASSETS_HOME)
   doctor           libtorch version and path, threads, CUDA devices, bf16 support
-  test             setup, cargo fmt --check, clippy -D warnings, cargo test --workspace
+  test             setup, cargo fmt --check, clippy -D warnings, cargo test --workspace,
+                   then `standalone`
+  standalone       apt-mmdit, apt-flow, apt-gan and apt-data each used alone from a crate
+                   outside the workspace: no FFmpeg/tokenizers in the method crates' graphs
+                   (cargo tree), and each README example compiles there
   train [args]     the main job: `apt train --config configs/demo.toml` (pre-train → distil →
                    APT → runs/demo/report.md, ≤ 30 min on 2 CPU cores); extra args go to
                    `apt train` (--config FILE, --resume, --set key=value, --dry-run)
@@ -88,7 +93,8 @@ fn test() -> Result<(), Failure> {
     run(
         cargo().args(["test", "--workspace"]),
         "cargo test --workspace",
-    )
+    )?;
+    standalone::check()
 }
 
 fn doctor() -> Result<(), Failure> {
@@ -239,6 +245,7 @@ fn main() -> ExitCode {
         Some("doctor") => doctor(),
         Some("test") => test(),
         Some("train") => train(&args[1..]),
+        Some("standalone") => setup::setup(true).and_then(|_| standalone::check()),
         Some("fixtures") => fixtures(),
         Some("bench") => bench::bench(&args[1..]),
         Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("60")),
