@@ -1,7 +1,8 @@
 //! System packages the workspace builds against: FFmpeg 5.1's development libraries (for
 //! `ffmpeg-next`), `libclang` (its bindgen), `pkg-config`, and the `ffmpeg`/`ffprobe` tools
 //! (tests compare our decoder with `ffprobe -count_frames`; setup transcodes test clips), and
-//! the DejaVu font the report's plots are labelled with.
+//! the DejaVu font the report's plots are labelled with, and Open MPI (the `mpi` crate builds
+//! against it through `mpicc`; the data-parallel tests launch ranks with `mpirun`).
 //! Installed with apt-get when missing (Debian/Ubuntu), as root or through sudo.
 
 use std::path::Path;
@@ -19,6 +20,8 @@ pub const PACKAGES: &[&str] = &[
     "libclang-dev",
     "ffmpeg",
     "fonts-dejavu-core",
+    "libopenmpi-dev",
+    "openmpi-bin",
 ];
 
 fn quiet(cmd: &mut Command) -> bool {
@@ -54,6 +57,12 @@ fn missing() -> Vec<&'static str> {
     }
     if !Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").is_file() {
         out.push("fonts-dejavu-core");
+    }
+    if !quiet(Command::new("mpicc").arg("-showme:version")) {
+        out.push("libopenmpi-dev");
+    }
+    if !quiet(Command::new("mpirun").arg("--version")) {
+        out.push("openmpi-bin");
     }
     out
 }
@@ -108,7 +117,7 @@ pub fn ensure(verbose: bool) -> Result<(), Failure> {
     );
     if !quiet(Command::new("apt-get").arg("--version")) {
         return Err(Failure::new(format!(
-            "missing system packages {need:?} and no apt-get here: install FFmpeg 5.1+ development libraries (libavcodec, libavformat, libavutil, libswscale), libclang, pkg-config and the ffmpeg tools"
+            "missing system packages {need:?} and no apt-get here: install FFmpeg 5.1+ development libraries (libavcodec, libavformat, libavutil, libswscale), libclang, pkg-config, the ffmpeg tools and Open MPI (mpicc, mpirun)"
         )));
     }
     let sudo: &[&str] = if is_root() {

@@ -8,6 +8,7 @@ use tch::Tensor;
 
 use crate::error::Result;
 use crate::flow::Conditioning;
+use crate::train::Shard;
 
 /// Where a data stream is: the epoch and the position in that epoch's order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +23,19 @@ pub struct Cursor {
 pub trait ClipSource {
     /// The next `batch` clips `[B, C, T, H, W]` (values in [-1, 1]) and their captions.
     fn next_clips(&mut self, batch: usize) -> Result<(Tensor, Vec<String>)>;
+    /// `shard`'s rows of the next global batch of `batch` clips (`[batch / N, C, T, H, W]`);
+    /// the stream advances by the whole global batch on every rank. By default it draws the
+    /// global batch and keeps the shard; a source that can load only its rows should.
+    fn next_shard(&mut self, batch: usize, shard: Shard) -> Result<(Tensor, Vec<String>)> {
+        let (video, captions) = self.next_clips(batch)?;
+        if shard.world == 1 {
+            return Ok((video, captions));
+        }
+        Ok((
+            shard.rows(&video, "batch_size")?,
+            shard.items(&captions, "batch_size")?,
+        ))
+    }
     /// The position to save in a checkpoint.
     fn cursor(&self) -> Cursor;
     /// Continues the stream from a saved position.

@@ -37,6 +37,10 @@ pub enum FlowError {
         /// The step where it happened.
         step: u64,
     },
+    /// A collective operation across the ranks of a data-parallel run failed, or the ranks
+    /// disagree (different models, configs or steps).
+    #[error("data parallel: {0}")]
+    Collective(String),
     /// The model failed.
     #[error(transparent)]
     Model(#[from] apt_mmdit::MmditError),

@@ -9,10 +9,12 @@ use crate::error::{config_error, Result};
 use crate::flow::{flow_matching_loss, VelocityModel};
 use crate::rng::TensorRng;
 use crate::timesteps::TimestepSampler;
-use crate::train::{StepLog, TrainStep};
+use crate::train::{Shard, StepLog, TrainStep};
 
 /// One micro-batch of flow matching with CFG dropout: clips and captions from `data`, text
-/// from `text`, noise and times from the loop's random stream. Logs `loss`.
+/// from `text`, noise and times from the loop's random stream. Logs `loss`. Data parallel: the
+/// random draws are made for the whole global batch on every rank and `shard` keeps its rows,
+/// so N ranks train exactly as one would.
 pub struct FlowMatchingStep<'a, M> {
     /// The model being trained.
     pub model: &'a M,
@@ -20,8 +22,10 @@ pub struct FlowMatchingStep<'a, M> {
     pub data: &'a mut dyn ClipSource,
     /// Caption embeddings.
     pub text: &'a dyn CaptionEncoder,
-    /// Clips per micro-batch.
+    /// Clips per micro-batch, over all ranks (the global micro-batch).
     pub batch: usize,
+    /// This rank's share of every micro-batch ([`Shard::WHOLE`] on one process).
+    pub shard: Shard,
     /// Probability of training on the null caption.
     pub p_uncond: f64,
     /// Training-time distribution.
@@ -43,13 +47,17 @@ pub fn validate_flow_matching(key: &str, p_uncond: f64, timesteps: &TimestepSamp
 
 impl<M: VelocityModel> TrainStep for FlowMatchingStep<'_, M> {
     fn loss(&mut self, _phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
-        let (video, captions) = self.data.next_clips(self.batch)?;
-        let b = captions.len();
-        let drop = rng.bernoulli(b, self.p_uncond);
+        let (video, captions) = self.data.next_shard(self.batch, self.shard)?;
+        let shard = self.shard;
+        let key = "batch_size";
+        let global = captions.len() * shard.world;
+        let drop = shard.items(&rng.bernoulli(global, self.p_uncond), key)?;
         let cond = self.text.encode(&captions, &drop)?;
         let x0 = video.to_device(self.device);
-        let eps = rng.normal(&x0.size(), self.device);
-        let t = self.timesteps.sample(b as i64, rng, self.device);
+        let mut shape = x0.size();
+        shape[0] = global as i64;
+        let eps = shard.rows(&rng.normal(&shape, self.device), key)?;
+        let t = shard.rows(&self.timesteps.sample(global as i64, rng, self.device), key)?;
         let loss = flow_matching_loss(self.model, &x0, &eps, &t, &cond)?;
         log.add("loss", loss.double_value(&[]));
         Ok(loss)

@@ -1,8 +1,10 @@
 //! Training machinery shared by every stage: the one training loop ([`Trainer`] with its
 //! [`TrainStep`]s and [`Part`]s), optimizers with saveable state, learning-rate schedules,
-//! gradient clipping, EMA, non-finite step handling, `metrics.jsonl`, and atomic checkpoints.
+//! gradient clipping, EMA, non-finite step handling, `metrics.jsonl`, atomic checkpoints, and
+//! the collective operations of data-parallel runs.
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod ema;
 pub mod guard;
@@ -12,6 +14,7 @@ pub mod schedule;
 pub mod trainer;
 
 pub use checkpoint::{Loaded, Manifest, TrainState};
+pub use collective::{Collective, Shard, SingleProcess};
 pub use config::TrainConfig;
 pub use ema::Ema;
 pub use guard::NonFiniteGuard;

@@ -8,9 +8,16 @@
 //!
 //! One update runs the step's phases in order; each phase trains one part (the others are
 //! frozen, so no gradient reaches them): a flow stage has one phase, APT two (D, then G).
+//!
+//! Data parallel: with a [`Collective`] of N ranks (see [`Trainer::with_collective`]) the loop
+//! starts from rank 0's weights and EMA, averages every phase's gradients, loss and logged
+//! values over ranks before the guard, clipping and the optimizer (so every rank applies the
+//! same update), agrees on the stop flag, and only rank 0 writes metrics, previews and
+//! checkpoints. The step trains on its [`Shard`](super::Shard) of each global batch.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +25,10 @@ use std::time::Instant;
 use tch::{nn, Tensor};
 
 use super::checkpoint::{self, TrainState};
+use super::collective::{
+    all_reduce_mean_grads, all_reduce_mean_scalars, broadcast_tensors, broadcast_weights,
+    Collective, SingleProcess,
+};
 use super::metrics::{MetricLine, MetricsLog, StepLog};
 use super::{clip_grad_norm, zero_grad, Ema, NonFiniteGuard, Optimizer, OptimizerConfig};
 use crate::data::Cursor;
@@ -161,6 +172,8 @@ pub struct Trainer {
     pub step: u64,
     /// Raised (e.g. by Ctrl-C) to finish the current update, checkpoint and return.
     pub stop: Arc<AtomicBool>,
+    /// The ranks of a data-parallel run ([`SingleProcess`] by default).
+    pub collective: Rc<dyn Collective>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -192,7 +205,35 @@ impl Trainer {
             rng,
             step: 0,
             stop: Arc::new(AtomicBool::new(false)),
+            collective: Rc::new(SingleProcess),
         })
+    }
+
+    /// Trains data-parallel over `collective`'s ranks (see the module docs).
+    pub fn with_collective(mut self, collective: Rc<dyn Collective>) -> Self {
+        self.collective = collective;
+        self
+    }
+
+    /// Makes every part's weights and EMA equal to rank 0's.
+    fn synchronise(&mut self) -> Result<()> {
+        let c = &*self.collective;
+        for part in &mut self.parts {
+            broadcast_weights(c, &part.vs, 0)?;
+            if let Some(ema) = &part.ema {
+                let mut shadow: Vec<Tensor> =
+                    ema.state_tensors("").into_iter().map(|(_, t)| t).collect();
+                broadcast_tensors(c, &mut shadow, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any rank's stop flag is raised (every rank gets the same answer).
+    fn stopping(&self) -> Result<bool> {
+        let mut raised = [f64::from(u8::from(self.stop.load(Ordering::SeqCst)))];
+        all_reduce_mean_scalars(&*self.collective, &mut raised)?;
+        Ok(raised[0] > 0.0)
     }
 
     /// The part called `name`.
@@ -262,7 +303,8 @@ impl Trainer {
         Ok(true)
     }
 
-    /// Writes a checkpoint of the current state.
+    /// Writes a checkpoint of the current state (every rank holds the same state; the caller
+    /// decides which one writes — the loop lets rank 0).
     pub fn checkpoint(&self, step: &impl TrainStep) -> Result<PathBuf> {
         let state = TrainState {
             stage: &self.stage,
@@ -292,9 +334,15 @@ impl Trainer {
         step: &mut impl TrainStep,
         observer: &mut impl Observer,
     ) -> Result<Finish> {
-        let mut metrics = MetricsLog::open(&self.dir)?;
+        let main = self.collective.is_main();
+        let mut metrics = if main {
+            Some(MetricsLog::open(&self.dir)?)
+        } else {
+            None
+        };
         let start = Instant::now();
         let phases = step.phases();
+        self.synchronise()?;
         step.prepare(&self.parts)?;
         while self.step < self.config.steps {
             let next = self.step + 1;
@@ -313,16 +361,18 @@ impl Trainer {
                 skipped: self.guard.skipped_total,
                 seconds: start.elapsed().as_secs_f64(),
             };
-            metrics.write(&line)?;
-            observer.update(&line);
             let last = next == self.config.steps;
-            let every = self.config.preview_every;
-            if every > 0 && (next.is_multiple_of(every) || last) {
-                observer.preview(next, &self.parts)?;
-            }
-            let stopping = self.stop.load(Ordering::SeqCst);
-            if next.is_multiple_of(self.config.checkpoint_every) || last || stopping {
-                self.checkpoint(step)?;
+            let stopping = self.stopping()?;
+            if let Some(metrics) = &mut metrics {
+                metrics.write(&line)?;
+                observer.update(&line);
+                let every = self.config.preview_every;
+                if every > 0 && (next.is_multiple_of(every) || last) {
+                    observer.preview(next, &self.parts)?;
+                }
+                if next.is_multiple_of(self.config.checkpoint_every) || last || stopping {
+                    self.checkpoint(step)?;
+                }
             }
             if stopping && !last {
                 return Ok(Finish::Stopped);
@@ -369,7 +419,17 @@ impl Trainer {
         let result = accumulate();
         self.freeze_others(index, false);
         result?;
-        let loss = total / accum as f64;
+        // Data parallel: every rank continues with the means over ranks.
+        let c = &*self.collective;
+        all_reduce_mean_grads(c, &self.parts[index].vs)?;
+        let mut logged: Vec<(String, f64)> = log.means(accum).collect();
+        let mut scalars: Vec<f64> = logged.iter().map(|(_, v)| *v).collect();
+        scalars.push(total / accum as f64);
+        all_reduce_mean_scalars(c, &mut scalars)?;
+        let loss = scalars.pop().expect("the loss was pushed");
+        for ((_, v), mean) in logged.iter_mut().zip(scalars) {
+            *v = mean;
+        }
         let part = &mut self.parts[index];
         let lr = (self.config.schedule).lr(part.optimizer.config().lr(), next, self.config.steps);
         let mut grad_norm = f64::NAN;
@@ -382,7 +442,7 @@ impl Trainer {
             step.after_update(phase, &self.parts)?;
         }
         zero_grad(&self.parts[index].vs);
-        values.extend(log.means(accum));
+        values.extend(logged);
         let suffix = if self.parts.len() == 1 {
             String::new()
         } else {

@@ -13,6 +13,7 @@
 //! to its perturbed copy.
 
 use apt_flow::flow::interpolate;
+use apt_flow::train::Shard;
 use apt_flow::TensorRng;
 use rand::Rng;
 use tch::Tensor;
@@ -43,23 +44,41 @@ impl DiscriminatorInputs {
     /// Draws the randomness for a batch shaped like `like` (`[B, C, T, H, W]`) at D-times `t`
     /// `[B]`. Draws nothing (the stream is untouched) when the inputs are unchanged.
     pub fn draw(&self, like: &Tensor, t: &Tensor, rng: &mut TensorRng) -> InputDraw {
-        let b = like.size()[0];
+        self.draw_shard(like, t, Shard::WHOLE, rng)
+    }
+
+    /// [`draw`](Self::draw) for `shard`'s rows of a global batch: `like` `[B, …]` and `t` `[B]`
+    /// are this rank's rows, the stream advances as for the whole global batch of `B·N` clips,
+    /// and the draw holds this rank's rows of it (what one process would draw for them).
+    pub fn draw_shard(
+        &self,
+        like: &Tensor,
+        t: &Tensor,
+        shard: Shard,
+        rng: &mut TensorRng,
+    ) -> InputDraw {
+        let mut shape = like.size();
+        let b = shape[0] as usize;
+        let start = shard.rank * b;
+        shape[0] *= shard.world as i64;
         let shifts = if self.translate > 0 {
             let r = rng.inner();
-            (0..b)
+            let all: Vec<(i64, i64)> = (0..shape[0])
                 .map(|_| {
                     (
                         r.gen_range(0..=self.translate),
                         r.gen_range(0..=self.translate),
                     )
                 })
-                .collect()
+                .collect();
+            all[start..start + b].to_vec()
         } else {
             Vec::new()
         };
-        let noise = self
-            .noised
-            .then(|| (rng.normal(&like.size(), like.device()), t.shallow_clone()));
+        let noise = self.noised.then(|| {
+            let eps = rng.normal(&shape, like.device());
+            (eps.narrow(0, start as i64, b as i64), t.shallow_clone())
+        });
         InputDraw {
             max: self.translate,
             shifts,

@@ -1,7 +1,7 @@
 //! One adversarial update as a [`TrainStep`] with two phases: D, then G.
 
 use apt_flow::data::{CaptionEncoder, ClipSource, Cursor};
-use apt_flow::train::{StepLog, TrainStep};
+use apt_flow::train::{Shard, StepLog, TrainStep};
 use apt_flow::{Conditioning, OneStepGenerator, Result, TensorRng, VelocityModel};
 use tch::{Device, Kind, Tensor};
 
@@ -30,6 +30,10 @@ pub const DISCRIMINATOR: usize = 1;
 /// * G phase, per micro-batch: the captions of the D phase's micro-batches, fresh `z`, D times
 ///   and input draw; the loss `softplus(−D(z − Ĝ(z, c, 1), t, c))` (or the configured pair's G
 ///   side). Logs `g_loss`.
+///
+/// Data parallel ([`with_shard`](Self::with_shard)): every random draw (z, D times, input
+/// draws, the penalties' ε) is made for the whole global micro-batch and the rank keeps its
+/// rows, so N ranks take the same update as one process with the same global batch.
 pub struct AdversarialStep<'a, G> {
     generator: &'a G,
     discriminator: &'a AptDiscriminator,
@@ -37,6 +41,7 @@ pub struct AdversarialStep<'a, G> {
     data: &'a mut dyn ClipSource,
     text: &'a dyn CaptionEncoder,
     batch: usize,
+    shard: Shard,
     device: Device,
     /// Conditioning (and real clips, for the relativistic loss) of the last D phases'
     /// micro-batches, reused by the G phase.
@@ -68,10 +73,25 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
             data,
             text,
             batch,
+            shard: Shard::WHOLE,
             device,
             batches: Vec::new(),
             next_g: 0,
         }
+    }
+
+    /// Trains on `shard`'s rows of every global micro-batch of `batch` clips.
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// This rank's rows of a standard normal draw for the global batch; `local` is `[b, …]`.
+    fn normal(&self, local: &[i64], rng: &mut TensorRng) -> Result<Tensor> {
+        let mut global = local.to_vec();
+        global[0] *= self.shard.world as i64;
+        self.shard
+            .rows(&rng.normal(&global, self.device), "apt.train.batch_size")
     }
 
     fn d_logits(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
@@ -80,8 +100,11 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
             .forward(x, t, &cond.context, &cond.pooled)?)
     }
 
-    fn d_times(&self, b: i64, rng: &mut TensorRng) -> Tensor {
-        self.discriminator.sample_times(b, rng, self.device)
+    /// This rank's rows of D times drawn for the global batch (`b` local samples).
+    fn d_times(&self, b: i64, rng: &mut TensorRng) -> Result<Tensor> {
+        let global = b * self.shard.world as i64;
+        let t = self.discriminator.sample_times(global, rng, self.device);
+        self.shard.rows(&t, "apt.train.batch_size")
     }
 
     /// `λ·(D(x) − D(x + σε))²` with `D(x)` given as `clean` (0 when λ = 0, drawing nothing
@@ -99,30 +122,32 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
     ) -> Result<Tensor> {
         if lambda <= 0.0 {
             if draw_always {
-                let _skipped = rng.normal(&x.size(), self.device);
+                let _skipped = self.normal(&x.size(), rng)?;
             }
             return Ok(Tensor::zeros([], (Kind::Float, self.device)));
         }
-        let noise = rng.normal(&x.size(), self.device);
+        let noise = self.normal(&x.size(), rng)?;
         let perturbed = self.d_logits(&(x + noise * sigma), t, cond)?;
         Ok(approx_penalty_from_logits(clean, &perturbed, lambda))
     }
 
     fn d_loss(&mut self, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
-        let (video, captions) = self.data.next_clips(self.batch)?;
+        let (video, captions) = self.data.next_shard(self.batch, self.shard)?;
         let real = video.to_device(self.device);
         let b = real.size()[0];
         let cond = self.text.encode(&captions, &[])?;
-        let z = rng.normal(&real.size(), self.device);
+        let z = self.normal(&real.size(), rng)?;
         let fake = tch::no_grad(|| OneStepGenerator::new(self.generator).generate(&z, &cond))?;
-        let (t_real, mut t_fake) = (self.d_times(b, rng), self.d_times(b, rng));
+        let t_real = self.d_times(b, rng)?;
+        let mut t_fake = self.d_times(b, rng)?;
         if self.config.loss == AdversarialLoss::Relativistic {
             // Pairs compare a real and a fake clip at the same time.
             t_fake = t_real.shallow_clone();
         }
         let inputs = self.config.inputs;
-        let x_real = inputs.draw(&real, &t_real, rng).apply(&real);
-        let x_fake = inputs.draw(&fake, &t_fake, rng).apply(&fake);
+        let shard = self.shard;
+        let x_real = inputs.draw_shard(&real, &t_real, shard, rng).apply(&real);
+        let x_fake = inputs.draw_shard(&fake, &t_fake, shard, rng).apply(&fake);
         let l_real = self.d_logits(&x_real, &t_real, &cond)?;
         let l_fake = self.d_logits(&x_fake, &t_fake, &cond)?;
         let loss = match self.config.loss {
@@ -171,15 +196,15 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
         self.next_g += 1;
         let b = cond.batch();
         let [c, t, h, w] = self.data.clip_shape();
-        let z = rng.normal(&[b, c, t, h, w], self.device);
+        let z = self.normal(&[b, c, t, h, w], rng)?;
         let fake = OneStepGenerator::new(self.generator).generate(&z, &cond)?;
-        let times = self.d_times(b, rng);
-        let inputs = self.config.inputs;
-        let x_fake = inputs.draw(&fake, &times, rng).apply(&fake);
+        let times = self.d_times(b, rng)?;
+        let (inputs, shard) = (self.config.inputs, self.shard);
+        let x_fake = inputs.draw_shard(&fake, &times, shard, rng).apply(&fake);
         let l_fake = self.d_logits(&x_fake, &times, &cond)?;
         let loss = match (self.config.loss, real) {
             (AdversarialLoss::Relativistic, Some(real)) => {
-                let x_real = inputs.draw(&real, &times, rng).apply(&real);
+                let x_real = inputs.draw_shard(&real, &times, shard, rng).apply(&real);
                 let l_real = tch::no_grad(|| self.d_logits(&x_real, &times, &cond))?;
                 relativistic_generator_loss(&l_real, &l_fake)
             }

@@ -112,6 +112,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         data: &mut data,
         text: &text,
         batch: cfg.train.batch_size,
+        shard: apt_flow::train::Shard::WHOLE,
         p_uncond: cfg.p_uncond,
         timesteps: cfg.timesteps,
         device,
