@@ -41,10 +41,18 @@ fn model_config() -> MmditConfig {
 struct Clips {
     clips: Tensor,
     cursor: Cursor,
+    /// Kills the process once this many clips were served.
+    die_after: Option<usize>,
 }
 
 impl ClipSource for Clips {
     fn next_clips(&mut self, batch: usize) -> Result<(Tensor, Vec<String>)> {
+        if self.die_after.is_some_and(|n| self.cursor.position >= n) {
+            // SIGKILL, as the OOM killer or a lost node would: no unwinding, no MPI_Finalize.
+            let me = std::process::id().to_string();
+            let _ = Command::new("kill").args(["-KILL", &me]).status();
+            std::process::exit(7);
+        }
         let idx: Vec<i64> = (0..batch)
             .map(|i| ((self.cursor.position + i) % 10) as i64)
             .collect();
@@ -110,12 +118,25 @@ fn pretrain(
     dir: &Path,
     steps: u64,
 ) -> (Vec<(String, Tensor)>, usize) {
+    pretrain_with(world, init_seed, dir, steps, 2e-3, None).unwrap()
+}
+
+/// [`pretrain`] at learning rate `lr`, ending the process after `die_after` clips; the loop's
+/// error is returned.
+fn pretrain_with(
+    world: Rc<dyn Collective>,
+    init_seed: i64,
+    dir: &Path,
+    steps: u64,
+    lr: f64,
+    die_after: Option<usize>,
+) -> Result<(Vec<(String, Tensor)>, usize)> {
     tch::set_num_threads(1);
     tch::manual_seed(init_seed);
     let vs = nn::VarStore::new(CPU);
     let model = Mmdit::new(vs.root(), &model_config()).unwrap();
     let adamw = OptimizerConfig::Adamw {
-        lr: 2e-3,
+        lr,
         betas: [0.9, 0.999],
         eps: 1e-8,
         weight_decay: 0.01,
@@ -130,6 +151,7 @@ fn pretrain(
     let mut data = Clips {
         clips: TensorRng::new(7, 0).normal(&[10, 3, 2, 16, 16], CPU).tanh(),
         cursor: Cursor::default(),
+        die_after,
     };
     let text = Embeddings::default();
     let mut step = FlowMatchingStep {
@@ -143,7 +165,7 @@ fn pretrain(
         device: CPU,
     };
     trainer.resume(&mut step).unwrap();
-    trainer.run(&mut step, &mut |_: &MetricLine| {}).unwrap();
+    trainer.run(&mut step, &mut |_: &MetricLine| {})?;
     let part = &trainer.parts[0];
     let mut out: Vec<(String, Tensor)> = part
         .vs
@@ -153,7 +175,7 @@ fn pretrain(
         .collect();
     out.extend(part.ema.as_ref().unwrap().state_tensors("ema"));
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    (out, text.encoded.get())
+    Ok((out, text.encoded.get()))
 }
 
 /// The adversarial configurations checked: the paper's, and every random departure at once.
@@ -217,6 +239,7 @@ fn adversarial(
     let mut data = Clips {
         clips: TensorRng::new(7, 0).normal(&[10, 3, 2, 16, 16], CPU).tanh(),
         cursor: Cursor::default(),
+        die_after: None,
     };
     let text = Embeddings::default();
     let mut step = AdversarialStep::new(
@@ -267,13 +290,32 @@ fn mpi_rank_of_a_two_rank_run() {
     assert_eq!(world.backend(), "mpi");
     // Different initial weights on each rank: rank 0's must win.
     let seed = 100 + world.rank() as i64;
+    let dir = out.join("run");
+    if job == "mismatch" {
+        // Rank 1 was started with another learning rate: both ranks refuse at the start.
+        let lr = if world.rank() == 0 { 2e-3 } else { 1e-3 };
+        let err = pretrain_with(world.clone(), seed, &dir, 5, lr, None).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("training config differs"), "{msg}");
+        std::fs::write(out.join(format!("refused-{}.txt", world.rank())), msg).unwrap();
+        return;
+    }
+    if job == "die" {
+        // Rank 1 crashes in its third update; rank 0 would wait for it in the all-reduce.
+        let die_after = (world.rank() == 1).then_some(2 * GLOBAL_BATCH);
+        let _ = pretrain_with(world.clone(), seed, &dir, 1000, 2e-3, die_after);
+        panic!(
+            "rank {} finished 1000 steps: the crash did not happen",
+            world.rank()
+        );
+    }
     let weights = if job == "pretrain" {
-        let (weights, clips) = pretrain(world.clone(), seed, &out.join("run"), 5);
+        let (weights, clips) = pretrain(world.clone(), seed, &dir, 5);
         // Each rank trains on its half of every global batch.
         assert_eq!(clips, 5 * GLOBAL_BATCH / 2);
         weights
     } else {
-        adversarial(world.clone(), &job, seed, &out.join("run"), 5)
+        adversarial(world.clone(), &job, seed, &dir, 5)
     };
     let file = out.join(format!("rank-{}.safetensors", world.rank()));
     Tensor::write_safetensors(&weights, &file).unwrap();
@@ -288,10 +330,8 @@ fn mpirun() -> Command {
     cmd
 }
 
-/// Runs `job` on two MPI ranks in a fresh directory; returns it and each rank's final weights
-/// (asserted identical).
-fn two_ranks(job: &str) -> (tempfile::TempDir, Vec<(String, Tensor)>) {
-    let tmp = tempfile::tempdir().unwrap();
+/// Launches `job` on two MPI ranks writing to `out`; the exit status, output and wall time.
+fn launch_two_ranks(job: &str, out: &Path) -> (std::process::ExitStatus, String, Duration) {
     let exe = std::env::current_exe().unwrap();
     let mut child = mpirun()
         .args(["-np", "2"])
@@ -302,7 +342,7 @@ fn two_ranks(job: &str) -> (tempfile::TempDir, Vec<(String, Tensor)>) {
             "--ignored",
             "--test-threads=1",
         ])
-        .env(OUT, tmp.path())
+        .env(OUT, out)
         .env(JOB, job)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -319,13 +359,22 @@ fn two_ranks(job: &str) -> (tempfile::TempDir, Vec<(String, Tensor)>) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    let elapsed = start.elapsed();
     let output = child.wait_with_output().unwrap();
-    assert!(
-        status.success(),
-        "mpirun failed ({status}):\n{}\n{}",
+    let text = format!(
+        "{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    (status, text, elapsed)
+}
+
+/// Runs `job` on two MPI ranks in a fresh directory; returns it and each rank's final weights
+/// (asserted identical).
+fn two_ranks(job: &str) -> (tempfile::TempDir, Vec<(String, Tensor)>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (status, output, _) = launch_two_ranks(job, tmp.path());
+    assert!(status.success(), "mpirun failed ({status}):\n{output}");
     let read = |r: usize| {
         let mut w =
             Tensor::read_safetensors(tmp.path().join(format!("rank-{r}.safetensors"))).unwrap();
@@ -414,4 +463,32 @@ fn two_mpi_ranks_take_the_papers_adversarial_updates_of_one_process() {
 #[test]
 fn two_mpi_ranks_take_adversarial_updates_with_every_random_departure_like_one_process() {
     two_ranks_take_the_adversarial_updates_of_one_process("apt-all-draws");
+}
+
+#[test]
+fn ranks_started_with_different_configs_refuse_to_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (status, output, _) = launch_two_ranks("mismatch", tmp.path());
+    assert!(status.success(), "mpirun failed ({status}):\n{output}");
+    for rank in 0..2 {
+        let msg = std::fs::read_to_string(tmp.path().join(format!("refused-{rank}.txt"))).unwrap();
+        assert!(msg.contains("stage pretrain"), "{msg}");
+    }
+    assert!(
+        !tmp.path().join("run/checkpoints").exists(),
+        "nothing was trained"
+    );
+}
+
+#[test]
+fn a_rank_that_dies_ends_the_run_non_zero_within_60_s() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (status, output, elapsed) = launch_two_ranks("die", tmp.path());
+    assert!(!status.success(), "the run survived a dead rank:\n{output}");
+    assert!(
+        elapsed < Duration::from_secs(60),
+        "took {elapsed:?} to end:\n{output}"
+    );
+    assert!(!output.contains("finished 1000 steps"), "{output}");
+    eprintln!("ended in {elapsed:?} with {status}; mpirun said:\n{output}");
 }

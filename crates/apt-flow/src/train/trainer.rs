@@ -87,6 +87,13 @@ impl Part {
     }
 }
 
+/// 64-bit FNV-1a of `bytes` (a fingerprint the ranks compare).
+fn fnv64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Copies every variable of `from` into the same-named variable of `to`.
 pub fn copy_weights(from: &nn::VarStore, to: &nn::VarStore) {
     tch::no_grad(|| {
@@ -215,9 +222,42 @@ impl Trainer {
         self
     }
 
-    /// Makes every part's weights and EMA equal to rank 0's.
+    /// Checks that every rank runs the same stage, config, models and step (an error naming
+    /// what differs), then makes every part's weights and EMA equal to rank 0's.
     fn synchronise(&mut self) -> Result<()> {
         let c = &*self.collective;
+        if c.world_size() > 1 {
+            let config = serde_json::to_string(&self.config).expect("configs serialise");
+            let mut models = String::new();
+            for part in &self.parts {
+                let mut vars: Vec<(String, Vec<i64>)> = part
+                    .vs
+                    .variables()
+                    .into_iter()
+                    .map(|(k, t)| (k, t.size()))
+                    .collect();
+                vars.sort();
+                models += &format!("{}:{vars:?};", part.name);
+            }
+            let mine = [
+                fnv64(format!("{}/{config}", self.stage).as_bytes()) as i64,
+                fnv64(models.as_bytes()) as i64,
+                self.step as i64,
+            ];
+            let all = Vec::<i64>::try_from(c.all_gather(&Tensor::from_slice(&mine))?)?;
+            for (rank, theirs) in all.chunks(3).enumerate() {
+                let what = ["stage or training config", "models", "resumed step"];
+                if let Some(i) = (0..3).find(|&i| theirs[i] != mine[i]) {
+                    return Err(FlowError::Collective(format!(
+                        "rank {rank}'s {} differs from rank {}'s in stage {}: start every rank \
+                         with the same config and run directory",
+                        what[i],
+                        c.rank(),
+                        self.stage
+                    )));
+                }
+            }
+        }
         for part in &mut self.parts {
             broadcast_weights(c, &part.vs, 0)?;
             if let Some(ema) = &part.ema {
