@@ -1,7 +1,7 @@
 //! What the training steps draw their data from, as traits the caller implements: clips with
 //! captions in a resumable order ([`ClipSource`]) and captions turned into model conditioning
-//! ([`CaptionEncoder`]). apt-rs's pipeline implements them with its video loader, the
-//! moving-shapes renderer and the MiniLM text encoder; this crate needs neither.
+//! ([`CaptionEncoder`]). Implement them over any clip store and text encoder; this crate
+//! depends on none.
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;

@@ -8,7 +8,8 @@ pub enum FlowError {
     /// A configuration value is out of range or missing.
     #[error("invalid config: `{key}` {reason}")]
     Config {
-        /// The key, as spelled in the TOML file.
+        /// The offending field as a dotted path: the prefix the caller passed to `validate`,
+        /// then the field's serialised name (e.g. `train.optimizer.lr`).
         key: String,
         /// What was expected.
         reason: String,

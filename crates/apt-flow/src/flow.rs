@@ -64,7 +64,7 @@ impl Conditioning {
 /// Anything that predicts the velocity `v(x_t, t, c)`: the MMDiT, a distilled student, or
 /// the closed-form Gaussian field used in tests.
 pub trait VelocityModel {
-    /// `x` like the data, `t` `[B]` in [0, 1].
+    /// `x` `[B, C, T, H, W]` (or any `[B, …]`), `t` `[B]` in [0, 1] → `v` shaped like `x`.
     fn velocity(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor>;
 }
 
@@ -74,7 +74,8 @@ pub trait VelocityModel {
 pub const SAMPLE_PREDICTION_MIN_T: f64 = 0.05;
 
 /// The velocity a clean-sample prediction `x̂0` at `(x_t, t)` implies:
-/// `v = (x_t − x̂0) / max(t, SAMPLE_PREDICTION_MIN_T)`.
+/// `v = (x_t − x̂0) / max(t, SAMPLE_PREDICTION_MIN_T)`; `x_t`, `x0` `[B, …]`, `t` `[B]` (or one
+/// value) → like `x_t`.
 pub fn velocity_from_sample(x_t: &Tensor, t: &Tensor, x0: &Tensor) -> Tensor {
     (x_t - x0) / per_sample(&t.clamp_min(SAMPLE_PREDICTION_MIN_T), x_t)
 }
@@ -90,14 +91,15 @@ impl VelocityModel for apt_mmdit::Mmdit {
     }
 }
 
-/// Broadcasts `[B]` times over a tensor shaped like `like`.
+/// Broadcasts `[B]` times over a tensor shaped like `like` `[B, …]`: returns `[B, 1, …, 1]` in
+/// `like`'s dtype.
 pub fn per_sample(t: &Tensor, like: &Tensor) -> Tensor {
     let mut shape = vec![-1i64];
     shape.extend(std::iter::repeat_n(1, like.dim() - 1));
     t.to_kind(like.kind()).view(shape.as_slice())
 }
 
-/// `x_t = (1 − t)·x0 + t·ε`.
+/// `x_t = (1 − t)·x0 + t·ε`, with `x0`, `ε` `[B, …]` and `t` `[B]` → `[B, …]`.
 pub fn interpolate(x0: &Tensor, eps: &Tensor, t: &Tensor) -> Tensor {
     let tb = per_sample(t, x0);
     x0 * (tb.neg() + 1.0) + eps * &tb
@@ -108,7 +110,8 @@ pub fn velocity_target(x0: &Tensor, eps: &Tensor) -> Tensor {
     eps - x0
 }
 
-/// Flow-matching loss `mean ‖v(x_t, t, c) − (ε − x0)‖²` for given noise and times.
+/// Flow-matching loss `mean ‖v(x_t, t, c) − (ε − x0)‖²` (mean over every element; a scalar)
+/// for data `x0` and noise `eps` `[B, C, T, H, W]` and times `t` `[B]`.
 pub fn flow_matching_loss(
     model: &impl VelocityModel,
     x0: &Tensor,
@@ -120,7 +123,8 @@ pub fn flow_matching_loss(
     Ok((v - velocity_target(x0, eps)).square().mean(Kind::Float))
 }
 
-/// The clean-sample estimate one velocity evaluation gives: `x0 = x_t − t·v`.
+/// The clean-sample estimate one velocity evaluation gives: `x0 = x_t − t·v`, with `x_t`, `v`
+/// `[B, …]` and `t` `[B]` → `[B, …]`.
 pub fn predict_x0(x_t: &Tensor, t: &Tensor, v: &Tensor) -> Tensor {
     x_t - per_sample(t, x_t) * v
 }

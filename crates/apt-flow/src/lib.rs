@@ -1,10 +1,11 @@
 //! # apt-flow
 //!
-//! Rectified flow for the APT pipeline: the flow-matching loss, Euler/Heun samplers with
-//! classifier-free guidance (the multi-step teacher), deterministic and consistency
-//! distillation to a one-step generator, and the training loop every stage shares (also the
-//! adversarial one in `apt-gan`). Data and text come in through two traits
-//! ([`data::ClipSource`], [`data::CaptionEncoder`]), so this crate reads no files of its own.
+//! Rectified flow for APT: the flow-matching loss, Euler/Heun samplers with classifier-free
+//! guidance (the multi-step teacher), deterministic and consistency distillation to a one-step
+//! generator, and the training loop every stage shares (also the adversarial one in
+//! `apt-gan`). Data and text come in through two traits ([`data::ClipSource`],
+//! [`data::CaptionEncoder`]), so this crate reads no data files; the only files it touches are
+//! the training loop's own checkpoints and metrics log.
 
 #![warn(missing_docs)]
 

@@ -24,13 +24,15 @@ impl<M: VelocityModel> OneStepGenerator<M> {
         &self.model
     }
 
-    /// `x = z − Ĝ(z, c, 1)`: one network evaluation.
+    /// `x = z − Ĝ(z, c, 1)`: one network evaluation. `z` `[B, C, T, H, W]`, `cond` of batch
+    /// `B` or 1 (broadcast) → `[B, C, T, H, W]`.
     pub fn generate(&self, z: &Tensor, cond: &Conditioning) -> Result<Tensor> {
         let t = Tensor::ones([z.size()[0]], (tch::Kind::Float, z.device()));
         Ok(z - self.model.velocity(z, &t, &cond.expand_to(z.size()[0]))?)
     }
 
-    /// Zero-shot `steps`-step generation: Euler from 1 to 0 on a uniform grid, no guidance.
+    /// Zero-shot `steps`-step generation: Euler `x ← x + (t' − t)·Ĝ(x, c, t)` from 1 to 0 on a
+    /// uniform grid, no guidance; shapes as [`generate`](Self::generate).
     pub fn generate_steps(&self, z: &Tensor, cond: &Conditioning, steps: usize) -> Result<Tensor> {
         let g = Guidance {
             cond,

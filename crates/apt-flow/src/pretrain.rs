@@ -11,10 +11,10 @@ use crate::rng::TensorRng;
 use crate::timesteps::TimestepSampler;
 use crate::train::{Shard, StepLog, TrainStep};
 
-/// One micro-batch of flow matching with CFG dropout: clips and captions from `data`, text
-/// from `text`, noise and times from the loop's random stream. Logs `loss`. Data parallel: the
-/// random draws are made for the whole global batch on every rank and `shard` keeps its rows,
-/// so N ranks train exactly as one would.
+/// One micro-batch of flow matching ([`flow_matching_loss`]) with CFG dropout: clips and
+/// captions from `data`, text from `text`, noise and times from the loop's random stream. Logs
+/// `loss`. Data parallel: the random draws are made for the whole global batch on every rank
+/// and `shard` keeps its rows, so N ranks train exactly as one would.
 pub struct FlowMatchingStep<'a, M> {
     /// The model being trained.
     pub model: &'a M,
@@ -34,7 +34,8 @@ pub struct FlowMatchingStep<'a, M> {
     pub device: Device,
 }
 
-/// Checks `p_uncond` (in [0, 1]) and the time distribution; `key` names the section.
+/// Checks `p_uncond` (in [0, 1]) and the time distribution; `key` prefixes the field names in
+/// errors.
 pub fn validate_flow_matching(key: &str, p_uncond: f64, timesteps: &TimestepSampler) -> Result<()> {
     if !(0.0..=1.0).contains(&p_uncond) {
         return Err(config_error(

@@ -32,7 +32,7 @@ impl TensorRng {
         Tensor::from_slice(&v).view(shape).to_device(device)
     }
 
-    /// Uniform samples in [0, 1) of `shape` (f64 values, f32 tensor).
+    /// Uniform samples in [0, 1) of `shape` (f32) on `device`.
     pub fn uniform(&mut self, shape: &[i64], device: Device) -> Tensor {
         let n: i64 = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| self.rng.gen::<f32>()).collect();
@@ -49,7 +49,8 @@ impl TensorRng {
         (0..n).map(|_| self.rng.gen::<f64>() < p).collect()
     }
 
-    /// Standard normal tensor for one seed (a fresh stream): deterministic noise for sampling.
+    /// Standard normal tensor of `shape` (f32) for one seed (stream 0 of `seed`): deterministic
+    /// noise for sampling.
     pub fn seeded_normal(seed: u64, shape: &[i64], device: Device) -> Tensor {
         Self::new(seed, 0).normal(shape, device)
     }

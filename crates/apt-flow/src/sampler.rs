@@ -44,7 +44,7 @@ impl SamplerConfig {
         }
     }
 
-    /// Checks the values (`key`: where the table sits, e.g. `distill.teacher`).
+    /// Checks the values; `key` prefixes the field names in errors (e.g. `sampler`).
     pub fn validate(&self, key: &str) -> Result<()> {
         if self.steps == 0 {
             return Err(config_error(&format!("{key}.steps"), "must be at least 1"));
@@ -75,7 +75,8 @@ impl SamplerConfig {
     }
 }
 
-/// `[t_0 = 1, …, t_N = 0]`: a uniform grid pushed through the shift.
+/// `[t_0 = 1, …, t_N = 0]`, `N = steps`: a uniform grid pushed through the shift,
+/// `t_i = shift(1 − i/N, s)`.
 pub fn time_grid(steps: usize, s: f64) -> Vec<f64> {
     (0..=steps)
         .map(|i| shift(1.0 - i as f64 / steps as f64, s))
@@ -93,7 +94,8 @@ pub struct Guidance<'a> {
     pub scale: f64,
 }
 
-/// The (guided) velocity at `x`, time `t` (one value for the batch).
+/// The (guided) velocity at `x` `[B, …]`, time `t` (one value for the batch):
+/// `v = v_u + w·(v_c − v_u)`, or `v_c` alone when `w = 1`; shaped like `x`.
 pub fn guided_velocity(
     model: &impl VelocityModel,
     x: &Tensor,
@@ -131,7 +133,10 @@ pub fn guided_velocity(
     Ok(&v_uncond + (v_cond - &v_uncond) * g.scale)
 }
 
-/// Integrates from the noise `z` at `t = 1` to `t = 0`, returning every state (`z` first).
+/// Integrates from the noise `z` `[B, C, T, H, W]` at `t = 1` to `t = 0` on [`time_grid`],
+/// without gradient, returning every state (`z` first; `steps + 1` tensors shaped like `z`).
+/// With `h = t' − t < 0`, Euler: `x ← x + h·v(x, t)`; Heun:
+/// `x ← x + h/2·(v(x, t) + v(x + h·v(x, t), t'))`, `v` the guided velocity.
 pub fn sample_trajectory(
     model: &impl VelocityModel,
     z: &Tensor,
@@ -161,7 +166,8 @@ pub fn sample_trajectory(
     })
 }
 
-/// Integrates from `z` at `t = 1` to `t = 0` and returns the sample.
+/// Integrates from `z` at `t = 1` to `t = 0` and returns the sample, shaped like `z` (see
+/// [`sample_trajectory`]).
 pub fn sample(
     model: &impl VelocityModel,
     z: &Tensor,

@@ -60,7 +60,7 @@ impl Default for TimestepSampler {
 }
 
 impl TimestepSampler {
-    /// Checks the values (`key`: where the table sits, e.g. `pretrain.timesteps`).
+    /// Checks the values; `key` prefixes the field names in errors (e.g. `timesteps`).
     pub fn validate(&self, key: &str) -> Result<()> {
         if !(self.shift.is_finite() && self.shift > 0.0) {
             return Err(config_error(
@@ -79,7 +79,7 @@ impl TimestepSampler {
         Ok(())
     }
 
-    /// `n` times in (0, 1).
+    /// `n` times `[n]` in [0, 1): `t = shift(t₀, s)` with `t₀` drawn from the base distribution.
     pub fn sample(&self, n: i64, rng: &mut TensorRng, device: Device) -> Tensor {
         let base = match self.distribution {
             TimeDistribution::Uniform => rng.uniform(&[n], device),

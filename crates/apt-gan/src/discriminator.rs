@@ -27,10 +27,9 @@ pub struct DiscriminatorConfig {
     /// in the paper). Ignored when `times` is set.
     #[serde(default = "default_shift")]
     pub time_shift: f64,
-    /// Another distribution of D's timesteps (default: `shift(U(0, 1), time_shift)`): a
-    /// sampler table like `[pretrain].timesteps` (e.g. APT2's `U(0, 1)` without a shift,
-    /// `{ distribution = { kind = "uniform" } }`), or `"teacher"` for the teacher's own
-    /// training distribution (where its features were learnt).
+    /// Another distribution of D's timesteps (default: `shift(U(0, 1), time_shift)`): an
+    /// explicit [`TimestepSampler`] (e.g. APT2's `U(0, 1)` without a shift), or `"teacher"` for
+    /// the teacher's own training distribution (where its features were learnt).
     #[serde(default)]
     pub times: Option<DiscriminatorTimes>,
 }
@@ -59,8 +58,8 @@ fn default_shift() -> f64 {
 }
 
 impl DiscriminatorConfig {
-    /// Checks the values for a backbone of `depth` blocks; `key` names the table
-    /// (`apt.discriminator`).
+    /// Checks the values for a backbone of `depth` blocks; `key` prefixes the field names in
+    /// errors.
     pub fn validate(&self, key: &str, depth: usize) -> apt_flow::Result<()> {
         if !(self.time_shift.is_finite() && self.time_shift > 0.0) {
             return Err(config_error(
@@ -134,6 +133,9 @@ pub fn default_taps(depth: usize) -> Vec<usize> {
 
 /// One cross-attention-only head: pre-RMSNorm on the query token and on the visual tokens,
 /// Q/K/V/O projections with Q/K RMSNorm, then a pre-RMSNorm GELU MLP; residual connections.
+/// With `q` the learnable token and `x` the tokens:
+/// `h = q + O(attn(norm_q(Q(rms(q))), norm_k(K(rms(x))), V(rms(x))))`, output
+/// `h + MLP(rms(h))`.
 #[derive(Debug)]
 pub struct TapHead {
     token: Tensor,
@@ -283,12 +285,15 @@ impl AptDiscriminator {
         &self.times
     }
 
-    /// `n` D-timesteps, one per sample.
+    /// `n` D-timesteps `[n]`, one per sample, from [`time_sampler`](Self::time_sampler).
     pub fn sample_times(&self, n: i64, rng: &mut TensorRng, device: tch::Device) -> Tensor {
         self.times.sample(n, rng, device)
     }
 
-    /// Logits `[B]` for clips `x` (fed as they are) at D-times `t` `[B]` with the text.
+    /// Logits `[B]` for clips `x` `[B, C, T, H, W]` (fed as they are) at D-times `t` `[B]` with
+    /// the text `context` `[B, L, context_dim]` and `pooled` `[B, pooled_dim]`:
+    /// `D(x, t, c) = w·LayerNorm([h_1; …; h_k]) + b`, `h_i` `[B, d]` the head of tap `i` (`d` the
+    /// model width).
     pub fn forward(
         &self,
         x: &Tensor,

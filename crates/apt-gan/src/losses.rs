@@ -2,8 +2,9 @@
 //!
 //! Logits are the discriminator's raw outputs `l` (its probability is `σ(l)`); every
 //! cross-entropy term is written with `softplus`, which is exact and finite for any logit:
-//! `−log σ(l) = softplus(−l)` and `−log(1 − σ(l)) = softplus(l)`. Batch means throughout, in
-//! the inputs' precision.
+//! `−log σ(l) = softplus(−l)` and `−log(1 − σ(l)) = softplus(l)`. Logits and scores are `[B]`
+//! (any shape works: means run over every element); every loss and penalty is a scalar, in the
+//! inputs' precision.
 
 use tch::{Kind, Tensor};
 
@@ -95,8 +96,9 @@ fn gradient_norms_squared(score: &Tensor, x: &Tensor) -> Tensor {
         .sum_dim_intlist(1, false, grad.kind())
 }
 
-/// WGAN-GP penalty `E (‖∇D(x̃)‖₂ − 1)²` at `x̃ = ε·x_real + (1 − ε)·x_fake` (`eps` broadcast
-/// against the samples: `[B, 1, …]` per sample or full-shape per element).
+/// WGAN-GP penalty `E (‖∇D(x̃)‖₂ − 1)²` at `x̃ = ε·x_real + (1 − ε)·x_fake`, one gradient norm
+/// per sample: `real`, `fake` `[B, …]`, `critic` maps `[B, …]` to scores `[B]` or `[B, 1]`, `eps`
+/// broadcast against the samples (`[B, 1, …]` per sample or full-shape per element).
 pub fn gradient_penalty(
     critic: impl Fn(&Tensor) -> Tensor,
     real: &Tensor,
@@ -110,8 +112,8 @@ pub fn gradient_penalty(
     (norms - 1.0).square().mean(real.kind())
 }
 
-/// Exact R1: `γ/2 · E ‖∇ₓ D(x)‖²` on real data. Needs a double backward through D (use the
-/// MMDiT's math attention path).
+/// Exact R1: `γ/2 · E ‖∇ₓ D(x)‖²` on real data `[B, …]`, `d` mapping it to logits `[B]`. Needs a
+/// double backward through D (use the MMDiT's math attention path).
 pub fn exact_r1_penalty(d: impl Fn(&Tensor) -> Tensor, real: &Tensor, gamma: f64) -> Tensor {
     let x = real.detach().set_requires_grad(true);
     gradient_norms_squared(&d(&x), &x).mean(x.kind()) * (gamma / 2.0)
@@ -119,8 +121,8 @@ pub fn exact_r1_penalty(d: impl Fn(&Tensor) -> Tensor, real: &Tensor, gamma: f64
 
 /// APT's approximated R1: `λ · E ‖D(x) − D(x + σ·ε)‖²` on real data, added to the D loss.
 /// `σ` is a **standard deviation**: the perturbation is `σ·ε` with `ε ~ N(0, I)` given as
-/// `noise`. `d` must see the same timestep and text in both calls (close over them) and
-/// receive exactly the tensor it consumes; gradients flow through both branches.
+/// `noise` (shaped like `real`). `d` must see the same timestep and text in both calls (close
+/// over them) and receive exactly the tensor it consumes; gradients flow through both branches.
 /// For small σ, `E (D(x) − D(x + σε))² ≈ σ²‖∇D(x)‖²`: it acts like R1 with `γ/2 = λσ²`.
 pub fn approx_r1_penalty(
     d: impl Fn(&Tensor) -> Tensor,

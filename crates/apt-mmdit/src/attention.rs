@@ -5,8 +5,8 @@ use tch::{nn, nn::Module, Kind, Tensor};
 use crate::config::AttentionBackend;
 use crate::rope::RopeTable;
 
-/// RMSNorm over the last dimension with a learned scale (diffusers' `RMSNorm`, eps 1e-6),
-/// statistics in f32.
+/// RMSNorm over the last dimension with a learned scale (diffusers' `RMSNorm`):
+/// `x / √(mean(x²) + eps) · weight`, statistics in f32; any shape `[…, dim]`.
 #[derive(Debug)]
 pub struct RmsNorm {
     weight: Tensor,
@@ -34,7 +34,8 @@ impl Module for RmsNorm {
     }
 }
 
-/// `softmax(q kᵀ · scale) v` with the chosen kernel; q, k, v are `[B, H, N, hd]`.
+/// `softmax(q kᵀ / √hd) v` with the chosen kernel: q `[B, H, N, hd]`, k and v `[B, H, M, hd]`
+/// → `[B, H, N, hd]`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, backend: AttentionBackend) -> Tensor {
     match backend {
         AttentionBackend::Sdpa => {
@@ -140,9 +141,9 @@ impl JointAttention {
     }
 
     /// Visual `[B, N, D]` and text `[B, L, D]` (both already modulated) → attention outputs for
-    /// each stream (text output `None` in a context-pre-only block). The streams are projected
-    /// separately, then concatenated once as `[B, N+L, 3D]`; q, k, v are views of it. `rope`
-    /// covers all `N + L` tokens (text rows are the identity).
+    /// each stream, `[B, N, D]` and `[B, L, D]` (text output `None` in a context-pre-only
+    /// block). The streams are projected separately, then concatenated once as `[B, N+L, 3D]`;
+    /// q, k, v are views of it. `rope` covers all `N + L` tokens (text rows are the identity).
     pub fn forward(
         &self,
         x: &Tensor,

@@ -6,18 +6,21 @@ use crate::attention::JointAttention;
 use crate::config::MmditConfig;
 use crate::rope::RopeTable;
 
-/// LayerNorm without affine parameters, eps 1e-6 (every norm in the block).
+/// LayerNorm over the last dimension without affine parameters, `(x − mean) / √(var + 1e-6)`
+/// (every norm in the block); any shape.
 pub fn layer_norm(x: &Tensor) -> Tensor {
     let d = *x.size().last().expect("non-scalar");
     x.layer_norm([d], None::<&Tensor>, None::<&Tensor>, 1e-6, true)
 }
 
-/// `x · (1 + scale) + shift` with per-sample `[B, D]` scale and shift (one fused pass over x).
+/// `x · (1 + scale) + shift` for tokens `x` `[B, N, D]` with per-sample `[B, D]` scale and
+/// shift (one fused pass over x).
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Tensor {
     shift.unsqueeze(1).addcmul(x, &(scale.unsqueeze(1) + 1.0))
 }
 
-/// The gated residual `x + gate · branch` with a per-sample `[B, D]` gate (one fused pass).
+/// The gated residual `x + gate · branch` for `x`, `branch` `[B, N, D]` with a per-sample
+/// `[B, D]` gate (one fused pass).
 pub fn gated_residual(x: &Tensor, gate: &Tensor, branch: &Tensor) -> Tensor {
     x.addcmul(&gate.unsqueeze(1), branch)
 }
@@ -36,7 +39,7 @@ pub fn zero_linear(p: nn::Path, input: i64, output: i64) -> nn::Linear {
     )
 }
 
-/// Linear → GELU(tanh) → Linear (`ff.net.0.proj`, `ff.net.2`).
+/// Linear → GELU(tanh) → Linear (`ff.net.0.proj`, `ff.net.2`): `[…, D]` → `[…, D]`.
 #[derive(Debug)]
 pub struct FeedForward {
     up: nn::Linear,
@@ -77,7 +80,8 @@ pub struct JointBlock {
 }
 
 impl JointBlock {
-    /// Creates block `transformer_blocks.{i}` under `p`.
+    /// Creates the block's variables under `p` (the model passes `transformer_blocks.{i}`);
+    /// `context_pre_only` for the model's last block.
     pub fn new(p: nn::Path, cfg: &MmditConfig, context_pre_only: bool) -> Self {
         let d = cfg.hidden_size() as i64;
         let ratio = cfg.mlp_ratio as i64;

@@ -22,9 +22,9 @@ pub enum Positions {
         #[serde(default)]
         axes_dim: Option<[usize; 3]>,
     },
-    /// SD3's learned-free 2D sin-cos table of `max_size²` positions (stored in the weights as
-    /// `pos_embed.pos_embed`), centre-cropped to the input's patch grid and added to the patch
-    /// tokens. Every frame gets the same table, so this is meant for images (T = 1).
+    /// SD3's fixed (not learned) 2D sin-cos table of `max_size²` positions (stored in the
+    /// weights as `pos_embed.pos_embed`), centre-cropped to the input's patch grid and added to
+    /// the patch tokens. Every frame gets the same table, so this is meant for images (T = 1).
     Sincos2d {
         /// Table side, in patches (diffusers' `pos_embed_max_size`).
         max_size: usize,

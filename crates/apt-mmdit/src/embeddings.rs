@@ -154,7 +154,7 @@ fn sincos_1d(dim: i64, positions: &Tensor) -> Tensor {
 
 /// Sinusoidal timestep features exactly as diffusers' `Timesteps(256, flip_sin_to_cos=True,
 /// downscale_freq_shift=0)`: `[cos(t·f), sin(t·f)]`, `f_i = 10000^(-i/128)`, computed in f32.
-/// `t` is on diffusers' 0..1000 scale, shape `[B]`.
+/// `t` is on diffusers' 0..1000 scale, shape `[B]`; returns `[B, 256]`.
 pub fn timestep_features(t: &Tensor) -> Tensor {
     let half = TIMESTEP_FEATURES / 2;
     let exponent = Tensor::arange(half, (Kind::Float, t.device())) * -(10_000f64.ln());

@@ -87,6 +87,8 @@ impl Mmdit {
     /// * `latents` `[B, C, T, H, W]` (images: `T = 1`), `T, H, W` divisible by the patch size;
     /// * `t` `[B]` (or one value for the whole batch), rectified-flow time in `[0, 1]`;
     /// * `context` text tokens `[B, L, context_dim]`, `pooled` `[B, pooled_dim]`.
+    ///
+    /// Returns `[B, out_channels, T, H, W]`.
     pub fn forward(
         &self,
         latents: &Tensor,
@@ -101,8 +103,9 @@ impl Mmdit {
     /// Like [`Mmdit::forward`], also returning the visual hidden states after the given blocks.
     ///
     /// `taps` are 1-based block counts: tap `k` is the output of block `k` (so `depth` is the
-    /// last block). With `with_output = false` the forward stops after the deepest tap and
-    /// skips the output head (what a discriminator backbone needs).
+    /// last block). Each tap is `[B, N, D]` with `N = (T/pt)·(H/ph)·(W/pw)` visual tokens and
+    /// `D = config().hidden_size()`. With `with_output = false` the forward stops after the
+    /// deepest tap and skips the output head (what a discriminator backbone needs).
     pub fn forward_with_taps(
         &self,
         latents: &Tensor,

@@ -1,5 +1,5 @@
 //! Parity against diffusers: run a `save_pretrained` directory on a recorded input and compare
-//! with the recorded output (used by the tests and `apt model parity`).
+//! with the recorded output (what the parity tests do).
 
 use std::collections::HashMap;
 use std::path::Path;

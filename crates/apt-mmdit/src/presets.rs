@@ -3,8 +3,8 @@
 use crate::config::{AttentionBackend, MmditConfig, Positions, Prediction};
 use crate::error::{MmditError, Result};
 
-/// A named configuration plus the input it is typically run on (for FLOP estimates and
-/// `apt model info`).
+/// A named configuration plus the input it is typically run on (for size and FLOP estimates,
+/// see [`crate::forward_flops`]).
 #[derive(Debug, Clone)]
 pub struct Preset {
     /// Preset name (`tiny`, `small`, `sd3-medium`, `seaweed-8b`).

@@ -40,7 +40,8 @@ impl Mmdit {
     ///
     /// Parameter gradients are accumulated into the variables' `.grad` exactly as
     /// `loss.backward()` after a plain forward would. Gradients do not flow into the inputs
-    /// `latents`, `context`, `pooled` (only into the model). Returns the detached loss.
+    /// `latents`, `context`, `pooled` (only into the model). Shapes are those of
+    /// [`Mmdit::forward_with_taps`]; `loss_fn` must return a scalar. Returns the detached loss.
     // The arguments of `forward_with_taps` plus the loss closure.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_with_recompute<F>(

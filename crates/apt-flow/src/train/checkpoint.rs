@@ -32,7 +32,7 @@ pub const LATEST: &str = "latest";
 pub struct Manifest {
     /// [`FORMAT`].
     pub format: String,
-    /// Which training stage wrote it (`pretrain`, `distill`, …).
+    /// The label of the run that wrote it ([`Trainer::stage`](super::Trainer::stage)).
     pub stage: String,
     /// Completed optimizer steps of the run.
     pub step: u64,
@@ -57,7 +57,7 @@ pub struct Manifest {
 /// Everything a checkpoint holds, borrowed from the trainer.
 #[derive(Debug)]
 pub struct TrainState<'a> {
-    /// Stage name.
+    /// The run's label ([`Trainer::stage`](super::Trainer::stage)).
     pub stage: &'a str,
     /// Completed steps.
     pub step: u64,

@@ -33,7 +33,7 @@ pub trait Collective {
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
 
-    /// This rank writes checkpoints, logs, reports and previews (rank 0).
+    /// Whether this is rank 0, the rank that writes checkpoints, metrics and previews.
     fn is_main(&self) -> bool {
         self.rank() == 0
     }

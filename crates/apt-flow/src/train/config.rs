@@ -1,4 +1,4 @@
-//! The `[<stage>.train]` table: the knobs of the training loop, the same for every stage.
+//! The knobs of the training loop, the same for every stage.
 
 use serde::{Deserialize, Serialize};
 
@@ -6,7 +6,7 @@ use super::optim::OptimizerConfig;
 use super::schedule::LrSchedule;
 use crate::error::{config_error, Result};
 
-/// The loop's knobs (a stage's `[<stage>.train]` table; `[apt.train]` adds `optimizer_d`).
+/// The loop's knobs (adversarial training also sets `optimizer_d`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
@@ -78,8 +78,8 @@ impl TrainConfig {
         }
     }
 
-    /// Checks every value; `key` is where the table sits (`pretrain.train`), so that errors
-    /// name the full key (`pretrain.train.optimizer.lr`).
+    /// Checks every value; `key` prefixes the field names in errors (`train` gives
+    /// `train.optimizer.lr`).
     pub fn validate(&self, key: &str) -> Result<()> {
         let at = |k: &str| format!("{key}.{k}");
         for (name, value) in [

@@ -31,7 +31,7 @@ impl Ema {
         self.decay
     }
 
-    /// One update from the current weights.
+    /// One update from the current weights `w`: `shadow ← d·shadow + (1 − d)·w`.
     pub fn update(&mut self, vs: &nn::VarStore) {
         let vars = vs.variables();
         tch::no_grad(|| {

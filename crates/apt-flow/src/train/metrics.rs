@@ -18,7 +18,7 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 /// steps so far and the seconds since the run (or resume) started.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricLine {
-    /// Stage.
+    /// The run's label ([`Trainer::stage`](super::Trainer::stage)).
     pub stage: String,
     /// Update number (1-based).
     pub step: u64,

@@ -3,7 +3,8 @@
 //! (checked against `torch.optim` on a fixture).
 //!
 //! State is keyed by variable name, so it survives rebuilding the model; it is written as
-//! tensors named `optimizer.<slot>.<variable>` next to a small JSON description.
+//! tensors named `<prefix>.<slot>.<variable>` (the trainer's prefix is `optimizer.<part>`) next
+//! to a small JSON description.
 
 use std::collections::BTreeMap;
 
@@ -81,7 +82,7 @@ impl OptimizerConfig {
         }
     }
 
-    /// The optimizer's name as written in the config (`adamw`, `rmsprop`).
+    /// The optimizer's name, its serialised `kind` (`adamw`, `rmsprop`).
     pub fn kind(&self) -> &'static str {
         match self {
             OptimizerConfig::Adamw { .. } => "adamw",
@@ -89,8 +90,8 @@ impl OptimizerConfig {
         }
     }
 
-    /// Checks every value: finite, and in its range. `key` is where the table sits
-    /// (`pretrain.train.optimizer`), so that errors name the full key.
+    /// Checks every value: finite, and in its range. `key` prefixes the field names in errors
+    /// (e.g. `train.optimizer`).
     pub fn validate(&self, key: &str) -> Result<()> {
         let check = |ok: bool, name: &str, value: f64, what: &str| {
             if ok {
@@ -192,8 +193,14 @@ impl Optimizer {
             .shallow_clone()
     }
 
-    /// One update of every trainable variable of `vs` that has a gradient, at learning rate
-    /// `lr` (the schedule's value for this step).
+    /// One update of every trainable variable `p` of `vs` that has a gradient `g`, at learning
+    /// rate `lr` (the schedule's value for this step); `k` counts updates from 1.
+    ///
+    /// * AdamW: `p ← p·(1 − lr·wd)`, `m ← β1·m + (1 − β1)·g`, `v ← β2·v + (1 − β2)·g²`,
+    ///   `p ← p − lr/(1 − β1ᵏ) · m / (√v/√(1 − β2ᵏ) + eps)`.
+    /// * RMSProp: `g ← g + wd·p`, `s ← α·s + (1 − α)·g²`, `a = √s + eps` (centred:
+    ///   `ḡ ← α·ḡ + (1 − α)·g`, `a = √(s − ḡ²) + eps`); `p ← p − lr·g/a`, or with momentum `μ`:
+    ///   `b ← μ·b + g/a`, `p ← p − lr·b`.
     pub fn step(&mut self, vs: &nn::VarStore, lr: f64) {
         self.step += 1;
         let mut named: Vec<(String, Tensor)> = vs
@@ -328,7 +335,8 @@ pub fn zero_grad(vs: &nn::VarStore) {
     }
 }
 
-/// Scales gradients so that their global L2 norm is at most `max_norm`; returns the norm before
+/// Scales gradients so that their global L2 norm is at most `max_norm`: when
+/// `‖g‖ = √(Σ ‖g_i‖²) > max_norm`, `g ← g·max_norm/(‖g‖ + 1e-6)`. Returns `‖g‖` before
 /// clipping (like `torch.nn.utils.clip_grad_norm_`).
 pub fn clip_grad_norm(vs: &nn::VarStore, max_norm: f64) -> f64 {
     let grads: Vec<Tensor> = vs

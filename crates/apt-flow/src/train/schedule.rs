@@ -39,7 +39,7 @@ impl Default for LrSchedule {
 }
 
 impl LrSchedule {
-    /// Checks the values (`key`: where the table sits, e.g. `pretrain.train.schedule`).
+    /// Checks the values; `key` prefixes the field names in errors (e.g. `train.schedule`).
     pub fn validate(&self, key: &str) -> Result<()> {
         if let Decay::Cosine { min_factor } = self.decay {
             if !(0.0..=1.0).contains(&min_factor) {
@@ -54,7 +54,10 @@ impl LrSchedule {
         Ok(())
     }
 
-    /// Learning rate for update `step` (1-based) of `total_steps`, given the peak.
+    /// Learning rate for update `step` (1-based) of `total_steps`, given the peak: with `W`
+    /// warm-up steps, `peak·step/W` for `step ≤ W`; then `peak` (constant) or
+    /// `peak·(m + (1 − m)·½(1 + cos(π·p)))` (cosine), `p = (step − W)/(total_steps − W)`
+    /// clamped to [0, 1], `m = min_factor`.
     pub fn lr(&self, peak: f64, step: u64, total_steps: u64) -> f64 {
         if step <= self.warmup_steps && self.warmup_steps > 0 {
             return peak * step as f64 / self.warmup_steps as f64;

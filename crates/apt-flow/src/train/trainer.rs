@@ -36,7 +36,7 @@ use crate::error::{FlowError, Result};
 use crate::rng::TensorRng;
 use crate::train::TrainConfig;
 
-/// The loop's checkpoint directory, under its run directory.
+/// The loop's checkpoint directory, under [`Trainer::dir`].
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 
 /// One trained network: its weights, optimizer and optional EMA.
@@ -163,7 +163,8 @@ pub enum Finish {
 
 /// The loop's state.
 pub struct Trainer {
-    /// Stage name (`pretrain`, `distill`, `consistency`, `apt`, …).
+    /// The run's label (e.g. the method stage: `pretrain`, `apt`): written into checkpoints and
+    /// metric lines; [`resume`](Self::resume) refuses a checkpoint with another label.
     pub stage: String,
     /// Where `checkpoints/` and `metrics.jsonl` go.
     pub dir: PathBuf,

@@ -58,7 +58,8 @@ impl Default for AdversarialConfig {
 }
 
 impl AdversarialConfig {
-    /// Checks the values (finite, ≥ 0; at least one D step); `key` names the section (`apt`).
+    /// Checks the values (finite, ≥ 0; at least one D step); `key` prefixes the field names in
+    /// errors.
     pub fn validate(&self, key: &str) -> apt_flow::Result<()> {
         for (name, value) in [
             ("lambda_r1", self.lambda_r1),

@@ -88,7 +88,8 @@ impl DiscriminatorInputs {
 }
 
 impl InputDraw {
-    /// The clips as D sees them: shifted, then noised (differentiable in `x`).
+    /// The clips as D sees them, `[B, C, T, H, W]` → same shape: shifted, then noised,
+    /// `(1 − t)·shift(x) + t·ε` (differentiable in `x`).
     pub fn apply(&self, x: &Tensor) -> Tensor {
         let shifted = if self.shifts.is_empty() {
             x.shallow_clone()

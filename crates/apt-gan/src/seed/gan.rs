@@ -73,7 +73,7 @@ impl SeedGenerator {
         }
     }
 
-    /// `gen([noise; context])`.
+    /// `gen([noise; context])`: `noise` `[B, latent_s]`, `context` `[B, cond_in]` → `[B, in_size]`.
     pub fn forward(&self, noise: &Tensor, context: &Tensor) -> Tensor {
         let mut x = Tensor::cat(&[noise, context], 1);
         let last = self.layers.len() - 1;
@@ -86,7 +86,8 @@ impl SeedGenerator {
         x
     }
 
-    /// `n` scenarios for one context `[cond_in]` (noise from libtorch's generator).
+    /// `n` scenarios `[n, in_size]` for one context `[cond_in]`, without gradient (noise from
+    /// libtorch's generator).
     pub fn sample(&self, n: i64, context: &Tensor) -> Tensor {
         let z = Tensor::randn([n, self.latent], (Kind::Float, context.device()));
         let c = context.reshape([1, -1]).expand([n, -1], false);
@@ -106,7 +107,7 @@ impl SeedCritic {
         }
     }
 
-    /// `dis([sample; context])` → `[B, 1]`.
+    /// `dis([sample; context])`: `sample` `[B, in_size]`, `context` `[B, cond_in]` → `[B, 1]`.
     pub fn forward(&self, sample: &Tensor, context: &Tensor) -> Tensor {
         let mut x = Tensor::cat(&[sample, context], 1);
         let last = self.layers.len() - 1;
@@ -134,8 +135,10 @@ pub struct CriticLoss {
     pub gradient_penalty: Tensor,
 }
 
-/// The critic loss with interpolation weights `eps` (draw them with
-/// [`interpolation_weights`], per element when seed-compatible).
+/// The critic loss `−(E D(x) − E D(G(z))) + λ_gp · GP` for `generated` and `real` `[B, in_size]`
+/// with `context` `[B, cond_in]` and interpolation weights `eps` (draw them with
+/// [`draw_interpolation`]: `[B, 1]` per sample, `[B, in_size]` per element when
+/// seed-compatible).
 pub fn critic_loss(
     critic: &SeedCritic,
     cfg: &SeedGanConfig,
@@ -153,7 +156,8 @@ pub fn critic_loss(
     }
 }
 
-/// Interpolation weights as the configuration asks for.
+/// Interpolation weights `ε ~ U(0, 1)` as the configuration asks for: `[B, 1]` per sample, or
+/// shaped like `real` per element when `seed_compatible`.
 pub fn draw_interpolation(cfg: &SeedGanConfig, real: &Tensor) -> Tensor {
     interpolation_weights(
         real,

@@ -22,7 +22,7 @@ pub const HOURS: i64 = 24;
 /// Context features.
 pub const CONTEXT: i64 = 3;
 
-/// `[scenarios]` config (see `configs/seed-gan-pv.toml`).
+/// The settings of one scenario-generation run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioConfig {
@@ -60,7 +60,8 @@ fn default_draws() -> i64 {
     64
 }
 
-/// `n` random contexts `[n, 3]`.
+/// `n` random contexts `[n, 3]`: cloud `~ U(0, 1)`, temperature `~ U(−1, 1)`, season
+/// `~ U(0, 1)`.
 pub fn random_contexts(n: i64) -> Tensor {
     let u = Tensor::rand([n, CONTEXT], (Kind::Float, Device::Cpu));
     let scale = Tensor::from_slice(&[1.0f32, 2.0, 1.0]);
@@ -116,7 +117,9 @@ pub fn energy_score(ensemble: &Tensor, observation: &Tensor) -> f64 {
     to_obs - spread
 }
 
-/// CRPS averaged over the dimensions: the one-dimensional energy score per hour.
+/// CRPS averaged over the dimensions: the one-dimensional energy score per hour, for an
+/// ensemble `[m, d]` and one observation `[d]`:
+/// `mean_h [(1/m) Σ_i |X_ih − y_h| − (1/2m²) Σ_ij |X_ih − X_jh|]` (lower is better).
 pub fn crps(ensemble: &Tensor, observation: &Tensor) -> f64 {
     let m = ensemble.size()[0] as f64;
     let to_obs = (ensemble - observation.unsqueeze(0))
