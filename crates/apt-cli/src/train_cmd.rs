@@ -1,10 +1,15 @@
 //! `apt train --config FILE [--stage pretrain|distill|consistency|apt|all] [--resume]
 //! [--set key=value …] [--dry-run]`.
+//!
+//! Under `mpirun -np N` (or `srun --mpi=pmix`) the N processes train data-parallel: each
+//! takes 1/N of every global batch, gradients are averaged over MPI, and rank 0 alone writes
+//! the run directory, the log, the progress bars and the report (docs/distributed.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use apt_dist::Launch;
 use apt_flow::Finish;
 use apt_pipeline::report::table;
 use apt_pipeline::stages::{run_all, run_stages, StageRun};
@@ -82,19 +87,51 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let explicit = args.stage != StageArg::All;
+    let launch = Launch::from_env()?;
+    let world = apt_dist::join(&launch)?;
+    if world.world_size() > 1 && config.device()? != tch::Device::Cpu {
+        anyhow::bail!(
+            "data parallel over {} ranks needs CPU tensors (the MPI backend); NCCL for `device = \"{}\"` is not written yet",
+            world.world_size(),
+            config.device
+        );
+    }
     // Every check passes before anything in the run directory changes.
-    let open = OpenRun::for_training(config, &stages, args.resume)?;
-    log_file::open(&open.dir.log_file())?;
-    tracing::info!(config = %args.config.display(), out = %open.dir.root().display(), stage = ?args.stage, resume = args.resume, "apt train");
+    let open = OpenRun::for_training_in(&*world, config, &stages, args.resume)?;
+    let main = world.is_main();
+    if main {
+        log_file::open(&open.dir.log_file())?;
+    }
+    if world.world_size() > 1 && main {
+        println!(
+            "world       {} ranks ({} via {:?}), global batches split {}-ways",
+            world.world_size(),
+            world.backend(),
+            launch.launcher,
+            world.world_size()
+        );
+    }
+    tracing::info!(config = %args.config.display(), out = %open.dir.root().display(), stage = ?args.stage, resume = args.resume, rank = world.rank(), world = world.world_size(), "apt train");
     let stop = stop_flag()?;
     let mut bars = StageBars::new(open.config.clone());
+    let mut silent = ();
+    let progress: &mut dyn apt_pipeline::stages::Progress =
+        if main { &mut bars } else { &mut silent };
     let mut ctx = StageRun {
         config: &open.config,
         dir: &open.dir,
         resume: args.resume,
         stop: stop.clone(),
-        progress: &mut bars,
+        progress,
+        world: world.clone(),
     };
+    if !main {
+        // Train every stage; rank 0 evaluates and reports.
+        return Ok(match run_stages(&mut ctx, &stages, explicit)? {
+            Finish::Stopped => ExitCode::from(130),
+            Finish::Completed => ExitCode::SUCCESS,
+        });
+    }
     if !explicit {
         let Some((path, metrics)) = run_all(&mut ctx, &stages)? else {
             println!("stopped (training at a checkpoint, or the evaluation before writing anything); continue with --resume");

@@ -4,6 +4,9 @@
 
 use std::path::Path;
 
+use apt_flow::train::Collective;
+use tch::Tensor;
+
 use crate::config::RunConfig;
 use crate::error::{config_error, io_error, PipelineError, Result};
 use crate::lock::RunLock;
@@ -62,7 +65,8 @@ pub struct OpenRun {
     pub config: RunConfig,
     /// Its files.
     pub dir: RunDir,
-    _lock: RunLock,
+    /// Held by the process that claimed the directory (rank 0 of a data-parallel run).
+    _lock: Option<RunLock>,
 }
 
 impl OpenRun {
@@ -89,7 +93,7 @@ impl OpenRun {
             Ok(lock) => Ok(Self {
                 config,
                 dir,
-                _lock: lock,
+                _lock: Some(lock),
             }),
             Err(e) => {
                 if created {
@@ -98,6 +102,56 @@ impl OpenRun {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// [`for_training`](Self::for_training) for every rank of `world`: rank 0 claims the
+    /// directory (checks, lock, `config.toml`) and tells the others whether it could; they then
+    /// open it without a lock (they write nothing in it). Every rank gets rank 0's verdict.
+    pub fn for_training_in(
+        world: &dyn Collective,
+        config: RunConfig,
+        stages: &[Stage],
+        resume: bool,
+    ) -> Result<Self> {
+        if world.world_size() == 1 {
+            return Self::for_training(config, stages, resume);
+        }
+        // Every rank must have been started with the same resolved config.
+        let text = config.to_toml_string();
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let all = Vec::<i64>::try_from(world.all_gather(&Tensor::from_slice(&[hash as i64]))?)
+            .map_err(apt_flow::FlowError::from)?;
+        if let Some(rank) = all.iter().position(|&h| h != hash as i64) {
+            return Err(PipelineError::Flow(apt_flow::FlowError::Collective(
+                format!(
+                    "rank {rank} was started with another config than rank {} (after --set): \
+                 start every rank with the same command",
+                    world.rank()
+                ),
+            )));
+        }
+        let claimed = world
+            .is_main()
+            .then(|| Self::for_training(config.clone(), stages, resume));
+        let ok = i64::from(matches!(claimed, Some(Ok(_))));
+        let mut verdict = Tensor::from_slice(&[ok]);
+        world.broadcast(&mut verdict, 0)?;
+        match claimed {
+            Some(result) => result,
+            None if verdict.int64_value(&[0]) == 1 => Ok(Self {
+                dir: RunDir::new(&config.out),
+                config,
+                _lock: None,
+            }),
+            None => Err(PipelineError::Flow(apt_flow::FlowError::Collective(
+                format!(
+                    "rank 0 refused to train in {} (its message says why)",
+                    config.out.display()
+                ),
+            ))),
         }
     }
 
@@ -117,7 +171,7 @@ impl OpenRun {
         Ok(Self {
             config,
             dir: run,
-            _lock: lock,
+            _lock: Some(lock),
         })
     }
 }

@@ -104,6 +104,7 @@ fn run(
 ) -> apt_flow::Finish {
     let dir = RunDir::new(&config.out);
     let mut ctx = StageRun {
+        world: std::rc::Rc::new(apt_flow::train::SingleProcess),
         config,
         dir: &dir,
         resume,
@@ -133,6 +134,7 @@ fn the_apt_stage_runs_and_resumes_to_the_same_generator() {
     let straight = prepared(dir.path(), "a", "");
     let run_dir = RunDir::new(&straight.out);
     let mut ctx = StageRun {
+        world: std::rc::Rc::new(apt_flow::train::SingleProcess),
         config: &straight,
         dir: &run_dir,
         resume: false,

@@ -117,6 +117,7 @@ fn stage_with(
 ) -> apt_pipeline::Result<Outcome> {
     let dir = RunDir::new(&run.out);
     let mut ctx = StageRun {
+        world: std::rc::Rc::new(apt_flow::train::SingleProcess),
         config: run,
         dir: &dir,
         resume,

@@ -11,7 +11,7 @@ use crate::error::{config_error, Result};
 use crate::flow::{interpolate, per_sample, predict_x0, Conditioning, VelocityModel};
 use crate::rng::TensorRng;
 use crate::sampler::time_grid;
-use crate::train::{Part, StepLog, TrainStep};
+use crate::train::{Part, Shard, StepLog, TrainStep};
 
 /// Which network gives the consistency target at `t_n`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -38,7 +38,7 @@ pub struct ConsistencyConfig {
 }
 
 impl ConsistencyConfig {
-    /// Checks the values; `key` names the section (`consistency`).
+    /// Checks the values; `key` prefixes the field names in errors.
     pub fn validate(&self, key: &str) -> Result<()> {
         if self.points < 2 {
             return Err(config_error(
@@ -62,7 +62,13 @@ impl ConsistencyConfig {
     }
 }
 
-/// One micro-batch of consistency distillation. Logs `loss`.
+/// One micro-batch of consistency distillation. Per sample, `n ~ U{0, …, N−1}` on the
+/// ascending grid, `x_{n+1} = (1 − t_{n+1})·x0 + t_{n+1}·ε`, one teacher CFG Euler step
+/// `x̂_n = x_{n+1} + (t_n − t_{n+1})·v_cfg(x_{n+1}, t_{n+1})`; loss
+/// `mean ‖f(x_{n+1}, t_{n+1}) − f⁻(x̂_n, t_n)‖²` with `f(x, t) = x − t·v(x, t)` and `f⁻` the
+/// student under stop-gradient (or its EMA). Clips `[B, C, T, H, W]`. Logs `loss`. Data parallel
+/// ([`with_shard`](Self::with_shard)): the random draws are made for the whole global
+/// micro-batch and each rank keeps its rows.
 pub struct ConsistencyStep<'a, M> {
     student: &'a M,
     teacher: &'a M,
@@ -73,6 +79,7 @@ pub struct ConsistencyStep<'a, M> {
     grid: Vec<f64>,
     cfg_scale: f64,
     batch: usize,
+    shard: Shard,
     device: Device,
 }
 
@@ -103,8 +110,15 @@ impl<'a, M: VelocityModel> ConsistencyStep<'a, M> {
             grid,
             cfg_scale: cfg.cfg_scale,
             batch,
+            shard: Shard::WHOLE,
             device,
         })
+    }
+
+    /// Trains on `shard`'s rows of every global micro-batch of `batch` clips.
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
     }
 
     fn sync(&self, parts: &[Part]) -> Result<()> {
@@ -121,21 +135,25 @@ impl<M: VelocityModel> TrainStep for ConsistencyStep<'_, M> {
     }
 
     fn loss(&mut self, _phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
-        let (video, captions) = self.data.next_clips(self.batch)?;
+        let (video, captions) = self.data.next_shard(self.batch, self.shard)?;
         let x0 = video.to_device(self.device);
         let b = captions.len();
         let cond = self.text.encode(&captions, &[])?;
         // n uniform in {0, …, N-1}: the pair (t_{n+1}, t_n) on the ascending grid.
         let points = self.grid.len() - 1;
-        let n: Vec<usize> = (0..b)
+        let key = "consistency.train.batch_size";
+        let n: Vec<usize> = (0..b * self.shard.world)
             .map(|_| ((rng.unit() * points as f64) as usize).min(points - 1))
             .collect();
+        let n = self.shard.items(&n, key)?;
         let at = |offset: usize| {
             let t: Vec<f32> = n.iter().map(|&i| self.grid[i + offset] as f32).collect();
             Tensor::from_slice(&t).to_device(self.device)
         };
         let (t_hi, t_lo) = (at(1), at(0));
-        let eps = rng.normal(&x0.size(), self.device);
+        let mut global = x0.size();
+        global[0] *= self.shard.world as i64;
+        let eps = self.shard.rows(&rng.normal(&global, self.device), key)?;
         let x_hi = interpolate(&x0, &eps, &t_hi);
         let target = tch::no_grad(|| -> Result<Tensor> {
             // One teacher CFG Euler step t_{n+1} → t_n, per sample.

@@ -11,7 +11,7 @@ use crate::flow::{Conditioning, VelocityModel};
 use crate::onestep::OneStepGenerator;
 use crate::rng::TensorRng;
 use crate::sampler::{sample, Guidance, SamplerConfig};
-use crate::train::{StepLog, TrainStep};
+use crate::train::{Shard, StepLog, TrainStep};
 
 /// Teacher pairs in memory.
 #[derive(Debug)]
@@ -25,8 +25,8 @@ pub struct Pairs {
 }
 
 impl Pairs {
-    /// The teacher's samples for noise `z` and conditioning `cond`: its sampler with CFG
-    /// against `null` at the sampler's scale.
+    /// The teacher's samples for noise `z` `[P, C, T, H, W]` and conditioning `cond` (batch `P`
+    /// or 1): its sampler with CFG against `null` at the sampler's scale.
     pub fn generate(
         teacher: &impl VelocityModel,
         z: Tensor,
@@ -70,10 +70,13 @@ impl Pairs {
 }
 
 /// `MSE(z − Ĝ(z, c, 1), x_teacher)` over pairs in a seeded shuffle per epoch. Logs `loss`.
+/// Data parallel ([`with_shard`](Self::with_shard)): each rank trains on its rows of every
+/// global micro-batch of `batch` pairs.
 pub struct PairDistillStep<'a, M> {
     student: &'a M,
     pairs: &'a Pairs,
     batch: usize,
+    shard: Shard,
     seed: u64,
     cursor: Cursor,
     order: Vec<i64>,
@@ -86,12 +89,19 @@ impl<'a, M: VelocityModel> PairDistillStep<'a, M> {
             student,
             pairs,
             batch,
+            shard: Shard::WHOLE,
             seed,
             cursor: Cursor::default(),
             order: vec![],
         };
         step.order = step.order(0);
         step
+    }
+
+    /// Trains on `shard`'s rows of every global micro-batch.
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
     }
 
     fn order(&self, epoch: u64) -> Vec<i64> {
@@ -112,10 +122,9 @@ impl<M: VelocityModel> TrainStep for PairDistillStep<'_, M> {
             };
             self.order = self.order(self.cursor.epoch);
         }
-        let idx = Tensor::from_slice(
-            &self.order[self.cursor.position..self.cursor.position + self.batch],
-        )
-        .to_device(self.pairs.z.device());
+        let global = &self.order[self.cursor.position..self.cursor.position + self.batch];
+        let idx = Tensor::from_slice(&self.shard.items(global, "distill.train.batch_size")?)
+            .to_device(self.pairs.z.device());
         self.cursor.position += self.batch;
         let z = self.pairs.z.index_select(0, &idx);
         let cond = Conditioning {

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use apt_data::shapes::Split;
 use apt_data::Skipped;
-use apt_flow::train::{copy_weights, MetricLine, Observer, Part, Trainer};
+use apt_flow::train::{copy_weights, MetricLine, Observer, Part, Shard, Trainer};
 use apt_flow::{Finish, OneStepGenerator, TensorRng, TrainConfig};
 use apt_gan::adversarial::{AdversarialStep, GENERATOR};
 use apt_gan::discriminator::load_backbone;
@@ -178,6 +178,9 @@ fn initial_alignment(
     let (Some(eval), Some(shapes)) = (eval, data.shapes()) else {
         return Ok(None);
     };
+    if !ctx.is_main() {
+        return Ok(None);
+    }
     if ctx.resume && ctx.dir.has_checkpoints(stage) {
         return Ok(std::fs::read_to_string(&file)
             .ok()
@@ -258,7 +261,8 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
         Part::new("discriminator", vs_d, d_optimizer, None)?,
     ];
     let rng = TensorRng::new(run.seed, 3);
-    let mut trainer = Trainer::new(stage.name(), &ctx.dir.stage(stage), &plan.train, parts, rng)?;
+    let mut trainer = Trainer::new(stage.name(), &ctx.dir.stage(stage), &plan.train, parts, rng)?
+        .with_collective(ctx.world.clone());
     trainer.stop = ctx.stop.clone();
     let initial = initial_alignment(ctx, stage, &generator, &text, &plan.data, &ctx.stop)?;
     let mut step = AdversarialStep::new(
@@ -269,7 +273,8 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
         &text,
         plan.train.batch_size,
         device,
-    );
+    )
+    .with_shard(Shard::of(&*ctx.world));
     start_or_resume(&mut trainer, &mut step, ctx, stage)?;
     let mut previews = Previews {
         stage,
@@ -282,6 +287,9 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
     };
     if trainer.run(&mut step, &mut previews)? == Finish::Stopped {
         return Ok(Outcome::Stopped);
+    }
+    if !ctx.is_main() {
+        return Ok(Outcome::Trained);
     }
     let (g, path) = export_part(
         run,

@@ -81,7 +81,7 @@ pub fn student_from_teacher(
 }
 
 /// Exports `part` (its EMA when it has one) as `stage`'s model through a fresh model of
-/// `cfg`; returns that model and the export's path.
+/// `cfg`; returns that model and the export's path. Rank 0 of a data-parallel run calls it.
 pub fn export_part(
     run: &RunConfig,
     dir: &RunDir,

@@ -3,7 +3,7 @@
 //! holds the student's EMA and is refreshed after every update.
 
 use apt_flow::distill::{ConsistencyStep, ConsistencyTarget};
-use apt_flow::train::{Part, Trainer};
+use apt_flow::train::{Part, Shard, Trainer};
 use apt_flow::{Finish, TensorRng};
 
 use super::common::{new_model, start_or_resume, student_from_teacher, Follow};
@@ -28,7 +28,8 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let dir = ctx.dir.stage(Stage::Consistency);
     let part = Part::new("model", vs, cfg.train.optimizer, cfg.train.ema_decay)?;
     let rng = TensorRng::new(run.seed, 0);
-    let mut trainer = Trainer::new(Stage::Consistency.name(), &dir, &cfg.train, vec![part], rng)?;
+    let mut trainer = Trainer::new(Stage::Consistency.name(), &dir, &cfg.train, vec![part], rng)?
+        .with_collective(ctx.world.clone());
     trainer.stop = ctx.stop.clone();
     let (target_vs, target_model) = new_model(&run.model()?, run.seed, device)?;
     let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?;
@@ -42,7 +43,8 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         &text,
         cfg.train.batch_size,
         device,
-    )?;
+    )?
+    .with_shard(Shard::of(&*ctx.world));
     start_or_resume(&mut trainer, &mut step, ctx, Stage::Consistency)?;
     let mut follow = Follow {
         stage: Stage::Consistency,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use apt_data::shapes::Split;
 use apt_data::Skipped;
 use apt_flow::distill::{PairDistillStep, Pairs};
-use apt_flow::train::{MetricsLog, Part, Trainer};
+use apt_flow::train::{MetricsLog, Part, Shard, Trainer};
 use apt_flow::{Conditioning, Finish, TensorRng};
 use apt_mmdit::Mmdit;
 use serde::{Deserialize, Serialize};
@@ -68,13 +68,15 @@ fn teacher_pairs(
     let shards = cfg.pairs.div_ceil(cfg.shard_size);
     let [c, t, h, w] = run.data.clip_shape();
     let mut loaded = Vec::with_capacity(shards);
+    // Rank 0 generates the missing shards; every rank then reads them.
+    let generate = ctx.is_main();
     for k in 0..shards {
         if ctx.stopping() {
             return Err(PipelineError::Interrupted);
         }
         let path = dir.join(format!("shard-{k:05}.safetensors"));
         let n = cfg.shard_size.min(cfg.pairs - k * cfg.shard_size);
-        if !path.is_file() {
+        if generate && !path.is_file() {
             let first = (k * cfg.shard_size) as u64;
             let captions: Vec<String> = (first..first + n as u64)
                 .map(|i| {
@@ -89,8 +91,13 @@ fn teacher_pairs(
             let pairs = Pairs::generate(teacher, z, cond, &null, &cfg.teacher)?;
             write_shard(&path, &pairs)?;
         }
-        loaded.push(read_shard(&path, n)?);
         ctx.progress.pairs(k + 1, shards);
+    }
+    ctx.world.barrier()?;
+    for k in 0..shards {
+        let path = dir.join(format!("shard-{k:05}.safetensors"));
+        let n = cfg.shard_size.min(cfg.pairs - k * cfg.shard_size);
+        loaded.push(read_shard(&path, n)?);
     }
     Ok(Pairs::cat(&loaded, device))
 }
@@ -147,6 +154,9 @@ pub fn finish_student(
     text: &TextConditioner,
     bad_samples: Vec<Skipped>,
 ) -> Result<Outcome> {
+    if !ctx.is_main() {
+        return Ok(Outcome::Trained);
+    }
     let run = ctx.config;
     let mcfg = run.model()?;
     let (student, path) = export_part(run, ctx.dir, stage, &trainer.parts[0], &mcfg, trainer.step)?;
@@ -185,9 +195,11 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let dir = ctx.dir.stage(Stage::Distill);
     let part = Part::new("model", vs, cfg.train.optimizer, cfg.train.ema_decay)?;
     let rng = TensorRng::new(run.seed, 0);
-    let mut trainer = Trainer::new(Stage::Distill.name(), &dir, &cfg.train, vec![part], rng)?;
+    let mut trainer = Trainer::new(Stage::Distill.name(), &dir, &cfg.train, vec![part], rng)?
+        .with_collective(ctx.world.clone());
     trainer.stop = ctx.stop.clone();
-    let mut step = PairDistillStep::new(&student, &pairs, cfg.train.batch_size, run.seed);
+    let mut step = PairDistillStep::new(&student, &pairs, cfg.train.batch_size, run.seed)
+        .with_shard(Shard::of(&*ctx.world));
     start_or_resume(&mut trainer, &mut step, ctx, Stage::Distill)?;
     let mut follow = Follow {
         stage: Stage::Distill,

@@ -9,10 +9,11 @@ pub mod distill;
 pub mod pretrain;
 
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use apt_flow::train::MetricLine;
+use apt_flow::train::{Collective, MetricLine};
 use apt_flow::Finish;
 use serde::Serialize;
 
@@ -65,6 +66,9 @@ pub enum Outcome {
     /// The stop flag was raised: the last update was checkpointed (or, outside training,
     /// nothing was written); `--resume` continues.
     Stopped,
+    /// Trained as a rank other than 0 of a data-parallel run: rank 0 exported the model and
+    /// wrote the report.
+    Trained,
 }
 
 /// What a stage driver needs.
@@ -79,12 +83,20 @@ pub struct StageRun<'a> {
     pub stop: Arc<AtomicBool>,
     /// Who follows the run.
     pub progress: &'a mut dyn Progress,
+    /// The ranks of a data-parallel run (`Rc::new(SingleProcess)` for one process). Every rank
+    /// trains; rank 0 alone writes exports, reports and the evaluation.
+    pub world: Rc<dyn Collective>,
 }
 
 impl StageRun<'_> {
     /// True once the stop flag is raised.
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Whether this process writes the run's files (rank 0).
+    pub fn is_main(&self) -> bool {
+        self.world.is_main()
     }
 }
 
@@ -115,15 +127,20 @@ pub fn run_stage(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
         Err(e) if e.is_interrupted() => Ok(Outcome::Stopped),
         other => other,
     }?;
+    // The next stage reads what rank 0 exported.
+    ctx.world.barrier()?;
     ctx.progress.stage_end(stage, &outcome);
     Ok(outcome)
 }
 
 /// `--stage all`: every stage in `stages` (finished ones skipped when resuming), then the
-/// run's evaluation and report. `None` when stopped (a stage at a checkpoint, or the
-/// evaluation before writing anything).
+/// run's evaluation and report (rank 0 only). `None` when stopped (a stage at a checkpoint, or
+/// the evaluation before writing anything), and on the other ranks of a data-parallel run.
 pub fn run_all(ctx: &mut StageRun, stages: &[Stage]) -> Result<Option<(PathBuf, RunMetrics)>> {
     if run_stages(ctx, stages, false)? == Finish::Stopped {
+        return Ok(None);
+    }
+    if !ctx.is_main() {
         return Ok(None);
     }
     let progress = &mut *ctx.progress;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use apt_data::shapes::Split;
 use apt_data::Skipped;
 use apt_flow::pretrain::FlowMatchingStep;
-use apt_flow::train::{Part, Trainer};
+use apt_flow::train::{Part, Shard, Trainer};
 use apt_flow::{
     flow_matching_loss, sample, Conditioning, Finish, Guidance, TensorRng, VelocityModel,
 };
@@ -103,7 +103,8 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let dir = ctx.dir.stage(Stage::Pretrain);
     let part = Part::new("model", vs, cfg.train.optimizer, cfg.train.ema_decay)?;
     let rng = TensorRng::new(run.seed, 0);
-    let mut trainer = Trainer::new(Stage::Pretrain.name(), &dir, &cfg.train, vec![part], rng)?;
+    let mut trainer = Trainer::new(Stage::Pretrain.name(), &dir, &cfg.train, vec![part], rng)?
+        .with_collective(ctx.world.clone());
     trainer.stop = ctx.stop.clone();
     let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?;
     let validation = Validation::new(run, cfg.val_clips, &text, device)?;
@@ -112,7 +113,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         data: &mut data,
         text: &text,
         batch: cfg.train.batch_size,
-        shard: apt_flow::train::Shard::WHOLE,
+        shard: Shard::of(&*ctx.world),
         p_uncond: cfg.p_uncond,
         timesteps: cfg.timesteps,
         device,
@@ -121,7 +122,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     // The initial validation loss is measured once, on the fresh weights, and kept on disk.
     let start_file = ctx.dir.val_loss_start_file();
     let val_loss_start: Option<f64> = match (&validation, resumed) {
-        (Some(v), false) => {
+        (Some(v), false) if ctx.is_main() => {
             let loss = v.loss(&model)?;
             std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
             std::fs::write(&start_file, loss.to_string()).map_err(io_error(&start_file))?;
@@ -138,6 +139,9 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let finish = trainer.run(&mut step, &mut follow)?;
     if finish == Finish::Stopped {
         return Ok(Outcome::Stopped);
+    }
+    if !ctx.is_main() {
+        return Ok(Outcome::Trained);
     }
     let (teacher, teacher_path) = export_part(
         run,

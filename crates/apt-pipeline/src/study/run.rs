@@ -108,6 +108,7 @@ fn run(
     let resume = stages.iter().any(|&s| dir.has_checkpoints(s));
     let open = OpenRun::for_training(config.clone(), stages, resume)?;
     let mut ctx = StageRun {
+        world: std::rc::Rc::new(apt_flow::train::SingleProcess),
         config: &open.config,
         dir: &open.dir,
         resume,

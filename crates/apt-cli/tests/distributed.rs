@@ -1,0 +1,89 @@
+//! `mpirun -np 2 apt train --config configs/smoke.toml`: the whole smoke pipeline on two CPU
+//! ranks writes one run directory and one report, and every exported model equals the one a
+//! single process trains with the same global batches (within 1e-5). A refused run ends every
+//! rank with rank 0's reason.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use tch::Tensor;
+
+fn mpirun_apt(args: &[String]) -> Output {
+    Command::new("mpirun")
+        // CI runs as root; two ranks on a 2-core machine.
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("RUST_LOG", "info")
+        .args(["--oversubscribe", "--bind-to", "none", "-np", "2"])
+        .arg(env!("CARGO_BIN_EXE_apt"))
+        .args(args)
+        .output()
+        .expect("mpirun (Open MPI) must be installed: `cargo xtask setup` installs it")
+}
+
+fn max_abs_diff(a: &Path, b: &Path) -> f64 {
+    let read = |p: &Path| {
+        let mut t = Tensor::read_safetensors(p).unwrap();
+        t.sort_by(|x, y| x.0.cmp(&y.0));
+        t
+    };
+    let (a, b) = (read(a), read(b));
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|((ka, ta), (kb, tb))| {
+            assert_eq!(ka, kb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn two_ranks_run_the_smoke_pipeline_like_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (two, one) = (dir.path().join("two"), dir.path().join("one"));
+    // One thread per rank on both sides: the same kernels, so only the reduction order differs.
+    let o = mpirun_apt(&smoke_args(&two, &cache, &["--set", "threads=1"]));
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let stdout = text(&o.stdout);
+    assert!(
+        stdout.contains("world       2 ranks (mpi via Mpi)"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("report      ").count(), 1, "{stdout}");
+    assert!(two.join("report.md").is_file());
+    let log = std::fs::read_to_string(two.join("log.txt")).unwrap();
+    assert!(log.contains("rank=0 world=2"), "{log}");
+    assert!(!log.contains("rank=1"), "only rank 0 writes the log: {log}");
+
+    let o = apt(&smoke_args(&one, &cache, &["--set", "threads=1"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for model in [
+        "pretrain/teacher.safetensors",
+        "distill/student.safetensors",
+        "apt/generator.safetensors",
+        "apt/generator-raw.safetensors",
+    ] {
+        let diff = max_abs_diff(&two.join(model), &one.join(model));
+        assert!(
+            diff <= 1e-5,
+            "{model}: 2 ranks vs 1 process, max |Δ| = {diff:e}"
+        );
+    }
+
+    // Started again without --resume: rank 0 refuses, and so does rank 1, saying why.
+    let o = mpirun_apt(&smoke_args(&two, &cache, &["--set", "threads=1"]));
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("already holds checkpoints"), "{err}");
+    assert!(err.contains("rank 0 refused to train in"), "{err}");
+}
