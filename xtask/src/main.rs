@@ -21,7 +21,7 @@ cargo xtask <command> [args]
   doctor           libtorch version and path, threads, CUDA devices, bf16 support
   test             setup, cargo fmt --check, clippy -D warnings, cargo test --workspace,
                    then `standalone`
-  standalone       apt-mmdit, apt-flow, apt-gan and apt-data each used alone from a crate
+  standalone       apt-mmdit, apt-flow, apt-gan, apt-dist and apt-data each used alone from a crate
                    outside the workspace: no FFmpeg/tokenizers in the method crates' graphs
                    (cargo tree), and each README example compiles there
   train [args]     the main job: `apt train --config configs/demo.toml` (pre-train → distil →

@@ -63,6 +63,11 @@ pub const PICKS: &[Pick] = &[
         forbidden: &[HEAVY[0], HEAVY[1], HEAVY[2], "apt-data", "apt-pipeline"],
     },
     Pick {
+        name: "apt-dist",
+        with: &["apt-flow"],
+        forbidden: &[HEAVY[0], HEAVY[1], HEAVY[2], "apt-data", "apt-pipeline"],
+    },
+    Pick {
         name: "apt-data",
         with: &[],
         forbidden: &["apt-mmdit", "apt-flow", "apt-gan", "apt-pipeline"],

@@ -1,16 +1,6 @@
 //! Multi-process (data-parallel) training for apt-rs: the MPI backend of apt-flow's
 //! [`Collective`] and rank discovery from the launchers users already have.
-//!
-//! ```no_run
-//! use apt_dist::{join, Launch};
-//!
-//! # fn main() -> apt_flow::Result<()> {
-//! let launch = Launch::from_env()?;          // mpirun, torchrun or srun — or started alone
-//! let world = join(&launch)?;                // Rc<dyn Collective>: MPI, or a world of one
-//! println!("rank {} of {} ({})", world.rank(), world.world_size(), world.backend());
-//! // trainer.with_collective(world.clone()) — and every step trains on Shard::of(&*world)
-//! # Ok(()) }
-//! ```
+//! The README's example shows the calls; docs/distributed.md how a run uses them.
 //!
 //! MPI is used for CPU tensors; an NCCL backend for CUDA tensors is not written yet, so a
 //! `torchrun` launch is refused with a message saying so.
@@ -26,6 +16,11 @@ pub use apt_flow::train::{Collective, Shard, SingleProcess};
 use apt_flow::{FlowError, Result};
 pub use launcher::{Launch, Launcher};
 pub use mpi_backend::MpiCollective;
+
+/// The README's example, compiled as a doctest (`cargo test --doc`).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// Joins the run `launch` describes: a world of one when started alone (or as the only rank),
 /// MPI under `mpirun`/`mpiexec` or `srun --mpi=pmix`. Checks that MPI sees the world the

@@ -117,6 +117,20 @@ impl OpenRun {
         if world.world_size() == 1 {
             return Self::for_training(config, stages, resume);
         }
+        let n = world.world_size();
+        for &stage in stages {
+            if let Some(train) = memory::train_config(&config, stage) {
+                if !train.batch_size.is_multiple_of(n) {
+                    return Err(config_error(
+                        &format!("{}.train.batch_size", stage.name()),
+                        format!(
+                            "{} does not split into {n} equal shards (one per rank)",
+                            train.batch_size
+                        ),
+                    ));
+                }
+            }
+        }
         // Every rank must have been started with the same resolved config.
         let text = config.to_toml_string();
         let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {

@@ -141,7 +141,7 @@ impl<M: VelocityModel> TrainStep for ConsistencyStep<'_, M> {
         let cond = self.text.encode(&captions, &[])?;
         // n uniform in {0, …, N-1}: the pair (t_{n+1}, t_n) on the ascending grid.
         let points = self.grid.len() - 1;
-        let key = "consistency.train.batch_size";
+        let key = "batch_size";
         let n: Vec<usize> = (0..b * self.shard.world)
             .map(|_| ((rng.unit() * points as f64) as usize).min(points - 1))
             .collect();

@@ -123,7 +123,7 @@ impl<M: VelocityModel> TrainStep for PairDistillStep<'_, M> {
             self.order = self.order(self.cursor.epoch);
         }
         let global = &self.order[self.cursor.position..self.cursor.position + self.batch];
-        let idx = Tensor::from_slice(&self.shard.items(global, "distill.train.batch_size")?)
+        let idx = Tensor::from_slice(&self.shard.items(global, "batch_size")?)
             .to_device(self.pairs.z.device());
         self.cursor.position += self.batch;
         let z = self.pairs.z.index_select(0, &idx);

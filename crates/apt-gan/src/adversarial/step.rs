@@ -91,7 +91,7 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
         let mut global = local.to_vec();
         global[0] *= self.shard.world as i64;
         self.shard
-            .rows(&rng.normal(&global, self.device), "apt.train.batch_size")
+            .rows(&rng.normal(&global, self.device), "batch_size")
     }
 
     fn d_logits(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
@@ -104,7 +104,7 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
     fn d_times(&self, b: i64, rng: &mut TensorRng) -> Result<Tensor> {
         let global = b * self.shard.world as i64;
         let t = self.discriminator.sample_times(global, rng, self.device);
-        self.shard.rows(&t, "apt.train.batch_size")
+        self.shard.rows(&t, "batch_size")
     }
 
     /// `λ·(D(x) − D(x + σε))²` with `D(x)` given as `clean` (0 when λ = 0, drawing nothing
