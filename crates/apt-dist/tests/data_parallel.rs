@@ -118,11 +118,17 @@ fn pretrain(
     dir: &Path,
     steps: u64,
 ) -> (Vec<(String, Tensor)>, usize) {
-    pretrain_with(world, init_seed, dir, steps, 2e-3, None).unwrap()
+    let (weights, clips, _) =
+        pretrain_with(world, init_seed, dir, steps, 2e-3, None, false).unwrap();
+    (weights, clips)
 }
 
-/// [`pretrain`] at learning rate `lr`, ending the process after `die_after` clips; the loop's
-/// error is returned.
+/// Named weights, clips this rank trained on, optimizer-state elements this rank holds.
+type Trained = (Vec<(String, Tensor)>, usize, i64);
+
+/// [`pretrain`] at learning rate `lr`, ending the process after `die_after` clips, with the
+/// optimizer state sharded (ZeRO-1) when `zero1`; also returns how many optimizer-state
+/// elements this rank holds at the end. The loop's error is returned.
 fn pretrain_with(
     world: Rc<dyn Collective>,
     init_seed: i64,
@@ -130,7 +136,8 @@ fn pretrain_with(
     steps: u64,
     lr: f64,
     die_after: Option<usize>,
-) -> Result<(Vec<(String, Tensor)>, usize)> {
+    zero1: bool,
+) -> Result<Trained> {
     tch::set_num_threads(1);
     tch::manual_seed(init_seed);
     let vs = nn::VarStore::new(CPU);
@@ -144,6 +151,7 @@ fn pretrain_with(
     let mut config = TrainConfig::new(steps, GLOBAL_BATCH, adamw);
     config.clip_grad = Some(1.0);
     config.ema_decay = Some(0.9);
+    config.shard_optimizer = zero1;
     let part = Part::new("model", vs, adamw, config.ema_decay).unwrap();
     let mut trainer = Trainer::new("pretrain", dir, &config, vec![part], TensorRng::new(3, 0))
         .unwrap()
@@ -175,12 +183,18 @@ fn pretrain_with(
         .collect();
     out.extend(part.ema.as_ref().unwrap().state_tensors("ema"));
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok((out, text.encoded.get()))
+    let state: i64 = part
+        .optimizer
+        .state_tensors("s")
+        .iter()
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
+    Ok((out, text.encoded.get(), state))
 }
 
 /// The adversarial configurations checked: the paper's, and every random departure at once.
 fn adversarial_config(job: &str) -> AdversarialConfig {
-    match job {
+    match job.trim_end_matches("+zero1") {
         "apt-paper" => AdversarialConfig::default(),
         "apt-all-draws" => AdversarialConfig {
             loss: AdversarialLoss::Relativistic,
@@ -227,6 +241,7 @@ fn adversarial(
     let config = TrainConfig {
         optimizer_d: Some(rmsprop),
         ema_decay: Some(0.9),
+        shard_optimizer: job.ends_with("+zero1"),
         ..TrainConfig::new(steps, GLOBAL_BATCH, rmsprop)
     };
     let parts = vec![
@@ -294,7 +309,7 @@ fn mpi_rank_of_a_two_rank_run() {
     if job == "mismatch" {
         // Rank 1 was started with another learning rate: both ranks refuse at the start.
         let lr = if world.rank() == 0 { 2e-3 } else { 1e-3 };
-        let err = pretrain_with(world.clone(), seed, &dir, 5, lr, None).unwrap_err();
+        let err = pretrain_with(world.clone(), seed, &dir, 5, lr, None, false).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("training config differs"), "{msg}");
         std::fs::write(out.join(format!("refused-{}.txt", world.rank())), msg).unwrap();
@@ -303,16 +318,20 @@ fn mpi_rank_of_a_two_rank_run() {
     if job == "die" {
         // Rank 1 crashes in its third update; rank 0 would wait for it in the all-reduce.
         let die_after = (world.rank() == 1).then_some(2 * GLOBAL_BATCH);
-        let _ = pretrain_with(world.clone(), seed, &dir, 1000, 2e-3, die_after);
+        let _ = pretrain_with(world.clone(), seed, &dir, 1000, 2e-3, die_after, false);
         panic!(
             "rank {} finished 1000 steps: the crash did not happen",
             world.rank()
         );
     }
-    let weights = if job == "pretrain" {
-        let (weights, clips) = pretrain(world.clone(), seed, &dir, 5);
+    let weights = if job.starts_with("pretrain") {
+        let zero1 = job.ends_with("+zero1");
+        let (weights, clips, state) =
+            pretrain_with(world.clone(), seed, &dir, 5, 2e-3, None, zero1).unwrap();
         // Each rank trains on its half of every global batch.
         assert_eq!(clips, 5 * GLOBAL_BATCH / 2);
+        let file = out.join(format!("state-{}.txt", world.rank()));
+        std::fs::write(file, state.to_string()).unwrap();
         weights
     } else {
         adversarial(world.clone(), &job, seed, &dir, 5)
@@ -491,4 +510,40 @@ fn a_rank_that_dies_ends_the_run_non_zero_within_60_s() {
     );
     assert!(!output.contains("finished 1000 steps"), "{output}");
     eprintln!("ended in {elapsed:?} with {status}; mpirun said:\n{output}");
+}
+
+#[test]
+fn zero1_takes_the_same_updates_as_unsharded_training_with_half_the_state_per_rank() {
+    let (plain_dir, plain) = two_ranks("pretrain");
+    let (zero_dir, zero1) = two_ranks("pretrain+zero1");
+    let diff = max_abs_diff(&plain, &zero1);
+    eprintln!("pretraining, ZeRO-1 vs unsharded on 2 ranks: max |Δ| = {diff:e}");
+    assert!(diff <= 1e-6, "ZeRO-1 vs unsharded: max |Δ| = {diff:e}");
+    let state = |dir: &Path, r: usize| -> i64 {
+        let f = dir.join(format!("state-{r}.txt"));
+        std::fs::read_to_string(f).unwrap().parse().unwrap()
+    };
+    let full = state(plain_dir.path(), 0);
+    assert_eq!(state(plain_dir.path(), 1), full);
+    let (s0, s1) = (state(zero_dir.path(), 0), state(zero_dir.path(), 1));
+    eprintln!("optimizer state elements: unsharded {full} per rank, ZeRO-1 {s0} + {s1}");
+    assert_eq!(s0 + s1, full, "the shards hold the whole state");
+    assert!(
+        s0.max(s1) as f64 <= 0.6 * full as f64,
+        "unbalanced: {s0} + {s1}"
+    );
+    // The checkpoint holds the whole (gathered) state: it resumes in one process.
+    let (resumed, _) = pretrain(Rc::new(SingleProcess), 999, &zero_dir.path().join("run"), 8);
+    let (straight, _) = pretrain(Rc::new(SingleProcess), 100, &zero_dir.path().join("s"), 8);
+    let diff = max_abs_diff(&resumed, &straight);
+    assert!(
+        diff <= 1e-5,
+        "ZeRO-1 checkpoint resumed on 1 rank: max |Δ| = {diff:e}"
+    );
+
+    let (_, plain) = two_ranks("apt-paper");
+    let (_, zero1) = two_ranks("apt-paper+zero1");
+    let diff = max_abs_diff(&plain, &zero1);
+    eprintln!("APT, ZeRO-1 vs unsharded on 2 ranks: max |Δ| = {diff:e}");
+    assert!(diff <= 1e-6, "APT ZeRO-1 vs unsharded: max |Δ| = {diff:e}");
 }

@@ -8,6 +8,8 @@
 //! depend on N) and keeps its contiguous `B/N` slice; each rank's loss is the mean over its
 //! slice, so the mean over ranks of the gradients is the gradient of the global mean.
 
+use std::collections::BTreeSet;
+
 use tch::{nn, Kind, Tensor};
 
 use crate::error::{FlowError, Result};
@@ -221,6 +223,41 @@ pub fn broadcast_tensors(
         return Ok(());
     }
     bucketed(tensors, &mut |bucket| collective.broadcast(bucket, root))
+}
+
+/// ZeRO-1's split of `vs`'s trainable variables over `world` ranks: whole variables, largest
+/// first, each to the rank holding the fewest elements so far (ties: lowest rank; names break
+/// size ties) — the same answer on every rank. Entry `r` is rank `r`'s share.
+pub fn partition_variables(vs: &nn::VarStore, world: usize) -> Vec<BTreeSet<String>> {
+    let mut vars: Vec<(String, i64)> = sorted(vs)
+        .into_iter()
+        .filter(|(_, v)| v.requires_grad())
+        .map(|(k, v)| (k, v.numel() as i64))
+        .collect();
+    vars.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut shares = vec![BTreeSet::new(); world];
+    let mut load = vec![0i64; world];
+    for (name, n) in vars {
+        let r = (0..world).min_by_key(|&r| (load[r], r)).expect("world ≥ 1");
+        load[r] += n;
+        shares[r].insert(name);
+    }
+    shares
+}
+
+/// After a ZeRO-1 step: every variable of `vs` becomes its owner's (rank `r` owns
+/// `owners[r]`), in owner order, bucketed.
+pub fn broadcast_from_owners(
+    collective: &dyn Collective,
+    vs: &nn::VarStore,
+    owners: &[BTreeSet<String>],
+) -> Result<()> {
+    let vars = vs.variables();
+    for (root, names) in owners.iter().enumerate() {
+        let mut tensors: Vec<Tensor> = names.iter().map(|n| vars[n].shallow_clone()).collect();
+        broadcast_tensors(collective, &mut tensors, root)?;
+    }
+    Ok(())
 }
 
 /// Means over ranks of `values`, in place: `v_i ← (1/N)·Σ_r v_i,r`.

@@ -44,6 +44,12 @@ pub struct TrainConfig {
     /// Fixed-seed previews every this many updates and at the end (0 = never).
     #[serde(default)]
     pub preview_every: u64,
+    /// ZeRO-1 (optimizer-state sharding) in a data-parallel run: each of N ranks keeps and
+    /// updates the optimizer state of about 1/N of the weights (whole variables, balanced by
+    /// size) and sends the updated weights to the others. The same updates as without; no
+    /// effect in one process.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shard_optimizer: bool,
 }
 
 fn one() -> usize {
@@ -75,6 +81,7 @@ impl TrainConfig {
             keep_checkpoints: default_keep(),
             max_nonfinite: default_nonfinite(),
             preview_every: 0,
+            shard_optimizer: false,
         }
     }
 

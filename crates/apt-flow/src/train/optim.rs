@@ -6,7 +6,7 @@
 //! tensors named `<prefix>.<slot>.<variable>` (the trainer's prefix is `optimizer.<part>`) next
 //! to a small JSON description.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
@@ -161,6 +161,8 @@ pub struct Optimizer {
     step: u64,
     /// `slot name → variable name → tensor`.
     slots: BTreeMap<String, BTreeMap<String, Tensor>>,
+    /// ZeRO-1: the variables this rank updates (and keeps state for); `None`: all of them.
+    owned: Option<BTreeSet<String>>,
 }
 
 impl Optimizer {
@@ -171,7 +173,64 @@ impl Optimizer {
             config,
             step: 0,
             slots: BTreeMap::new(),
+            owned: None,
         })
+    }
+
+    /// Restricts updates and state to the variables named in `owned` (ZeRO-1: this rank's
+    /// share; the state of the others is dropped), or lifts the restriction (`None`).
+    pub fn set_owned(&mut self, owned: Option<BTreeSet<String>>) {
+        self.owned = owned;
+        self.drop_unowned();
+    }
+
+    /// Whether this optimizer updates variable `name`.
+    pub fn owns(&self, name: &str) -> bool {
+        self.owned.as_ref().is_none_or(|o| o.contains(name))
+    }
+
+    /// Drops the state of variables this optimizer does not own (after a checkpoint gathered
+    /// the whole state, or a resume loaded it).
+    pub fn drop_unowned(&mut self) {
+        if let Some(owned) = &self.owned {
+            for vars in self.slots.values_mut() {
+                vars.retain(|name, _| owned.contains(name));
+            }
+        }
+    }
+
+    /// The state slots this optimizer keeps per variable (`exp_avg`, `exp_avg_sq` for AdamW;
+    /// `square_avg`, then `grad_avg` if centred and `momentum_buffer` with momentum, for
+    /// RMSProp).
+    pub fn slot_names(&self) -> Vec<&'static str> {
+        match self.config {
+            OptimizerConfig::Adamw { .. } => vec!["exp_avg", "exp_avg_sq"],
+            OptimizerConfig::Rmsprop {
+                centered, momentum, ..
+            } => {
+                let mut v = vec!["square_avg"];
+                if centered {
+                    v.push("grad_avg");
+                }
+                if momentum > 0.0 {
+                    v.push("momentum_buffer");
+                }
+                v
+            }
+        }
+    }
+
+    /// Slot `slot` of variable `name` (zeros shaped like `like` when it has none yet).
+    pub(crate) fn slot_or_zeros(&mut self, slot: &str, name: &str, like: &Tensor) -> Tensor {
+        self.slot(slot, name, like)
+    }
+
+    /// Sets slot `slot` of variable `name` (a copy received from its owner).
+    pub(crate) fn insert_slot(&mut self, slot: &str, name: &str, value: Tensor) {
+        self.slots
+            .entry(slot.to_string())
+            .or_default()
+            .insert(name.to_string(), value);
     }
 
     /// The configuration.
@@ -212,7 +271,7 @@ impl Optimizer {
         tch::no_grad(|| {
             for (name, mut p) in named {
                 let g = p.grad();
-                if !g.defined() {
+                if !g.defined() || !self.owns(&name) {
                     continue;
                 }
                 match self.config {

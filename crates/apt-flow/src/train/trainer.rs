@@ -15,7 +15,7 @@
 //! same update), agrees on the stop flag, and only rank 0 writes metrics, previews and
 //! checkpoints. The step trains on its [`Shard`](super::Shard) of each global batch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +26,8 @@ use tch::{nn, Tensor};
 
 use super::checkpoint::{self, TrainState};
 use super::collective::{
-    all_reduce_mean_grads, all_reduce_mean_scalars, broadcast_tensors, broadcast_weights,
-    Collective, SingleProcess,
+    all_reduce_mean_grads, all_reduce_mean_scalars, broadcast_from_owners, broadcast_tensors,
+    broadcast_weights, partition_variables, Collective, SingleProcess,
 };
 use super::metrics::{MetricLine, MetricsLog, StepLog};
 use super::{clip_grad_norm, zero_grad, Ema, NonFiniteGuard, Optimizer, OptimizerConfig};
@@ -182,6 +182,9 @@ pub struct Trainer {
     pub stop: Arc<AtomicBool>,
     /// The ranks of a data-parallel run ([`SingleProcess`] by default).
     pub collective: Rc<dyn Collective>,
+    /// ZeRO-1: per part, which variables each rank owns (set at the start when
+    /// `config.shard_optimizer` and more than one rank).
+    owners: Vec<Option<Vec<BTreeSet<String>>>>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -214,6 +217,7 @@ impl Trainer {
             step: 0,
             stop: Arc::new(AtomicBool::new(false)),
             collective: Rc::new(SingleProcess),
+            owners: Vec::new(),
         })
     }
 
@@ -267,7 +271,57 @@ impl Trainer {
                 broadcast_tensors(c, &mut shadow, 0)?;
             }
         }
+        let shard = self.config.shard_optimizer && c.world_size() > 1;
+        self.owners = self
+            .parts
+            .iter_mut()
+            .map(|part| {
+                shard.then(|| {
+                    let owners = partition_variables(&part.vs, c.world_size());
+                    part.optimizer.set_owned(Some(owners[c.rank()].clone()));
+                    owners
+                })
+            })
+            .collect();
         Ok(())
+    }
+
+    /// ZeRO-1, before a checkpoint: every rank receives the optimizer state of the variables
+    /// it does not own from their owners (dropped again by [`Self::drop_gathered_state`]).
+    fn gather_optimizer_state(&mut self) -> Result<()> {
+        let c = &*self.collective;
+        for (part, owners) in self.parts.iter_mut().zip(&self.owners) {
+            let Some(owners) = owners else { continue };
+            let vars = part.vs.variables();
+            for slot in part.optimizer.slot_names() {
+                for (root, names) in owners.iter().enumerate() {
+                    let mut tensors: Vec<Tensor> = names
+                        .iter()
+                        .map(|n| {
+                            if root == c.rank() {
+                                part.optimizer.slot_or_zeros(slot, n, &vars[n])
+                            } else {
+                                vars[n].detach().zeros_like()
+                            }
+                        })
+                        .collect();
+                    broadcast_tensors(c, &mut tensors, root)?;
+                    if root != c.rank() {
+                        for (n, t) in names.iter().zip(tensors) {
+                            part.optimizer.insert_slot(slot, n, t);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// ZeRO-1, after a checkpoint: back to this rank's share of the optimizer state.
+    fn drop_gathered_state(&mut self) {
+        for part in &mut self.parts {
+            part.optimizer.drop_unowned();
+        }
     }
 
     /// Whether any rank's stop flag is raised (every rank gets the same answer).
@@ -404,6 +458,10 @@ impl Trainer {
             };
             let last = next == self.config.steps;
             let stopping = self.stopping()?;
+            let checkpoint = next.is_multiple_of(self.config.checkpoint_every) || last || stopping;
+            if checkpoint {
+                self.gather_optimizer_state()?;
+            }
             if let Some(metrics) = &mut metrics {
                 metrics.write(&line)?;
                 observer.update(&line);
@@ -411,9 +469,12 @@ impl Trainer {
                 if every > 0 && (next.is_multiple_of(every) || last) {
                     observer.preview(next, &self.parts)?;
                 }
-                if next.is_multiple_of(self.config.checkpoint_every) || last || stopping {
+                if checkpoint {
                     self.checkpoint(step)?;
                 }
+            }
+            if checkpoint {
+                self.drop_gathered_state();
             }
             if stopping && !last {
                 return Ok(Finish::Stopped);
@@ -477,6 +538,9 @@ impl Trainer {
         if self.guard.check(loss, &part.vs, next)? {
             grad_norm = clip_grad_norm(&part.vs, self.config.clip_grad.unwrap_or(f64::INFINITY));
             part.optimizer.step(&part.vs, lr);
+            if let Some(Some(owners)) = self.owners.get(index) {
+                broadcast_from_owners(&*self.collective, &part.vs, owners)?;
+            }
             if let Some(ema) = &mut part.ema {
                 ema.update(&part.vs);
             }
