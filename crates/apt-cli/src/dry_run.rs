@@ -52,8 +52,9 @@ fn runs_here(run: &RunConfig, stages: &[Stage]) -> Result<String> {
     })
 }
 
-/// Prints the resolved config and the plan.
-pub fn print(run: &RunConfig, stages: &[Stage]) -> Result<()> {
+/// Prints the resolved config and the plan; with `world > 1`, also one rank's memory in a
+/// data-parallel run of `world` ranks, with and without ZeRO-1 and recomputation.
+pub fn print(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
     println!("# resolved config (defaults filled in, --set applied)");
     println!("{}", run.to_toml_string());
     let model = run.model_config()?;
@@ -103,6 +104,46 @@ pub fn print(run: &RunConfig, stages: &[Stage]) -> Result<()> {
     println!(
         "(f32 weights, gradients, optimizer state and EMA, per replica before any sharding; \
          activations ≈ depth × batch × tokens × width × 68 bytes)"
+    );
+    if world > 1 {
+        print_per_rank(run, stages, world)?;
+    }
+    Ok(())
+}
+
+/// One rank's memory per step at `world` ranks: plain data parallel, ZeRO-1 (optimizer state
+/// sharded), recomputation, both.
+fn print_per_rank(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
+    println!("# per rank at {world} ranks (data parallel)");
+    println!(
+        "{:<12} {:>16} {:>11} {:>11} {:>11} {:>14}",
+        "stage", "clips per rank", "plain", "ZeRO-1", "recompute", "ZeRO-1+recomp"
+    );
+    for &stage in stages {
+        if let Some((batch, m)) = estimate(run, stage)? {
+            // The config's batch is global; one that does not split is read as per rank.
+            let (local, global) = if batch.is_multiple_of(world) {
+                (batch / world, batch)
+            } else {
+                (batch, batch * world)
+            };
+            let cell = |zero1, recompute| {
+                human_bytes(m.per_rank(batch, local, world, zero1, recompute).total())
+            };
+            println!(
+                "{:<12} {:>16} {:>11} {:>11} {:>11} {:>14}",
+                stage.name(),
+                format!("{local} (of {global})"),
+                cell(false, false),
+                cell(true, false),
+                cell(false, true),
+                cell(true, true)
+            );
+        }
+    }
+    println!(
+        "(ZeRO-1: `shard_optimizer = true` in the stage's train table; recomputation keeps each \
+         block's input and recomputes the rest in the backward pass)"
     );
     Ok(())
 }

@@ -64,6 +64,10 @@ pub struct TrainArgs {
     /// Print the resolved config, parameter counts and memory per step, then exit.
     #[arg(long)]
     dry_run: bool,
+    /// With --dry-run: also one rank's memory per step in a data-parallel run of N ranks (with
+    /// and without ZeRO-1 and recomputation).
+    #[arg(long, value_name = "N", requires = "dry_run")]
+    world_size: Option<usize>,
 }
 
 /// Runs the stage(s). Exit code 130 when interrupted (Ctrl-C / SIGTERM) after the current step
@@ -83,7 +87,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let selection = args.stage.selection();
     let stages = planned_stages(&config, selection)?;
     if args.dry_run {
-        dry_run::print(&config, &stages)?;
+        dry_run::print(&config, &stages, args.world_size.unwrap_or(1))?;
         return Ok(ExitCode::SUCCESS);
     }
     let explicit = args.stage != StageArg::All;

@@ -32,8 +32,12 @@ const ACTIVATION_BYTES: u64 = 68;
 pub struct StepMemory {
     /// Weights, gradients, optimizer state and EMA copies of every network the stage holds.
     pub states: u64,
+    /// The optimizer-state part of `states` (what ZeRO-1 shards).
+    pub optimizer: u64,
     /// Activations kept for the backward pass.
     pub activations: u64,
+    /// Activations with recomputation: each block's input kept, one block's internals live.
+    pub recomputed: u64,
 }
 
 impl StepMemory {
@@ -41,6 +45,59 @@ impl StepMemory {
     pub fn total(&self) -> u64 {
         self.states.saturating_add(self.activations)
     }
+
+    /// One rank's share in a data-parallel run of `world` ranks when this estimate is for a
+    /// micro-batch of `batch` clips and the rank takes `local` of them: `local/batch` of the
+    /// activations (the recomputed ones with `recompute`), every state but only `1/world` of
+    /// the optimizer state with `zero1`.
+    pub fn per_rank(
+        &self,
+        batch: usize,
+        local: usize,
+        world: usize,
+        zero1: bool,
+        recompute: bool,
+    ) -> StepMemory {
+        let n = world.max(1) as u64;
+        let optimizer = if zero1 {
+            self.optimizer.div_ceil(n)
+        } else {
+            self.optimizer
+        };
+        let scale =
+            |bytes: u64| (bytes as u128 * local as u128).div_ceil(batch.max(1) as u128) as u64;
+        let activations = if recompute {
+            self.recomputed
+        } else {
+            self.activations
+        };
+        StepMemory {
+            states: self.states - self.optimizer + optimizer,
+            optimizer,
+            activations: scale(activations),
+            recomputed: scale(self.recomputed),
+        }
+    }
+}
+
+/// Bytes of the optimizer state of a network of `params` values.
+pub fn optimizer_bytes(params: u64, optimizer: &OptimizerConfig) -> u64 {
+    params.saturating_mul(VALUE * optimizer.state_slots() as u64)
+}
+
+/// Activation bytes with recomputation: every block's input (`VALUE` per token and channel)
+/// plus one block's internals.
+pub fn recomputed_activation_bytes(depth: usize, width: usize, tokens: usize, batch: usize) -> u64 {
+    let per_block = [width, tokens, batch]
+        .iter()
+        .fold(1u64, |acc, &v| acc.saturating_mul(v as u64));
+    per_block
+        .saturating_mul(VALUE.saturating_mul(depth as u64))
+        .saturating_add(
+            per_block
+                .saturating_mul(ACTIVATION_BYTES)
+                .min(activation_bytes(depth, width, tokens, batch)),
+        )
 }
 
 /// Bytes of a trained network of `params` values.
@@ -111,6 +168,9 @@ pub fn estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemo
     }
     let (n, _) = tokens(run, &model, frames);
     let act = |depth: usize, batch: usize| activation_bytes(depth, model.hidden_size(), n, batch);
+    let act_rc = |depth: usize, batch: usize| {
+        recomputed_activation_bytes(depth, model.hidden_size(), n, batch)
+    };
     let frozen = p.saturating_mul(VALUE);
     let flow_stage = |t: &TrainConfig, frozen_copies: u64| {
         let states = trained_bytes(p, &t.optimizer, t.ema_decay.is_some())
@@ -119,7 +179,9 @@ pub fn estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemo
             t.batch_size,
             StepMemory {
                 states,
+                optimizer: optimizer_bytes(p, &t.optimizer),
                 activations: act(model.depth, t.batch_size),
+                recomputed: act_rc(model.depth, t.batch_size),
             },
         )
     };
@@ -143,11 +205,16 @@ pub fn estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemo
             let b = cfg.train.batch_size;
             let d_step = act(d_depth, b).saturating_mul(3);
             let g_step = act(model.depth, b).saturating_add(act(d_depth, b));
+            let d_step_rc = act_rc(d_depth, b).saturating_mul(3);
+            let g_step_rc = act_rc(model.depth, b).saturating_add(act_rc(d_depth, b));
             (
                 b,
                 StepMemory {
                     states,
+                    optimizer: optimizer_bytes(p, &cfg.train.optimizer)
+                        .saturating_add(optimizer_bytes(pd, &d_optimizer)),
                     activations: d_step.max(g_step),
+                    recomputed: d_step_rc.max(g_step_rc),
                 },
             )
         }),
@@ -231,6 +298,27 @@ pub fn sample_bytes(model: &MmditConfig, batch: u64, shape: [u64; 4]) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rank_holds_its_share_of_the_batch_and_with_zero1_of_the_optimizer_state() {
+        let m = StepMemory {
+            states: 1000,
+            optimizer: 400,
+            activations: 800,
+            recomputed: 100,
+        };
+        let plain = m.per_rank(16, 8, 2, false, false);
+        assert_eq!((plain.states, plain.activations), (1000, 400));
+        let zero1 = m.per_rank(16, 8, 2, true, false);
+        assert_eq!((zero1.states, zero1.optimizer), (800, 200));
+        let both = m.per_rank(16, 8, 2, true, true);
+        assert_eq!(both.total(), 800 + 50);
+        // Recomputation keeps one value per block input instead of 68 bytes' worth.
+        let full = activation_bytes(24, 1536, 4096, 1);
+        let kept = recomputed_activation_bytes(24, 1536, 4096, 1);
+        assert!(kept * 9 < full, "{kept} vs {full}");
+        assert_eq!(kept, 1536 * 4096 * (VALUE * 24 + ACTIVATION_BYTES));
+    }
 
     #[test]
     fn adamw_with_ema_holds_five_copies_and_rmsprop_four() {
