@@ -138,11 +138,12 @@ pub fn bench(args: &[String]) -> Result<(), Failure> {
             run(Command::new(&exe).args(["step", "approx"]), "one APT step with approximated R1")?;
             run(Command::new(&exe).args(["step", "exact"]), "one APT step with exact R1")
         }
+        Some("dist") => bench_dist(&args[1..]),
         Some("flow") => {
             setup::setup(false)?;
             run(cargo().args(["run", "--release", "-q", "-p", "apt-flow", "--example", "flow_bench"]), "one-step vs 25-step CFG sampling, training throughput")
         }
-        _ => Err(Failure::new("usage: cargo xtask bench model [--size tiny|small] [--threads N] [--rounds R] [--iters K] | cargo xtask bench data | cargo xtask bench flow | cargo xtask bench gan  (criterion benches: cargo bench -p apt-mmdit)")),
+        _ => Err(Failure::new("usage: cargo xtask bench model [--size tiny|small] [--threads N] [--rounds R] [--iters K] | cargo xtask bench data | cargo xtask bench flow | cargo xtask bench gan | cargo xtask bench dist [--steps N]  (criterion benches: cargo bench -p apt-mmdit)")),
     }
 }
 
@@ -296,4 +297,87 @@ fn bench_data() -> Result<(), Failure> {
             .args(["8", "64", "6"]),
         "loader on real clips",
     )
+}
+
+/// Seconds per update from a stage's `metrics.jsonl` (its `seconds` field, first line to last,
+/// so start-up is not counted).
+fn seconds_per_step(metrics: &std::path::Path) -> Result<f64, Failure> {
+    let text = std::fs::read_to_string(metrics)
+        .map_err(|e| Failure::new(format!("{}: {e}", metrics.display())))?;
+    let seconds: Vec<f64> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("\"seconds\":")? + 10..];
+            let end = rest.find([',', '}']).unwrap_or(rest.len());
+            rest[..end].trim().parse().ok()
+        })
+        .collect();
+    if seconds.len() < 3 {
+        return Err(Failure::new(format!(
+            "{}: too few updates",
+            metrics.display()
+        )));
+    }
+    Ok((seconds[seconds.len() - 1] - seconds[0]) / (seconds.len() - 1) as f64)
+}
+
+/// `cargo xtask bench dist`: pre-training updates of the demo (small preset, global batch 16)
+/// in one process with 1 and 2 threads and on 2 MPI ranks of 1 thread, interleaved over
+/// rounds; prints seconds per update and the 2-rank scaling efficiency.
+fn bench_dist(args: &[String]) -> Result<(), Failure> {
+    let steps: u64 = parse(args, "--steps", "40")?;
+    let rounds: usize = parse(args, "--rounds", "2")?;
+    setup::setup(false)?;
+    run(
+        cargo().args(["build", "--release", "-q", "-p", "apt-cli"]),
+        "building the apt binary (release)",
+    )?;
+    let apt = repo_root().join("target/release/apt");
+    let config = repo_root().join("configs/demo.toml");
+    let work = repo_root().join("target/bench-dist");
+    let cases: [(&str, usize, usize); 3] = [
+        ("1 process, 1 thread", 1, 1),
+        ("1 process, 2 threads", 1, 2),
+        ("2 MPI ranks, 1 thread each", 2, 1),
+    ];
+    let mut times = vec![Vec::new(); cases.len()];
+    for round in 0..rounds {
+        for (i, (name, ranks, threads)) in cases.iter().enumerate() {
+            let out = work.join(format!("r{round}-{i}"));
+            let _ = std::fs::remove_dir_all(&out);
+            let mut cmd = if *ranks > 1 {
+                let mut c = Command::new("mpirun");
+                c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+                    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+                    .args(["--oversubscribe", "--bind-to", "none", "-np"])
+                    .arg(ranks.to_string())
+                    .arg(&apt);
+                c
+            } else {
+                Command::new(&apt)
+            };
+            cmd.args(["train", "--stage", "pretrain", "--config"])
+                .arg(&config)
+                .args(["--set", &format!("out={:?}", out.display().to_string())])
+                .args(["--set", &format!("threads={threads}")])
+                .args(["--set", &format!("pretrain.train.steps={steps}")])
+                .args(["--set", "pretrain.val_clips=0"])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null());
+            run(&mut cmd, &format!("round {round}: {name}"))?;
+            times[i].push(seconds_per_step(&out.join("pretrain/metrics.jsonl"))?);
+        }
+    }
+    let t: Vec<f64> = times.into_iter().map(median).collect();
+    println!("pre-training the demo's teacher (small preset, global batch 16), median of {rounds} rounds:");
+    for ((name, _, _), s) in cases.iter().zip(&t) {
+        println!("  {name:<28} {:7.3} s/update  {:6.1} clips/s", s, 16.0 / s);
+    }
+    println!(
+        "2-rank scaling efficiency vs 1 process of 1 thread: {:.0}% (speed-up {:.2}x; 2 threads in one process: {:.2}x)",
+        100.0 * t[0] / (2.0 * t[2]),
+        t[0] / t[2],
+        t[0] / t[1]
+    );
+    Ok(())
 }

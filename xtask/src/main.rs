@@ -31,6 +31,8 @@ cargo xtask <command> [args]
   bench model      Rust vs PyTorch eager (diffusers) on the same SD3 model, interleaved
         [--size tiny|small] [--threads N] [--rounds R] [--iters K]
   bench data       decoding vs the ffmpeg tool (frames/s), loader clips/s at 1 and 2 workers
+  bench dist       pre-training updates: 1 process (1 and 2 threads) vs 2 MPI ranks
+        [--steps N] [--rounds R]
   bench flow       one-step generation vs the 25-step CFG teacher, training samples/s
   bench gan        approximated vs exact R1 (correlation, ratio), APT step time and memory
   fuzz [SECONDS]   fuzz the decoder entry point (cargo-fuzz; real clips as seed corpus)
