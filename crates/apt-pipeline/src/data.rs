@@ -6,6 +6,7 @@
 use apt_data::shapes::{ShapesConfig, Split};
 use apt_data::{ClipSpec, Dataset, Loader, LoaderConfig, OnBadSample, Skipped};
 use apt_flow::data::{ClipSource, Cursor};
+use apt_flow::train::Shard;
 use apt_flow::FlowError;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -201,6 +202,37 @@ impl ClipSource for TrainData {
         let result = self.batch(batch);
         self.report_skipped();
         result.map_err(|e| FlowError::Source(Box::new(e)))
+    }
+
+    /// Moving shapes render only this rank's clips (sample `i` of the stream is the same clip on
+    /// every rank); files load the global batch and keep the shard's rows.
+    fn next_shard(
+        &mut self,
+        batch: usize,
+        shard: Shard,
+    ) -> apt_flow::Result<(Tensor, Vec<String>)> {
+        let Source::Shapes { config, seed, next } = &mut self.source else {
+            let (video, captions) = self.next_clips(batch)?;
+            if shard.world == 1 {
+                return Ok((video, captions));
+            }
+            return Ok((
+                shard.rows(&video, "batch_size")?,
+                shard.items(&captions, "batch_size")?,
+            ));
+        };
+        let (start, len) = shard.range(batch, "batch_size")?;
+        let mut videos = Vec::with_capacity(len);
+        let mut captions = Vec::with_capacity(len);
+        for i in start..start + len {
+            let s = config
+                .sample(*seed, *next + i as u64, Split::Train)
+                .map_err(|e| FlowError::Source(Box::new(e)))?;
+            videos.push(s.video);
+            captions.push(s.caption);
+        }
+        *next += batch as u64;
+        Ok((Tensor::stack(&videos, 0), captions))
     }
 
     fn cursor(&self) -> Cursor {
