@@ -6,7 +6,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::decode::{decode_frames, FrameSize, VideoInfo};
+use crate::decode::{decode_frames, decode_frames_until, FrameSize, VideoInfo};
 use crate::error::{DataError, Result};
 
 /// How consecutive clip frames are spaced in the source.
@@ -174,8 +174,11 @@ pub fn load_clip(
                 .frame_indices(total, fps, rng)
                 .ok_or_else(|| too_short(total))?;
             let wanted = indices.clone();
-            let frames = decode_frames(path, size, |i| wanted.binary_search(&i).is_ok())?;
-            if frames.info.frames != total {
+            let last = *wanted.last().expect("a clip has frames");
+            let frames =
+                decode_frames_until(path, size, |i| wanted.binary_search(&i).is_ok(), last)?;
+            // Decoding stops after the last needed frame; a file that ends first changed.
+            if frames.complete && frames.info.frames != total {
                 return Err(DataError::Decode {
                     path: path.to_path_buf(),
                     reason: format!(

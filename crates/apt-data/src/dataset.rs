@@ -13,6 +13,7 @@ use tch::Tensor;
 
 use crate::clip::{load_clip, ClipSpec, Placement};
 use crate::error::{DataError, Result};
+use crate::index;
 use crate::text::TextEmbedding;
 
 /// File extensions read as videos or images.
@@ -329,7 +330,15 @@ impl Item {
     /// Loads the sample: decodes and cuts the clip (or reads the latents) and the embedding.
     pub fn load(&self, spec: &ClipSpec, rng: &mut impl Rng) -> Result<Sample> {
         let video = match &self.media {
-            Media::Video(p) => load_clip(p, spec, rng, None)?.video,
+            Media::Video(p) => {
+                // The file's index says which frames the clip needs: decoding stops after them.
+                let known = index::lookup(p).map(|e| (e.frames, e.fps));
+                let clip = load_clip(p, spec, rng, known)?;
+                if known.is_none() {
+                    index::store(p, &clip.source);
+                }
+                clip.video
+            }
             Media::Latents(p) => read_latents(p, spec, rng)?,
         };
         let embedding = self.embedding.as_deref().map(read_embedding).transpose()?;

@@ -117,6 +117,9 @@ pub struct Frames {
     pub data: Vec<u8>,
     /// Source index of each kept frame.
     pub indices: Vec<usize>,
+    /// Whether the whole file was decoded (`info.frames` is then its frame count); false when
+    /// decoding stopped after the last frame asked for ([`decode_frames_until`]).
+    pub complete: bool,
 }
 
 impl Frames {
@@ -149,12 +152,14 @@ fn rate_of(stream: &ffmpeg::format::stream::Stream) -> f64 {
     25.0
 }
 
-/// Decodes every frame of the first video stream, calling `on_frame(index, frame, header
-/// frame count)` for each.
+/// Decodes the frames of the first video stream in order, calling `on_frame(index, frame,
+/// header frame count)` for each, up to frame `last` when given (then it stops reading);
+/// returns what the file holds and whether it was decoded to its end.
 fn for_each_frame(
     path: &Path,
+    last: Option<usize>,
     mut on_frame: impl FnMut(usize, &ffmpeg::frame::Video, Option<u64>) -> Result<()>,
-) -> Result<VideoInfo> {
+) -> Result<(VideoInfo, bool)> {
     init();
     match std::fs::metadata(path) {
         Err(source) => {
@@ -203,8 +208,9 @@ fn for_each_frame(
         corrupt_packets: 0,
     };
     let mut frame = ffmpeg::frame::Video::empty();
+    let done = |info: &VideoInfo| last.is_some_and(|l| info.frames > l);
     let mut drain = |decoder: &mut ffmpeg::decoder::Video, info: &mut VideoInfo| -> Result<()> {
-        while decoder.receive_frame(&mut frame).is_ok() {
+        while !done(info) && decoder.receive_frame(&mut frame).is_ok() {
             if frame.width() == 0 || frame.height() == 0 {
                 continue;
             }
@@ -240,9 +246,15 @@ fn for_each_frame(
             info.corrupt_packets += 1;
         }
         drain(&mut decoder, &mut info)?;
+        if done(&info) {
+            return Ok((info, false));
+        }
     }
     let _ = decoder.send_eof();
     drain(&mut decoder, &mut info)?;
+    if done(&info) {
+        return Ok((info, false));
+    }
     if info.frames == 0 {
         let why = if info.corrupt_packets > 0 {
             format!(
@@ -254,12 +266,12 @@ fn for_each_frame(
         };
         return Err(decode_error(path, why));
     }
-    Ok(info)
+    Ok((info, true))
 }
 
 /// Opens `path`, decodes every frame and reports what it holds (no pixel conversion).
 pub fn probe(path: impl AsRef<Path>) -> Result<VideoInfo> {
-    for_each_frame(path.as_ref(), |_, _, _| Ok(()))
+    Ok(for_each_frame(path.as_ref(), None, |_, _, _| Ok(()))?.0)
 }
 
 /// Decodes `path` to RGB24 at `size`, keeping the frames for which `keep(index)` is true.
@@ -268,16 +280,29 @@ pub fn decode_frames(
     size: FrameSize,
     keep: impl FnMut(usize) -> bool,
 ) -> Result<Frames> {
-    decode_kept(path.as_ref(), size, keep, false)
+    decode_kept(path.as_ref(), size, keep, false, None)
+}
+
+/// [`decode_frames`] of frames `0..=last` only: reading stops once frame `last` is decoded,
+/// so a clip near the start of a long file costs what it needs. The kept frames are those
+/// [`decode_frames`] keeps; `complete` says whether the file ended first.
+pub fn decode_frames_until(
+    path: impl AsRef<Path>,
+    size: FrameSize,
+    keep: impl FnMut(usize) -> bool,
+    last: usize,
+) -> Result<Frames> {
+    decode_kept(path.as_ref(), size, keep, false, Some(last))
 }
 
 /// [`decode_frames`]; `keep_all` promises that every frame is kept, so the buffer is sized
-/// from the header's frame count up front.
+/// from the header's frame count up front; `last` stops after that frame.
 fn decode_kept(
     path: &Path,
     size: FrameSize,
     mut keep: impl FnMut(usize) -> bool,
     keep_all: bool,
+    last: Option<usize>,
 ) -> Result<Frames> {
     let mut out_size: Option<(u32, u32)> = None;
     // One scaler per (format, size) seen; streams rarely have more than one.
@@ -285,7 +310,7 @@ fn decode_kept(
     let mut data = Vec::new();
     let mut indices = Vec::new();
     let mut rgb = ffmpeg::frame::Video::empty();
-    let info = for_each_frame(path, |index, frame, header_frames| {
+    let (info, complete) = for_each_frame(path, last, |index, frame, header_frames| {
         let (ow, oh) = match out_size {
             Some(s) => s,
             None => {
@@ -341,10 +366,11 @@ fn decode_kept(
         height,
         data,
         indices,
+        complete,
     })
 }
 
 /// Decodes every frame of `path` to RGB24 at `size`.
 pub fn decode(path: impl AsRef<Path>, size: FrameSize) -> Result<Frames> {
-    decode_kept(path.as_ref(), size, |_| true, true)
+    decode_kept(path.as_ref(), size, |_| true, true, None)
 }

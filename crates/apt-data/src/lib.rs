@@ -11,6 +11,7 @@ pub mod dataset;
 pub mod decode;
 pub mod error;
 pub mod estimator;
+pub mod index;
 pub mod loader;
 pub mod shapes;
 pub mod text;
@@ -18,7 +19,7 @@ pub mod write;
 
 pub use clip::{load_clip, Clip, ClipSpec, FrameStep, Placement};
 pub use dataset::{Dataset, Item, Media, OnBadSample, Sample, Skipped};
-pub use decode::{decode, decode_frames, probe, FrameSize, Frames, VideoInfo};
+pub use decode::{decode, decode_frames, decode_frames_until, probe, FrameSize, Frames, VideoInfo};
 pub use error::{DataError, Result};
 pub use loader::{Batch, Cursor, Loader, LoaderConfig, LoaderStats};
 pub use text::{EmbeddingCache, TextEmbedding, TextEncoder};
