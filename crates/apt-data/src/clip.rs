@@ -6,8 +6,9 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::decode::{decode_frames, decode_frames_until, FrameSize, VideoInfo};
+use crate::decode::{decode_frames, decode_frames_until, FrameSize, SeekIndex, VideoInfo};
 use crate::error::{DataError, Result};
+use crate::seek::{decode_window, verified_index};
 
 /// How consecutive clip frames are spaced in the source.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -128,6 +129,8 @@ pub struct Clip {
     pub indices: Vec<usize>,
     /// What the file holds.
     pub source: VideoInfo,
+    /// The file's seek index, when this load decoded it from start to end and it has one.
+    pub seek_index: Option<SeekIndex>,
 }
 
 /// `frames` RGB24 `[T, h, w, 3]` bytes → `[3, T, H, W]` in [-1, 1], cropping `H × W` at
@@ -158,6 +161,19 @@ pub fn load_clip(
     rng: &mut impl Rng,
     known_frames: Option<(usize, f64)>,
 ) -> Result<Clip> {
+    load_clip_seeking(path, spec, rng, known_frames, None)
+}
+
+/// [`load_clip`] of a file whose frame count, rate and [`SeekIndex`] are known: the decoder
+/// seeks to the key frame before the clip and stops after it (falling back to decoding from the
+/// start, stopping after the clip, whenever seeking cannot give exactly those frames).
+pub fn load_clip_seeking(
+    path: &Path,
+    spec: &ClipSpec,
+    rng: &mut impl Rng,
+    known_frames: Option<(usize, f64)>,
+    seek: Option<&SeekIndex>,
+) -> Result<Clip> {
     spec.validate()?;
     let size = FrameSize::Cover {
         width: spec.width,
@@ -174,9 +190,16 @@ pub fn load_clip(
                 .frame_indices(total, fps, rng)
                 .ok_or_else(|| too_short(total))?;
             let wanted = indices.clone();
-            let last = *wanted.last().expect("a clip has frames");
-            let frames =
-                decode_frames_until(path, size, |i| wanted.binary_search(&i).is_ok(), last)?;
+            let (first, last) = (wanted[0], *wanted.last().expect("a clip has frames"));
+            let keep = |i: usize| wanted.binary_search(&i).is_ok();
+            let seeked = match seek.filter(|s| s.pts.len() == total) {
+                Some(index) => decode_window(path, size, keep, (first, last), index)?,
+                None => None,
+            };
+            let frames = match seeked {
+                Some(frames) => frames,
+                None => decode_frames_until(path, size, keep, last)?,
+            };
             // Decoding stops after the last needed frame; a file that ends first changed.
             if frames.complete && frames.info.frames != total {
                 return Err(DataError::Decode {
@@ -190,7 +213,9 @@ pub fn load_clip(
             (frames, indices)
         }
         None => {
-            let frames = decode_frames(path, size, |_| true)?;
+            let mut frames = decode_frames(path, size, |_| true)?;
+            // Only key frames that really are entry points go into the index.
+            frames.seek_index = verified_index(path, size, &frames)?;
             let indices = spec
                 .frame_indices(frames.info.frames, frames.info.fps, rng)
                 .ok_or_else(|| too_short(frames.info.frames))?;
@@ -223,5 +248,6 @@ pub fn load_clip(
         video,
         indices,
         source: frames.info,
+        seek_index: frames.seek_index,
     })
 }

@@ -11,7 +11,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::clip::{load_clip, ClipSpec, Placement};
+use crate::clip::{load_clip_seeking, ClipSpec, Placement};
 use crate::error::{DataError, Result};
 use crate::index;
 use crate::text::TextEmbedding;
@@ -332,10 +332,12 @@ impl Item {
         let video = match &self.media {
             Media::Video(p) => {
                 // The file's index says which frames the clip needs: decoding stops after them.
-                let known = index::lookup(p).map(|e| (e.frames, e.fps));
-                let clip = load_clip(p, spec, rng, known)?;
+                let entry = index::lookup(p);
+                let known = entry.as_ref().map(|e| (e.frames, e.fps));
+                let seek = entry.as_ref().and_then(|e| e.seek.as_ref());
+                let clip = load_clip_seeking(p, spec, rng, known, seek)?;
                 if known.is_none() {
-                    index::store(p, &clip.source);
+                    index::store(p, &clip.source, clip.seek_index.as_ref());
                 }
                 clip.video
             }

@@ -14,6 +14,7 @@ use std::sync::Once;
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling::{context::Context as Scaler, flag::Flags};
 use ffmpeg_next as ffmpeg;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{decode_error, DataError, Result};
 
@@ -104,6 +105,51 @@ pub struct VideoInfo {
     pub corrupt_packets: usize,
 }
 
+/// Where a file's frames are, for seeking: every frame's timestamp in display order and the
+/// frames decoding can start from (key frames), as one decode from the start saw them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeekIndex {
+    /// The video stream's time base `[numerator, denominator]` (seconds per timestamp unit).
+    pub time_base: [i32; 2],
+    /// Timestamp of frame `i` (its best-effort presentation time), strictly increasing.
+    pub pts: Vec<i64>,
+    /// Indices of the key frames, ascending.
+    pub key_frames: Vec<usize>,
+}
+
+impl SeekIndex {
+    /// The index of a decode that saw timestamps `pts` and key frames `key_frames`; `None`
+    /// when a timestamp is missing or they do not increase (seeking could not find frames).
+    pub fn new(time_base: [i32; 2], pts: &[Option<i64>], key_frames: Vec<usize>) -> Option<Self> {
+        let pts: Vec<i64> = pts.iter().copied().collect::<Option<_>>()?;
+        let increasing = pts.windows(2).all(|w| w[0] < w[1]);
+        (increasing && time_base[0] > 0 && time_base[1] > 0 && !key_frames.is_empty()).then_some(
+            Self {
+                time_base,
+                pts,
+                key_frames,
+            },
+        )
+    }
+
+    /// The frame with timestamp `pts`.
+    pub fn frame_at(&self, pts: i64) -> Option<usize> {
+        self.pts.binary_search(&pts).ok()
+    }
+
+    /// The last key frame at or before frame `index`.
+    pub fn key_frame_before(&self, index: usize) -> Option<usize> {
+        let n = self.key_frames.partition_point(|&k| k <= index);
+        n.checked_sub(1).map(|i| self.key_frames[i])
+    }
+
+    /// Frame `index`'s timestamp in microseconds (FFmpeg's `AV_TIME_BASE`, what a seek takes).
+    pub fn micros(&self, index: usize) -> i64 {
+        let [num, den] = self.time_base;
+        (self.pts[index] as i128 * num as i128 * 1_000_000 / den as i128) as i64
+    }
+}
+
 /// Decoded RGB frames, `frames × height × width × 3` bytes, row-major.
 #[derive(Debug, Clone)]
 pub struct Frames {
@@ -120,6 +166,9 @@ pub struct Frames {
     /// Whether the whole file was decoded (`info.frames` is then its frame count); false when
     /// decoding stopped after the last frame asked for ([`decode_frames_until`]).
     pub complete: bool,
+    /// Where the file's frames are, for later seeking: set by a decode to the end when every
+    /// frame has a distinct, increasing timestamp.
+    pub seek_index: Option<SeekIndex>,
 }
 
 impl Frames {
@@ -152,14 +201,18 @@ fn rate_of(stream: &ffmpeg::format::stream::Stream) -> f64 {
     25.0
 }
 
-/// Decodes the frames of the first video stream in order, calling `on_frame(index, frame,
-/// header frame count)` for each, up to frame `last` when given (then it stops reading);
-/// returns what the file holds and whether it was decoded to its end.
-fn for_each_frame(
-    path: &Path,
-    last: Option<usize>,
-    mut on_frame: impl FnMut(usize, &ffmpeg::frame::Video, Option<u64>) -> Result<()>,
-) -> Result<(VideoInfo, bool)> {
+/// A file opened for decoding: its demuxer, the chosen video stream and its decoder.
+pub(crate) struct Opened {
+    pub input: ffmpeg::format::context::Input,
+    pub stream_index: usize,
+    pub time_base: [i32; 2],
+    pub decoder: ffmpeg::decoder::Video,
+    pub info: VideoInfo,
+}
+
+/// Opens `path`'s best video stream with a decoder (`info.frames` is 0 until frames are
+/// decoded); errors name the file and what is wrong with it.
+pub(crate) fn open(path: &Path) -> Result<Opened> {
     init();
     match std::fs::metadata(path) {
         Err(source) => {
@@ -174,13 +227,15 @@ fn for_each_frame(
         Ok(m) if m.len() == 0 => return Err(decode_error(path, "empty file")),
         Ok(_) => {}
     }
-    let mut input = ffmpeg::format::input(&path)
+    let input = ffmpeg::format::input(&path)
         .map_err(|e| decode_error(path, format!("not a readable video or image ({e})")))?;
     let stream = input
         .streams()
         .best(ffmpeg::media::Type::Video)
         .ok_or_else(|| decode_error(path, "no video stream (not a video or image?)"))?;
     let stream_index = stream.index();
+    let tb = stream.time_base();
+    let time_base = [tb.numerator(), tb.denominator()];
     let fps = rate_of(&stream);
     let header_frames = u64::try_from(stream.frames()).ok().filter(|&n| n > 0);
     let mut context = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
@@ -191,22 +246,44 @@ fn for_each_frame(
         ..Default::default()
     });
     let codec_id = context.id();
-    let mut decoder = context
+    let decoder = context
         .decoder()
         .video()
         .map_err(|e| decode_error(path, format!("unsupported codec {} ({e})", codec_id.name())))?;
     let container = input.format().name().to_string();
+    Ok(Opened {
+        stream_index,
+        time_base,
+        decoder,
+        info: VideoInfo {
+            container,
+            codec: codec_id.name().to_string(),
+            width: 0,
+            height: 0,
+            fps,
+            frames: 0,
+            header_frames,
+            corrupt_packets: 0,
+        },
+        input,
+    })
+}
 
-    let mut info = VideoInfo {
-        container,
-        codec: codec_id.name().to_string(),
-        width: 0,
-        height: 0,
-        fps,
-        frames: 0,
-        header_frames,
-        corrupt_packets: 0,
-    };
+/// Decodes the frames of the first video stream in order, calling `on_frame(index, frame,
+/// header frame count)` for each, up to frame `last` when given (then it stops reading);
+/// returns what the file holds, its time base and whether it was decoded to its end.
+fn for_each_frame(
+    path: &Path,
+    last: Option<usize>,
+    mut on_frame: impl FnMut(usize, &ffmpeg::frame::Video, Option<u64>) -> Result<()>,
+) -> Result<(VideoInfo, [i32; 2], bool)> {
+    let Opened {
+        mut input,
+        stream_index,
+        time_base,
+        mut decoder,
+        mut info,
+    } = open(path)?;
     let mut frame = ffmpeg::frame::Video::empty();
     let done = |info: &VideoInfo| last.is_some_and(|l| info.frames > l);
     let mut drain = |decoder: &mut ffmpeg::decoder::Video, info: &mut VideoInfo| -> Result<()> {
@@ -247,13 +324,13 @@ fn for_each_frame(
         }
         drain(&mut decoder, &mut info)?;
         if done(&info) {
-            return Ok((info, false));
+            return Ok((info, time_base, false));
         }
     }
     let _ = decoder.send_eof();
     drain(&mut decoder, &mut info)?;
     if done(&info) {
-        return Ok((info, false));
+        return Ok((info, time_base, false));
     }
     if info.frames == 0 {
         let why = if info.corrupt_packets > 0 {
@@ -266,7 +343,7 @@ fn for_each_frame(
         };
         return Err(decode_error(path, why));
     }
-    Ok((info, true))
+    Ok((info, time_base, true))
 }
 
 /// Opens `path`, decodes every frame and reports what it holds (no pixel conversion).
@@ -295,40 +372,50 @@ pub fn decode_frames_until(
     decode_kept(path.as_ref(), size, keep, false, Some(last))
 }
 
-/// [`decode_frames`]; `keep_all` promises that every frame is kept, so the buffer is sized
-/// from the header's frame count up front; `last` stops after that frame.
-fn decode_kept(
-    path: &Path,
+/// Converts decoded frames to RGB24 at one output size (fixed by the first frame seen) and
+/// collects the kept ones.
+pub(crate) struct Converter {
     size: FrameSize,
-    mut keep: impl FnMut(usize) -> bool,
-    keep_all: bool,
-    last: Option<usize>,
-) -> Result<Frames> {
-    let mut out_size: Option<(u32, u32)> = None;
+    out_size: Option<(u32, u32)>,
     // One scaler per (format, size) seen; streams rarely have more than one.
-    let mut scalers: Vec<((Pixel, u32, u32), Scaler)> = Vec::new();
-    let mut data = Vec::new();
-    let mut indices = Vec::new();
-    let mut rgb = ffmpeg::frame::Video::empty();
-    let (info, complete) = for_each_frame(path, last, |index, frame, header_frames| {
-        let (ow, oh) = match out_size {
-            Some(s) => s,
-            None => {
-                let (ow, oh) = size.output_for(frame.width(), frame.height());
-                out_size = Some((ow, oh));
-                // One allocation for the whole clip when the header's count is plausible
-                // (growing a large buffer by doubling copies it again and again).
-                if let Some(n) = header_frames.filter(|&n| keep_all && n <= 100_000) {
-                    data.reserve(n as usize * ow as usize * oh as usize * 3);
-                }
-                (ow, oh)
-            }
-        };
-        if !keep(index) {
-            return Ok(());
+    scalers: Vec<((Pixel, u32, u32), Scaler)>,
+    rgb: ffmpeg::frame::Video,
+    data: Vec<u8>,
+    indices: Vec<usize>,
+}
+
+impl Converter {
+    pub fn new(size: FrameSize) -> Self {
+        Self {
+            size,
+            out_size: None,
+            scalers: Vec::new(),
+            rgb: ffmpeg::frame::Video::empty(),
+            data: Vec::new(),
+            indices: Vec::new(),
         }
+    }
+
+    /// Fixes the output size from `frame` (the first one seen); with `reserve_frames`, one
+    /// allocation for that many frames (growing a large buffer by doubling copies it again
+    /// and again).
+    pub fn see(&mut self, frame: &ffmpeg::frame::Video, reserve_frames: Option<u64>) {
+        if self.out_size.is_none() {
+            let (ow, oh) = self.size.output_for(frame.width(), frame.height());
+            self.out_size = Some((ow, oh));
+            if let Some(n) = reserve_frames.filter(|&n| n <= 100_000) {
+                self.data
+                    .reserve(n as usize * ow as usize * oh as usize * 3);
+            }
+        }
+    }
+
+    /// Converts and keeps `frame` as source frame `index`.
+    pub fn keep(&mut self, path: &Path, index: usize, frame: &ffmpeg::frame::Video) -> Result<()> {
+        self.see(frame, None);
+        let (ow, oh) = self.out_size.expect("set by see");
         let key = (frame.format(), frame.width(), frame.height());
-        let slot = match scalers.iter().position(|(k, _)| *k == key) {
+        let slot = match self.scalers.iter().position(|(k, _)| *k == key) {
             Some(slot) => slot,
             None => {
                 let scaler =
@@ -342,32 +429,68 @@ fn decode_kept(
                                 ),
                             )
                         })?;
-                scalers.push((key, scaler));
-                scalers.len() - 1
+                self.scalers.push((key, scaler));
+                self.scalers.len() - 1
             }
         };
-        let scaler = &mut scalers[slot].1;
-        scaler
-            .run(frame, &mut rgb)
+        self.scalers[slot]
+            .1
+            .run(frame, &mut self.rgb)
             .map_err(|e| decode_error(path, format!("frame {index}: conversion failed ({e})")))?;
-        let stride = rgb.stride(0);
+        let stride = self.rgb.stride(0);
         let row = ow as usize * 3;
-        let plane = rgb.data(0);
+        let plane = self.rgb.data(0);
         for y in 0..oh as usize {
-            data.extend_from_slice(&plane[y * stride..y * stride + row]);
+            self.data
+                .extend_from_slice(&plane[y * stride..y * stride + row]);
         }
-        indices.push(index);
+        self.indices.push(index);
+        Ok(())
+    }
+
+    /// The kept frames (at least one frame must have been seen).
+    pub fn finish(self, info: VideoInfo, complete: bool, seek_index: Option<SeekIndex>) -> Frames {
+        let (width, height) = self.out_size.expect("at least one frame decoded");
+        Frames {
+            info,
+            width,
+            height,
+            data: self.data,
+            indices: self.indices,
+            complete,
+            seek_index,
+        }
+    }
+}
+
+/// [`decode_frames`]; `keep_all` promises that every frame is kept, so the buffer is sized
+/// from the header's frame count up front; `last` stops after that frame. A decode to the end
+/// also returns the file's [`SeekIndex`] when its timestamps allow seeking.
+fn decode_kept(
+    path: &Path,
+    size: FrameSize,
+    mut keep: impl FnMut(usize) -> bool,
+    keep_all: bool,
+    last: Option<usize>,
+) -> Result<Frames> {
+    let mut out = Converter::new(size);
+    let mut pts: Vec<Option<i64>> = Vec::new();
+    let mut key_frames = Vec::new();
+    let (info, time_base, complete) = for_each_frame(path, last, |index, frame, header_frames| {
+        out.see(frame, header_frames.filter(|_| keep_all));
+        pts.push(frame.timestamp());
+        if frame.is_key() {
+            key_frames.push(index);
+        }
+        if keep(index) {
+            out.keep(path, index, frame)?;
+        }
         Ok(())
     })?;
-    let (width, height) = out_size.expect("at least one frame decoded");
-    Ok(Frames {
-        info,
-        width,
-        height,
-        data,
-        indices,
-        complete,
-    })
+    let seek_index = complete
+        .then(|| SeekIndex::new(time_base, &pts, key_frames))
+        .flatten();
+    Ok(out.finish(info, complete, seek_index))
 }
 
 /// Decodes every frame of `path` to RGB24 at `size`.

@@ -1,6 +1,8 @@
 //! A per-file video index, built by the first full decode of a file and cached on disk: its
 //! decoded frame count and frame rate, so that later clips know which frames they need before
-//! decoding and stop after the last one ([`crate::decode_frames_until`]).
+//! decoding and stop after the last one ([`crate::decode_frames_until`]), and every frame's
+//! timestamp with the key frames ([`SeekIndex`]), so that they start at the key frame before
+//! the clip ([`crate::seek`]).
 //!
 //! The index of `dir/clip.mp4` lives in `dir/.apt-index/clip.mp4.json` (next to the data set),
 //! or, when that directory cannot be written, under the user cache (`<cache>/video-index/`).
@@ -14,7 +16,7 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::VideoInfo;
+use crate::decode::{SeekIndex, VideoInfo};
 
 /// Directory, next to the videos, that holds their index entries.
 pub const INDEX_DIR: &str = ".apt-index";
@@ -30,6 +32,9 @@ pub struct IndexEntry {
     pub size: u64,
     /// Modification time (ns since the Unix epoch) when indexed.
     pub modified_ns: u128,
+    /// Every frame's timestamp and the key frames, when the file's timestamps allow seeking.
+    #[serde(default)]
+    pub seek: Option<SeekIndex>,
 }
 
 /// `(size, modification time in ns)` of `path`.
@@ -74,7 +79,7 @@ pub fn lookup(video: &Path) -> Option<IndexEntry> {
 
 /// Records what a full decode of `video` found. Best effort: an index that cannot be written
 /// only costs a full decode next time.
-pub fn store(video: &Path, info: &VideoInfo) {
+pub fn store(video: &Path, info: &VideoInfo, seek: Option<&SeekIndex>) {
     let Some((size, modified_ns)) = stamp(video) else {
         return;
     };
@@ -83,6 +88,7 @@ pub fn store(video: &Path, info: &VideoInfo) {
         fps: info.fps,
         size,
         modified_ns,
+        seek: seek.cloned(),
     };
     let text = serde_json::to_string_pretty(&entry).expect("index entries serialise");
     for path in entry_paths(video) {

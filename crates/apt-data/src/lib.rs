@@ -13,13 +13,16 @@ pub mod error;
 pub mod estimator;
 pub mod index;
 pub mod loader;
+pub mod seek;
 pub mod shapes;
 pub mod text;
 pub mod write;
 
-pub use clip::{load_clip, Clip, ClipSpec, FrameStep, Placement};
+pub use clip::{load_clip, load_clip_seeking, Clip, ClipSpec, FrameStep, Placement};
 pub use dataset::{Dataset, Item, Media, OnBadSample, Sample, Skipped};
-pub use decode::{decode, decode_frames, decode_frames_until, probe, FrameSize, Frames, VideoInfo};
+pub use decode::{
+    decode, decode_frames, decode_frames_until, probe, FrameSize, Frames, SeekIndex, VideoInfo,
+};
 pub use error::{DataError, Result};
 pub use loader::{Batch, Cursor, Loader, LoaderConfig, LoaderStats};
 pub use text::{EmbeddingCache, TextEmbedding, TextEncoder};

@@ -2,8 +2,10 @@
 //! frames of a full decode on every test clip and window, and the per-file index that makes it
 //! possible is written by the first load, used by the next, and dropped when the file changes.
 
+use apt_data::seek::{decode_window, verified_index};
 use apt_data::{
-    assets, decode_frames, decode_frames_until, index, probe, ClipSpec, FrameSize, Item, Media,
+    assets, decode, decode_frames, decode_frames_until, index, probe, ClipSpec, FrameSize, Item,
+    Media,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -91,4 +93,82 @@ fn the_first_load_indexes_the_file_the_next_uses_it_and_a_change_drops_it() {
     item.load(&spec, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
     let entry = index::lookup(&video).expect("re-indexed");
     assert_eq!(entry.frames, probe(&video).unwrap().frames);
+}
+
+#[test]
+fn seeking_to_the_key_frame_before_a_window_gives_exactly_the_frames_of_a_full_decode() {
+    let size = FrameSize::Cover {
+        width: 48,
+        height: 32,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut seeked = Vec::new();
+    for name in CLIPS {
+        let path = assets::clip(name).unwrap();
+        let full = decode(&path, size).unwrap();
+        let total = full.info.frames;
+        let Some(index) = verified_index(&path, size, &full).unwrap() else {
+            seeked.push(format!("{name}: no seek index"));
+            continue;
+        };
+        let index = &index;
+        assert_eq!(index.pts.len(), total, "{name}");
+        let len = 8.min(total);
+        let mut starts = vec![total - len, total / 2];
+        starts.extend((0..6).map(|_| rng.gen_range(0..=total - len)));
+        let mut used = 0;
+        for &start in &starts {
+            let keep = |i: usize| i % 3 != 1;
+            let window = (start, start + len - 1);
+            let Some(frames) = decode_window(&path, size, keep, window, index).unwrap() else {
+                continue;
+            };
+            used += 1;
+            let expected: Vec<usize> = (window.0..=window.1).filter(|&i| keep(i)).collect();
+            assert_eq!(frames.indices, expected, "{name} {window:?}");
+            for (k, &i) in frames.indices.iter().enumerate() {
+                assert!(
+                    frames.frame(k) == full.frame(i),
+                    "{name} {window:?}: frame {i} differs from a full decode"
+                );
+            }
+        }
+        seeked.push(format!(
+            "{name}: {used}/{} windows by seeking (entry points {:?} of key frames {:?})",
+            starts.len(),
+            index.key_frames,
+            full.seek_index.as_ref().map(|i| &i.key_frames)
+        ));
+    }
+    eprintln!("{}", seeked.join("\n"));
+    for name in ["bikes.mp4", "derived/bikes_vp9.webm"] {
+        let line = seeked.iter().find(|l| l.starts_with(name)).unwrap();
+        assert!(!line.contains(" 0/"), "seeking never used: {line}");
+    }
+}
+
+#[test]
+fn key_frames_that_are_not_entry_points_are_left_out_of_the_index() {
+    // cockatoo.mp4 flags three frames as key (IDR, sync samples), but decoding from the second
+    // or third after a seek gives grey frames (`ffmpeg -ss 3.8` does the same).
+    let size = FrameSize::Cover {
+        width: 48,
+        height: 32,
+    };
+    let path = assets::clip("cockatoo.mp4").unwrap();
+    let full = decode(&path, size).unwrap();
+    let raw = full.seek_index.clone().unwrap();
+    assert_eq!(raw.key_frames, [0, 76, 145]);
+    let wrong = decode_window(&path, size, |_| true, (150, 153), &raw)
+        .unwrap()
+        .unwrap();
+    assert!(
+        (0..4).any(|k| wrong.frame(k) != full.frame(150 + k)),
+        "the raw index happens to work now: drop this test's premise"
+    );
+    let verified = verified_index(&path, size, &full).unwrap().unwrap();
+    assert_eq!(verified.key_frames, [0], "only the start is an entry point");
+    assert!(decode_window(&path, size, |_| true, (150, 153), &verified)
+        .unwrap()
+        .is_none());
 }
