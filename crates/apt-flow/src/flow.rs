@@ -66,6 +66,25 @@ impl Conditioning {
 pub trait VelocityModel {
     /// `x` `[B, C, T, H, W]` (or any `[B, …]`), `t` `[B]` in [0, 1] → `v` shaped like `x`.
     fn velocity(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor>;
+
+    /// Back-propagates `loss(v)` for `v = velocity(x, t, cond)` into the model's parameters and
+    /// returns the (detached) scalar loss. With `recompute`, a model that can (the MMDiT) keeps
+    /// only each block's input and recomputes the rest during the backward pass — less memory,
+    /// one more forward, the same gradients; by default a plain forward and backward. No
+    /// gradient reaches `x`, `t` or `cond`.
+    fn backward_velocity_loss(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        recompute: bool,
+        loss: &mut dyn FnMut(&Tensor) -> Tensor,
+    ) -> Result<Tensor> {
+        let _ = recompute;
+        let value = loss(&self.velocity(x, t, cond)?);
+        value.backward();
+        Ok(value.detach())
+    }
 }
 
 /// The smallest `t` a clean-sample prediction is divided by when turned into a velocity
@@ -89,6 +108,58 @@ impl VelocityModel for apt_mmdit::Mmdit {
             Prediction::Sample => velocity_from_sample(x, t, &out),
         })
     }
+
+    fn backward_velocity_loss(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        recompute: bool,
+        loss: &mut dyn FnMut(&Tensor) -> Tensor,
+    ) -> Result<Tensor> {
+        if !recompute {
+            let value = loss(&self.velocity(x, t, cond)?);
+            value.backward();
+            return Ok(value.detach());
+        }
+        let prediction = self.config().prediction;
+        let (x_in, t_in) = (x.detach(), t.detach());
+        Ok(self.backward_with_recompute(
+            x,
+            t,
+            &cond.context,
+            &cond.pooled,
+            &[],
+            true,
+            |tapped| {
+                let out = tapped.output.as_ref().expect("with_output");
+                let v = match prediction {
+                    Prediction::Velocity => out.shallow_clone(),
+                    Prediction::Sample => velocity_from_sample(&x_in, &t_in, out),
+                };
+                loss(&v)
+            },
+        )?)
+    }
+}
+
+/// Back-propagates `loss(v) / accum` for `v = model.velocity(x, t, cond)` with activation
+/// recomputation and returns `loss(v)`'s value (what a training step logs).
+pub fn backward_recomputed(
+    model: &impl VelocityModel,
+    x: &Tensor,
+    t: &Tensor,
+    cond: &Conditioning,
+    accum: usize,
+    loss: impl Fn(&Tensor) -> Tensor,
+) -> Result<f64> {
+    let mut value = f64::NAN;
+    let _scaled = model.backward_velocity_loss(x, t, cond, true, &mut |v| {
+        let l = loss(v);
+        value = l.double_value(&[]);
+        l / accum as f64
+    })?;
+    Ok(value)
 }
 
 /// Broadcasts `[B]` times over a tensor shaped like `like` `[B, …]`: returns `[B, 1, …, 1]` in

@@ -2,14 +2,17 @@
 //! `‖v(x_t, t, c) − (ε − x0)‖²` at `x_t = (1 − t)·x0 + t·ε`, with the caption dropped to the
 //! null caption with probability `p_uncond` so that classifier-free guidance works.
 
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::data::{CaptionEncoder, ClipSource, Cursor};
 use crate::error::{config_error, Result};
-use crate::flow::{flow_matching_loss, VelocityModel};
+use crate::flow::{
+    backward_recomputed, flow_matching_loss, interpolate, velocity_target, Conditioning,
+    VelocityModel,
+};
 use crate::rng::TensorRng;
 use crate::timesteps::TimestepSampler;
-use crate::train::{Shard, StepLog, TrainStep};
+use crate::train::{backward_scaled, Shard, StepLog, TrainStep};
 
 /// One micro-batch of flow matching ([`flow_matching_loss`]) with CFG dropout: clips and
 /// captions from `data`, text from `text`, noise and times from the loop's random stream. Logs
@@ -26,6 +29,9 @@ pub struct FlowMatchingStep<'a, M> {
     pub batch: usize,
     /// This rank's share of every micro-batch ([`Shard::WHOLE`] on one process).
     pub shard: Shard,
+    /// Recompute activations in the backward pass (see
+    /// [`VelocityModel::backward_velocity_loss`]).
+    pub recompute: bool,
     /// Probability of training on the null caption.
     pub p_uncond: f64,
     /// Training-time distribution.
@@ -46,8 +52,10 @@ pub fn validate_flow_matching(key: &str, p_uncond: f64, timesteps: &TimestepSamp
     timesteps.validate(&format!("{key}.timesteps"))
 }
 
-impl<M: VelocityModel> TrainStep for FlowMatchingStep<'_, M> {
-    fn loss(&mut self, _phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
+impl<M: VelocityModel> FlowMatchingStep<'_, M> {
+    /// The next micro-batch `(x0, ε, t, conditioning)`: this rank's rows of draws made for the
+    /// whole global batch.
+    fn draw(&mut self, rng: &mut TensorRng) -> Result<(Tensor, Tensor, Tensor, Conditioning)> {
         let (video, captions) = self.data.next_shard(self.batch, self.shard)?;
         let shard = self.shard;
         let key = "batch_size";
@@ -59,9 +67,41 @@ impl<M: VelocityModel> TrainStep for FlowMatchingStep<'_, M> {
         shape[0] = global as i64;
         let eps = shard.rows(&rng.normal(&shape, self.device), key)?;
         let t = shard.rows(&self.timesteps.sample(global as i64, rng, self.device), key)?;
+        Ok((x0, eps, t, cond))
+    }
+}
+
+impl<M: VelocityModel> TrainStep for FlowMatchingStep<'_, M> {
+    fn loss(&mut self, _phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
+        let (x0, eps, t, cond) = self.draw(rng)?;
         let loss = flow_matching_loss(self.model, &x0, &eps, &t, &cond)?;
         log.add("loss", loss.double_value(&[]));
         Ok(loss)
+    }
+
+    fn backward(
+        &mut self,
+        phase: usize,
+        rng: &mut TensorRng,
+        log: &mut StepLog,
+        accum: usize,
+    ) -> Result<f64> {
+        if !self.recompute {
+            let loss = self.loss(phase, rng, log)?;
+            return Ok(backward_scaled(&loss, accum));
+        }
+        let (x0, eps, t, cond) = self.draw(rng)?;
+        let target = velocity_target(&x0, &eps);
+        let value = backward_recomputed(
+            self.model,
+            &interpolate(&x0, &eps, &t),
+            &t,
+            &cond,
+            accum,
+            |v| (v - &target).square().mean(Kind::Float),
+        )?;
+        log.add("loss", value);
+        Ok(value)
     }
 
     fn cursor(&self) -> Cursor {

@@ -304,14 +304,36 @@ impl AptDiscriminator {
         let tapped = self
             .backbone
             .forward_with_taps(x, t, context, pooled, &self.taps, false)?;
+        Ok(self.head_logits(&tapped.taps))
+    }
+
+    /// The logits `[B]` from the backbone's hidden states at the taps.
+    fn head_logits(&self, taps: &[Tensor]) -> Tensor {
         let features: Vec<Tensor> = self
             .heads
             .iter()
-            .zip(&tapped.taps)
+            .zip(taps)
             .map(|(h, tokens)| h.forward(tokens))
             .collect();
         let joined = self.out_norm.forward(&Tensor::cat(&features, 1));
-        Ok(self.out_proj.forward(&joined).squeeze_dim(1))
+        self.out_proj.forward(&joined).squeeze_dim(1)
+    }
+
+    /// Back-propagates `loss(D(x, t, c))` (logits `[B]` as [`forward`](Self::forward)) into
+    /// D's parameters, recomputing the backbone's block activations during the backward pass
+    /// (the heads run with autograd); returns the detached loss. No gradient reaches the inputs.
+    pub fn backward_with_recompute(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        pooled: &Tensor,
+        loss: impl FnOnce(&Tensor) -> Tensor,
+    ) -> apt_mmdit::Result<Tensor> {
+        self.backbone
+            .backward_with_recompute(x, t, context, pooled, &self.taps, false, |tapped| {
+                loss(&self.head_logits(&tapped.taps))
+            })
     }
 
     /// D's timesteps for uniform `u` `[B]` through the shift of its sampler (`shift(u, s)`).

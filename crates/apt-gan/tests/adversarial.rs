@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use apt_flow::data::{CaptionEncoder, ClipSource, Cursor};
-use apt_flow::train::{OptimizerConfig, Part, StepLog, TrainConfig, TrainStep, Trainer};
+use apt_flow::train::{Optimizer, OptimizerConfig, Part, StepLog, TrainConfig, TrainStep, Trainer};
 use apt_flow::{Conditioning, Result, TensorRng};
 use apt_gan::adversarial::{AdversarialStep, DISCRIMINATOR, GENERATOR};
 use apt_gan::{
@@ -350,4 +350,106 @@ fn a_stopped_adversarial_run_resumes_to_the_same_weights() {
         .0
         .values()
         .all(|t| t.isfinite().all().int64_value(&[]) != 0));
+}
+
+/// Adds a small seeded perturbation to every weight: adaLN-Zero's zero gates would otherwise
+/// leave D's backbone blocks and G without gradient, and recomputation untested.
+fn perturb(vs: &nn::VarStore, seed: u64) {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::no_grad(|| {
+        for (i, (_, v)) in vars.iter_mut().enumerate() {
+            let noise = TensorRng::new(seed, i as u64).normal(&v.size(), CPU);
+            let _ = v.g_add_(&(noise * 0.05));
+        }
+    });
+}
+
+#[test]
+fn recomputing_activations_takes_the_same_adversarial_updates() {
+    let configs = [
+        ("paper", AdversarialConfig::default()),
+        (
+            "relativistic, aR2, translated and noised inputs, 2 D steps",
+            AdversarialConfig {
+                loss: AdversarialLoss::Relativistic,
+                lambda_r2: 10.0,
+                d_steps: 2,
+                inputs: DiscriminatorInputs {
+                    translate: 3,
+                    noised: true,
+                },
+                ..AdversarialConfig::default()
+            },
+        ),
+    ];
+    for (name, config) in configs {
+        let mut ends = Vec::new();
+        for recompute in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut m = models();
+            perturb(&m.parts[GENERATOR].vs, 5);
+            perturb(&m.parts[DISCRIMINATOR].vs, 6);
+            // RMSProp's first steps are ±lr for gradients far below eps: rounding-level
+            // differences (D's forwards batched together when recomputing) would flip them.
+            for part in &mut m.parts {
+                part.optimizer = Optimizer::new(OptimizerConfig::Rmsprop {
+                    lr: 1e-3,
+                    alpha: 0.9,
+                    eps: 1e-2,
+                    weight_decay: 0.0,
+                    momentum: 0.0,
+                    centered: false,
+                })
+                .unwrap();
+            }
+            let mut trainer = Trainer::new(
+                "apt",
+                dir.path(),
+                &train_config(2),
+                m.parts,
+                TensorRng::new(0, 3),
+            )
+            .unwrap();
+            let mut data = Clips::new();
+            let mut step = AdversarialStep::new(
+                &m.generator,
+                &m.discriminator,
+                config,
+                &mut data,
+                &Embeddings,
+                2,
+                CPU,
+            )
+            .with_recompute(recompute);
+            let mut lines = Vec::new();
+            trainer
+                .run(&mut step, &mut |l: &apt_flow::train::MetricLine| {
+                    lines.push(l.clone())
+                })
+                .unwrap();
+            let g = snapshot(&trainer.parts[GENERATOR].vs);
+            let d = snapshot(&trainer.parts[DISCRIMINATOR].vs);
+            ends.push((g, d, lines));
+        }
+        let (plain, recomputed) = (&ends[0], &ends[1]);
+        for (x, y) in [(&plain.0, &recomputed.0), (&plain.1, &recomputed.1)] {
+            for (k, t) in x {
+                let diff = (t - &y[k]).abs().max().double_value(&[]);
+                assert!(
+                    diff < 1e-5,
+                    "{name}: {k} differs by {diff:e} with recomputation"
+                );
+            }
+        }
+        for (a, b) in plain.2.iter().zip(&recomputed.2) {
+            for (key, value) in &a.values {
+                let (x, y) = (value.unwrap_or(0.0), b.values[key].unwrap_or(0.0));
+                assert!(
+                    (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+                    "{name}: logged {key} {x} vs {y}"
+                );
+            }
+        }
+    }
 }

@@ -8,10 +8,12 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::data::{CaptionEncoder, ClipSource, Cursor};
 use crate::error::{config_error, Result};
-use crate::flow::{interpolate, per_sample, predict_x0, Conditioning, VelocityModel};
+use crate::flow::{
+    backward_recomputed, interpolate, per_sample, predict_x0, Conditioning, VelocityModel,
+};
 use crate::rng::TensorRng;
 use crate::sampler::time_grid;
-use crate::train::{Part, Shard, StepLog, TrainStep};
+use crate::train::{backward_scaled, Part, Shard, StepLog, TrainStep};
 
 /// Which network gives the consistency target at `t_n`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -80,6 +82,7 @@ pub struct ConsistencyStep<'a, M> {
     cfg_scale: f64,
     batch: usize,
     shard: Shard,
+    recompute: bool,
     device: Device,
 }
 
@@ -111,8 +114,16 @@ impl<'a, M: VelocityModel> ConsistencyStep<'a, M> {
             cfg_scale: cfg.cfg_scale,
             batch,
             shard: Shard::WHOLE,
+            recompute: false,
             device,
         })
+    }
+
+    /// Recomputes the student's activations in the backward pass (see
+    /// [`VelocityModel::backward_velocity_loss`]).
+    pub fn with_recompute(mut self, recompute: bool) -> Self {
+        self.recompute = recompute;
+        self
     }
 
     /// Trains on `shard`'s rows of every global micro-batch of `batch` clips.
@@ -129,12 +140,10 @@ impl<'a, M: VelocityModel> ConsistencyStep<'a, M> {
     }
 }
 
-impl<M: VelocityModel> TrainStep for ConsistencyStep<'_, M> {
-    fn prepare(&mut self, parts: &[Part]) -> Result<()> {
-        self.sync(parts)
-    }
-
-    fn loss(&mut self, _phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
+impl<M: VelocityModel> ConsistencyStep<'_, M> {
+    /// The next micro-batch: `x_{t_{n+1}}`, `t_{n+1}` `[B]`, the conditioning and the target
+    /// `x̂0` of one teacher CFG Euler step to `t_n` (this rank's rows of global draws).
+    fn draw(&mut self, rng: &mut TensorRng) -> Result<(Tensor, Tensor, Conditioning, Tensor)> {
         let (video, captions) = self.data.next_shard(self.batch, self.shard)?;
         let x0 = video.to_device(self.device);
         let b = captions.len();
@@ -174,12 +183,43 @@ impl<M: VelocityModel> TrainStep for ConsistencyStep<'_, M> {
                 &net.velocity(&x_lo, &t_lo, &cond)?,
             ))
         })?;
+        Ok((x_hi, t_hi, cond, target))
+    }
+}
+
+impl<M: VelocityModel> TrainStep for ConsistencyStep<'_, M> {
+    fn prepare(&mut self, parts: &[Part]) -> Result<()> {
+        self.sync(parts)
+    }
+
+    fn loss(&mut self, _phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
+        let (x_hi, t_hi, cond, target) = self.draw(rng)?;
         let f = predict_x0(&x_hi, &t_hi, &self.student.velocity(&x_hi, &t_hi, &cond)?);
         let loss = (f - target).square().mean(Kind::Float);
         log.add("loss", loss.double_value(&[]));
         Ok(loss)
     }
 
+    fn backward(
+        &mut self,
+        phase: usize,
+        rng: &mut TensorRng,
+        log: &mut StepLog,
+        accum: usize,
+    ) -> Result<f64> {
+        if !self.recompute {
+            let loss = self.loss(phase, rng, log)?;
+            return Ok(backward_scaled(&loss, accum));
+        }
+        let (x_hi, t_hi, cond, target) = self.draw(rng)?;
+        let value = backward_recomputed(self.student, &x_hi, &t_hi, &cond, accum, |v| {
+            (predict_x0(&x_hi, &t_hi, v) - &target)
+                .square()
+                .mean(Kind::Float)
+        })?;
+        log.add("loss", value);
+        Ok(value)
+    }
     fn after_update(&mut self, _phase: usize, parts: &[Part]) -> Result<()> {
         self.sync(parts)
     }

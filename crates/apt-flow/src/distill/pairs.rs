@@ -7,11 +7,11 @@ use tch::{Kind, Tensor};
 
 use crate::data::Cursor;
 use crate::error::Result;
-use crate::flow::{Conditioning, VelocityModel};
+use crate::flow::{backward_recomputed, Conditioning, VelocityModel};
 use crate::onestep::OneStepGenerator;
 use crate::rng::TensorRng;
 use crate::sampler::{sample, Guidance, SamplerConfig};
-use crate::train::{Shard, StepLog, TrainStep};
+use crate::train::{backward_scaled, Shard, StepLog, TrainStep};
 
 /// Teacher pairs in memory.
 #[derive(Debug)]
@@ -77,6 +77,7 @@ pub struct PairDistillStep<'a, M> {
     pairs: &'a Pairs,
     batch: usize,
     shard: Shard,
+    recompute: bool,
     seed: u64,
     cursor: Cursor,
     order: Vec<i64>,
@@ -90,6 +91,7 @@ impl<'a, M: VelocityModel> PairDistillStep<'a, M> {
             pairs,
             batch,
             shard: Shard::WHOLE,
+            recompute: false,
             seed,
             cursor: Cursor::default(),
             order: vec![],
@@ -113,8 +115,16 @@ impl<'a, M: VelocityModel> PairDistillStep<'a, M> {
     }
 }
 
-impl<M: VelocityModel> TrainStep for PairDistillStep<'_, M> {
-    fn loss(&mut self, _phase: usize, _rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
+impl<M: VelocityModel> PairDistillStep<'_, M> {
+    /// Recomputes the student's activations in the backward pass (see
+    /// [`VelocityModel::backward_velocity_loss`]).
+    pub fn with_recompute(mut self, recompute: bool) -> Self {
+        self.recompute = recompute;
+        self
+    }
+
+    /// The next micro-batch's `(z, conditioning, x_teacher)` (this rank's rows).
+    fn next_pairs(&mut self) -> Result<(Tensor, Conditioning, Tensor)> {
         if self.cursor.position + self.batch > self.order.len() {
             self.cursor = Cursor {
                 epoch: self.cursor.epoch + 1,
@@ -131,12 +141,38 @@ impl<M: VelocityModel> TrainStep for PairDistillStep<'_, M> {
             context: self.pairs.cond.context.index_select(0, &idx),
             pooled: self.pairs.cond.pooled.index_select(0, &idx),
         };
+        Ok((z, cond, self.pairs.x.index_select(0, &idx)))
+    }
+}
+
+impl<M: VelocityModel> TrainStep for PairDistillStep<'_, M> {
+    fn loss(&mut self, _phase: usize, _rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
+        let (z, cond, x_teacher) = self.next_pairs()?;
         let x = OneStepGenerator::new(self.student).generate(&z, &cond)?;
-        let loss = (x - self.pairs.x.index_select(0, &idx))
-            .square()
-            .mean(Kind::Float);
+        let loss = (x - x_teacher).square().mean(Kind::Float);
         log.add("loss", loss.double_value(&[]));
         Ok(loss)
+    }
+
+    fn backward(
+        &mut self,
+        phase: usize,
+        rng: &mut TensorRng,
+        log: &mut StepLog,
+        accum: usize,
+    ) -> Result<f64> {
+        if !self.recompute {
+            let loss = self.loss(phase, rng, log)?;
+            return Ok(backward_scaled(&loss, accum));
+        }
+        let (z, cond, x_teacher) = self.next_pairs()?;
+        // x = z − Ĝ(z, c, 1), as OneStepGenerator::generate.
+        let t = Tensor::ones([z.size()[0]], (Kind::Float, z.device()));
+        let value = backward_recomputed(self.student, &z, &t, &cond, accum, |v| {
+            ((&z - v) - &x_teacher).square().mean(Kind::Float)
+        })?;
+        log.add("loss", value);
+        Ok(value)
     }
 
     fn cursor(&self) -> Cursor {

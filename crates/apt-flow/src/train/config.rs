@@ -50,6 +50,11 @@ pub struct TrainConfig {
     /// effect in one process.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shard_optimizer: bool,
+    /// Activation recomputation: the trained network keeps only each block's input during the
+    /// forward pass and recomputes the rest in the backward pass (less memory, about one more
+    /// forward; the same gradients).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recompute: bool,
 }
 
 fn one() -> usize {
@@ -82,6 +87,7 @@ impl TrainConfig {
             max_nonfinite: default_nonfinite(),
             preview_every: 0,
             shard_optimizer: false,
+            recompute: false,
         }
     }
 

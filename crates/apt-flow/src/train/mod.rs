@@ -21,4 +21,4 @@ pub use guard::NonFiniteGuard;
 pub use metrics::{MetricLine, MetricsLog, StepLog};
 pub use optim::{clip_grad_norm, zero_grad, Optimizer, OptimizerConfig};
 pub use schedule::{Decay, LrSchedule};
-pub use trainer::{copy_weights, Finish, Observer, Part, TrainStep, Trainer};
+pub use trainer::{backward_scaled, copy_weights, Finish, Observer, Part, TrainStep, Trainer};

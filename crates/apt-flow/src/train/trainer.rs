@@ -123,6 +123,20 @@ pub trait TrainStep {
     /// micro-batches.
     fn loss(&mut self, phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor>;
 
+    /// Computes the next micro-batch's loss and back-propagates `loss / accum` into the
+    /// trained part; returns the loss value. By default [`loss`](Self::loss), then `backward`;
+    /// a step that recomputes activations drives its own backward pass here.
+    fn backward(
+        &mut self,
+        phase: usize,
+        rng: &mut TensorRng,
+        log: &mut StepLog,
+        accum: usize,
+    ) -> Result<f64> {
+        let loss = self.loss(phase, rng, log)?;
+        Ok(backward_scaled(&loss, accum))
+    }
+
     /// Called after an update of phase `phase` was applied (not when the guard skipped it).
     fn after_update(&mut self, _phase: usize, _parts: &[Part]) -> Result<()> {
         Ok(())
@@ -133,6 +147,12 @@ pub trait TrainStep {
 
     /// Continues the data stream from a saved position.
     fn restore(&mut self, cursor: Cursor) -> Result<()>;
+}
+
+/// Back-propagates `loss / accum` and returns the loss value (the loop's default backward).
+pub fn backward_scaled(loss: &Tensor, accum: usize) -> f64 {
+    (loss / accum as f64).backward();
+    loss.double_value(&[])
 }
 
 /// Who watches a run: every metric line, and previews.
@@ -512,9 +532,7 @@ impl Trainer {
         let mut total = 0.0;
         let mut accumulate = || -> Result<()> {
             for _ in 0..accum {
-                let loss = step.loss(phase, &mut self.rng, &mut log)?;
-                (&loss / accum as f64).backward();
-                total += loss.double_value(&[]);
+                total += step.backward(phase, &mut self.rng, &mut log, accum)?;
             }
             Ok(())
         };

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod inputs;
+mod recompute;
 pub mod step;
 
 pub use config::{AdversarialConfig, AdversarialLoss};

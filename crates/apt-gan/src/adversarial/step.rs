@@ -1,7 +1,7 @@
 //! One adversarial update as a [`TrainStep`] with two phases: D, then G.
 
 use apt_flow::data::{CaptionEncoder, ClipSource, Cursor};
-use apt_flow::train::{Shard, StepLog, TrainStep};
+use apt_flow::train::{backward_scaled, Shard, StepLog, TrainStep};
 use apt_flow::{Conditioning, OneStepGenerator, Result, TensorRng, VelocityModel};
 use tch::{Device, Kind, Tensor};
 
@@ -35,19 +35,20 @@ pub const DISCRIMINATOR: usize = 1;
 /// draws, the penalties' ε) is made for the whole global micro-batch and the rank keeps its
 /// rows, so N ranks take the same update as one process with the same global batch.
 pub struct AdversarialStep<'a, G> {
-    generator: &'a G,
-    discriminator: &'a AptDiscriminator,
-    config: AdversarialConfig,
-    data: &'a mut dyn ClipSource,
-    text: &'a dyn CaptionEncoder,
-    batch: usize,
-    shard: Shard,
-    device: Device,
+    pub(super) generator: &'a G,
+    pub(super) discriminator: &'a AptDiscriminator,
+    pub(super) config: AdversarialConfig,
+    pub(super) data: &'a mut dyn ClipSource,
+    pub(super) text: &'a dyn CaptionEncoder,
+    pub(super) batch: usize,
+    pub(super) shard: Shard,
+    pub(super) recompute: bool,
+    pub(super) device: Device,
     /// Conditioning (and real clips, for the relativistic loss) of the last D phases'
     /// micro-batches, reused by the G phase.
-    batches: Vec<(Conditioning, Option<Tensor>)>,
+    pub(super) batches: Vec<(Conditioning, Option<Tensor>)>,
     /// Which G micro-batch comes next.
-    next_g: usize,
+    pub(super) next_g: usize,
 }
 
 fn mean(t: &Tensor) -> f64 {
@@ -74,6 +75,7 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
             text,
             batch,
             shard: Shard::WHOLE,
+            recompute: false,
             device,
             batches: Vec::new(),
             next_g: 0,
@@ -86,22 +88,30 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
         self
     }
 
+    /// Recomputes the activations of the network each phase trains (D's backbone in the D
+    /// phase, G in the G phase) during the backward pass: less memory, the same gradients up to
+    /// rounding (D's forwards of one micro-batch then run as one batch).
+    pub fn with_recompute(mut self, recompute: bool) -> Self {
+        self.recompute = recompute;
+        self
+    }
+
     /// This rank's rows of a standard normal draw for the global batch; `local` is `[b, …]`.
-    fn normal(&self, local: &[i64], rng: &mut TensorRng) -> Result<Tensor> {
+    pub(super) fn normal(&self, local: &[i64], rng: &mut TensorRng) -> Result<Tensor> {
         let mut global = local.to_vec();
         global[0] *= self.shard.world as i64;
         self.shard
             .rows(&rng.normal(&global, self.device), "batch_size")
     }
 
-    fn d_logits(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
+    pub(super) fn d_logits(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
         Ok(self
             .discriminator
             .forward(x, t, &cond.context, &cond.pooled)?)
     }
 
     /// This rank's rows of D times drawn for the global batch (`b` local samples).
-    fn d_times(&self, b: i64, rng: &mut TensorRng) -> Result<Tensor> {
+    pub(super) fn d_times(&self, b: i64, rng: &mut TensorRng) -> Result<Tensor> {
         let global = b * self.shard.world as i64;
         let t = self.discriminator.sample_times(global, rng, self.device);
         self.shard.rows(&t, "batch_size")
@@ -216,6 +226,16 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
     }
 }
 
+impl<G> AdversarialStep<'_, G> {
+    /// A new update: the G phase of the previous one has consumed its batches.
+    fn start_d_phase(&mut self) {
+        if self.next_g > 0 {
+            self.batches.clear();
+            self.next_g = 0;
+        }
+    }
+}
+
 impl<G: VelocityModel> TrainStep for AdversarialStep<'_, G> {
     fn phases(&self) -> Vec<usize> {
         let mut phases = vec![DISCRIMINATOR; self.config.d_steps];
@@ -225,14 +245,29 @@ impl<G: VelocityModel> TrainStep for AdversarialStep<'_, G> {
 
     fn loss(&mut self, phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
         if phase < self.config.d_steps {
-            if self.next_g > 0 {
-                // A new update: the G phase of the previous one has consumed its batches.
-                self.batches.clear();
-                self.next_g = 0;
-            }
+            self.start_d_phase();
             self.d_loss(rng, log)
         } else {
             self.g_loss(rng, log)
+        }
+    }
+
+    fn backward(
+        &mut self,
+        phase: usize,
+        rng: &mut TensorRng,
+        log: &mut StepLog,
+        accum: usize,
+    ) -> Result<f64> {
+        if !self.recompute {
+            let loss = self.loss(phase, rng, log)?;
+            return Ok(backward_scaled(&loss, accum));
+        }
+        if phase < self.config.d_steps {
+            self.start_d_phase();
+            self.d_backward_recomputed(rng, log, accum)
+        } else {
+            self.g_backward_recomputed(rng, log, accum)
         }
     }
 

@@ -274,7 +274,8 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
         plan.train.batch_size,
         device,
     )
-    .with_shard(Shard::of(&*ctx.world));
+    .with_shard(Shard::of(&*ctx.world))
+    .with_recompute(plan.train.recompute);
     start_or_resume(&mut trainer, &mut step, ctx, stage)?;
     let mut previews = Previews {
         stage,

@@ -44,7 +44,8 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         cfg.train.batch_size,
         device,
     )?
-    .with_shard(Shard::of(&*ctx.world));
+    .with_shard(Shard::of(&*ctx.world))
+    .with_recompute(cfg.train.recompute);
     start_or_resume(&mut trainer, &mut step, ctx, Stage::Consistency)?;
     let mut follow = Follow {
         stage: Stage::Consistency,

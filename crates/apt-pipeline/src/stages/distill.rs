@@ -199,7 +199,8 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         .with_collective(ctx.world.clone());
     trainer.stop = ctx.stop.clone();
     let mut step = PairDistillStep::new(&student, &pairs, cfg.train.batch_size, run.seed)
-        .with_shard(Shard::of(&*ctx.world));
+        .with_shard(Shard::of(&*ctx.world))
+        .with_recompute(cfg.train.recompute);
     start_or_resume(&mut trainer, &mut step, ctx, Stage::Distill)?;
     let mut follow = Follow {
         stage: Stage::Distill,

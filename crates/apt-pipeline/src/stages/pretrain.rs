@@ -114,6 +114,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         text: &text,
         batch: cfg.train.batch_size,
         shard: Shard::of(&*ctx.world),
+        recompute: cfg.train.recompute,
         p_uncond: cfg.p_uncond,
         timesteps: cfg.timesteps,
         device,

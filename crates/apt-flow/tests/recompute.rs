@@ -1,0 +1,286 @@
+//! Activation recomputation in the training steps: with `recompute`, pre-training (velocity and
+//! clean-sample prediction), pair distillation and consistency distillation leave the same
+//! parameter gradients and log the same loss as the plain backward, and a whole run through the
+//! loop (`TrainConfig::recompute`) ends at the same weights.
+
+use apt_flow::data::{CaptionEncoder, ClipSource, Cursor};
+use apt_flow::distill::{
+    ConsistencyConfig, ConsistencyStep, ConsistencyTarget, PairDistillStep, Pairs,
+};
+use apt_flow::pretrain::FlowMatchingStep;
+use apt_flow::train::{
+    MetricLine, OptimizerConfig, Part, Shard, StepLog, TrainConfig, TrainStep, Trainer,
+};
+use apt_flow::{Conditioning, Result, TensorRng, TimestepSampler};
+use apt_mmdit::{Mmdit, MmditConfig};
+use tch::{nn, Device, Tensor};
+
+const CPU: Device = Device::Cpu;
+
+fn model_config(prediction: &str) -> MmditConfig {
+    MmditConfig::from_toml_str(&format!(
+        "in_channels = 3\nout_channels = 3\npatch_size = [1, 4, 4]\ndepth = 3\nnum_heads = 2\n\
+         head_dim = 16\ncontext_dim = 8\npooled_dim = 8\nqk_norm = true\n\
+         prediction = \"{prediction}\"\n[positions]\nkind = \"rope3d\"\n",
+    ))
+    .unwrap()
+}
+
+/// Eight fixed clips `[3, 2, 16, 16]`, served in order.
+struct Clips {
+    clips: Tensor,
+    cursor: Cursor,
+}
+
+impl Clips {
+    fn new() -> Self {
+        Self {
+            clips: TensorRng::new(7, 0).normal(&[8, 3, 2, 16, 16], CPU).tanh(),
+            cursor: Cursor::default(),
+        }
+    }
+}
+
+impl ClipSource for Clips {
+    fn next_clips(&mut self, batch: usize) -> Result<(Tensor, Vec<String>)> {
+        let idx: Vec<i64> = (0..batch)
+            .map(|i| ((self.cursor.position + i) % 8) as i64)
+            .collect();
+        self.cursor.position += batch;
+        let captions = idx.iter().map(|i| format!("clip {}", i % 3)).collect();
+        Ok((
+            self.clips.index_select(0, &Tensor::from_slice(&idx)),
+            captions,
+        ))
+    }
+    fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+    fn restore(&mut self, cursor: Cursor) -> Result<()> {
+        self.cursor = cursor;
+        Ok(())
+    }
+    fn clip_shape(&self) -> [i64; 4] {
+        [3, 2, 16, 16]
+    }
+}
+
+/// A fixed random embedding per caption (4 tokens of width 8); the null caption is zeros.
+struct Embeddings;
+
+impl CaptionEncoder for Embeddings {
+    fn encode(&self, captions: &[String], drop: &[bool]) -> Result<Conditioning> {
+        let (context, pooled): (Vec<Tensor>, Vec<Tensor>) = captions
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut rng = TensorRng::new(1 + c.bytes().map(u64::from).sum::<u64>(), 1);
+                let scale = if drop.get(i).copied().unwrap_or(false) {
+                    0.0
+                } else {
+                    1.0
+                };
+                (
+                    rng.normal(&[4, 8], CPU) * scale,
+                    rng.normal(&[8], CPU) * scale,
+                )
+            })
+            .unzip();
+        Ok(Conditioning {
+            context: Tensor::stack(&context, 0),
+            pooled: Tensor::stack(&pooled, 0),
+        })
+    }
+}
+
+/// A model from `seed` with every weight perturbed: adaLN-Zero's zero gates and output layer
+/// would otherwise leave the blocks without gradient (and the model's output at zero).
+fn model(prediction: &str, seed: i64) -> (nn::VarStore, Mmdit) {
+    let vs = nn::VarStore::new(CPU);
+    let m = apt_flow::rng::with_global_seed(seed as u64, || {
+        Mmdit::new(vs.root(), &model_config(prediction))
+    })
+    .unwrap();
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::no_grad(|| {
+        for (i, (_, v)) in vars.iter_mut().enumerate() {
+            let noise = TensorRng::new(seed as u64, i as u64).normal(&v.size(), CPU);
+            let _ = v.g_add_(&(noise * 0.05));
+        }
+    });
+    (vs, m)
+}
+
+/// Gradients of `vs` by name (zeros where none).
+fn grads(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut g: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, v)| {
+            let g = v.grad();
+            (
+                k,
+                if g.defined() {
+                    g.copy()
+                } else {
+                    v.zeros_like()
+                },
+            )
+        })
+        .collect();
+    g.sort_by(|a, b| a.0.cmp(&b.0));
+    g
+}
+
+/// Largest gradient difference relative to the largest gradient.
+fn relative_gap(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    let mut gap: f64 = 0.0;
+    let mut scale: f64 = 0.0;
+    for ((ka, ta), (kb, tb)) in a.iter().zip(b) {
+        assert_eq!(ka, kb);
+        gap = gap.max((ta - tb).abs().max().double_value(&[]));
+        scale = scale.max(ta.abs().max().double_value(&[]));
+    }
+    assert!(scale > 0.0, "no gradient at all");
+    gap / scale
+}
+
+/// One micro-batch backward of `make(recompute)`'s step on a fresh model from the same seed,
+/// plain and recomputed: (relative gradient gap, plain loss, recomputed loss).
+fn compare(
+    prediction: &str,
+    mut run: impl FnMut(&Mmdit, bool, &mut StepLog) -> f64,
+) -> (f64, f64, f64) {
+    let mut out = Vec::new();
+    for recompute in [false, true] {
+        let (vs, m) = model(prediction, 11);
+        let mut log = StepLog::default();
+        let loss = run(&m, recompute, &mut log);
+        out.push((grads(&vs), loss));
+    }
+    (relative_gap(&out[0].0, &out[1].0), out[0].1, out[1].1)
+}
+
+fn assert_same(what: &str, (gap, plain, recomputed): (f64, f64, f64)) {
+    eprintln!("{what}: relative gradient gap {gap:e}, loss {plain} vs {recomputed}");
+    assert!(
+        gap < 1e-5,
+        "{what}: gradients differ by {gap:e} of their scale"
+    );
+    assert!(
+        (plain - recomputed).abs() <= 1e-6 * plain.abs().max(1.0),
+        "{what}: {plain} vs {recomputed}"
+    );
+}
+
+#[test]
+fn recomputed_flow_matching_has_the_plain_gradients_for_both_predictions() {
+    for prediction in ["velocity", "sample"] {
+        let gaps = compare(prediction, |m, recompute, log| {
+            let mut data = Clips::new();
+            let mut step = FlowMatchingStep {
+                model: m,
+                data: &mut data,
+                text: &Embeddings,
+                batch: 4,
+                shard: Shard::WHOLE,
+                recompute,
+                p_uncond: 0.25,
+                timesteps: TimestepSampler::default(),
+                device: CPU,
+            };
+            step.backward(0, &mut TensorRng::new(5, 0), log, 2).unwrap()
+        });
+        assert_same(&format!("flow matching ({prediction})"), gaps);
+    }
+}
+
+#[test]
+fn recomputed_pair_and_consistency_distillation_have_the_plain_gradients() {
+    let (_, teacher) = model("velocity", 3);
+    let null = Embeddings.encode(&[String::new()], &[]).unwrap();
+    let cond = Embeddings
+        .encode(
+            &(0..6).map(|i| format!("clip {i}")).collect::<Vec<_>>(),
+            &[],
+        )
+        .unwrap();
+    let sampler = apt_flow::SamplerConfig {
+        steps: 3,
+        ..apt_flow::SamplerConfig::paper_baseline()
+    };
+    let z = TensorRng::new(9, 0).normal(&[6, 3, 2, 16, 16], CPU);
+    let pairs = Pairs::generate(&teacher, z, cond, &null, &sampler).unwrap();
+    let gaps = compare("velocity", |m, recompute, log| {
+        let mut step = PairDistillStep::new(m, &pairs, 4, 0).with_recompute(recompute);
+        step.backward(0, &mut TensorRng::new(5, 0), log, 1).unwrap()
+    });
+    assert_same("pair distillation", gaps);
+    let gaps = compare("velocity", |m, recompute, log| {
+        let mut data = Clips::new();
+        let cfg = ConsistencyConfig {
+            points: 8,
+            shift: 1.0,
+            cfg_scale: 2.0,
+            target: ConsistencyTarget::StopGradient,
+        };
+        let mut step =
+            ConsistencyStep::new(&cfg, m, &teacher, None, &mut data, &Embeddings, 4, CPU)
+                .unwrap()
+                .with_recompute(recompute);
+        step.backward(0, &mut TensorRng::new(5, 0), log, 1).unwrap()
+    });
+    assert_same("consistency distillation", gaps);
+}
+
+#[test]
+fn a_run_with_recompute_ends_at_the_weights_of_a_plain_run() {
+    let mut ends = Vec::new();
+    for recompute in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (vs, m) = model("velocity", 11);
+        let adamw = OptimizerConfig::Adamw {
+            lr: 1e-3,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let config = TrainConfig {
+            grad_accum: 2,
+            recompute,
+            ..TrainConfig::new(3, 4, adamw)
+        };
+        let part = Part::new("model", vs, adamw, None).unwrap();
+        let mut trainer = Trainer::new(
+            "pretrain",
+            dir.path(),
+            &config,
+            vec![part],
+            TensorRng::new(1, 0),
+        )
+        .unwrap();
+        let mut data = Clips::new();
+        let mut step = FlowMatchingStep {
+            model: &m,
+            data: &mut data,
+            text: &Embeddings,
+            batch: 4,
+            shard: Shard::WHOLE,
+            recompute: config.recompute,
+            p_uncond: 0.25,
+            timesteps: TimestepSampler::default(),
+            device: CPU,
+        };
+        trainer.run(&mut step, &mut |_: &MetricLine| {}).unwrap();
+        let mut w: Vec<(String, Tensor)> = trainer.parts[0].vs.variables().into_iter().collect();
+        w.sort_by(|a, b| a.0.cmp(&b.0));
+        ends.push(w);
+    }
+    let diff = ends[0]
+        .iter()
+        .zip(&ends[1])
+        .map(|((_, a), (_, b))| (a - b).abs().max().double_value(&[]))
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-5, "weights after 3 updates differ by {diff:e}");
+}

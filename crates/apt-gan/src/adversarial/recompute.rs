@@ -1,0 +1,181 @@
+//! The adversarial step's D and G phases with activation recomputation: the same random draws,
+//! in the same order, and the same losses as [`AdversarialStep`]'s `loss`, but each phase drives
+//! its own backward pass through the network it trains — D's backbone
+//! ([`AptDiscriminator::backward_with_recompute`], every D input of the micro-batch in one
+//! batch) or G ([`VelocityModel::backward_velocity_loss`], D frozen inside the loss).
+
+use apt_flow::train::StepLog;
+use apt_flow::{OneStepGenerator, Result, TensorRng, VelocityModel};
+use tch::{Kind, Tensor};
+
+use super::config::AdversarialLoss;
+use super::step::AdversarialStep;
+use crate::losses::{
+    approx_penalty_from_logits, bce_discriminator_loss, hinge_discriminator_loss,
+    hinge_generator_loss, non_saturating_generator_loss, relativistic_discriminator_loss,
+    relativistic_generator_loss,
+};
+
+fn mean(t: &Tensor) -> f64 {
+    t.detach().mean(Kind::Float).double_value(&[])
+}
+
+impl<G: VelocityModel> AdversarialStep<'_, G> {
+    /// The D phase of one micro-batch with D's backbone recomputed; returns the loss value.
+    pub(super) fn d_backward_recomputed(
+        &mut self,
+        rng: &mut TensorRng,
+        log: &mut StepLog,
+        accum: usize,
+    ) -> Result<f64> {
+        let (video, captions) = self.data.next_shard(self.batch, self.shard)?;
+        let real = video.to_device(self.device);
+        let b = real.size()[0];
+        let cond = self.text.encode(&captions, &[])?;
+        let z = self.normal(&real.size(), rng)?;
+        let fake = tch::no_grad(|| OneStepGenerator::new(self.generator).generate(&z, &cond))?;
+        let t_real = self.d_times(b, rng)?;
+        let mut t_fake = self.d_times(b, rng)?;
+        if self.config.loss == AdversarialLoss::Relativistic {
+            t_fake = t_real.shallow_clone();
+        }
+        let (inputs, shard, c) = (self.config.inputs, self.shard, self.config);
+        let x_real = inputs.draw_shard(&real, &t_real, shard, rng).apply(&real);
+        let x_fake = inputs.draw_shard(&fake, &t_fake, shard, rng).apply(&fake);
+        // The penalties' perturbations, drawn as `penalty` draws them (aR1's always).
+        let eps_r1 = self.normal(&x_real.size(), rng)?;
+        let eps_r2 = (c.lambda_r2 > 0.0)
+            .then(|| self.normal(&x_fake.size(), rng))
+            .transpose()?;
+        // Every D input of the micro-batch in one batch: real, fake, then the perturbed copies.
+        let mut xs = vec![x_real.shallow_clone(), x_fake.shallow_clone()];
+        let mut ts = vec![t_real.shallow_clone(), t_fake.shallow_clone()];
+        if c.lambda_r1 > 0.0 {
+            xs.push(&x_real + &eps_r1 * c.sigma);
+            ts.push(t_real.shallow_clone());
+        }
+        if let Some(eps) = &eps_r2 {
+            xs.push(&x_fake + eps * c.sigma_r2);
+            ts.push(t_fake.shallow_clone());
+        }
+        let k = xs.len() as i64;
+        let context = Tensor::cat(&(0..k).map(|_| &cond.context).collect::<Vec<_>>(), 0);
+        let pooled = Tensor::cat(&(0..k).map(|_| &cond.pooled).collect::<Vec<_>>(), 0);
+        let mut logged = [0.0f64; 5];
+        let _scaled = self.discriminator.backward_with_recompute(
+            &Tensor::cat(&xs, 0),
+            &Tensor::cat(&ts, 0),
+            &context,
+            &pooled,
+            |logits| {
+                let part = |i: i64| logits.narrow(0, i * b, b);
+                let (l_real, l_fake) = (part(0), part(1));
+                let loss = match c.loss {
+                    AdversarialLoss::NonSaturating => bce_discriminator_loss(&l_real, &l_fake),
+                    AdversarialLoss::Relativistic => {
+                        relativistic_discriminator_loss(&l_real, &l_fake)
+                    }
+                    AdversarialLoss::Hinge => hinge_discriminator_loss(&l_real, &l_fake),
+                };
+                let mut next = 2;
+                let mut penalty = |clean: &Tensor, lambda: f64| {
+                    let p = approx_penalty_from_logits(clean, &part(next), lambda);
+                    next += 1;
+                    p
+                };
+                let zero = || Tensor::zeros([], (Kind::Float, logits.device()));
+                let ar1 = if c.lambda_r1 > 0.0 {
+                    penalty(&l_real, c.lambda_r1)
+                } else {
+                    zero()
+                };
+                let ar2 = if c.lambda_r2 > 0.0 {
+                    penalty(&l_fake, c.lambda_r2)
+                } else {
+                    zero()
+                };
+                logged = [
+                    mean(&l_real),
+                    mean(&l_fake),
+                    loss.double_value(&[]),
+                    ar1.double_value(&[]),
+                    ar2.double_value(&[]),
+                ];
+                (loss + ar1 + ar2) / accum as f64
+            },
+        )?;
+        let [d_real, d_fake, d_loss, ar1, ar2] = logged;
+        log.add("d_real", d_real);
+        log.add("d_fake", d_fake);
+        log.add("d_loss", d_loss);
+        log.add("ar1", ar1);
+        if c.lambda_r2 > 0.0 {
+            log.add("ar2", ar2);
+        }
+        let keep_real = (c.loss == AdversarialLoss::Relativistic).then_some(real);
+        self.batches.push((cond, keep_real));
+        Ok(d_loss + ar1 + ar2)
+    }
+
+    /// The G phase of one micro-batch with G recomputed (D frozen, run with autograd inside
+    /// the loss so that the gradient reaches G's output); returns the loss value.
+    pub(super) fn g_backward_recomputed(
+        &mut self,
+        rng: &mut TensorRng,
+        log: &mut StepLog,
+        accum: usize,
+    ) -> Result<f64> {
+        let (cond, real) = &self.batches[self.next_g % self.batches.len()];
+        let (cond, real) = (
+            cond.shallow_clone(),
+            real.as_ref().map(|r| r.shallow_clone()),
+        );
+        self.next_g += 1;
+        let b = cond.batch();
+        let [c, t, h, w] = self.data.clip_shape();
+        let z = self.normal(&[b, c, t, h, w], rng)?;
+        let times = self.d_times(b, rng)?;
+        let (inputs, shard) = (self.config.inputs, self.shard);
+        // G's output has z's shape: the draws need only that.
+        let draw_fake = inputs.draw_shard(&z, &times, shard, rng);
+        let l_real = match (self.config.loss, real) {
+            (AdversarialLoss::Relativistic, Some(real)) => {
+                let x_real = inputs.draw_shard(&real, &times, shard, rng).apply(&real);
+                Some(tch::no_grad(|| self.d_logits(&x_real, &times, &cond))?)
+            }
+            _ => None,
+        };
+        let ones = Tensor::ones([b], (Kind::Float, self.device));
+        let (loss_kind, discriminator) = (self.config.loss, self.discriminator);
+        let mut value = f64::NAN;
+        let mut failure = None;
+        let _scaled = self
+            .generator
+            .backward_velocity_loss(&z, &ones, &cond, true, &mut |v| {
+                let fake = &z - v;
+                let x_fake = draw_fake.apply(&fake);
+                let l_fake =
+                    match discriminator.forward(&x_fake, &times, &cond.context, &cond.pooled) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            failure = Some(e);
+                            return Tensor::zeros([], (Kind::Float, z.device()));
+                        }
+                    };
+                let loss = match (loss_kind, &l_real) {
+                    (AdversarialLoss::Relativistic, Some(l_real)) => {
+                        relativistic_generator_loss(l_real, &l_fake)
+                    }
+                    (AdversarialLoss::Hinge, _) => hinge_generator_loss(&l_fake),
+                    _ => non_saturating_generator_loss(&l_fake),
+                };
+                value = loss.double_value(&[]);
+                loss / accum as f64
+            })?;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        log.add("g_loss", value);
+        Ok(value)
+    }
+}
