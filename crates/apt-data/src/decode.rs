@@ -11,12 +11,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 
-use ffmpeg::format::Pixel;
-use ffmpeg::software::scaling::{context::Context as Scaler, flag::Flags};
 use ffmpeg_next as ffmpeg;
-use serde::{Deserialize, Serialize};
 
+use crate::convert::Converter;
 use crate::error::{decode_error, DataError, Result};
+pub use crate::seek::SeekIndex;
 
 /// Stop reading after this many packets: a guard against pathological inputs that never end.
 const MAX_PACKETS: usize = 5_000_000;
@@ -103,51 +102,6 @@ pub struct VideoInfo {
     pub header_frames: Option<u64>,
     /// Packets the decoder rejected (skipped).
     pub corrupt_packets: usize,
-}
-
-/// Where a file's frames are, for seeking: every frame's timestamp in display order and the
-/// frames decoding can start from (key frames), as one decode from the start saw them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SeekIndex {
-    /// The video stream's time base `[numerator, denominator]` (seconds per timestamp unit).
-    pub time_base: [i32; 2],
-    /// Timestamp of frame `i` (its best-effort presentation time), strictly increasing.
-    pub pts: Vec<i64>,
-    /// Indices of the key frames, ascending.
-    pub key_frames: Vec<usize>,
-}
-
-impl SeekIndex {
-    /// The index of a decode that saw timestamps `pts` and key frames `key_frames`; `None`
-    /// when a timestamp is missing or they do not increase (seeking could not find frames).
-    pub fn new(time_base: [i32; 2], pts: &[Option<i64>], key_frames: Vec<usize>) -> Option<Self> {
-        let pts: Vec<i64> = pts.iter().copied().collect::<Option<_>>()?;
-        let increasing = pts.windows(2).all(|w| w[0] < w[1]);
-        (increasing && time_base[0] > 0 && time_base[1] > 0 && !key_frames.is_empty()).then_some(
-            Self {
-                time_base,
-                pts,
-                key_frames,
-            },
-        )
-    }
-
-    /// The frame with timestamp `pts`.
-    pub fn frame_at(&self, pts: i64) -> Option<usize> {
-        self.pts.binary_search(&pts).ok()
-    }
-
-    /// The last key frame at or before frame `index`.
-    pub fn key_frame_before(&self, index: usize) -> Option<usize> {
-        let n = self.key_frames.partition_point(|&k| k <= index);
-        n.checked_sub(1).map(|i| self.key_frames[i])
-    }
-
-    /// Frame `index`'s timestamp in microseconds (FFmpeg's `AV_TIME_BASE`, what a seek takes).
-    pub fn micros(&self, index: usize) -> i64 {
-        let [num, den] = self.time_base;
-        (self.pts[index] as i128 * num as i128 * 1_000_000 / den as i128) as i64
-    }
 }
 
 /// Decoded RGB frames, `frames × height × width × 3` bytes, row-major.
@@ -370,97 +324,6 @@ pub fn decode_frames_until(
     last: usize,
 ) -> Result<Frames> {
     decode_kept(path.as_ref(), size, keep, false, Some(last))
-}
-
-/// Converts decoded frames to RGB24 at one output size (fixed by the first frame seen) and
-/// collects the kept ones.
-pub(crate) struct Converter {
-    size: FrameSize,
-    out_size: Option<(u32, u32)>,
-    // One scaler per (format, size) seen; streams rarely have more than one.
-    scalers: Vec<((Pixel, u32, u32), Scaler)>,
-    rgb: ffmpeg::frame::Video,
-    data: Vec<u8>,
-    indices: Vec<usize>,
-}
-
-impl Converter {
-    pub fn new(size: FrameSize) -> Self {
-        Self {
-            size,
-            out_size: None,
-            scalers: Vec::new(),
-            rgb: ffmpeg::frame::Video::empty(),
-            data: Vec::new(),
-            indices: Vec::new(),
-        }
-    }
-
-    /// Fixes the output size from `frame` (the first one seen); with `reserve_frames`, one
-    /// allocation for that many frames (growing a large buffer by doubling copies it again
-    /// and again).
-    pub fn see(&mut self, frame: &ffmpeg::frame::Video, reserve_frames: Option<u64>) {
-        if self.out_size.is_none() {
-            let (ow, oh) = self.size.output_for(frame.width(), frame.height());
-            self.out_size = Some((ow, oh));
-            if let Some(n) = reserve_frames.filter(|&n| n <= 100_000) {
-                self.data
-                    .reserve(n as usize * ow as usize * oh as usize * 3);
-            }
-        }
-    }
-
-    /// Converts and keeps `frame` as source frame `index`.
-    pub fn keep(&mut self, path: &Path, index: usize, frame: &ffmpeg::frame::Video) -> Result<()> {
-        self.see(frame, None);
-        let (ow, oh) = self.out_size.expect("set by see");
-        let key = (frame.format(), frame.width(), frame.height());
-        let slot = match self.scalers.iter().position(|(k, _)| *k == key) {
-            Some(slot) => slot,
-            None => {
-                let scaler =
-                    Scaler::get(key.0, key.1, key.2, Pixel::RGB24, ow, oh, Flags::BILINEAR)
-                        .map_err(|e| {
-                            decode_error(
-                                path,
-                                format!(
-                                    "cannot convert {:?} {}x{} frames to RGB ({e})",
-                                    key.0, key.1, key.2
-                                ),
-                            )
-                        })?;
-                self.scalers.push((key, scaler));
-                self.scalers.len() - 1
-            }
-        };
-        self.scalers[slot]
-            .1
-            .run(frame, &mut self.rgb)
-            .map_err(|e| decode_error(path, format!("frame {index}: conversion failed ({e})")))?;
-        let stride = self.rgb.stride(0);
-        let row = ow as usize * 3;
-        let plane = self.rgb.data(0);
-        for y in 0..oh as usize {
-            self.data
-                .extend_from_slice(&plane[y * stride..y * stride + row]);
-        }
-        self.indices.push(index);
-        Ok(())
-    }
-
-    /// The kept frames (at least one frame must have been seen).
-    pub fn finish(self, info: VideoInfo, complete: bool, seek_index: Option<SeekIndex>) -> Frames {
-        let (width, height) = self.out_size.expect("at least one frame decoded");
-        Frames {
-            info,
-            width,
-            height,
-            data: self.data,
-            indices: self.indices,
-            complete,
-            seek_index,
-        }
-    }
 }
 
 /// [`decode_frames`]; `keep_all` promises that every frame is kept, so the buffer is sized

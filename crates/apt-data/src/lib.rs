@@ -7,6 +7,7 @@
 
 pub mod assets;
 pub mod clip;
+mod convert;
 pub mod dataset;
 pub mod decode;
 pub mod error;

@@ -168,6 +168,7 @@ fn pretrain_with(
         text: &text,
         batch: GLOBAL_BATCH,
         shard: Shard::of(&*world),
+        recompute: false,
         p_uncond: 0.25,
         timesteps: TimestepSampler::default(),
         device: CPU,

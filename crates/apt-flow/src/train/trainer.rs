@@ -18,168 +18,25 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tch::{nn, Tensor};
-
 use super::checkpoint::{self, TrainState};
 use super::collective::{
-    all_reduce_mean_grads, all_reduce_mean_scalars, broadcast_from_owners, broadcast_tensors,
-    broadcast_weights, partition_variables, Collective, SingleProcess,
+    all_reduce_mean_grads, all_reduce_mean_scalars, broadcast_from_owners, Collective,
+    SingleProcess,
 };
 use super::metrics::{MetricLine, MetricsLog, StepLog};
-use super::{clip_grad_norm, zero_grad, Ema, NonFiniteGuard, Optimizer, OptimizerConfig};
-use crate::data::Cursor;
+use super::part::Part;
+use super::step::{Finish, Observer, TrainStep};
+use super::{clip_grad_norm, zero_grad, NonFiniteGuard};
 use crate::error::{FlowError, Result};
 use crate::rng::TensorRng;
 use crate::train::TrainConfig;
 
 /// The loop's checkpoint directory, under [`Trainer::dir`].
 pub const CHECKPOINT_DIR: &str = "checkpoints";
-
-/// One trained network: its weights, optimizer and optional EMA.
-#[derive(Debug)]
-pub struct Part {
-    /// Checkpoint prefix and metric suffix (`model`, `generator`, `discriminator`).
-    pub name: String,
-    /// The weights (models built on it share its tensors).
-    pub vs: nn::VarStore,
-    /// Its optimizer.
-    pub optimizer: Optimizer,
-    /// EMA of its weights.
-    pub ema: Option<Ema>,
-}
-
-impl Part {
-    /// A part named `name` training `vs` with `optimizer`, with an EMA when `ema_decay` is set.
-    pub fn new(
-        name: &str,
-        vs: nn::VarStore,
-        optimizer: OptimizerConfig,
-        ema_decay: Option<f64>,
-    ) -> Result<Self> {
-        if name.is_empty() || name == "ema" || name == "optimizer" || name.contains('.') {
-            return Err(FlowError::Config {
-                key: "part".into(),
-                reason: format!("{name:?} cannot name a trained part"),
-            });
-        }
-        Ok(Self {
-            name: name.into(),
-            ema: ema_decay.map(|d| Ema::new(&vs, d)),
-            optimizer: Optimizer::new(optimizer)?,
-            vs,
-        })
-    }
-
-    /// Copies the weights to export — the EMA's when there is one, else the raw weights —
-    /// into `target` (a store of the same model).
-    pub fn copy_exported_to(&self, target: &nn::VarStore) -> Result<()> {
-        match &self.ema {
-            Some(ema) => ema.copy_to(target),
-            None => {
-                copy_weights(&self.vs, target);
-                Ok(())
-            }
-        }
-    }
-}
-
-/// 64-bit FNV-1a of `bytes` (a fingerprint the ranks compare).
-fn fnv64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// Copies every variable of `from` into the same-named variable of `to`.
-pub fn copy_weights(from: &nn::VarStore, to: &nn::VarStore) {
-    tch::no_grad(|| {
-        let src = from.variables();
-        for (k, mut v) in to.variables() {
-            v.copy_(&src[&k]);
-        }
-    });
-}
-
-/// What a stage optimises: the loss of one micro-batch of each phase, and its data position.
-pub trait TrainStep {
-    /// The parts one update trains, in order, as indices into the trainer's parts (one phase
-    /// each). Default: part 0, once.
-    fn phases(&self) -> Vec<usize> {
-        vec![0]
-    }
-
-    /// Called once before the first update (after a resume has restored every part), e.g. to
-    /// initialise a target network from the EMA.
-    fn prepare(&mut self, _parts: &[Part]) -> Result<()> {
-        Ok(())
-    }
-
-    /// The loss of the next micro-batch of phase `phase` (all randomness from `rng`). The loop
-    /// back-propagates it; values added to `log` are written as their means over the
-    /// micro-batches.
-    fn loss(&mut self, phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor>;
-
-    /// Computes the next micro-batch's loss and back-propagates `loss / accum` into the
-    /// trained part; returns the loss value. By default [`loss`](Self::loss), then `backward`;
-    /// a step that recomputes activations drives its own backward pass here.
-    fn backward(
-        &mut self,
-        phase: usize,
-        rng: &mut TensorRng,
-        log: &mut StepLog,
-        accum: usize,
-    ) -> Result<f64> {
-        let loss = self.loss(phase, rng, log)?;
-        Ok(backward_scaled(&loss, accum))
-    }
-
-    /// Called after an update of phase `phase` was applied (not when the guard skipped it).
-    fn after_update(&mut self, _phase: usize, _parts: &[Part]) -> Result<()> {
-        Ok(())
-    }
-
-    /// The data position to save.
-    fn cursor(&self) -> Cursor;
-
-    /// Continues the data stream from a saved position.
-    fn restore(&mut self, cursor: Cursor) -> Result<()>;
-}
-
-/// Back-propagates `loss / accum` and returns the loss value (the loop's default backward).
-pub fn backward_scaled(loss: &Tensor, accum: usize) -> f64 {
-    (loss / accum as f64).backward();
-    loss.double_value(&[])
-}
-
-/// Who watches a run: every metric line, and previews.
-pub trait Observer {
-    /// After every update.
-    fn update(&mut self, line: &MetricLine);
-
-    /// Every `preview_every` updates and after the last one. Does nothing by default.
-    fn preview(&mut self, _step: u64, _parts: &[Part]) -> Result<()> {
-        Ok(())
-    }
-}
-
-impl<F: FnMut(&MetricLine)> Observer for F {
-    fn update(&mut self, line: &MetricLine) {
-        self(line)
-    }
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
-    /// All steps done.
-    Completed,
-    /// The stop flag was raised; a checkpoint was written after the current update.
-    Stopped,
-}
 
 /// The loop's state.
 pub struct Trainer {
@@ -204,7 +61,7 @@ pub struct Trainer {
     pub collective: Rc<dyn Collective>,
     /// ZeRO-1: per part, which variables each rank owns (set at the start when
     /// `config.shard_optimizer` and more than one rank).
-    owners: Vec<Option<Vec<BTreeSet<String>>>>,
+    pub(super) owners: Vec<Option<Vec<BTreeSet<String>>>>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -245,110 +102,6 @@ impl Trainer {
     pub fn with_collective(mut self, collective: Rc<dyn Collective>) -> Self {
         self.collective = collective;
         self
-    }
-
-    /// Checks that every rank runs the same stage, config, models and step (an error naming
-    /// what differs), then makes every part's weights and EMA equal to rank 0's.
-    fn synchronise(&mut self) -> Result<()> {
-        let c = &*self.collective;
-        if c.world_size() > 1 {
-            let config = serde_json::to_string(&self.config).expect("configs serialise");
-            let mut models = String::new();
-            for part in &self.parts {
-                let mut vars: Vec<(String, Vec<i64>)> = part
-                    .vs
-                    .variables()
-                    .into_iter()
-                    .map(|(k, t)| (k, t.size()))
-                    .collect();
-                vars.sort();
-                models += &format!("{}:{vars:?};", part.name);
-            }
-            let mine = [
-                fnv64(format!("{}/{config}", self.stage).as_bytes()) as i64,
-                fnv64(models.as_bytes()) as i64,
-                self.step as i64,
-            ];
-            let all = Vec::<i64>::try_from(c.all_gather(&Tensor::from_slice(&mine))?)?;
-            for (rank, theirs) in all.chunks(3).enumerate() {
-                let what = ["stage or training config", "models", "resumed step"];
-                if let Some(i) = (0..3).find(|&i| theirs[i] != mine[i]) {
-                    return Err(FlowError::Collective(format!(
-                        "rank {rank}'s {} differs from rank {}'s in stage {}: start every rank \
-                         with the same config and run directory",
-                        what[i],
-                        c.rank(),
-                        self.stage
-                    )));
-                }
-            }
-        }
-        for part in &mut self.parts {
-            broadcast_weights(c, &part.vs, 0)?;
-            if let Some(ema) = &part.ema {
-                let mut shadow: Vec<Tensor> =
-                    ema.state_tensors("").into_iter().map(|(_, t)| t).collect();
-                broadcast_tensors(c, &mut shadow, 0)?;
-            }
-        }
-        let shard = self.config.shard_optimizer && c.world_size() > 1;
-        self.owners = self
-            .parts
-            .iter_mut()
-            .map(|part| {
-                shard.then(|| {
-                    let owners = partition_variables(&part.vs, c.world_size());
-                    part.optimizer.set_owned(Some(owners[c.rank()].clone()));
-                    owners
-                })
-            })
-            .collect();
-        Ok(())
-    }
-
-    /// ZeRO-1, before a checkpoint: every rank receives the optimizer state of the variables
-    /// it does not own from their owners (dropped again by [`Self::drop_gathered_state`]).
-    fn gather_optimizer_state(&mut self) -> Result<()> {
-        let c = &*self.collective;
-        for (part, owners) in self.parts.iter_mut().zip(&self.owners) {
-            let Some(owners) = owners else { continue };
-            let vars = part.vs.variables();
-            for slot in part.optimizer.slot_names() {
-                for (root, names) in owners.iter().enumerate() {
-                    let mut tensors: Vec<Tensor> = names
-                        .iter()
-                        .map(|n| {
-                            if root == c.rank() {
-                                part.optimizer.slot_or_zeros(slot, n, &vars[n])
-                            } else {
-                                vars[n].detach().zeros_like()
-                            }
-                        })
-                        .collect();
-                    broadcast_tensors(c, &mut tensors, root)?;
-                    if root != c.rank() {
-                        for (n, t) in names.iter().zip(tensors) {
-                            part.optimizer.insert_slot(slot, n, t);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// ZeRO-1, after a checkpoint: back to this rank's share of the optimizer state.
-    fn drop_gathered_state(&mut self) {
-        for part in &mut self.parts {
-            part.optimizer.drop_unowned();
-        }
-    }
-
-    /// Whether any rank's stop flag is raised (every rank gets the same answer).
-    fn stopping(&self) -> Result<bool> {
-        let mut raised = [f64::from(u8::from(self.stop.load(Ordering::SeqCst)))];
-        all_reduce_mean_scalars(&*self.collective, &mut raised)?;
-        Ok(raised[0] > 0.0)
     }
 
     /// The part called `name`.

@@ -1,0 +1,87 @@
+//! What a stage plugs into the loop: its [`TrainStep`] (the loss of a micro-batch per phase,
+//! its data position) and an [`Observer`] that follows the run; and how a run ended.
+
+use tch::Tensor;
+
+use super::metrics::{MetricLine, StepLog};
+use super::part::Part;
+use crate::data::Cursor;
+use crate::error::Result;
+use crate::rng::TensorRng;
+
+/// What a stage optimises: the loss of one micro-batch of each phase, and its data position.
+pub trait TrainStep {
+    /// The parts one update trains, in order, as indices into the trainer's parts (one phase
+    /// each). Default: part 0, once.
+    fn phases(&self) -> Vec<usize> {
+        vec![0]
+    }
+
+    /// Called once before the first update (after a resume has restored every part), e.g. to
+    /// initialise a target network from the EMA.
+    fn prepare(&mut self, _parts: &[Part]) -> Result<()> {
+        Ok(())
+    }
+
+    /// The loss of the next micro-batch of phase `phase` (all randomness from `rng`). The loop
+    /// back-propagates it; values added to `log` are written as their means over the
+    /// micro-batches.
+    fn loss(&mut self, phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor>;
+
+    /// Computes the next micro-batch's loss and back-propagates `loss / accum` into the
+    /// trained part; returns the loss value. By default [`loss`](Self::loss), then `backward`;
+    /// a step that recomputes activations drives its own backward pass here.
+    fn backward(
+        &mut self,
+        phase: usize,
+        rng: &mut TensorRng,
+        log: &mut StepLog,
+        accum: usize,
+    ) -> Result<f64> {
+        let loss = self.loss(phase, rng, log)?;
+        Ok(backward_scaled(&loss, accum))
+    }
+
+    /// Called after an update of phase `phase` was applied (not when the guard skipped it).
+    fn after_update(&mut self, _phase: usize, _parts: &[Part]) -> Result<()> {
+        Ok(())
+    }
+
+    /// The data position to save.
+    fn cursor(&self) -> Cursor;
+
+    /// Continues the data stream from a saved position.
+    fn restore(&mut self, cursor: Cursor) -> Result<()>;
+}
+
+/// Back-propagates `loss / accum` and returns the loss value (the loop's default backward).
+pub fn backward_scaled(loss: &Tensor, accum: usize) -> f64 {
+    (loss / accum as f64).backward();
+    loss.double_value(&[])
+}
+
+/// Who watches a run: every metric line, and previews.
+pub trait Observer {
+    /// After every update.
+    fn update(&mut self, line: &MetricLine);
+
+    /// Every `preview_every` updates and after the last one. Does nothing by default.
+    fn preview(&mut self, _step: u64, _parts: &[Part]) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<F: FnMut(&MetricLine)> Observer for F {
+    fn update(&mut self, line: &MetricLine) {
+        self(line)
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// All steps done.
+    Completed,
+    /// The stop flag was raised; a checkpoint was written after the current update.
+    Stopped,
+}
