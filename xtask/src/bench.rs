@@ -434,6 +434,7 @@ fn bench_dist(args: &[String]) -> Result<(), Failure> {
                 let mut c = Command::new("mpirun");
                 c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
                     .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+                    .env("OMPI_MCA_plm", "isolated")
                     .args(["--oversubscribe", "--bind-to", "none", "-np"])
                     .arg(ranks.to_string())
                     .arg(&apt);

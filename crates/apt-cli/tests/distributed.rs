@@ -16,6 +16,8 @@ fn mpirun_apt(args: &[String]) -> Output {
         // CI runs as root; two ranks on a 2-core machine.
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // Local ranks only: no ssh/rsh agent needed (minimal containers have none).
+        .env("OMPI_MCA_plm", "isolated")
         .env("RUST_LOG", "info")
         .args(["--oversubscribe", "--bind-to", "none", "-np", "2"])
         .arg(env!("CARGO_BIN_EXE_apt"))

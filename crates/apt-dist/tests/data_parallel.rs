@@ -346,6 +346,8 @@ fn mpirun() -> Command {
     // CI runs as root; two ranks on a 2-core machine.
     cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // Local ranks only: no ssh/rsh agent needed (minimal containers have none).
+        .env("OMPI_MCA_plm", "isolated")
         .args(["--oversubscribe", "--bind-to", "none"]);
     cmd
 }
