@@ -1,5 +1,7 @@
 //! Decoding real clips in every supported container/codec, checked against `ffprobe`.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -31,24 +33,7 @@ fn ffprobe(path: &Path) -> (usize, u32, u32) {
     )
 }
 
-const CLIPS: &[&str] = &[
-    "bikes.mp4",
-    "carphone_pristine.mp4",
-    "cockatoo.mp4",
-    "realshort.mp4",
-    "newtonscradle.gif",
-    "astronaut.png",
-    "derived/chelsea.jpg",
-    "derived/bikes_vp9.webm",
-    "derived/bikes_vp8.mkv",
-    "derived/bikes_mpeg4.avi",
-    "derived/bikes_mjpeg.avi",
-    "derived/bikes_cinepak.avi",
-    "derived/bikes_mpeg1.mpg",
-    "derived/bikes_mpeg2.mpg",
-    "derived/bikes_theora.ogv",
-    "derived/bikes_h264.mov",
-];
+use common::CLIPS;
 
 #[test]
 fn frame_counts_and_sizes_match_ffprobe() {

@@ -2,6 +2,8 @@
 //! frames of a full decode on every test clip and window, and the per-file index that makes it
 //! possible is written by the first load, used by the next, and dropped when the file changes.
 
+mod common;
+
 use apt_data::seek::{decode_window, verified_index};
 use apt_data::{
     assets, decode, decode_frames, decode_frames_until, index, probe, ClipSpec, FrameSize, Item,
@@ -10,24 +12,7 @@ use apt_data::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-const CLIPS: &[&str] = &[
-    "bikes.mp4",
-    "carphone_pristine.mp4",
-    "cockatoo.mp4",
-    "realshort.mp4",
-    "newtonscradle.gif",
-    "astronaut.png",
-    "derived/chelsea.jpg",
-    "derived/bikes_vp9.webm",
-    "derived/bikes_vp8.mkv",
-    "derived/bikes_mpeg4.avi",
-    "derived/bikes_mjpeg.avi",
-    "derived/bikes_cinepak.avi",
-    "derived/bikes_mpeg1.mpg",
-    "derived/bikes_mpeg2.mpg",
-    "derived/bikes_theora.ogv",
-    "derived/bikes_h264.mov",
-];
+use common::CLIPS;
 
 #[test]
 fn stopping_after_the_last_needed_frame_keeps_exactly_the_frames_of_a_full_decode() {

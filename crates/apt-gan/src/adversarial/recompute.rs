@@ -5,20 +5,12 @@
 //! batch) or G ([`VelocityModel::backward_velocity_loss`], D frozen inside the loss).
 
 use apt_flow::train::StepLog;
-use apt_flow::{OneStepGenerator, Result, TensorRng, VelocityModel};
+use apt_flow::{Result, TensorRng, VelocityModel};
 use tch::{Kind, Tensor};
 
 use super::config::AdversarialLoss;
-use super::step::AdversarialStep;
-use crate::losses::{
-    approx_penalty_from_logits, bce_discriminator_loss, hinge_discriminator_loss,
-    hinge_generator_loss, non_saturating_generator_loss, relativistic_discriminator_loss,
-    relativistic_generator_loss,
-};
-
-fn mean(t: &Tensor) -> f64 {
-    t.detach().mean(Kind::Float).double_value(&[])
-}
+use super::step::{discriminator_loss, generator_loss, mean, AdversarialStep, DBatch};
+use crate::losses::approx_penalty_from_logits;
 
 impl<G: VelocityModel> AdversarialStep<'_, G> {
     /// The D phase of one micro-batch with D's backbone recomputed; returns the loss value.
@@ -28,20 +20,16 @@ impl<G: VelocityModel> AdversarialStep<'_, G> {
         log: &mut StepLog,
         accum: usize,
     ) -> Result<f64> {
-        let (video, captions) = self.data.next_shard(self.batch, self.shard)?;
-        let real = video.to_device(self.device);
+        let DBatch {
+            real,
+            cond,
+            t_real,
+            t_fake,
+            x_real,
+            x_fake,
+        } = self.d_batch(rng)?;
         let b = real.size()[0];
-        let cond = self.text.encode(&captions, &[])?;
-        let z = self.normal(&real.size(), rng)?;
-        let fake = tch::no_grad(|| OneStepGenerator::new(self.generator).generate(&z, &cond))?;
-        let t_real = self.d_times(b, rng)?;
-        let mut t_fake = self.d_times(b, rng)?;
-        if self.config.loss == AdversarialLoss::Relativistic {
-            t_fake = t_real.shallow_clone();
-        }
-        let (inputs, shard, c) = (self.config.inputs, self.shard, self.config);
-        let x_real = inputs.draw_shard(&real, &t_real, shard, rng).apply(&real);
-        let x_fake = inputs.draw_shard(&fake, &t_fake, shard, rng).apply(&fake);
+        let c = self.config;
         // The penalties' perturbations, drawn as `penalty` draws them (aR1's always).
         let eps_r1 = self.normal(&x_real.size(), rng)?;
         let eps_r2 = (c.lambda_r2 > 0.0)
@@ -70,13 +58,7 @@ impl<G: VelocityModel> AdversarialStep<'_, G> {
             |logits| {
                 let part = |i: i64| logits.narrow(0, i * b, b);
                 let (l_real, l_fake) = (part(0), part(1));
-                let loss = match c.loss {
-                    AdversarialLoss::NonSaturating => bce_discriminator_loss(&l_real, &l_fake),
-                    AdversarialLoss::Relativistic => {
-                        relativistic_discriminator_loss(&l_real, &l_fake)
-                    }
-                    AdversarialLoss::Hinge => hinge_discriminator_loss(&l_real, &l_fake),
-                };
+                let loss = discriminator_loss(c.loss, &l_real, &l_fake);
                 let mut next = 2;
                 let mut penalty = |clean: &Tensor, lambda: f64| {
                     let p = approx_penalty_from_logits(clean, &part(next), lambda);
@@ -162,13 +144,7 @@ impl<G: VelocityModel> AdversarialStep<'_, G> {
                             return Tensor::zeros([], (Kind::Float, z.device()));
                         }
                     };
-                let loss = match (loss_kind, &l_real) {
-                    (AdversarialLoss::Relativistic, Some(l_real)) => {
-                        relativistic_generator_loss(l_real, &l_fake)
-                    }
-                    (AdversarialLoss::Hinge, _) => hinge_generator_loss(&l_fake),
-                    _ => non_saturating_generator_loss(&l_fake),
-                };
+                let loss = generator_loss(loss_kind, l_real.as_ref(), &l_fake);
                 value = loss.double_value(&[]);
                 loss / accum as f64
             })?;

@@ -51,7 +51,49 @@ pub struct AdversarialStep<'a, G> {
     pub(super) next_g: usize,
 }
 
-fn mean(t: &Tensor) -> f64 {
+/// One D micro-batch as D sees it (see [`AdversarialStep::d_batch`]).
+pub(super) struct DBatch {
+    /// Real clips `[B, C, T, H, W]`.
+    pub real: Tensor,
+    /// Their captions' conditioning.
+    pub cond: Conditioning,
+    /// D times of the real and the fake clips `[B]`.
+    pub t_real: Tensor,
+    pub t_fake: Tensor,
+    /// Real and fake clips after the input draw.
+    pub x_real: Tensor,
+    pub x_fake: Tensor,
+}
+
+/// D's loss of the configured pair: non-saturating BCE, relativistic or hinge.
+pub(super) fn discriminator_loss(
+    kind: AdversarialLoss,
+    l_real: &Tensor,
+    l_fake: &Tensor,
+) -> Tensor {
+    match kind {
+        AdversarialLoss::NonSaturating => bce_discriminator_loss(l_real, l_fake),
+        AdversarialLoss::Relativistic => relativistic_discriminator_loss(l_real, l_fake),
+        AdversarialLoss::Hinge => hinge_discriminator_loss(l_real, l_fake),
+    }
+}
+
+/// G's side of the configured pair (the relativistic loss needs D's logits on real clips).
+pub(super) fn generator_loss(
+    kind: AdversarialLoss,
+    l_real: Option<&Tensor>,
+    l_fake: &Tensor,
+) -> Tensor {
+    match (kind, l_real) {
+        (AdversarialLoss::Relativistic, Some(l_real)) => {
+            relativistic_generator_loss(l_real, l_fake)
+        }
+        (AdversarialLoss::Hinge, _) => hinge_generator_loss(l_fake),
+        _ => non_saturating_generator_loss(l_fake),
+    }
+}
+
+pub(super) fn mean(t: &Tensor) -> f64 {
     t.detach().mean(Kind::Float).double_value(&[])
 }
 
@@ -141,7 +183,10 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
         Ok(approx_penalty_from_logits(clean, &perturbed, lambda))
     }
 
-    fn d_loss(&mut self, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
+    /// The D phase's micro-batch up to D's inputs: real clips and their captions, fakes
+    /// `z − Ĝ(z, c, 1)` without gradient, D times, and both clips as D sees them — the draws
+    /// in the order the plain and the recomputed D phase share.
+    pub(super) fn d_batch(&mut self, rng: &mut TensorRng) -> Result<DBatch> {
         let (video, captions) = self.data.next_shard(self.batch, self.shard)?;
         let real = video.to_device(self.device);
         let b = real.size()[0];
@@ -158,13 +203,28 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
         let shard = self.shard;
         let x_real = inputs.draw_shard(&real, &t_real, shard, rng).apply(&real);
         let x_fake = inputs.draw_shard(&fake, &t_fake, shard, rng).apply(&fake);
+        Ok(DBatch {
+            real,
+            cond,
+            t_real,
+            t_fake,
+            x_real,
+            x_fake,
+        })
+    }
+
+    fn d_loss(&mut self, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
+        let DBatch {
+            real,
+            cond,
+            t_real,
+            t_fake,
+            x_real,
+            x_fake,
+        } = self.d_batch(rng)?;
         let l_real = self.d_logits(&x_real, &t_real, &cond)?;
         let l_fake = self.d_logits(&x_fake, &t_fake, &cond)?;
-        let loss = match self.config.loss {
-            AdversarialLoss::NonSaturating => bce_discriminator_loss(&l_real, &l_fake),
-            AdversarialLoss::Relativistic => relativistic_discriminator_loss(&l_real, &l_fake),
-            AdversarialLoss::Hinge => hinge_discriminator_loss(&l_real, &l_fake),
-        };
+        let loss = discriminator_loss(self.config.loss, &l_real, &l_fake);
         let c = self.config;
         // aR1's noise is drawn even when it is off (the stream of the paper's recipe).
         let ar1 = self.penalty(
@@ -212,15 +272,14 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
         let (inputs, shard) = (self.config.inputs, self.shard);
         let x_fake = inputs.draw_shard(&fake, &times, shard, rng).apply(&fake);
         let l_fake = self.d_logits(&x_fake, &times, &cond)?;
-        let loss = match (self.config.loss, real) {
+        let l_real = match (self.config.loss, real) {
             (AdversarialLoss::Relativistic, Some(real)) => {
                 let x_real = inputs.draw_shard(&real, &times, shard, rng).apply(&real);
-                let l_real = tch::no_grad(|| self.d_logits(&x_real, &times, &cond))?;
-                relativistic_generator_loss(&l_real, &l_fake)
+                Some(tch::no_grad(|| self.d_logits(&x_real, &times, &cond))?)
             }
-            (AdversarialLoss::Hinge, _) => hinge_generator_loss(&l_fake),
-            _ => non_saturating_generator_loss(&l_fake),
+            _ => None,
         };
+        let loss = generator_loss(self.config.loss, l_real.as_ref(), &l_fake);
         log.add("g_loss", loss.double_value(&[]));
         Ok(loss)
     }
