@@ -21,9 +21,17 @@ use crate::decode::{SeekIndex, VideoInfo};
 /// Directory, next to the videos, that holds their index entries.
 pub const INDEX_DIR: &str = ".apt-index";
 
+/// The version of what an entry records; entries of another version are rebuilt. 2: key
+/// frames verified with a decoder primed on the first packet ([`crate::seek`]), which admits
+/// entry points that version 1 left out.
+pub const INDEX_VERSION: u32 = 2;
+
 /// What is known about one video file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IndexEntry {
+    /// [`INDEX_VERSION`] when written (entries without one are version 1).
+    #[serde(default = "version_one")]
+    pub version: u32,
     /// Frames decoded from start to end.
     pub frames: usize,
     /// Frames per second (as [`VideoInfo::fps`]).
@@ -35,6 +43,10 @@ pub struct IndexEntry {
     /// Every frame's timestamp and the key frames, when the file's timestamps allow seeking.
     #[serde(default)]
     pub seek: Option<SeekIndex>,
+}
+
+fn version_one() -> u32 {
+    1
 }
 
 /// `(size, modification time in ns)` of `path`.
@@ -72,7 +84,8 @@ pub fn lookup(video: &Path) -> Option<IndexEntry> {
     let (size, modified_ns) = stamp(video)?;
     entry_paths(video).into_iter().find_map(|p| {
         let entry: IndexEntry = serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
-        (entry.size == size && entry.modified_ns == modified_ns && entry.frames > 0)
+        let current = entry.version == INDEX_VERSION;
+        (current && entry.size == size && entry.modified_ns == modified_ns && entry.frames > 0)
             .then_some(entry)
     })
 }
@@ -84,6 +97,7 @@ pub fn store(video: &Path, info: &VideoInfo, seek: Option<&SeekIndex>) {
         return;
     };
     let entry = IndexEntry {
+        version: INDEX_VERSION,
         frames: info.frames,
         fps: info.fps,
         size,

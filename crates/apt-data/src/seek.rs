@@ -82,6 +82,7 @@ pub fn decode_window(
         mut info,
         ..
     } = open(path)?;
+    prime(&mut input, stream_index, &mut decoder);
     let target = index.micros(key);
     if input.seek(target, ..target).is_err() {
         return Ok(None);
@@ -147,6 +148,26 @@ pub fn decode_window(
     }
     info.frames = last + 1;
     Ok(Some(out.finish(info, false, None)))
+}
+
+/// Decodes the stream's first packet and drops what it gives, then flushes the decoder: some
+/// decoders learn state from the start of a file that no later key frame repeats, e.g. the
+/// x264 version in the first frame's SEI, from which FFmpeg's H.264 decoder enables its
+/// workarounds for old x264 bugs (a test clip's 4:4:4 IDR frames decode with grey blocks after
+/// a plain seek, with `ffmpeg -ss` too). Whether the key frames then really are entry points is
+/// still checked, once, by [`verified_index`].
+fn prime(
+    input: &mut ffmpeg::format::context::Input,
+    stream: usize,
+    decoder: &mut ffmpeg::decoder::Video,
+) {
+    let mut frame = ffmpeg::frame::Video::empty();
+    if let Some((_, packet)) = input.packets().find(|(s, _)| s.index() == stream) {
+        if decoder.send_packet(&packet).is_ok() {
+            while decoder.receive_frame(&mut frame).is_ok() {}
+        }
+    }
+    decoder.flush();
 }
 
 /// The seek index of a full decode `frames` (every frame kept, in order) with only the key

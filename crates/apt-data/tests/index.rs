@@ -78,6 +78,14 @@ fn the_first_load_indexes_the_file_the_next_uses_it_and_a_change_drops_it() {
     item.load(&spec, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
     let entry = index::lookup(&video).expect("re-indexed");
     assert_eq!(entry.frames, probe(&video).unwrap().frames);
+    assert_eq!(entry.version, index::INDEX_VERSION);
+    // An entry an older apt-rs wrote (no version: 1) is rebuilt, not trusted.
+    let file = dir.path().join(index::INDEX_DIR).join("bikes.mp4.json");
+    let mut old: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    old.as_object_mut().unwrap().remove("version");
+    std::fs::write(&file, old.to_string()).unwrap();
+    assert_eq!(index::lookup(&video), None);
 }
 
 #[test]
@@ -133,9 +141,11 @@ fn seeking_to_the_key_frame_before_a_window_gives_exactly_the_frames_of_a_full_d
 }
 
 #[test]
-fn key_frames_that_are_not_entry_points_are_left_out_of_the_index() {
-    // cockatoo.mp4 flags three frames as key (IDR, sync samples), but decoding from the second
-    // or third after a seek gives grey frames (`ffmpeg -ss 3.8` does the same).
+fn key_frames_are_entry_points_once_the_decoder_has_seen_the_start_of_the_file() {
+    // cockatoo.mp4 (x264, 4:4:4) has three IDR frames, but after a plain seek the second and
+    // third decode with grey blocks (`ffmpeg -ss 3.8` does the same): FFmpeg enables its
+    // workarounds for old x264 bugs from the encoder-version SEI in the first frame, which no
+    // later frame repeats. Decoding the first packet before seeking makes them exact.
     let size = FrameSize::Cover {
         width: 48,
         height: 32,
@@ -144,16 +154,43 @@ fn key_frames_that_are_not_entry_points_are_left_out_of_the_index() {
     let full = decode(&path, size).unwrap();
     let raw = full.seek_index.clone().unwrap();
     assert_eq!(raw.key_frames, [0, 76, 145]);
-    let wrong = decode_window(&path, size, |_| true, (150, 153), &raw)
+    let verified = verified_index(&path, size, &full).unwrap().unwrap();
+    assert_eq!(
+        verified.key_frames,
+        [0, 76, 145],
+        "every IDR is an entry point"
+    );
+    let window = decode_window(&path, size, |_| true, (150, 153), &verified)
         .unwrap()
-        .unwrap();
+        .expect("seeks to frame 145");
+    assert_eq!(window.indices, [150, 151, 152, 153]);
+    for k in 0..4 {
+        assert!(window.frame(k) == full.frame(150 + k), "frame {}", 150 + k);
+    }
+}
+
+#[test]
+fn key_frames_that_are_not_entry_points_are_left_out_of_the_index() {
+    // bikes_mpeg2.mpg (open GOPs) flags every I frame as key, but decoding from one after a
+    // seek does not reproduce its group: only the start of the file is an entry point.
+    let size = FrameSize::Cover {
+        width: 48,
+        height: 32,
+    };
+    let path = assets::clip("derived/bikes_mpeg2.mpg").unwrap();
+    let full = decode(&path, size).unwrap();
+    let raw = full.seek_index.clone().unwrap();
+    assert_eq!(raw.key_frames, [0, 12, 24, 36, 48]);
+    let wrong = decode_window(&path, size, |_| true, (26, 29), &raw).unwrap();
     assert!(
-        (0..4).any(|k| wrong.frame(k) != full.frame(150 + k)),
+        wrong
+            .is_none_or(|w| w.indices != [26, 27, 28, 29]
+                || (0..4).any(|k| w.frame(k) != full.frame(26 + k))),
         "the raw index happens to work now: drop this test's premise"
     );
     let verified = verified_index(&path, size, &full).unwrap().unwrap();
     assert_eq!(verified.key_frames, [0], "only the start is an entry point");
-    assert!(decode_window(&path, size, |_| true, (150, 153), &verified)
+    assert!(decode_window(&path, size, |_| true, (26, 29), &verified)
         .unwrap()
         .is_none());
 }
