@@ -83,6 +83,12 @@ pub fn print(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
     }
     let (_, token_text) = tokens(run, &model, None);
     println!("tokens       {token_text}");
+    if let Some(from) = run.pretrain.as_ref().and_then(|p| p.import_from()) {
+        println!(
+            "teacher      imported from {} (not trained)",
+            from.display()
+        );
+    }
     println!("runs here    {}", runs_here(run, stages)?);
     println!(
         "{:<12} {:>7} {:>6} {:>12} {:>12} {:>12}",

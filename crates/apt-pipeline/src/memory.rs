@@ -141,10 +141,15 @@ pub fn tokens(run: &RunConfig, model: &MmditConfig, frames: Option<usize>) -> (u
     )
 }
 
-/// The train table of the section driving `stage` (`None` when it is not configured).
+/// The train table of the section driving `stage` (`None` when it is not configured, or when
+/// pre-training imports a teacher instead of training one).
 pub fn train_config(run: &RunConfig, stage: Stage) -> Option<&TrainConfig> {
     match stage {
-        Stage::Pretrain => run.pretrain.as_ref().map(|c| &c.train),
+        Stage::Pretrain => run
+            .pretrain
+            .as_ref()
+            .filter(|c| c.import_from().is_none())
+            .map(|c| &c.train),
         Stage::Distill => run.distill.as_ref().map(|c| &c.train),
         Stage::Consistency => run.consistency.as_ref().map(|c| &c.train),
         Stage::AptImage | Stage::Apt => run.apt.as_ref().map(|c| &c.train),
@@ -187,7 +192,7 @@ pub fn estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemo
     };
     Ok(match stage {
         // Trained student + `frozen_copies` frozen networks of the same size.
-        Stage::Pretrain => run.pretrain.as_ref().map(|c| flow_stage(&c.train, 0)),
+        Stage::Pretrain => train_config(run, stage).map(|t| flow_stage(t, 0)),
         Stage::Distill => run.distill.as_ref().map(|c| flow_stage(&c.train, 1)),
         // The student, the frozen teacher and the target network.
         Stage::Consistency => run.consistency.as_ref().map(|c| flow_stage(&c.train, 2)),

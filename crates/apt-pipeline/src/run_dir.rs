@@ -319,6 +319,21 @@ pub fn record_path(weights: &Path) -> PathBuf {
     weights.with_extension("json")
 }
 
+/// The integrity record next to `weights`, parsed (`None` when there is none).
+pub fn export_record(weights: &Path) -> Result<Option<ExportRecord>> {
+    let record = record_path(weights);
+    if !record.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&record).map_err(io_error(&record))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| PipelineError::File {
+            path: record.clone(),
+            reason: format!("not an export record: {e}"),
+        })
+}
+
 /// Loads an exported model: `model.toml` next to the weights, the weights checked against
 /// their integrity record (size and hash; a file without one — e.g. weights brought from
 /// elsewhere — is loaded with a warning), and every tensor checked to be finite.
@@ -330,25 +345,23 @@ pub fn load_exported(path: &Path, device: Device) -> Result<LoadedModel> {
     if !path.is_file() {
         return Err(bad("no such weights file".into()));
     }
-    let record = record_path(path);
-    if record.is_file() {
-        let text = std::fs::read_to_string(&record).map_err(io_error(&record))?;
-        let r: ExportRecord = serde_json::from_str(&text).map_err(|e| PipelineError::File {
-            path: record.clone(),
-            reason: format!("not an export record: {e}"),
-        })?;
-        let (bytes, hash) = checkpoint::fingerprint(path)?;
-        if r.format != EXPORT_FORMAT || bytes != r.weights_bytes || hash != r.weights_fnv64 {
-            return Err(bad(format!(
-                "does not match its integrity record {} ({bytes} bytes, hash {hash}; recorded \
-                 {} bytes, hash {}): the file was changed or damaged; export it again",
-                record.display(),
-                r.weights_bytes,
-                r.weights_fnv64
-            )));
+    match export_record(path)? {
+        Some(r) => {
+            let (bytes, hash) = checkpoint::fingerprint(path)?;
+            if r.format != EXPORT_FORMAT || bytes != r.weights_bytes || hash != r.weights_fnv64 {
+                return Err(bad(format!(
+                    "does not match its integrity record {} ({bytes} bytes, hash {hash}; \
+                     recorded {} bytes, hash {}): the file was changed or damaged; export it \
+                     again",
+                    record_path(path).display(),
+                    r.weights_bytes,
+                    r.weights_fnv64
+                )));
+            }
         }
-    } else {
-        tracing::warn!(weights = %path.display(), "no integrity record next to the weights; loading them unchecked");
+        None => {
+            tracing::warn!(weights = %path.display(), "no integrity record next to the weights; loading them unchecked")
+        }
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     let config = MmditConfig::from_toml_file(dir.join(MODEL_CONFIG))?;

@@ -1,7 +1,7 @@
 //! The sections of a run config, each with its defaults and its checks (errors name the full
 //! key). The training loop's table is `apt_flow::TrainConfig` in every stage.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use apt_flow::distill::{ConsistencyConfig, ConsistencyTarget};
 use apt_flow::{Method, SamplerConfig, TimestepSampler, TrainConfig};
@@ -166,6 +166,14 @@ impl ReportSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PretrainSection {
+    /// A teacher exported earlier to start from instead of training one: a directory holding
+    /// `teacher.safetensors`, its export record `teacher.json` and `model.toml` (what this
+    /// stage writes into a run's `pretrain/`, e.g. `assets/teachers/…`), or the weights file
+    /// itself. Relative to the working directory, like `out`. The stage then checks and copies
+    /// it into the run instead of training; `train` stays the recipe that trains one from
+    /// scratch (`--set pretrain.from=""`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<PathBuf>,
     /// Probability of training on the null caption (CFG dropout).
     #[serde(default = "default_p_uncond")]
     pub p_uncond: f64,
@@ -190,6 +198,12 @@ fn default_val() -> usize {
 }
 
 impl PretrainSection {
+    /// The teacher to import ([`PretrainSection::from`]), `None` when it is absent or empty
+    /// (train one).
+    pub fn import_from(&self) -> Option<&Path> {
+        self.from.as_deref().filter(|p| !p.as_os_str().is_empty())
+    }
+
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
         apt_flow::pretrain::validate_flow_matching("pretrain", self.p_uncond, &self.timesteps)?;

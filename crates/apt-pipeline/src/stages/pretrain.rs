@@ -2,7 +2,7 @@
 //! weights, the validation loss before and after, and an evaluation with the multi-step CFG
 //! sampler.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use apt_data::shapes::Split;
 use apt_data::Skipped;
@@ -11,6 +11,7 @@ use apt_flow::train::{Part, Shard, Trainer};
 use apt_flow::{
     flow_matching_loss, sample, Conditioning, Finish, Guidance, TensorRng, VelocityModel,
 };
+use apt_mmdit::{Mmdit, MmditConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
@@ -20,7 +21,7 @@ use crate::config::RunConfig;
 use crate::data::TrainData;
 use crate::error::{config_error, io_error, Result};
 use crate::eval::{patch_grid, shapes_alignment, AlignmentReport};
-use crate::run_dir::{write_json, Stage};
+use crate::run_dir::{export_record, load_exported, record_path, write_json, Stage, MODEL_CONFIG};
 use crate::text::TextConditioner;
 
 /// What pre-training produced (`pretrain/report.json`).
@@ -39,6 +40,10 @@ pub struct PretrainReport {
     /// Training files skipped as unreadable, with the reason.
     #[serde(default)]
     pub bad_samples: Vec<Skipped>,
+    /// The exported teacher this run imported instead of training one (`[pretrain] from`);
+    /// `steps` is then the step it was exported at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<PathBuf>,
 }
 
 /// Fixed validation batch: clips, conditioning, noise, times.
@@ -95,6 +100,9 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         .pretrain
         .as_ref()
         .ok_or_else(|| config_error("pretrain", "section missing"))?;
+    if let Some(from) = cfg.import_from() {
+        return import(ctx, from);
+    }
     run.apply_threads();
     let device = run.device()?;
     let mcfg = run.model()?;
@@ -152,18 +160,41 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         &mcfg,
         trainer.step,
     )?;
-    let val_loss_end = match &validation {
-        Some(v) => Some(v.loss(&teacher)?),
-        None => None,
+    let (val_loss_end, alignment) = evaluate(ctx, &teacher, &mcfg, &text, validation.as_ref())?;
+    let report = PretrainReport {
+        steps: trainer.step,
+        val_loss_start,
+        val_loss_end,
+        alignment,
+        teacher: teacher_path,
+        bad_samples: data.skipped(),
+        imported_from: None,
     };
-    let alignment = match (&cfg.eval, run.data.shapes()) {
+    write_json(&ctx.dir.stage_report(Stage::Pretrain), &report)?;
+    Ok(Outcome::Completed(Box::new(StageReport::Pretrain(report))))
+}
+
+/// The finished teacher's validation loss and its multi-step CFG text alignment (each `None`
+/// when not configured).
+fn evaluate(
+    ctx: &StageRun,
+    teacher: &Mmdit,
+    mcfg: &MmditConfig,
+    text: &TextConditioner,
+    validation: Option<&Validation>,
+) -> Result<(Option<f64>, Option<AlignmentReport>)> {
+    let run = ctx.config;
+    let device = run.device()?;
+    let val_loss = validation.map(|v| v.loss(teacher)).transpose()?;
+    let eval = run.pretrain.as_ref().and_then(|p| p.eval.as_ref());
+    let alignment = match (eval, run.data.shapes()) {
         (Some(eval), Some(shapes)) => {
             let null = text.null()?;
             Some(shapes_alignment(
                 shapes,
-                &text,
+                text,
                 eval,
-                patch_grid(&mcfg),
+                patch_grid(mcfg),
                 device,
                 &ctx.stop,
                 |z, cond| {
@@ -172,20 +203,103 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
                         uncond: Some(&null),
                         scale: eval.sampler.cfg_scale,
                     };
-                    sample(&teacher, z, &g, &eval.sampler)
+                    sample(teacher, z, &g, &eval.sampler)
                 },
             )?)
         }
         _ => None,
     };
+    Ok((val_loss, alignment))
+}
+
+/// `[pretrain] from`: checks an exported teacher (integrity record, finite weights, a
+/// pre-training export, the run's model config) and exports it as this run's teacher instead
+/// of training one; then evaluates it like a trained one.
+fn import(ctx: &mut StageRun, from: &Path) -> Result<Outcome> {
+    let run = ctx.config;
+    if !ctx.is_main() {
+        return Ok(Outcome::Trained);
+    }
+    let weights = if from.is_dir() {
+        from.join(Stage::Pretrain.export_file())
+    } else {
+        from.to_path_buf()
+    };
+    if !weights.is_file() {
+        return Err(config_error(
+            "pretrain.from",
+            format!(
+                "{} is not an exported teacher: expected a directory holding {} (with {} and \
+                 model.toml), or that file",
+                from.display(),
+                Stage::Pretrain.export_file(),
+                record_path(Path::new(Stage::Pretrain.export_file())).display()
+            ),
+        ));
+    }
+    let record = export_record(&weights)?;
+    if let Some(r) = &record {
+        if r.stage != Stage::Pretrain.name() {
+            return Err(config_error(
+                "pretrain.from",
+                format!(
+                    "{} is the export of the `{}` stage, not a pre-trained teacher",
+                    weights.display(),
+                    r.stage
+                ),
+            ));
+        }
+    }
+    run.apply_threads();
+    let device = run.device()?;
+    let loaded = load_exported(&weights, device)?;
+    let mcfg = run.model()?;
+    if loaded.config != mcfg {
+        return Err(config_error(
+            "pretrain.from",
+            format!(
+                "the teacher's model config ({}) differs from this run's [model]: {}",
+                weights.with_file_name(MODEL_CONFIG).display(),
+                model_difference(&loaded.config, &mcfg)
+            ),
+        ));
+    }
+    let steps = record.as_ref().map_or(0, |r| r.step);
+    tracing::info!(from = %weights.display(), steps, "importing the teacher instead of pre-training");
+    let teacher_path = ctx
+        .dir
+        .export_model(Stage::Pretrain, &loaded.vs, &mcfg, steps)?;
+    let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
+    let val_clips = run.pretrain.as_ref().map_or(0, |p| p.val_clips);
+    let validation = Validation::new(run, val_clips, &text, device)?;
+    let (val_loss_end, alignment) =
+        evaluate(ctx, &loaded.model, &mcfg, &text, validation.as_ref())?;
     let report = PretrainReport {
-        steps: trainer.step,
-        val_loss_start,
+        steps,
+        val_loss_start: None,
         val_loss_end,
         alignment,
         teacher: teacher_path,
-        bad_samples: data.skipped(),
+        bad_samples: Vec::new(),
+        imported_from: Some(weights),
     };
     write_json(&ctx.dir.stage_report(Stage::Pretrain), &report)?;
     Ok(Outcome::Completed(Box::new(StageReport::Pretrain(report))))
+}
+
+/// The first fields in which two model configs differ, as `key: a vs b` (TOML lines).
+fn model_difference(a: &MmditConfig, b: &MmditConfig) -> String {
+    let (a, b) = (a.to_toml_string(), b.to_toml_string());
+    let differing: Vec<String> = a
+        .lines()
+        .zip(b.lines())
+        .filter(|(x, y)| x != y)
+        .take(3)
+        .map(|(x, y)| format!("`{}` in this run, `{}` in the teacher", y.trim(), x.trim()))
+        .collect();
+    if differing.is_empty() {
+        "they differ".into()
+    } else {
+        differing.join(", ")
+    }
 }
