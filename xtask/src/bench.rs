@@ -448,6 +448,8 @@ fn bench_dist(args: &[String]) -> Result<(), Failure> {
                 .args(["--set", &format!("threads={threads}")])
                 .args(["--set", &format!("pretrain.train.steps={steps}")])
                 .args(["--set", "pretrain.val_clips=0"])
+                // The demo imports its teacher; this measures training one.
+                .args(["--set", "pretrain.from=\"\""])
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null());
             run(&mut cmd, &format!("round {round}: {name}"))?;

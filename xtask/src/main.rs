@@ -24,8 +24,9 @@ cargo xtask <command> [args]
   standalone       apt-mmdit, apt-flow, apt-gan, apt-dist and apt-data each used alone from a crate
                    outside the workspace: no FFmpeg/tokenizers in the method crates' graphs
                    (cargo tree), and each README example compiles there
-  train [args]     the main job: `apt train --config configs/demo.toml` (pre-train → distil →
-                   APT → runs/demo/report.md, ≤ 30 min on 2 CPU cores); extra args go to
+  train [args]     the main job: `apt train --config configs/demo.toml` (import the shipped
+                   teacher → distil → APT → runs/demo/report.md, ≤ 30 min on 2 CPU cores;
+                   `--set pretrain.from=` pre-trains it instead, ~70 min); extra args go to
                    `apt train` (--config FILE, --resume, --set key=value, --dry-run)
   fixtures         regenerate the diffusers parity fixtures (installs diffusers)
   bench model      Rust vs PyTorch eager (diffusers) on the same SD3 model, interleaved

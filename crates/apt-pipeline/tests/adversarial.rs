@@ -277,3 +277,56 @@ fn the_discriminator_options_run_through_the_stage() {
     let err = run_cfg.validate().unwrap_err().to_string();
     assert!(err.contains("apt.discriminator.times"), "{err}");
 }
+
+#[test]
+fn frozen_generator_parameters_stay_as_distilled_and_the_rest_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run_cfg = prepared(dir.path(), "frozen", "");
+    let apt = run_cfg.apt.as_mut().unwrap();
+    apt.generator_frozen = vec!["norm_out.linear".into(), "proj_out.bias".into()];
+    apt.train.ema_decay = None;
+    run_cfg.validate().unwrap();
+    let finish = run(
+        &run_cfg,
+        &[Stage::Apt],
+        false,
+        &mut (),
+        Arc::new(AtomicBool::new(false)),
+    );
+    assert_eq!(finish, apt_flow::Finish::Completed);
+    let before = read(&dir.path().join("frozen/distill/student.safetensors"));
+    let after = read(&dir.path().join("frozen/apt/generator.safetensors"));
+    let (mut frozen, mut moved) = (0, 0);
+    for ((name, b), (_, a)) in before.iter().zip(&after) {
+        if name.starts_with("norm_out.linear") || name == "proj_out.bias" {
+            assert!(a.equal(b), "{name} was trained");
+            frozen += 1;
+        } else if !a.equal(b) {
+            moved += 1;
+        }
+    }
+    assert_eq!(frozen, 3);
+    assert!(moved > before.len() / 2, "only {moved} tensors trained");
+    // A pattern that names nothing is an error naming the key, before any training.
+    let apt = run_cfg.apt.as_mut().unwrap();
+    apt.generator_frozen = vec!["norm_out.linaer".into()];
+    let err = apt_pipeline::run_stage(
+        &mut StageRun {
+            world: std::rc::Rc::new(apt_flow::train::SingleProcess),
+            config: &run_cfg,
+            dir: &RunDir::new(dir.path().join("frozen")),
+            resume: false,
+            stop: Arc::new(AtomicBool::new(false)),
+            progress: &mut (),
+        },
+        Stage::Apt,
+    );
+    let err = match err {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a pattern that names nothing was accepted"),
+    };
+    assert!(
+        err.contains("apt.generator_frozen") && err.contains("linaer"),
+        "{err}"
+    );
+}

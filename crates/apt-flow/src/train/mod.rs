@@ -23,7 +23,7 @@ pub use ema::Ema;
 pub use guard::NonFiniteGuard;
 pub use metrics::{MetricLine, MetricsLog, StepLog};
 pub use optim::{clip_grad_norm, zero_grad, Optimizer, OptimizerConfig};
-pub use part::{copy_weights, Part};
+pub use part::{copy_weights, freeze_variables, Part};
 pub use schedule::{Decay, LrSchedule};
 pub use step::{backward_scaled, Finish, Observer, TrainStep};
 pub use trainer::Trainer;

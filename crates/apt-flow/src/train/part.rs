@@ -62,3 +62,26 @@ pub fn copy_weights(from: &nn::VarStore, to: &nn::VarStore) {
         }
     });
 }
+
+/// Freezes the variables of `vs` whose name satisfies `frozen`: they stop requiring gradients
+/// and leave the store's trainable list, so that neither [`nn::VarStore::unfreeze`] (which the
+/// loop calls around each part's phase) nor the optimizer, clipping or the gradient all-reduce
+/// touch them; checkpoints and the EMA still hold them. Returns the names frozen, sorted.
+pub fn freeze_variables(vs: &nn::VarStore, frozen: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut pointers = std::collections::HashSet::new();
+    for (name, var) in vs.variables() {
+        if frozen(&name) {
+            let _ = var.set_requires_grad(false);
+            pointers.insert(var.data_ptr() as usize);
+            names.push(name);
+        }
+    }
+    vs.variables_
+        .lock()
+        .expect("the variable store's lock")
+        .trainable_variables
+        .retain(|v| !pointers.contains(&(v.tensor.data_ptr() as usize)));
+    names.sort();
+    names
+}

@@ -352,6 +352,12 @@ pub struct AptSection {
     /// Which distilled student starts G.
     #[serde(default = "default_init")]
     pub generator_init: GeneratorInit,
+    /// G's parameters the stage leaves as initialised: every parameter whose name contains one
+    /// of these strings (diffusers names, e.g. `"norm1.linear"`, `"norm1_context.linear"` and
+    /// `"norm_out.linear"` for the adaLN modulations, `".bias"` for every bias). Default: none
+    /// (the paper trains all of G). A string that names no parameter is an error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generator_frozen: Vec<String>,
     /// Discriminator taps and time shift.
     #[serde(default)]
     pub discriminator: DiscriminatorConfig,
@@ -417,6 +423,12 @@ impl AptSection {
     /// Checks the values for a backbone of `depth` blocks.
     pub fn validate(&self, depth: usize) -> Result<()> {
         self.method().validate("apt")?;
+        if self.generator_frozen.iter().any(|p| p.is_empty()) {
+            return Err(config_error(
+                "apt.generator_frozen",
+                "holds an empty string, which would freeze all of G",
+            ));
+        }
         self.discriminator.validate("apt.discriminator", depth)?;
         if self.train.optimizer_d.is_none() {
             return Err(config_error(

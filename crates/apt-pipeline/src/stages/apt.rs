@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use apt_data::shapes::Split;
 use apt_data::Skipped;
-use apt_flow::train::{copy_weights, MetricLine, Observer, Part, Shard, Trainer};
+use apt_flow::train::{copy_weights, freeze_variables, MetricLine, Observer, Part, Shard, Trainer};
 use apt_flow::{Finish, OneStepGenerator, TensorRng, TrainConfig};
 use apt_gan::adversarial::{AdversarialStep, GENERATOR};
 use apt_gan::discriminator::load_backbone;
@@ -234,6 +234,29 @@ impl StartingModels {
     }
 }
 
+/// `apt.generator_frozen`: G's parameters whose name contains one of `patterns` are frozen
+/// ([`freeze_variables`]).
+fn freeze(vs: &nn::VarStore, patterns: &[String]) -> Result<()> {
+    let vars = vs.variables();
+    for p in patterns {
+        if !vars.keys().any(|name| name.contains(p.as_str())) {
+            return Err(config_error(
+                "apt.generator_frozen",
+                format!(
+                    "`{p}` is in no parameter name of G (names look like \
+                     `transformer_blocks.0.norm1.linear.weight`, `proj_out.bias`)"
+                ),
+            ));
+        }
+    }
+    let names = freeze_variables(vs, |name| {
+        patterns.iter().any(|p| name.contains(p.as_str()))
+    });
+    let frozen: i64 = names.iter().map(|n| vars[n].numel() as i64).sum();
+    tracing::info!(patterns = ?patterns, parameters = frozen, "G's frozen parameters");
+    Ok(())
+}
+
 /// Runs (or resumes) one adversarial stage.
 pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
     let run = ctx.config;
@@ -248,6 +271,9 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
         vs_d,
         discriminator,
     } = StartingModels::load(run, ctx.dir, &plan)?;
+    if let Some(frozen) = run.apt.as_ref().map(|a| &a.generator_frozen) {
+        freeze(&vs_g, frozen)?;
+    }
     let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
     let mut data = TrainData::open(&plan.data, plan.train.batch_size, run.seed)?;
     let d_optimizer = plan.train.optimizer_d.unwrap_or(plan.train.optimizer);
