@@ -173,8 +173,8 @@ fn prime(
 /// The seek index of a full decode `frames` (every frame kept, in order) with only the key
 /// frames that are real entry points: decoding from key frame `k` must reproduce both frame `k`
 /// and the last frame before the next key frame (errors from a missing reference propagate to
-/// the end of the group), byte for byte. Some files flag frames as key that are not (a test
-/// clip's "IDR" frames decode grey after a seek, with `ffmpeg -ss` too); their groups are then
+/// the end of the group), byte for byte. Some files flag frames as key that are not (the open
+/// GOPs of the MPEG-2 test clip do not land exactly after a seek); their groups are then
 /// reached by decoding from an earlier verified key frame or from the start. Costs about one
 /// more decode of the file, once, when it is indexed.
 pub fn verified_index(path: &Path, size: FrameSize, frames: &Frames) -> Result<Option<SeekIndex>> {
