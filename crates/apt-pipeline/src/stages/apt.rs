@@ -272,7 +272,9 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
         discriminator,
     } = StartingModels::load(run, ctx.dir, &plan)?;
     if let Some(frozen) = run.apt.as_ref().map(|a| &a.generator_frozen) {
-        freeze(&vs_g, frozen)?;
+        if !frozen.is_empty() {
+            freeze(&vs_g, frozen)?;
+        }
     }
     let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
     let mut data = TrainData::open(&plan.data, plan.train.batch_size, run.seed)?;
