@@ -144,6 +144,19 @@ fn a_study_trains_its_init_once_and_every_variant_seed_from_it() {
         .modified()
         .unwrap();
     assert_eq!(before, after);
+
+    // A variant whose recipe changed since its runs finished: not silently reused.
+    let changed = study(
+        dir.path(),
+        &VARIANTS.replace("apt.translate=3", "apt.translate=2"),
+    );
+    let err = run_study(&changed, &mut (), Arc::new(AtomicBool::new(false)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("apt.translate") && err.contains("translate/seed-1"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use apt_flow::Finish;
 
 use super::Study;
-use crate::config::{GeneratorInit, RunConfig};
-use crate::error::{io_error, PipelineError, Result};
+use crate::config::{changed_keys, GeneratorInit, RunConfig};
+use crate::error::{config_error, io_error, PipelineError, Result};
 use crate::run_dir::{RunDir, Stage};
 use crate::session::{planned_stages, OpenRun, Selection};
 use crate::stages::{run_stages, Progress, StageRun};
@@ -49,6 +49,7 @@ pub fn run_study(
         let dir = RunDir::new(&cfg.out);
         let label = format!("{variant} seed {seed}");
         if dir.is_finished(Stage::Apt) {
+            check_reused(&dir, cfg, |_| false)?;
             progress.run_start(&label, i + 2, total, true);
             continue;
         }
@@ -81,6 +82,8 @@ fn train_shared(
         .filter(|&s| !dir.is_finished(s))
         .collect();
     if study.config.init.is_some() {
+        // The init's own adversarial stage, if it ran one, is not what the study reuses.
+        check_reused(&dir, &study.shared, |k| k.starts_with("apt."))?;
         if let Some(&stage) = missing.first() {
             return Err(PipelineError::File {
                 path: dir.stage(stage),
@@ -95,6 +98,32 @@ fn train_shared(
         return Ok(Finish::Completed);
     }
     run(&study.shared, &missing, progress, stop)
+}
+
+/// A finished run (or the `init` run) is reused only when it was trained with the config the
+/// study gives it now: its `config.toml` of record against `config`, except where the key is
+/// `free` or only says where things go or how they are evaluated (`out`, `text.cache`,
+/// `device`, `threads`, `report.*`). Anything else is an error naming the key and the run.
+fn check_reused(dir: &RunDir, config: &RunConfig, free: impl Fn(&str) -> bool) -> Result<()> {
+    let recorded = RunConfig::from_file(&dir.config_file())?;
+    let where_or_how = |k: &str| {
+        matches!(k, "out" | "text.cache" | "device" | "threads") || k.starts_with("report.")
+    };
+    match changed_keys(&recorded, config)
+        .into_iter()
+        .find(|c| !where_or_how(&c.key) && !free(&c.key))
+    {
+        None => Ok(()),
+        Some(c) => Err(config_error(
+            &c.key,
+            format!(
+                "differs from what the finished run {} was trained with ({c}): the study would \
+                 reuse it as if trained with the study's config; remove that run directory to \
+                 train it again, or restore the key",
+                dir.root().display()
+            ),
+        )),
+    }
 }
 
 /// Claims `config.out` and runs `stages` in it, resuming any that has checkpoints.
