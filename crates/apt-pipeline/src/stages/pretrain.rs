@@ -230,7 +230,7 @@ fn import(ctx: &mut StageRun, from: &Path) -> Result<Outcome> {
             "pretrain.from",
             format!(
                 "{} is not an exported teacher: expected a directory holding {} (with {} and \
-                 model.toml), or that file",
+                 {MODEL_CONFIG}), or that file",
                 from.display(),
                 Stage::Pretrain.export_file(),
                 record_path(Path::new(Stage::Pretrain.export_file())).display()
