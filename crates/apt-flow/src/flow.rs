@@ -101,7 +101,10 @@ pub fn velocity_from_sample(x_t: &Tensor, t: &Tensor, x0: &Tensor) -> Tensor {
 
 impl VelocityModel for apt_mmdit::Mmdit {
     fn velocity(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
-        let out = self.forward(x, t, &cond.context, &cond.pooled)?;
+        // A bf16 model returns its prediction in the input's precision (losses in fp32).
+        let out = self
+            .forward(x, t, &cond.context, &cond.pooled)?
+            .to_kind(x.kind());
         Ok(match self.config().prediction {
             Prediction::Velocity => out,
             // One time for the whole batch broadcasts like one per sample.
@@ -124,6 +127,7 @@ impl VelocityModel for apt_mmdit::Mmdit {
         }
         let prediction = self.config().prediction;
         let (x_in, t_in) = (x.detach(), t.detach());
+        let kind = x.kind();
         Ok(self.backward_with_recompute(
             x,
             t,
@@ -132,10 +136,10 @@ impl VelocityModel for apt_mmdit::Mmdit {
             &[],
             true,
             |tapped| {
-                let out = tapped.output.as_ref().expect("with_output");
+                let out = tapped.output.as_ref().expect("with_output").to_kind(kind);
                 let v = match prediction {
-                    Prediction::Velocity => out.shallow_clone(),
-                    Prediction::Sample => velocity_from_sample(&x_in, &t_in, out),
+                    Prediction::Velocity => out,
+                    Prediction::Sample => velocity_from_sample(&x_in, &t_in, &out),
                 };
                 loss(&v)
             },
@@ -144,7 +148,7 @@ impl VelocityModel for apt_mmdit::Mmdit {
 }
 
 /// Back-propagates `loss(v) / accum` for `v = model.velocity(x, t, cond)` with activation
-/// recomputation and returns `loss(v)`'s value (what a training step logs).
+/// recomputation and returns `loss(v)` (detached: what a training step logs).
 pub fn backward_recomputed(
     model: &impl VelocityModel,
     x: &Tensor,
@@ -152,14 +156,14 @@ pub fn backward_recomputed(
     cond: &Conditioning,
     accum: usize,
     loss: impl Fn(&Tensor) -> Tensor,
-) -> Result<f64> {
-    let mut value = f64::NAN;
+) -> Result<Tensor> {
+    let mut value = None;
     let _scaled = model.backward_velocity_loss(x, t, cond, true, &mut |v| {
         let l = loss(v);
-        value = l.double_value(&[]);
+        value = Some(l.detach());
         l / accum as f64
     })?;
-    Ok(value)
+    Ok(value.expect("the loss was computed"))
 }
 
 /// Broadcasts `[B]` times over a tensor shaped like `like` `[B, …]`: returns `[B, 1, …, 1]` in

@@ -75,7 +75,7 @@ impl<M: VelocityModel> TrainStep for FlowMatchingStep<'_, M> {
     fn loss(&mut self, _phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
         let (x0, eps, t, cond) = self.draw(rng)?;
         let loss = flow_matching_loss(self.model, &x0, &eps, &t, &cond)?;
-        log.add("loss", loss.double_value(&[]));
+        log.add_tensor("loss", &loss);
         Ok(loss)
     }
 
@@ -85,7 +85,7 @@ impl<M: VelocityModel> TrainStep for FlowMatchingStep<'_, M> {
         rng: &mut TensorRng,
         log: &mut StepLog,
         accum: usize,
-    ) -> Result<f64> {
+    ) -> Result<Tensor> {
         if !self.recompute {
             let loss = self.loss(phase, rng, log)?;
             return Ok(backward_scaled(&loss, accum));
@@ -100,7 +100,7 @@ impl<M: VelocityModel> TrainStep for FlowMatchingStep<'_, M> {
             accum,
             |v| (v - &target).square().mean(Kind::Float),
         )?;
-        log.add("loss", value);
+        log.add_tensor("loss", &value);
         Ok(value)
     }
 

@@ -143,7 +143,7 @@ impl TrainStep for Quadratic<'_> {
         let t = Tensor::from_slice(&self.targets[start..start + self.batch]).to_kind(Kind::Float);
         self.cursor.position += self.batch;
         let loss = (self.w - t).square().mean(Kind::Float);
-        log.add("loss", loss.double_value(&[]));
+        log.add_tensor("loss", &loss);
         Ok(match self.nan_from {
             Some(n) if self.cursor.position > n => loss * f64::NAN,
             _ => loss,

@@ -190,7 +190,9 @@ fn recomputed_flow_matching_has_the_plain_gradients_for_both_predictions() {
                 timesteps: TimestepSampler::default(),
                 device: CPU,
             };
-            step.backward(0, &mut TensorRng::new(5, 0), log, 2).unwrap()
+            step.backward(0, &mut TensorRng::new(5, 0), log, 2)
+                .unwrap()
+                .double_value(&[])
         });
         assert_same(&format!("flow matching ({prediction})"), gaps);
     }
@@ -214,7 +216,9 @@ fn recomputed_pair_and_consistency_distillation_have_the_plain_gradients() {
     let pairs = Pairs::generate(&teacher, z, cond, &null, &sampler).unwrap();
     let gaps = compare("velocity", |m, recompute, log| {
         let mut step = PairDistillStep::new(m, &pairs, 4, 0).with_recompute(recompute);
-        step.backward(0, &mut TensorRng::new(5, 0), log, 1).unwrap()
+        step.backward(0, &mut TensorRng::new(5, 0), log, 1)
+            .unwrap()
+            .double_value(&[])
     });
     assert_same("pair distillation", gaps);
     let gaps = compare("velocity", |m, recompute, log| {
@@ -229,7 +233,9 @@ fn recomputed_pair_and_consistency_distillation_have_the_plain_gradients() {
             ConsistencyStep::new(&cfg, m, &teacher, None, &mut data, &Embeddings, 4, CPU)
                 .unwrap()
                 .with_recompute(recompute);
-        step.backward(0, &mut TensorRng::new(5, 0), log, 1).unwrap()
+        step.backward(0, &mut TensorRng::new(5, 0), log, 1)
+            .unwrap()
+            .double_value(&[])
     });
     assert_same("consistency distillation", gaps);
 }

@@ -244,7 +244,7 @@ fn checkpoints_round_trip_and_survive_corruption() {
         let state = TrainState {
             stage: "test",
             step,
-            models: vec![("model".into(), &vs)],
+            models: vec![("model".into(), vs.variables().into_iter().collect())],
             emas: vec![("ema".into(), &ema)],
             optimizers: vec![("optimizer".into(), &opt)],
             rng: Some(&rng),

@@ -307,7 +307,8 @@ impl AptDiscriminator {
         Ok(self.head_logits(&tapped.taps))
     }
 
-    /// The logits `[B]` from the backbone's hidden states at the taps.
+    /// The logits `[B]` from the backbone's hidden states at the taps, in fp32 whatever the
+    /// weights' precision (losses and the approximated-R1 difference are taken in fp32).
     fn head_logits(&self, taps: &[Tensor]) -> Tensor {
         let features: Vec<Tensor> = self
             .heads
@@ -316,7 +317,10 @@ impl AptDiscriminator {
             .map(|(h, tokens)| h.forward(tokens))
             .collect();
         let joined = self.out_norm.forward(&Tensor::cat(&features, 1));
-        self.out_proj.forward(&joined).squeeze_dim(1)
+        self.out_proj
+            .forward(&joined)
+            .squeeze_dim(1)
+            .to_kind(tch::Kind::Float)
     }
 
     /// Back-propagates `loss(D(x, t, c))` (logits `[B]` as [`forward`](Self::forward)) into

@@ -196,7 +196,7 @@ impl<M: VelocityModel> TrainStep for ConsistencyStep<'_, M> {
         let (x_hi, t_hi, cond, target) = self.draw(rng)?;
         let f = predict_x0(&x_hi, &t_hi, &self.student.velocity(&x_hi, &t_hi, &cond)?);
         let loss = (f - target).square().mean(Kind::Float);
-        log.add("loss", loss.double_value(&[]));
+        log.add_tensor("loss", &loss);
         Ok(loss)
     }
 
@@ -206,7 +206,7 @@ impl<M: VelocityModel> TrainStep for ConsistencyStep<'_, M> {
         rng: &mut TensorRng,
         log: &mut StepLog,
         accum: usize,
-    ) -> Result<f64> {
+    ) -> Result<Tensor> {
         if !self.recompute {
             let loss = self.loss(phase, rng, log)?;
             return Ok(backward_scaled(&loss, accum));
@@ -217,7 +217,7 @@ impl<M: VelocityModel> TrainStep for ConsistencyStep<'_, M> {
                 .square()
                 .mean(Kind::Float)
         })?;
-        log.add("loss", value);
+        log.add_tensor("loss", &value);
         Ok(value)
     }
     fn after_update(&mut self, _phase: usize, parts: &[Part]) -> Result<()> {

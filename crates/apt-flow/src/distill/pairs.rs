@@ -150,7 +150,7 @@ impl<M: VelocityModel> TrainStep for PairDistillStep<'_, M> {
         let (z, cond, x_teacher) = self.next_pairs()?;
         let x = OneStepGenerator::new(self.student).generate(&z, &cond)?;
         let loss = (x - x_teacher).square().mean(Kind::Float);
-        log.add("loss", loss.double_value(&[]));
+        log.add_tensor("loss", &loss);
         Ok(loss)
     }
 
@@ -160,7 +160,7 @@ impl<M: VelocityModel> TrainStep for PairDistillStep<'_, M> {
         rng: &mut TensorRng,
         log: &mut StepLog,
         accum: usize,
-    ) -> Result<f64> {
+    ) -> Result<Tensor> {
         if !self.recompute {
             let loss = self.loss(phase, rng, log)?;
             return Ok(backward_scaled(&loss, accum));
@@ -171,7 +171,7 @@ impl<M: VelocityModel> TrainStep for PairDistillStep<'_, M> {
         let value = backward_recomputed(self.student, &z, &t, &cond, accum, |v| {
             ((&z - v) - &x_teacher).square().mean(Kind::Float)
         })?;
-        log.add("loss", value);
+        log.add_tensor("loss", &value);
         Ok(value)
     }
 

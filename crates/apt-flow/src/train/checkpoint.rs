@@ -61,8 +61,8 @@ pub struct TrainState<'a> {
     pub stage: &'a str,
     /// Completed steps.
     pub step: u64,
-    /// Model weights, each under its prefix.
-    pub models: Vec<(String, &'a nn::VarStore)>,
+    /// Model weights by variable name (fp32: a part's master weights), each under its prefix.
+    pub models: Vec<(String, Vec<(String, Tensor)>)>,
     /// EMA weights, each under its prefix.
     pub emas: Vec<(String, &'a Ema)>,
     /// Optimizers, each under its prefix.
@@ -121,10 +121,10 @@ pub fn save(dir: &Path, state: &TrainState, keep_last: usize) -> Result<PathBuf>
     let name = format!("step-{:09}", state.step);
     let weights = dir.join(format!("{name}.safetensors"));
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    for (prefix, vs) in &state.models {
+    for (prefix, weights) in &state.models {
         tensors.extend(
-            vs.variables()
-                .into_iter()
+            weights
+                .iter()
                 .map(|(k, v)| (format!("{prefix}.{k}"), v.detach())),
         );
     }

@@ -12,6 +12,8 @@ use std::collections::BTreeSet;
 
 use tch::{nn, Kind, Tensor};
 
+use super::flat::FlatParams;
+
 use crate::error::{FlowError, Result};
 
 /// Collective operations over the ranks of one run. Every rank calls the same operations in
@@ -195,6 +197,63 @@ pub fn all_reduce_mean_grads(collective: &dyn Collective, vs: &nn::VarStore) -> 
         collective.all_reduce_sum(bucket)?;
         let _ = bucket.g_div_scalar_(n as f64);
         Ok(())
+    })
+}
+
+/// The `[start, start + len)` slice of a flat buffer as buckets of at most
+/// [`BUCKET_ELEMENTS`], each reduced in place (views: nothing is packed or copied back).
+fn flat_buckets(
+    buffer: &Tensor,
+    start: i64,
+    len: i64,
+    reduce: &mut dyn FnMut(&mut Tensor) -> Result<()>,
+) -> Result<()> {
+    let mut at = start;
+    while at < start + len {
+        let n = BUCKET_ELEMENTS.min(start + len - at);
+        reduce(&mut buffer.narrow(0, at, n))?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Averages a flat gradient buffer (a part's [`FlatParams::grad`]) over ranks in fixed-size
+/// buckets, in place: `g ← (1/N)·Σ_r g_r`. No-op for one rank.
+pub fn all_reduce_mean_flat(collective: &dyn Collective, grad: &Tensor) -> Result<()> {
+    let n = collective.world_size();
+    if n == 1 {
+        return Ok(());
+    }
+    flat_buckets(grad, 0, grad.numel() as i64, &mut |bucket| {
+        collective.all_reduce_sum(bucket)?;
+        let _ = bucket.g_div_scalar_(n as f64);
+        Ok(())
+    })
+}
+
+/// After a ZeRO-1 step: every rank's master weights become their owners' (rank `r` owns
+/// `owners[r]`, a contiguous range of the layout), bucketed. The caller syncs bf16 copies.
+pub fn broadcast_flat_from_owners(
+    collective: &dyn Collective,
+    flat: &FlatParams,
+    owners: &[BTreeSet<String>],
+) -> Result<()> {
+    for (root, names) in owners.iter().enumerate() {
+        let (start, len) = flat.range_of(names);
+        flat_buckets(flat.master(), start, len, &mut |bucket| {
+            collective.broadcast(bucket, root)
+        })?;
+    }
+    Ok(())
+}
+
+/// Makes a flat buffer (master weights, an EMA's) equal to rank `root`'s, bucketed.
+pub fn broadcast_flat(collective: &dyn Collective, buffer: &Tensor, root: usize) -> Result<()> {
+    if collective.world_size() == 1 {
+        return Ok(());
+    }
+    flat_buckets(buffer, 0, buffer.numel() as i64, &mut |bucket| {
+        collective.broadcast(bucket, root)
     })
 }
 

@@ -55,6 +55,20 @@ pub struct TrainConfig {
     /// forward; the same gradients).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recompute: bool,
+    /// Read the step's scalars (losses, gradient norms, the non-finite check) back to the host
+    /// every this many updates, writing their `metrics.jsonl` lines then. Between reads the
+    /// host never waits for the device (on a GPU, set 10–100); the non-finite check still
+    /// turns a bad update into a no-op on the device at once, and a run that diverged stops
+    /// at the next read. Checkpoints, previews and the last update read too.
+    #[serde(default = "one_u64", skip_serializing_if = "is_one")]
+    pub log_every: u64,
+}
+
+fn one_u64() -> u64 {
+    1
+}
+fn is_one(v: &u64) -> bool {
+    *v == 1
 }
 
 fn one() -> usize {
@@ -88,6 +102,7 @@ impl TrainConfig {
             preview_every: 0,
             shard_optimizer: false,
             recompute: false,
+            log_every: 1,
         }
     }
 
@@ -102,6 +117,7 @@ impl TrainConfig {
             ("checkpoint_every", self.checkpoint_every),
             ("keep_checkpoints", self.keep_checkpoints as u64),
             ("max_nonfinite", self.max_nonfinite as u64),
+            ("log_every", self.log_every),
         ] {
             if value == 0 {
                 return Err(config_error(&at(name), "must be at least 1"));

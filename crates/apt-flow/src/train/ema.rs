@@ -3,15 +3,19 @@
 
 use std::collections::BTreeMap;
 
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
+use super::flat::FlatParams;
 use crate::error::{FlowError, Result};
 
-/// EMA weights.
+/// EMA weights (fp32).
 #[derive(Debug)]
 pub struct Ema {
     decay: f64,
+    /// By variable name (views of `flat` for the trained variables on the loop's path).
     shadow: BTreeMap<String, Tensor>,
+    /// The trained variables' shadow in a part's [`FlatParams`] layout.
+    flat: Option<Tensor>,
 }
 
 impl Ema {
@@ -20,10 +24,14 @@ impl Ema {
         let shadow = tch::no_grad(|| {
             vs.variables()
                 .into_iter()
-                .map(|(k, v)| (k, v.detach().copy()))
+                .map(|(k, v)| (k, v.detach().to_kind(Kind::Float).copy()))
                 .collect()
         });
-        Self { decay, shadow }
+        Self {
+            decay,
+            shadow,
+            flat: None,
+        }
     }
 
     /// The decay `d`.
@@ -43,6 +51,59 @@ impl Ema {
                 }
             }
         });
+    }
+
+    /// One update from the master weights of `flat`, as one operation over the buffer, turned
+    /// off on the device when `ok` (a 0-dim tensor) is 0: `shadow ← d·shadow + (1 − d)·w`.
+    /// Variables outside the layout (frozen ones) do not change and are not updated.
+    pub fn update_flat(&mut self, flat: &FlatParams, ok: &Tensor) {
+        self.bind(flat);
+        let shadow = self.flat.as_mut().expect("bound");
+        let ok = ok.to_kind(Kind::Double);
+        tch::no_grad(|| {
+            let d = &ok * self.decay + (1.0 - &ok);
+            let _ = shadow
+                .g_mul_(&d)
+                .g_add_(&(flat.master() * (&ok * (1.0 - self.decay))));
+        });
+    }
+
+    /// Makes the shadow of `flat`'s variables one tensor in its layout (unless it already is).
+    fn bind(&mut self, flat: &FlatParams) {
+        let entries = flat.entries();
+        let bound = self.flat.as_ref().is_some_and(|buffer| {
+            buffer.numel() as i64 == flat.numel()
+                && entries.iter().all(|e| {
+                    e.numel == 0
+                        || self.shadow.get(&e.name).is_some_and(|t| {
+                            t.data_ptr() as usize
+                                == buffer.data_ptr() as usize + e.offset as usize * 4
+                        })
+                })
+        });
+        if bound {
+            return;
+        }
+        let buffer = tch::no_grad(|| {
+            let pieces: Vec<Tensor> = entries
+                .iter()
+                .map(|e| match self.shadow.get(&e.name) {
+                    Some(t) => t.to_kind(Kind::Float).reshape([-1]),
+                    None => flat.master().narrow(0, e.offset, e.numel).copy(),
+                })
+                .collect();
+            if pieces.is_empty() {
+                Tensor::zeros([0], (Kind::Float, flat.master().device()))
+            } else {
+                Tensor::cat(&pieces, 0).to_device(flat.master().device())
+            }
+        });
+        for e in entries {
+            let view = buffer.narrow(0, e.offset, e.numel);
+            self.shadow
+                .insert(e.name.clone(), view.view(e.shape.as_slice()));
+        }
+        self.flat = Some(buffer);
     }
 
     /// Copies the EMA weights into `vs` (e.g. a separate model used for sampling).
@@ -83,7 +144,14 @@ impl Ema {
                 path: format!("{p}{name}").into(),
                 reason: "missing from the checkpoint".into(),
             })?;
-            *shadow = t.to_kind(shadow.kind()).to_device(shadow.device());
+            if t.size() != shadow.size() {
+                return Err(FlowError::File {
+                    path: format!("{p}{name}").into(),
+                    reason: format!("shape {:?}, the model's is {:?}", t.size(), shadow.size()),
+                });
+            }
+            // In place: the shadow may be a view of the flat buffer.
+            tch::no_grad(|| shadow.copy_(t));
         }
         Ok(())
     }

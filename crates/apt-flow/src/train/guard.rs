@@ -30,7 +30,12 @@ impl NonFiniteGuard {
     /// `Ok(true)` when the step may be applied, `Ok(false)` when it must be skipped, and an
     /// error when too many bad steps came in a row.
     pub fn check(&mut self, loss: f64, vs: &nn::VarStore, step: u64) -> Result<bool> {
-        let finite = loss.is_finite() && grads_finite(vs);
+        self.observe(loss.is_finite() && grads_finite(vs), loss, step)
+    }
+
+    /// Counts step `step` as finite or not (the loop checks on the device and reports here
+    /// when it reads its scalars); the same answers as [`Self::check`].
+    pub fn observe(&mut self, finite: bool, loss: f64, step: u64) -> Result<bool> {
         if finite {
             self.consecutive = 0;
             return Ok(true);

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
 
 use crate::error::{FlowError, Result};
 
@@ -38,23 +39,65 @@ impl MetricLine {
     }
 }
 
+/// A logged value: known on the host, or a 0-dim tensor the loop reads when it writes the
+/// line (so that logging does not wait for the device).
+#[derive(Debug)]
+pub enum Logged {
+    /// A host number.
+    Host(f64),
+    /// A 0-dim tensor on the training device (f64).
+    Device(Tensor),
+}
+
+impl Clone for Logged {
+    fn clone(&self) -> Self {
+        match self {
+            Logged::Host(v) => Logged::Host(*v),
+            Logged::Device(t) => Logged::Device(t.shallow_clone()),
+        }
+    }
+}
+
 /// Scalars a step logs over the micro-batches of one update; the loop writes their means.
 #[derive(Debug, Default, Clone)]
 pub struct StepLog {
-    sums: BTreeMap<String, f64>,
+    sums: BTreeMap<String, Logged>,
 }
 
 impl StepLog {
-    /// Adds `value` to `name`'s sum (once per micro-batch).
+    /// Adds host number `value` to `name`'s sum (once per micro-batch).
     pub fn add(&mut self, name: &str, value: f64) {
-        *self.sums.entry(name.to_string()).or_insert(0.0) += value;
+        match self
+            .sums
+            .entry(name.to_string())
+            .or_insert(Logged::Host(0.0))
+        {
+            Logged::Host(sum) => *sum += value,
+            Logged::Device(sum) => *sum = &*sum + value,
+        }
+    }
+
+    /// Adds a scalar tensor (e.g. a loss; detached, not read now) to `name`'s sum.
+    pub fn add_tensor(&mut self, name: &str, value: &Tensor) {
+        let value = value.detach().to_kind(Kind::Double).reshape([]);
+        let sum = match self.sums.remove(name) {
+            None => value,
+            Some(Logged::Host(h)) => value + h,
+            Some(Logged::Device(t)) => t + value,
+        };
+        self.sums.insert(name.to_string(), Logged::Device(sum));
     }
 
     /// Every logged value divided by the number of micro-batches.
-    pub fn means(&self, micro_batches: usize) -> impl Iterator<Item = (String, f64)> + '_ {
-        self.sums
-            .iter()
-            .map(move |(k, v)| (k.clone(), v / micro_batches as f64))
+    pub fn means(&self, micro_batches: usize) -> impl Iterator<Item = (String, Logged)> + '_ {
+        let n = micro_batches as f64;
+        self.sums.iter().map(move |(k, v)| {
+            let mean = match v {
+                Logged::Host(h) => Logged::Host(h / n),
+                Logged::Device(t) => Logged::Device(t / n),
+            };
+            (k.clone(), mean)
+        })
     }
 }
 

@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
+
+use super::flat::{FlatEntry, FlatParams};
 
 use crate::error::{config_error, FlowError, Result};
 
@@ -157,12 +159,120 @@ impl OptimizerConfig {
 #[derive(Debug)]
 pub struct Optimizer {
     config: OptimizerConfig,
-    /// Updates taken (AdamW's bias correction uses it).
-    step: u64,
-    /// `slot name → variable name → tensor`.
+    /// Updates applied (AdamW's bias correction uses it): a 0-dim f64 tensor on the
+    /// parameters' device, so that an update the non-finite check turned off does not count
+    /// without the host reading anything.
+    applied: Tensor,
+    /// `slot name → variable name → tensor` (views of `flat` in the loop's flat path).
     slots: BTreeMap<String, BTreeMap<String, Tensor>>,
+    /// The flat path's state: `slot name → [len]` over the owned element range.
+    flat: BTreeMap<String, Tensor>,
     /// ZeRO-1: the variables this rank updates (and keeps state for); `None`: all of them.
     owned: Option<BTreeSet<String>>,
+}
+
+/// `a·ok + (1 − ok)`: the factor `a` when the update is applied (`ok` = 1), 1 when skipped.
+fn gated(ok: &Tensor, a: f64) -> Tensor {
+    ok * a + (1.0 - ok)
+}
+
+/// Hyper-parameters and the gate of one update, shared by every variable.
+struct UpdateScalars {
+    lr: f64,
+    /// 1 (apply) or 0 (leave parameters and state as they were), 0-dim f64.
+    ok: Tensor,
+    /// AdamW: `lr·ok/(1 − β1ᵏ)` and `√(1 − β2ᵏ)`, 0-dim f64.
+    adam: Option<(Tensor, Tensor)>,
+}
+
+impl UpdateScalars {
+    fn new(config: &OptimizerConfig, lr: f64, ok: &Tensor, applied: &Tensor) -> Self {
+        let adam = match *config {
+            OptimizerConfig::Adamw {
+                betas: [b1, b2], ..
+            } => {
+                // Never 0 (a skipped first update divides by it, then multiplies by ok = 0).
+                let k = applied.clamp_min(1.0);
+                let power =
+                    |b: f64| -> Tensor { Tensor::full([], b, (Kind::Double, k.device())).pow(&k) };
+                let bias1: Tensor = 1.0 - power(b1);
+                let bias2: Tensor = 1.0 - power(b2);
+                Some((ok * lr / bias1, bias2.sqrt()))
+            }
+            OptimizerConfig::Rmsprop { .. } => None,
+        };
+        Self {
+            lr,
+            ok: ok.shallow_clone(),
+            adam,
+        }
+    }
+}
+
+/// One update of parameters `p` with gradients `g` (zero where the update is skipped) and
+/// state `state` (the config's slots, in [`Optimizer::slot_names`] order), in place. The same
+/// code runs per variable and over a whole flat buffer.
+fn update(
+    config: &OptimizerConfig,
+    s: &UpdateScalars,
+    p: &mut Tensor,
+    g: &Tensor,
+    state: &mut [Tensor],
+) {
+    let ok = &s.ok;
+    match *config {
+        OptimizerConfig::Adamw {
+            betas: [b1, b2],
+            eps,
+            weight_decay,
+            ..
+        } => {
+            let (step_size, bias2_sqrt) = s.adam.as_ref().expect("AdamW scalars");
+            let [m, v] = state else {
+                unreachable!("AdamW keeps two slots")
+            };
+            if weight_decay != 0.0 {
+                let _ = p.g_mul_(&gated(ok, 1.0 - s.lr * weight_decay));
+            }
+            let _ = m.g_mul_(&gated(ok, b1)).g_add_(&(g * (1.0 - b1)));
+            let _ = v.g_mul_(&gated(ok, b2)).g_add_(&(g.square() * (1.0 - b2)));
+            let denom = v.sqrt() / bias2_sqrt + eps;
+            let _ = p.g_sub_(&((&*m / denom) * step_size));
+        }
+        OptimizerConfig::Rmsprop {
+            alpha,
+            eps,
+            weight_decay,
+            momentum,
+            centered,
+            ..
+        } => {
+            let g = if weight_decay != 0.0 {
+                g + &*p * (ok * weight_decay)
+            } else {
+                g.shallow_clone()
+            };
+            let (sq, rest) = state.split_first_mut().expect("RMSProp keeps square_avg");
+            let _ = sq
+                .g_mul_(&gated(ok, alpha))
+                .g_add_(&(g.square() * (1.0 - alpha)));
+            let mut rest = rest.iter_mut();
+            let avg = if centered {
+                let ga = rest.next().expect("grad_avg");
+                let _ = ga.g_mul_(&gated(ok, alpha)).g_add_(&(&g * (1.0 - alpha)));
+                (&*sq - ga.square()).sqrt() + eps
+            } else {
+                sq.sqrt() + eps
+            };
+            if momentum > 0.0 {
+                let buf = rest.next().expect("momentum_buffer");
+                let _ = buf.g_mul_(&gated(ok, momentum)).g_add_(&(&g / avg));
+                let _ = p.g_sub_(&(&*buf * (ok * s.lr)));
+            } else {
+                let _ = p.g_sub_(&((&g / avg) * s.lr));
+            }
+        }
+    }
 }
 
 impl Optimizer {
@@ -171,8 +281,9 @@ impl Optimizer {
         config.validate("optimizer")?;
         Ok(Self {
             config,
-            step: 0,
+            applied: Tensor::zeros([], (Kind::Double, tch::Device::Cpu)),
             slots: BTreeMap::new(),
+            flat: BTreeMap::new(),
             owned: None,
         })
     }
@@ -181,12 +292,18 @@ impl Optimizer {
     /// share; the state of the others is dropped), or lifts the restriction (`None`).
     pub fn set_owned(&mut self, owned: Option<BTreeSet<String>>) {
         self.owned = owned;
+        self.flat.clear();
         self.drop_unowned();
     }
 
     /// Whether this optimizer updates variable `name`.
     pub fn owns(&self, name: &str) -> bool {
         self.owned.as_ref().is_none_or(|o| o.contains(name))
+    }
+
+    /// The variables this optimizer updates (`None`: all).
+    pub fn owned(&self) -> Option<&BTreeSet<String>> {
+        self.owned.as_ref()
     }
 
     /// Drops the state of variables this optimizer does not own (after a checkpoint gathered
@@ -238,9 +355,9 @@ impl Optimizer {
         &self.config
     }
 
-    /// Updates taken so far.
+    /// Updates applied so far (reads the device counter: a host synchronisation).
     pub fn steps_taken(&self) -> u64 {
-        self.step
+        self.applied.double_value(&[]) as u64
     }
 
     fn slot(&mut self, slot: &str, name: &str, like: &Tensor) -> Tensor {
@@ -248,8 +365,18 @@ impl Optimizer {
             .entry(slot.to_string())
             .or_default()
             .entry(name.to_string())
-            .or_insert_with(|| like.zeros_like())
+            .or_insert_with(|| like.detach().to_kind(Kind::Float).zeros_like())
             .shallow_clone()
+    }
+
+    /// Counts an update (when `ok` is 1) and returns its scalars.
+    fn begin(&mut self, lr: f64, ok: &Tensor) -> UpdateScalars {
+        if self.applied.device() != ok.device() {
+            self.applied = self.applied.to_device(ok.device());
+        }
+        let ok = ok.to_kind(Kind::Double);
+        let _ = self.applied.g_add_(&ok);
+        UpdateScalars::new(&self.config, lr, &ok, &self.applied)
     }
 
     /// One update of every trainable variable `p` of `vs` that has a gradient `g`, at learning
@@ -260,76 +387,105 @@ impl Optimizer {
     /// * RMSProp: `g ← g + wd·p`, `s ← α·s + (1 − α)·g²`, `a = √s + eps` (centred:
     ///   `ḡ ← α·ḡ + (1 − α)·g`, `a = √(s − ḡ²) + eps`); `p ← p − lr·g/a`, or with momentum `μ`:
     ///   `b ← μ·b + g/a`, `p ← p − lr·b`.
+    ///
+    /// This walks the variables one by one; the training loop updates a part's
+    /// [`FlatParams`] at once with [`Optimizer::step_flat`] (the same arithmetic).
     pub fn step(&mut self, vs: &nn::VarStore, lr: f64) {
-        self.step += 1;
         let mut named: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
             .filter(|(_, v)| v.requires_grad())
             .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
+        let Some((_, first)) = named.first() else {
+            return;
+        };
+        let one = Tensor::ones([], (Kind::Double, first.device()));
+        let scalars = self.begin(lr, &one);
+        let slots = self.slot_names();
         tch::no_grad(|| {
             for (name, mut p) in named {
                 let g = p.grad();
                 if !g.defined() || !self.owns(&name) {
                     continue;
                 }
-                match self.config {
-                    OptimizerConfig::Adamw {
-                        betas: [b1, b2],
-                        eps,
-                        weight_decay,
-                        ..
-                    } => {
-                        let (mut m, mut v) = (
-                            self.slot("exp_avg", &name, &p),
-                            self.slot("exp_avg_sq", &name, &p),
-                        );
-                        if weight_decay != 0.0 {
-                            let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
-                        }
-                        let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-                        let _ = v.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
-                        let bias1 = 1.0 - b1.powi(self.step as i32);
-                        let bias2 = 1.0 - b2.powi(self.step as i32);
-                        let denom = v.sqrt() / bias2.sqrt() + eps;
-                        let _ = p.g_sub_(&((&m / denom) * (lr / bias1)));
-                    }
-                    OptimizerConfig::Rmsprop {
-                        alpha,
-                        eps,
-                        weight_decay,
-                        momentum,
-                        centered,
-                        ..
-                    } => {
-                        let g = if weight_decay != 0.0 {
-                            &g + &p * weight_decay
-                        } else {
-                            g
-                        };
-                        let mut sq = self.slot("square_avg", &name, &p);
-                        let _ = sq
-                            .g_mul_scalar_(alpha)
-                            .g_add_(&(g.square() * (1.0 - alpha)));
-                        let avg = if centered {
-                            let mut ga = self.slot("grad_avg", &name, &p);
-                            let _ = ga.g_mul_scalar_(alpha).g_add_(&(&g * (1.0 - alpha)));
-                            (&sq - ga.square()).sqrt() + eps
-                        } else {
-                            sq.sqrt() + eps
-                        };
-                        if momentum > 0.0 {
-                            let mut buf = self.slot("momentum_buffer", &name, &p);
-                            let _ = buf.g_mul_scalar_(momentum).g_add_(&(&g / avg));
-                            let _ = p.g_sub_(&(&buf * lr));
-                        } else {
-                            let _ = p.g_sub_(&((&g / avg) * lr));
-                        }
-                    }
-                }
+                let mut state: Vec<Tensor> =
+                    slots.iter().map(|s| self.slot(s, &name, &p)).collect();
+                update(&self.config, &scalars, &mut p, &g, &mut state);
             }
         });
+    }
+
+    /// One update of the master weights of `flat` (the loop's path; see [`Optimizer::step`]
+    /// for the rules), over the owned variables' element range, with the whole update turned
+    /// off on the device when `ok` (a 0-dim tensor) is 0 — gradients must then be zero (the
+    /// loop zeroes them), and the state and update count stay as they were.
+    pub fn step_flat(&mut self, flat: &FlatParams, lr: f64, ok: &Tensor) {
+        let (start, len) = match &self.owned {
+            None => (0, flat.numel()),
+            Some(owned) => flat.range_of(owned),
+        };
+        self.bind_flat_state(flat, start, len);
+        let scalars = self.begin(lr, ok);
+        let mut p = flat.master().narrow(0, start, len);
+        let g = flat.grad().narrow(0, start, len);
+        let mut state: Vec<Tensor> = self
+            .slot_names()
+            .iter()
+            .map(|s| self.flat[*s].shallow_clone())
+            .collect();
+        tch::no_grad(|| update(&self.config, &scalars, &mut p, &g, &mut state));
+    }
+
+    /// Makes the state of the owned range one flat tensor per slot whose per-variable views
+    /// are the named state (after a load, a ZeRO-1 gather or a new layout, from the named
+    /// state; zeros where there is none).
+    fn bind_flat_state(&mut self, flat: &FlatParams, start: i64, len: i64) {
+        let entries: Vec<&FlatEntry> = flat
+            .entries()
+            .iter()
+            .filter(|e| e.offset >= start && e.offset + e.numel <= start + len && e.numel > 0)
+            .collect();
+        for slot in self.slot_names() {
+            let bound = self.flat.get(slot).is_some_and(|buffer| {
+                buffer.numel() as i64 == len
+                    && entries.iter().all(|e| {
+                        self.slots
+                            .get(slot)
+                            .and_then(|m| m.get(&e.name))
+                            .is_some_and(|t| {
+                                t.data_ptr() as usize
+                                    == buffer.data_ptr() as usize + (e.offset - start) as usize * 4
+                            })
+                    })
+            });
+            if bound {
+                continue;
+            }
+            let buffer = tch::no_grad(|| {
+                let pieces: Vec<Tensor> = entries
+                    .iter()
+                    .map(|e| {
+                        match self.slots.get(slot).and_then(|m| m.get(&e.name)) {
+                            Some(t) => t.to_kind(Kind::Float).reshape([-1]),
+                            None => Tensor::zeros([e.numel], (Kind::Float, flat.master().device())),
+                        }
+                        .to_device(flat.master().device())
+                    })
+                    .collect();
+                if pieces.is_empty() {
+                    Tensor::zeros([0], (Kind::Float, flat.master().device()))
+                } else {
+                    Tensor::cat(&pieces, 0)
+                }
+            });
+            let named = self.slots.entry(slot.to_string()).or_default();
+            for e in &entries {
+                let view = buffer.narrow(0, e.offset - start, e.numel);
+                named.insert(e.name.clone(), view.view(e.shape.as_slice()));
+            }
+            self.flat.insert(slot.to_string(), buffer);
+        }
     }
 
     /// The state as named tensors (`<prefix>.<slot>.<variable>`).
@@ -375,11 +531,12 @@ impl Optimizer {
             }
             slots.entry(slot.to_string()).or_default().insert(
                 name.to_string(),
-                t.to_kind(var.kind()).to_device(var.device()),
+                t.to_kind(Kind::Float).to_device(var.device()),
             );
         }
         self.slots = slots;
-        self.step = steps;
+        self.flat.clear();
+        self.applied = Tensor::full([], steps as f64, (Kind::Double, vs.device()));
         Ok(())
     }
 }

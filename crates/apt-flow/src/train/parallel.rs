@@ -8,8 +8,10 @@ use std::sync::atomic::Ordering;
 use tch::Tensor;
 
 use super::collective::{
-    all_reduce_mean_scalars, broadcast_tensors, broadcast_weights, partition_variables,
+    all_reduce_mean_scalars, broadcast_flat, broadcast_tensors, broadcast_weights,
+    partition_variables,
 };
+use super::flat::Precision;
 use super::trainer::Trainer;
 use crate::error::{FlowError, Result};
 
@@ -59,6 +61,10 @@ impl Trainer {
         }
         for part in &mut self.parts {
             broadcast_weights(c, &part.vs, 0)?;
+            if part.precision() != Precision::Fp32 {
+                broadcast_flat(c, part.flat.master(), 0)?;
+                part.flat.sync_compute();
+            }
             if let Some(ema) = &part.ema {
                 let mut shadow: Vec<Tensor> =
                     ema.state_tensors("").into_iter().map(|(_, t)| t).collect();
@@ -72,6 +78,9 @@ impl Trainer {
             .map(|part| {
                 shard.then(|| {
                     let owners = partition_variables(&part.vs, c.world_size());
+                    // Each rank's share contiguous in the flat buffers, in rank order.
+                    let order: Vec<String> = owners.iter().flatten().cloned().collect();
+                    part.relayout(&order);
                     part.optimizer.set_owned(Some(owners[c.rank()].clone()));
                     owners
                 })

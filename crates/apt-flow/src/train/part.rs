@@ -1,7 +1,11 @@
-//! A trained network as the loop holds it: weights, optimizer and optional EMA.
+//! A trained network as the loop holds it: weights (in flat buffers, fp32 master weights),
+//! optimizer and optional EMA.
 
-use tch::nn;
+use std::collections::BTreeMap;
 
+use tch::{nn, Kind, Tensor};
+
+use super::flat::{FlatParams, Precision};
 use super::{Ema, Optimizer, OptimizerConfig};
 use crate::error::{FlowError, Result};
 
@@ -10,16 +14,21 @@ use crate::error::{FlowError, Result};
 pub struct Part {
     /// Checkpoint prefix and metric suffix (`model`, `generator`, `discriminator`).
     pub name: String,
-    /// The weights (models built on it share its tensors).
+    /// The weights the model computes with (models built on it share its tensors). Its
+    /// trainable variables are slices of [`Part::flat`]'s buffers: change them in place
+    /// (`copy_`), never by replacing a variable's data or kind.
     pub vs: nn::VarStore,
+    /// The trainable variables' flat buffers (the fp32 master weights and gradients).
+    pub flat: FlatParams,
     /// Its optimizer.
     pub optimizer: Optimizer,
-    /// EMA of its weights.
+    /// EMA of its (master) weights.
     pub ema: Option<Ema>,
 }
 
 impl Part {
-    /// A part named `name` training `vs` with `optimizer`, with an EMA when `ema_decay` is set.
+    /// A part named `name` training `vs` (fp32) with `optimizer`, with an EMA when `ema_decay`
+    /// is set.
     pub fn new(
         name: &str,
         vs: nn::VarStore,
@@ -36,8 +45,73 @@ impl Part {
             name: name.into(),
             ema: ema_decay.map(|d| Ema::new(&vs, d)),
             optimizer: Optimizer::new(optimizer)?,
+            flat: FlatParams::new(&vs, Precision::Fp32, None, None),
             vs,
         })
+    }
+
+    /// The same part computing in `precision` (bf16: the model's weights become bf16 copies
+    /// of the fp32 master weights).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        if precision != self.flat.precision() {
+            self.flat = FlatParams::new(&self.vs, precision, None, Some(&self.flat));
+        }
+        self
+    }
+
+    /// Lays the flat buffers out in `order` (ZeRO-1: by owner), keeping every value.
+    pub fn relayout(&mut self, order: &[String]) {
+        self.flat = FlatParams::new(
+            &self.vs,
+            self.flat.precision(),
+            Some(order),
+            Some(&self.flat),
+        );
+    }
+
+    /// The precision the part computes in.
+    pub fn precision(&self) -> Precision {
+        self.flat.precision()
+    }
+
+    /// Every variable by name, in fp32: the master weights of the trained ones (what a
+    /// checkpoint holds).
+    pub fn weights(&self) -> Vec<(String, Tensor)> {
+        let master: BTreeMap<String, Tensor> = self.flat.named_master().into_iter().collect();
+        let mut all: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(k, v)| match master.get(&k) {
+                Some(m) => (k, m.shallow_clone()),
+                None if v.is_floating_point() => (k, v.detach().to_kind(Kind::Float)),
+                None => (k, v.detach()),
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Loads `tensors` (every variable by name, e.g. a checkpoint's) into the weights: the
+    /// master weights in full precision, the model's in its own.
+    pub fn load_weights(
+        &self,
+        tensors: &BTreeMap<String, Tensor>,
+        origin: &std::path::Path,
+    ) -> Result<()> {
+        apt_mmdit::weights::load_tensors_strict(&self.vs, tensors, origin)?;
+        self.flat.load_master(tensors);
+        Ok(())
+    }
+
+    /// Copies the (master) weights into `target`, a store of the same model.
+    pub fn copy_weights_to(&self, target: &nn::VarStore) {
+        let weights: BTreeMap<String, Tensor> = self.weights().into_iter().collect();
+        tch::no_grad(|| {
+            for (k, mut v) in target.variables() {
+                v.copy_(&weights[&k]);
+            }
+        });
     }
 
     /// Copies the weights to export — the EMA's when there is one, else the raw weights —
@@ -46,7 +120,7 @@ impl Part {
         match &self.ema {
             Some(ema) => ema.copy_to(target),
             None => {
-                copy_weights(&self.vs, target);
+                self.copy_weights_to(target);
                 Ok(())
             }
         }

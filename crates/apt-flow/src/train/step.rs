@@ -29,20 +29,22 @@ pub trait TrainStep {
     fn loss(&mut self, phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor>;
 
     /// Computes the next micro-batch's loss and back-propagates `loss / accum` into the
-    /// trained part; returns the loss value. By default [`loss`](Self::loss), then `backward`;
-    /// a step that recomputes activations drives its own backward pass here.
+    /// trained part; returns the loss (a detached scalar tensor: the loop reads it when it
+    /// writes metrics, not now). By default [`loss`](Self::loss), then `backward`; a step
+    /// that recomputes activations drives its own backward pass here.
     fn backward(
         &mut self,
         phase: usize,
         rng: &mut TensorRng,
         log: &mut StepLog,
         accum: usize,
-    ) -> Result<f64> {
+    ) -> Result<Tensor> {
         let loss = self.loss(phase, rng, log)?;
         Ok(backward_scaled(&loss, accum))
     }
 
-    /// Called after an update of phase `phase` was applied (not when the guard skipped it).
+    /// Called after every update of phase `phase`. The non-finite check runs on the device,
+    /// so this also follows an update it turned into a no-op (the weights did not change).
     fn after_update(&mut self, _phase: usize, _parts: &[Part]) -> Result<()> {
         Ok(())
     }
@@ -54,10 +56,11 @@ pub trait TrainStep {
     fn restore(&mut self, cursor: Cursor) -> Result<()>;
 }
 
-/// Back-propagates `loss / accum` and returns the loss value (the loop's default backward).
-pub fn backward_scaled(loss: &Tensor, accum: usize) -> f64 {
+/// Back-propagates `loss / accum` and returns the detached loss (the loop's default
+/// backward).
+pub fn backward_scaled(loss: &Tensor, accum: usize) -> Tensor {
     (loss / accum as f64).backward();
-    loss.double_value(&[])
+    loss.detach()
 }
 
 /// Who watches a run: every metric line, and previews.

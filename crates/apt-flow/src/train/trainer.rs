@@ -23,14 +23,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::checkpoint::{self, TrainState};
+use tch::{Kind, Tensor};
+
 use super::collective::{
-    all_reduce_mean_grads, all_reduce_mean_scalars, broadcast_from_owners, Collective,
+    all_reduce_mean_flat, all_reduce_mean_scalars, broadcast_flat_from_owners, Collective,
     SingleProcess,
 };
-use super::metrics::{MetricLine, MetricsLog, StepLog};
+use super::metrics::{Logged, MetricLine, MetricsLog, StepLog};
 use super::part::Part;
 use super::step::{Finish, Observer, TrainStep};
-use super::{clip_grad_norm, zero_grad, NonFiniteGuard};
+use super::NonFiniteGuard;
 use crate::error::{FlowError, Result};
 use crate::rng::TensorRng;
 use crate::train::TrainConfig;
@@ -136,7 +138,7 @@ impl Trainer {
             )));
         }
         for part in &mut self.parts {
-            loaded.restore_weights(&part.name, &part.vs)?;
+            part.load_weights(&loaded.part(&part.name), &loaded.path)?;
             if let Some(ema) = &mut part.ema {
                 ema.load_state(&loaded.tensors, &format!("ema.{}", part.name))?;
             }
@@ -177,7 +179,11 @@ impl Trainer {
         let state = TrainState {
             stage: &self.stage,
             step: self.step,
-            models: self.parts.iter().map(|p| (p.name.clone(), &p.vs)).collect(),
+            models: self
+                .parts
+                .iter()
+                .map(|p| (p.name.clone(), p.weights()))
+                .collect(),
             emas: self
                 .parts
                 .iter()
@@ -212,34 +218,41 @@ impl Trainer {
         let phases = step.phases();
         self.synchronise()?;
         step.prepare(&self.parts)?;
+        let mut pending: Vec<PendingLine> = Vec::new();
         while self.step < self.config.steps {
             let next = self.step + 1;
-            let mut values = BTreeMap::new();
+            let mut line = PendingLine {
+                step: next,
+                values: Vec::new(),
+                finite: Vec::new(),
+                seconds: 0.0,
+            };
             for (phase, &part) in phases.iter().enumerate() {
-                self.update(step, phase, part, next, &mut values)?;
+                self.update(step, phase, part, next, &mut line)?;
             }
             self.step = next;
-            let line = MetricLine {
-                stage: self.stage.clone(),
-                step: next,
-                values: values
-                    .into_iter()
-                    .map(|(k, v)| (k, Some(v).filter(|v: &f64| v.is_finite())))
-                    .collect(),
-                skipped: self.guard.skipped_total,
-                seconds: start.elapsed().as_secs_f64(),
-            };
+            line.seconds = start.elapsed().as_secs_f64();
+            pending.push(line);
             let last = next == self.config.steps;
             let stopping = self.stopping()?;
             let checkpoint = next.is_multiple_of(self.config.checkpoint_every) || last || stopping;
+            let every = self.config.preview_every;
+            let preview = every > 0 && (next.is_multiple_of(every) || last);
+            if checkpoint || preview || next.is_multiple_of(self.config.log_every) {
+                // The host reads the device's scalars here, and only here.
+                let lines = self.settle(std::mem::take(&mut pending))?;
+                if let Some(metrics) = &mut metrics {
+                    for line in &lines {
+                        metrics.write(line)?;
+                        observer.update(line);
+                    }
+                }
+            }
             if checkpoint {
                 self.gather_optimizer_state()?;
             }
-            if let Some(metrics) = &mut metrics {
-                metrics.write(&line)?;
-                observer.update(&line);
-                let every = self.config.preview_every;
-                if every > 0 && (next.is_multiple_of(every) || last) {
+            if let Some(_metrics) = &mut metrics {
+                if preview {
                     observer.preview(next, &self.parts)?;
                 }
                 if checkpoint {
@@ -256,6 +269,55 @@ impl Trainer {
         Ok(Finish::Completed)
     }
 
+    /// Reads the pending updates' scalars (one transfer), tells the non-finite guard about
+    /// each update in order (an error when too many in a row were bad), and returns their
+    /// metric lines.
+    fn settle(&mut self, pending: Vec<PendingLine>) -> Result<Vec<MetricLine>> {
+        let device_values: Vec<Tensor> = pending
+            .iter()
+            .flat_map(|l| {
+                let values = l.values.iter().filter_map(|(_, v)| match v {
+                    Logged::Device(t) => Some(t.to_kind(Kind::Double).reshape([1])),
+                    Logged::Host(_) => None,
+                });
+                let finite = l.finite.iter().flat_map(|(loss, ok)| {
+                    [loss, ok].map(|t| t.to_kind(Kind::Double).reshape([1]))
+                });
+                values.chain(finite).collect::<Vec<_>>()
+            })
+            .collect();
+        let mut read = if device_values.is_empty() {
+            Vec::new()
+        } else {
+            Vec::<f64>::try_from(Tensor::cat(&device_values, 0).to_device(tch::Device::Cpu))?
+        }
+        .into_iter();
+        let mut lines = Vec::with_capacity(pending.len());
+        for line in pending {
+            let mut values = BTreeMap::new();
+            for (name, v) in line.values {
+                let v = match v {
+                    Logged::Host(h) => h,
+                    Logged::Device(_) => read.next().expect("one value each"),
+                };
+                values.insert(name, Some(v).filter(|v: &f64| v.is_finite()));
+            }
+            for _ in line.finite {
+                let loss = read.next().expect("one value each");
+                let finite = read.next().expect("one value each") != 0.0;
+                self.guard.observe(finite, loss, line.step)?;
+            }
+            lines.push(MetricLine {
+                stage: self.stage.clone(),
+                step: line.step,
+                values,
+                skipped: self.guard.skipped_total,
+                seconds: line.seconds,
+            });
+        }
+        Ok(lines)
+    }
+
     /// Freezes (or unfreezes) every part but `index`, so that no gradient reaches them.
     fn freeze_others(&mut self, index: usize, freeze: bool) {
         for (i, p) in self.parts.iter_mut().enumerate() {
@@ -268,64 +330,138 @@ impl Trainer {
     }
 
     /// One phase of update `next`: accumulate the micro-batch gradients of part `index`
-    /// (the others frozen), check them, clip, step the optimizer at the scheduled rate, update
-    /// the EMA.
+    /// (the others frozen) into its flat fp32 gradient, average them over ranks, check them,
+    /// clip, step the optimizer at the scheduled rate, update the EMA — all on the device: a
+    /// non-finite loss or gradient turns the update into a no-op there, and `line` receives
+    /// the values and the check to read later.
     fn update(
         &mut self,
         step: &mut impl TrainStep,
         phase: usize,
         index: usize,
         next: u64,
-        values: &mut BTreeMap<String, f64>,
+        line: &mut PendingLine,
     ) -> Result<()> {
         let accum = self.config.grad_accum;
-        zero_grad(&self.parts[index].vs);
+        self.parts[index].flat.zero_grad();
         self.freeze_others(index, true);
         let mut log = StepLog::default();
-        let mut total = 0.0;
-        let mut accumulate = || -> Result<()> {
-            for _ in 0..accum {
-                total += step.backward(phase, &mut self.rng, &mut log, accum)?;
+        let mut total: Option<Tensor> = None;
+        let mut result = Ok(());
+        for _ in 0..accum {
+            match step.backward(phase, &mut self.rng, &mut log, accum) {
+                Ok(loss) => {
+                    self.parts[index].flat.collect_grads();
+                    let loss = loss.to_kind(Kind::Double);
+                    total = Some(match total {
+                        None => loss,
+                        Some(t) => t + loss,
+                    });
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
-            Ok(())
-        };
-        let result = accumulate();
+        }
         self.freeze_others(index, false);
         result?;
-        // Data parallel: every rank continues with the means over ranks.
         let c = &*self.collective;
-        all_reduce_mean_grads(c, &self.parts[index].vs)?;
-        let mut logged: Vec<(String, f64)> = log.means(accum).collect();
-        let mut scalars: Vec<f64> = logged.iter().map(|(_, v)| *v).collect();
-        scalars.push(total / accum as f64);
-        all_reduce_mean_scalars(c, &mut scalars)?;
-        let loss = scalars.pop().expect("the loss was pushed");
-        for ((_, v), mean) in logged.iter_mut().zip(scalars) {
-            *v = mean;
-        }
         let part = &mut self.parts[index];
+        // Data parallel: every rank continues with the means over ranks.
+        all_reduce_mean_flat(c, part.flat.grad())?;
+        let mut logged: Vec<(String, Logged)> = log.means(accum).collect();
+        let loss = total.expect("grad_accum ≥ 1") / accum as f64;
+        let loss = all_reduce_logged(c, &mut logged, loss)?;
+
         let lr = (self.config.schedule).lr(part.optimizer.config().lr(), next, self.config.steps);
-        let mut grad_norm = f64::NAN;
-        if self.guard.check(loss, &part.vs, next)? {
-            grad_norm = clip_grad_norm(&part.vs, self.config.clip_grad.unwrap_or(f64::INFINITY));
-            part.optimizer.step(&part.vs, lr);
-            if let Some(Some(owners)) = self.owners.get(index) {
-                broadcast_from_owners(&*self.collective, &part.vs, owners)?;
+        let (ok, grad_norm) = tch::no_grad(|| {
+            let grad = part.flat.grad();
+            let norm = grad.norm().to_kind(Kind::Double);
+            let ok = norm.isfinite().logical_and(&loss.isfinite());
+            let _ = grad.shallow_clone().masked_fill_(&ok.logical_not(), 0.0);
+            if let Some(max_norm) = self.config.clip_grad {
+                // `torch.nn.utils.clip_grad_norm_`: g ← g·min(1, max/(‖g‖ + 1e-6)).
+                let coef = (max_norm / (&norm + 1e-6)).clamp_max(1.0);
+                let coef = coef.where_self(&ok, &coef.ones_like());
+                let _ = grad.shallow_clone().g_mul_(&coef);
             }
-            if let Some(ema) = &mut part.ema {
-                ema.update(&part.vs);
-            }
-            step.after_update(phase, &self.parts)?;
+            let grad_norm = norm.where_self(&ok, &norm.full_like(f64::NAN));
+            (ok, grad_norm)
+        });
+        let okf = ok.to_kind(Kind::Double);
+        part.optimizer.step_flat(&part.flat, lr, &okf);
+        if let Some(Some(owners)) = self.owners.get(index) {
+            broadcast_flat_from_owners(&*self.collective, &part.flat, owners)?;
         }
-        zero_grad(&self.parts[index].vs);
-        values.extend(logged);
+        part.flat.sync_compute();
+        if let Some(ema) = &mut part.ema {
+            ema.update_flat(&part.flat, &okf);
+        }
+        step.after_update(phase, &self.parts)?;
         let suffix = if self.parts.len() == 1 {
             String::new()
         } else {
             format!("_{}", self.parts[index].name)
         };
-        values.insert(format!("lr{suffix}"), lr);
-        values.insert(format!("grad_norm{suffix}"), grad_norm);
+        line.values.extend(logged);
+        line.values.push((format!("lr{suffix}"), Logged::Host(lr)));
+        line.values
+            .push((format!("grad_norm{suffix}"), Logged::Device(grad_norm)));
+        line.finite.push((loss, ok));
         Ok(())
     }
+}
+
+/// One update's values before the host has read them.
+struct PendingLine {
+    step: u64,
+    /// Logged values in order (a later one replaces an earlier one of the same name).
+    values: Vec<(String, Logged)>,
+    /// Per phase: the loss and the device's verdict (finite loss and gradients), 0-dim.
+    finite: Vec<(Tensor, Tensor)>,
+    seconds: f64,
+}
+
+/// Data parallel: the means over ranks of the logged values and the loss (device values in
+/// one all-reduce, host values in another); returns the mean loss.
+fn all_reduce_logged(
+    collective: &dyn Collective,
+    logged: &mut [(String, Logged)],
+    loss: Tensor,
+) -> Result<Tensor> {
+    let n = collective.world_size();
+    if n == 1 {
+        return Ok(loss);
+    }
+    let mut host: Vec<f64> = logged
+        .iter()
+        .filter_map(|(_, v)| match v {
+            Logged::Host(h) => Some(*h),
+            Logged::Device(_) => None,
+        })
+        .collect();
+    all_reduce_mean_scalars(collective, &mut host)?;
+    let mut device: Vec<Tensor> = logged
+        .iter()
+        .filter_map(|(_, v)| match v {
+            Logged::Device(t) => Some(t.reshape([1])),
+            Logged::Host(_) => None,
+        })
+        .collect();
+    device.push(loss.reshape([1]));
+    let mut stacked = Tensor::cat(&device, 0);
+    collective.all_reduce_sum(&mut stacked)?;
+    let stacked = stacked / n as f64;
+    let (mut h, mut d) = (host.into_iter(), 0);
+    for (_, v) in logged.iter_mut() {
+        match v {
+            Logged::Host(x) => *x = h.next().expect("one each"),
+            Logged::Device(t) => {
+                *t = stacked.get(d);
+                d += 1;
+            }
+        }
+    }
+    Ok(stacked.get(d))
 }

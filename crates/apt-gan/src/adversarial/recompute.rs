@@ -19,7 +19,7 @@ impl<G: VelocityModel> AdversarialStep<'_, G> {
         rng: &mut TensorRng,
         log: &mut StepLog,
         accum: usize,
-    ) -> Result<f64> {
+    ) -> Result<Tensor> {
         let DBatch {
             real,
             cond,
@@ -49,7 +49,7 @@ impl<G: VelocityModel> AdversarialStep<'_, G> {
         let k = xs.len() as i64;
         let context = Tensor::cat(&(0..k).map(|_| &cond.context).collect::<Vec<_>>(), 0);
         let pooled = Tensor::cat(&(0..k).map(|_| &cond.pooled).collect::<Vec<_>>(), 0);
-        let mut logged = [0.0f64; 5];
+        let mut logged: Option<[Tensor; 5]> = None;
         let _scaled = self.discriminator.backward_with_recompute(
             &Tensor::cat(&xs, 0),
             &Tensor::cat(&ts, 0),
@@ -76,23 +76,23 @@ impl<G: VelocityModel> AdversarialStep<'_, G> {
                 } else {
                     zero()
                 };
-                logged = [
+                logged = Some([
                     mean(&l_real),
                     mean(&l_fake),
-                    loss.double_value(&[]),
-                    ar1.double_value(&[]),
-                    ar2.double_value(&[]),
-                ];
+                    loss.detach(),
+                    ar1.detach(),
+                    ar2.detach(),
+                ]);
                 (loss + ar1 + ar2) / accum as f64
             },
         )?;
-        let [d_real, d_fake, d_loss, ar1, ar2] = logged;
-        log.add("d_real", d_real);
-        log.add("d_fake", d_fake);
-        log.add("d_loss", d_loss);
-        log.add("ar1", ar1);
+        let [d_real, d_fake, d_loss, ar1, ar2] = logged.expect("the loss was computed");
+        log.add_tensor("d_real", &d_real);
+        log.add_tensor("d_fake", &d_fake);
+        log.add_tensor("d_loss", &d_loss);
+        log.add_tensor("ar1", &ar1);
         if c.lambda_r2 > 0.0 {
-            log.add("ar2", ar2);
+            log.add_tensor("ar2", &ar2);
         }
         let keep_real = (c.loss == AdversarialLoss::Relativistic).then_some(real);
         self.batches.push((cond, keep_real));
@@ -106,7 +106,7 @@ impl<G: VelocityModel> AdversarialStep<'_, G> {
         rng: &mut TensorRng,
         log: &mut StepLog,
         accum: usize,
-    ) -> Result<f64> {
+    ) -> Result<Tensor> {
         let (cond, real) = &self.batches[self.next_g % self.batches.len()];
         let (cond, real) = (
             cond.shallow_clone(),
@@ -129,7 +129,7 @@ impl<G: VelocityModel> AdversarialStep<'_, G> {
         };
         let ones = Tensor::ones([b], (Kind::Float, self.device));
         let (loss_kind, discriminator) = (self.config.loss, self.discriminator);
-        let mut value = f64::NAN;
+        let mut value = None;
         let mut failure = None;
         let _scaled = self
             .generator
@@ -145,13 +145,14 @@ impl<G: VelocityModel> AdversarialStep<'_, G> {
                         }
                     };
                 let loss = generator_loss(loss_kind, l_real.as_ref(), &l_fake);
-                value = loss.double_value(&[]);
+                value = Some(loss.detach());
                 loss / accum as f64
             })?;
         if let Some(e) = failure {
             return Err(e.into());
         }
-        log.add("g_loss", value);
+        let value = value.expect("the loss was computed");
+        log.add_tensor("g_loss", &value);
         Ok(value)
     }
 }

@@ -93,8 +93,8 @@ pub(super) fn generator_loss(
     }
 }
 
-pub(super) fn mean(t: &Tensor) -> f64 {
-    t.detach().mean(Kind::Float).double_value(&[])
+pub(super) fn mean(t: &Tensor) -> Tensor {
+    t.detach().mean(Kind::Float)
 }
 
 impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
@@ -245,12 +245,12 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
             false,
             rng,
         )?;
-        log.add("d_real", mean(&l_real));
-        log.add("d_fake", mean(&l_fake));
-        log.add("d_loss", loss.double_value(&[]));
-        log.add("ar1", ar1.double_value(&[]));
+        log.add_tensor("d_real", &mean(&l_real));
+        log.add_tensor("d_fake", &mean(&l_fake));
+        log.add_tensor("d_loss", &loss);
+        log.add_tensor("ar1", &ar1);
         if self.config.lambda_r2 > 0.0 {
-            log.add("ar2", ar2.double_value(&[]));
+            log.add_tensor("ar2", &ar2);
         }
         let keep_real = (self.config.loss == AdversarialLoss::Relativistic).then_some(real);
         self.batches.push((cond, keep_real));
@@ -280,7 +280,7 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
             _ => None,
         };
         let loss = generator_loss(self.config.loss, l_real.as_ref(), &l_fake);
-        log.add("g_loss", loss.double_value(&[]));
+        log.add_tensor("g_loss", &loss);
         Ok(loss)
     }
 }
@@ -317,7 +317,7 @@ impl<G: VelocityModel> TrainStep for AdversarialStep<'_, G> {
         rng: &mut TensorRng,
         log: &mut StepLog,
         accum: usize,
-    ) -> Result<f64> {
+    ) -> Result<Tensor> {
         if !self.recompute {
             let loss = self.loss(phase, rng, log)?;
             return Ok(backward_scaled(&loss, accum));

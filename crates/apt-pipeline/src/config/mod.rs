@@ -8,6 +8,7 @@ mod sections;
 
 use std::path::{Path, PathBuf};
 
+use apt_flow::train::Precision;
 use apt_gan::discriminator::{DiscriminatorTimes, NamedTimes};
 use apt_mmdit::{MmditConfig, Preset};
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,11 @@ pub struct RunConfig {
     /// libtorch intra-op threads (default: all cores).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Arithmetic of every trained network and the teacher: `fp32`, or `bf16` (bf16 weights,
+    /// activations and gradients; fp32 master weights, optimizer state, EMA, gradient
+    /// accumulation and losses). Evaluation and exports stay fp32.
+    #[serde(default, skip_serializing_if = "is_fp32")]
+    pub precision: Precision,
     /// The MMDiT.
     pub model: ModelSection,
     /// Training clips.
@@ -78,6 +84,10 @@ pub struct RunConfig {
     /// The final evaluation and report.
     #[serde(default)]
     pub report: ReportSection,
+}
+
+fn is_fp32(p: &Precision) -> bool {
+    *p == Precision::Fp32
 }
 
 fn cpu() -> String {

@@ -285,8 +285,9 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
             vs_g,
             plan.train.optimizer,
             plan.train.ema_decay,
-        )?,
-        Part::new("discriminator", vs_d, d_optimizer, None)?,
+        )?
+        .with_precision(run.precision),
+        Part::new("discriminator", vs_d, d_optimizer, None)?.with_precision(run.precision),
     ];
     let rng = TensorRng::new(run.seed, 3);
     let mut trainer = Trainer::new(stage.name(), &ctx.dir.stage(stage), &plan.train, parts, rng)?
@@ -329,7 +330,7 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
         trainer.step,
     )?;
     let (raw_vs, _raw) = new_model(&mcfg, run.seed, device)?;
-    copy_weights(&trainer.parts[GENERATOR].vs, &raw_vs);
+    trainer.parts[GENERATOR].copy_weights_to(&raw_vs);
     let raw_path = ctx.dir.raw_export_path(stage);
     ctx.dir
         .export_to(stage, &raw_path, &raw_vs, &mcfg, trainer.step)?;

@@ -189,11 +189,13 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     run.apply_threads();
     let device = run.device()?;
     let (vs, student, teacher) = student_from_teacher(run, ctx.dir, device)?;
+    run.precision.cast_store(&teacher.vs);
     let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
     let pairs_dir = ctx.dir.pairs_dir();
     let pairs = teacher_pairs(ctx, cfg, &teacher.model, &text, &pairs_dir)?;
     let dir = ctx.dir.stage(Stage::Distill);
-    let part = Part::new("model", vs, cfg.train.optimizer, cfg.train.ema_decay)?;
+    let part = Part::new("model", vs, cfg.train.optimizer, cfg.train.ema_decay)?
+        .with_precision(run.precision);
     let rng = TensorRng::new(run.seed, 0);
     let mut trainer = Trainer::new(Stage::Distill.name(), &dir, &cfg.train, vec![part], rng)?
         .with_collective(ctx.world.clone());

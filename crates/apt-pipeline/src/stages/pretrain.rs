@@ -109,7 +109,8 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let (vs, model) = new_model(&mcfg, run.seed, device)?;
     let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
     let dir = ctx.dir.stage(Stage::Pretrain);
-    let part = Part::new("model", vs, cfg.train.optimizer, cfg.train.ema_decay)?;
+    let part = Part::new("model", vs, cfg.train.optimizer, cfg.train.ema_decay)?
+        .with_precision(run.precision);
     let rng = TensorRng::new(run.seed, 0);
     let mut trainer = Trainer::new(Stage::Pretrain.name(), &dir, &cfg.train, vec![part], rng)?
         .with_collective(ctx.world.clone());
