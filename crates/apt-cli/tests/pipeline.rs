@@ -19,6 +19,41 @@ fn losses(path: &Path, field: &str) -> Vec<(u64, f64)> {
     by_step.into_iter().collect()
 }
 
+/// `--set precision=bf16`: every stage trains in bf16 (fp32 master weights) and the run ends
+/// with its report; the exports stay fp32, the config of record says bf16, and the losses are
+/// finite and near the fp32 golden curve's first values.
+#[test]
+fn smoke_pipeline_runs_in_bf16() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = apt(&smoke_args(&out, &dir.path().join("cache"), &["--set", "precision=bf16"]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(out.join("report.md").is_file());
+    let record = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(record.contains("precision = \"bf16\""), "{record}");
+    for stage in ["pretrain", "distill"] {
+        let curve = losses(&out.join(stage).join("metrics.jsonl"), "loss");
+        assert!(curve.iter().all(|(_, l)| l.is_finite()), "{stage}: {curve:?}");
+    }
+    let g = losses(&out.join("apt/metrics.jsonl"), "g_loss");
+    assert!(g.iter().all(|(_, l)| l.is_finite()), "{g:?}");
+    let (_, first) = losses(&out.join("pretrain/metrics.jsonl"), "loss")[0];
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/smoke-losses.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let golden_first = golden["pretrain.loss"][0][1].as_f64().unwrap();
+    assert!(
+        (first - golden_first).abs() < 0.02 * golden_first,
+        "bf16 first loss {first} vs fp32 {golden_first}"
+    );
+    let teacher = tch::Tensor::read_safetensors(out.join("pretrain/teacher.safetensors")).unwrap();
+    assert!(teacher.iter().all(|(_, t)| t.kind() == tch::Kind::Float));
+}
+
 #[test]
 fn smoke_pipeline_writes_the_report_and_keeps_its_golden_losses() {
     let dir = tempfile::tempdir().unwrap();

@@ -145,7 +145,6 @@ fn run(precision: Precision, steps: u64, dir: &std::path::Path, ema: bool) -> Tr
     };
     trainer.resume(&mut step).unwrap();
     trainer.run(&mut step, &mut |_: &MetricLine| {}).unwrap();
-    drop(step);
     trainer
 }
 

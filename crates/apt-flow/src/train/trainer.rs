@@ -269,6 +269,33 @@ impl Trainer {
         Ok(Finish::Completed)
     }
 
+    /// Runs `count` more updates and returns their metric lines (read once, at the end),
+    /// writing nothing — no metrics file, previews or checkpoints: for benchmarks and scripts
+    /// that drive the loop themselves. [`Self::run`] is the loop a training run uses.
+    pub fn updates(&mut self, step: &mut impl TrainStep, count: u64) -> Result<Vec<MetricLine>> {
+        let start = Instant::now();
+        let phases = step.phases();
+        self.synchronise()?;
+        step.prepare(&self.parts)?;
+        let mut pending = Vec::new();
+        for _ in 0..count {
+            let next = self.step + 1;
+            let mut line = PendingLine {
+                step: next,
+                values: Vec::new(),
+                finite: Vec::new(),
+                seconds: 0.0,
+            };
+            for (phase, &part) in phases.iter().enumerate() {
+                self.update(step, phase, part, next, &mut line)?;
+            }
+            self.step = next;
+            line.seconds = start.elapsed().as_secs_f64();
+            pending.push(line);
+        }
+        self.settle(pending)
+    }
+
     /// Reads the pending updates' scalars (one transfer), tells the non-finite guard about
     /// each update in order (an error when too many in a row were bad), and returns their
     /// metric lines.
