@@ -26,14 +26,21 @@ fn losses(path: &Path, field: &str) -> Vec<(u64, f64)> {
 fn smoke_pipeline_runs_in_bf16() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let o = apt(&smoke_args(&out, &dir.path().join("cache"), &["--set", "precision=bf16"]));
+    let o = apt(&smoke_args(
+        &out,
+        &dir.path().join("cache"),
+        &["--set", "precision=bf16"],
+    ));
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(out.join("report.md").is_file());
     let record = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(record.contains("precision = \"bf16\""), "{record}");
     for stage in ["pretrain", "distill"] {
         let curve = losses(&out.join(stage).join("metrics.jsonl"), "loss");
-        assert!(curve.iter().all(|(_, l)| l.is_finite()), "{stage}: {curve:?}");
+        assert!(
+            curve.iter().all(|(_, l)| l.is_finite()),
+            "{stage}: {curve:?}"
+        );
     }
     let g = losses(&out.join("apt/metrics.jsonl"), "g_loss");
     assert!(g.iter().all(|(_, l)| l.is_finite()), "{g:?}");
