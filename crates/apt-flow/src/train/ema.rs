@@ -70,39 +70,9 @@ impl Ema {
 
     /// Makes the shadow of `flat`'s variables one tensor in its layout (unless it already is).
     fn bind(&mut self, flat: &FlatParams) {
-        let entries = flat.entries();
-        let bound = self.flat.as_ref().is_some_and(|buffer| {
-            buffer.numel() as i64 == flat.numel()
-                && entries.iter().all(|e| {
-                    e.numel == 0
-                        || self.shadow.get(&e.name).is_some_and(|t| {
-                            t.data_ptr() as usize
-                                == buffer.data_ptr() as usize + e.offset as usize * 4
-                        })
-                })
+        let buffer = flat.bind_named(&mut self.shadow, self.flat.take(), (0, flat.numel()), |e| {
+            flat.master().narrow(0, e.offset, e.numel).copy()
         });
-        if bound {
-            return;
-        }
-        let buffer = tch::no_grad(|| {
-            let pieces: Vec<Tensor> = entries
-                .iter()
-                .map(|e| match self.shadow.get(&e.name) {
-                    Some(t) => t.to_kind(Kind::Float).reshape([-1]),
-                    None => flat.master().narrow(0, e.offset, e.numel).copy(),
-                })
-                .collect();
-            if pieces.is_empty() {
-                Tensor::zeros([0], (Kind::Float, flat.master().device()))
-            } else {
-                Tensor::cat(&pieces, 0).to_device(flat.master().device())
-            }
-        });
-        for e in entries {
-            let view = buffer.narrow(0, e.offset, e.numel);
-            self.shadow
-                .insert(e.name.clone(), view.view(e.shape.as_slice()));
-        }
         self.flat = Some(buffer);
     }
 

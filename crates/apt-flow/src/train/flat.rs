@@ -328,6 +328,58 @@ impl FlatParams {
         (start, end - start)
     }
 
+    /// Makes `named` (per-variable fp32 tensors, e.g. an optimizer slot or an EMA shadow)
+    /// hold, for every variable of the element range `[start, start + len)`, a view of one
+    /// buffer laid out like this one's slice, and returns that buffer. `buffer` is kept when
+    /// `named` already views it; otherwise a new one is gathered from `named`, with `fill(e)`
+    /// for a variable it lacks.
+    pub fn bind_named(
+        &self,
+        named: &mut BTreeMap<String, Tensor>,
+        buffer: Option<Tensor>,
+        (start, len): (i64, i64),
+        fill: impl Fn(&FlatEntry) -> Tensor,
+    ) -> Tensor {
+        let entries: Vec<&FlatEntry> = self
+            .entries
+            .iter()
+            .filter(|e| e.offset >= start && e.offset + e.numel <= start + len && e.numel > 0)
+            .collect();
+        if let Some(buffer) = buffer.filter(|b| {
+            b.numel() as i64 == len
+                && entries.iter().all(|e| {
+                    named
+                        .get(&e.name)
+                        .is_some_and(|t| t.data_ptr() as usize == slice_ptr(b, e.offset - start))
+                })
+        }) {
+            return buffer;
+        }
+        let device = self.master.device();
+        let buffer = tch::no_grad(|| {
+            let pieces: Vec<Tensor> = entries
+                .iter()
+                .map(|e| {
+                    named
+                        .get(&e.name)
+                        .map_or_else(|| fill(e), |t| t.to_kind(Kind::Float))
+                        .reshape([-1])
+                        .to_device(device)
+                })
+                .collect();
+            if pieces.is_empty() {
+                Tensor::zeros([0], (Kind::Float, device))
+            } else {
+                Tensor::cat(&pieces, 0)
+            }
+        });
+        for e in entries {
+            let view = buffer.narrow(0, e.offset - start, e.numel);
+            named.insert(e.name.clone(), view.view(e.shape.as_slice()));
+        }
+        buffer
+    }
+
     /// Zeroes the gradients, after re-binding any variable that was moved off its slice
     /// (e.g. by code that replaced its data): its current value becomes the master's.
     pub fn zero_grad(&self) {

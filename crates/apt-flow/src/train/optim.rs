@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use super::flat::{FlatEntry, FlatParams};
+use super::flat::FlatParams;
 
 use crate::error::{config_error, FlowError, Result};
 
@@ -441,49 +441,11 @@ impl Optimizer {
     /// are the named state (after a load, a ZeRO-1 gather or a new layout, from the named
     /// state; zeros where there is none).
     fn bind_flat_state(&mut self, flat: &FlatParams, start: i64, len: i64) {
-        let entries: Vec<&FlatEntry> = flat
-            .entries()
-            .iter()
-            .filter(|e| e.offset >= start && e.offset + e.numel <= start + len && e.numel > 0)
-            .collect();
         for slot in self.slot_names() {
-            let bound = self.flat.get(slot).is_some_and(|buffer| {
-                buffer.numel() as i64 == len
-                    && entries.iter().all(|e| {
-                        self.slots
-                            .get(slot)
-                            .and_then(|m| m.get(&e.name))
-                            .is_some_and(|t| {
-                                t.data_ptr() as usize
-                                    == buffer.data_ptr() as usize + (e.offset - start) as usize * 4
-                            })
-                    })
-            });
-            if bound {
-                continue;
-            }
-            let buffer = tch::no_grad(|| {
-                let pieces: Vec<Tensor> = entries
-                    .iter()
-                    .map(|e| {
-                        match self.slots.get(slot).and_then(|m| m.get(&e.name)) {
-                            Some(t) => t.to_kind(Kind::Float).reshape([-1]),
-                            None => Tensor::zeros([e.numel], (Kind::Float, flat.master().device())),
-                        }
-                        .to_device(flat.master().device())
-                    })
-                    .collect();
-                if pieces.is_empty() {
-                    Tensor::zeros([0], (Kind::Float, flat.master().device()))
-                } else {
-                    Tensor::cat(&pieces, 0)
-                }
-            });
             let named = self.slots.entry(slot.to_string()).or_default();
-            for e in &entries {
-                let view = buffer.narrow(0, e.offset - start, e.numel);
-                named.insert(e.name.clone(), view.view(e.shape.as_slice()));
-            }
+            let buffer = flat.bind_named(named, self.flat.remove(slot), (start, len), |e| {
+                Tensor::zeros([e.numel], (Kind::Float, flat.master().device()))
+            });
             self.flat.insert(slot.to_string(), buffer);
         }
     }

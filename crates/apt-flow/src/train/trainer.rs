@@ -220,19 +220,8 @@ impl Trainer {
         step.prepare(&self.parts)?;
         let mut pending: Vec<PendingLine> = Vec::new();
         while self.step < self.config.steps {
-            let next = self.step + 1;
-            let mut line = PendingLine {
-                step: next,
-                values: Vec::new(),
-                finite: Vec::new(),
-                seconds: 0.0,
-            };
-            for (phase, &part) in phases.iter().enumerate() {
-                self.update(step, phase, part, next, &mut line)?;
-            }
-            self.step = next;
-            line.seconds = start.elapsed().as_secs_f64();
-            pending.push(line);
+            pending.push(self.one_update(step, &phases, start)?);
+            let next = self.step;
             let last = next == self.config.steps;
             let stopping = self.stopping()?;
             let checkpoint = next.is_multiple_of(self.config.checkpoint_every) || last || stopping;
@@ -251,7 +240,7 @@ impl Trainer {
             if checkpoint {
                 self.gather_optimizer_state()?;
             }
-            if let Some(_metrics) = &mut metrics {
+            if main {
                 if preview {
                     observer.preview(next, &self.parts)?;
                 }
@@ -277,23 +266,32 @@ impl Trainer {
         let phases = step.phases();
         self.synchronise()?;
         step.prepare(&self.parts)?;
-        let mut pending = Vec::new();
-        for _ in 0..count {
-            let next = self.step + 1;
-            let mut line = PendingLine {
-                step: next,
-                values: Vec::new(),
-                finite: Vec::new(),
-                seconds: 0.0,
-            };
-            for (phase, &part) in phases.iter().enumerate() {
-                self.update(step, phase, part, next, &mut line)?;
-            }
-            self.step = next;
-            line.seconds = start.elapsed().as_secs_f64();
-            pending.push(line);
-        }
+        let pending = (0..count)
+            .map(|_| self.one_update(step, &phases, start))
+            .collect::<Result<Vec<_>>>()?;
         self.settle(pending)
+    }
+
+    /// Update `self.step + 1`: every phase in order; its values are still on the device.
+    fn one_update(
+        &mut self,
+        step: &mut impl TrainStep,
+        phases: &[usize],
+        start: Instant,
+    ) -> Result<PendingLine> {
+        let next = self.step + 1;
+        let mut line = PendingLine {
+            step: next,
+            values: Vec::new(),
+            finite: Vec::new(),
+            seconds: 0.0,
+        };
+        for (phase, &part) in phases.iter().enumerate() {
+            self.update(step, phase, part, next, &mut line)?;
+        }
+        self.step = next;
+        line.seconds = start.elapsed().as_secs_f64();
+        Ok(line)
     }
 
     /// Reads the pending updates' scalars (one transfer), tells the non-finite guard about
