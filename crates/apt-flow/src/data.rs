@@ -4,7 +4,7 @@
 //! depends on none.
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 use crate::error::Result;
 use crate::flow::Conditioning;
@@ -17,6 +17,12 @@ pub struct Cursor {
     pub epoch: u64,
     /// Samples (or batches' samples) consumed in this epoch.
     pub position: usize,
+}
+
+/// Moves a batch of clips to the training `device`; to a CUDA device without waiting (the copy
+/// overlaps the step when the batch is in pinned memory, as prefetching sources leave it).
+pub fn to_training_device(clips: &Tensor, device: Device) -> Tensor {
+    clips.to_device_(device, clips.kind(), device.is_cuda(), false)
 }
 
 /// A stream of training clips with their captions that can be saved and resumed.

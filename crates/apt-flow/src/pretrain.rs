@@ -4,7 +4,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{CaptionEncoder, ClipSource, Cursor};
+use crate::data::{to_training_device, CaptionEncoder, ClipSource, Cursor};
 use crate::error::{config_error, Result};
 use crate::flow::{
     backward_recomputed, flow_matching_loss, interpolate, velocity_target, Conditioning,
@@ -62,7 +62,7 @@ impl<M: VelocityModel> FlowMatchingStep<'_, M> {
         let global = captions.len() * shard.world;
         let drop = shard.items(&rng.bernoulli(global, self.p_uncond), key)?;
         let cond = self.text.encode(&captions, &drop)?;
-        let x0 = video.to_device(self.device);
+        let x0 = to_training_device(&video, self.device);
         let mut shape = x0.size();
         shape[0] = global as i64;
         let eps = shard.rows(&rng.normal(&shape, self.device), key)?;

@@ -17,6 +17,7 @@ pub mod error;
 pub mod eval;
 pub mod lock;
 pub mod memory;
+pub mod prefetch;
 pub mod report;
 pub mod run_dir;
 pub mod session;

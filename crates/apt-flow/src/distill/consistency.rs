@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::data::{CaptionEncoder, ClipSource, Cursor};
+use crate::data::{to_training_device, CaptionEncoder, ClipSource, Cursor};
 use crate::error::{config_error, Result};
 use crate::flow::{
     backward_recomputed, interpolate, per_sample, predict_x0, Conditioning, VelocityModel,
@@ -145,7 +145,7 @@ impl<M: VelocityModel> ConsistencyStep<'_, M> {
     /// `x̂0` of one teacher CFG Euler step to `t_n` (this rank's rows of global draws).
     fn draw(&mut self, rng: &mut TensorRng) -> Result<(Tensor, Tensor, Conditioning, Tensor)> {
         let (video, captions) = self.data.next_shard(self.batch, self.shard)?;
-        let x0 = video.to_device(self.device);
+        let x0 = to_training_device(&video, self.device);
         let b = captions.len();
         let cond = self.text.encode(&captions, &[])?;
         // n uniform in {0, …, N-1}: the pair (t_{n+1}, t_n) on the ascending grid.

@@ -1,6 +1,6 @@
 //! One adversarial update as a [`TrainStep`] with two phases: D, then G.
 
-use apt_flow::data::{CaptionEncoder, ClipSource, Cursor};
+use apt_flow::data::{to_training_device, CaptionEncoder, ClipSource, Cursor};
 use apt_flow::train::{backward_scaled, Shard, StepLog, TrainStep};
 use apt_flow::{Conditioning, OneStepGenerator, Result, TensorRng, VelocityModel};
 use tch::{Device, Kind, Tensor};
@@ -188,7 +188,7 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
     /// in the order the plain and the recomputed D phase share.
     pub(super) fn d_batch(&mut self, rng: &mut TensorRng) -> Result<DBatch> {
         let (video, captions) = self.data.next_shard(self.batch, self.shard)?;
-        let real = video.to_device(self.device);
+        let real = to_training_device(&video, self.device);
         let b = real.size()[0];
         let cond = self.text.encode(&captions, &[])?;
         let z = self.normal(&real.size(), rng)?;

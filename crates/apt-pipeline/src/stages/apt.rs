@@ -277,7 +277,8 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
         }
     }
     let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
-    let mut data = TrainData::open(&plan.data, plan.train.batch_size, run.seed)?;
+    let mut data =
+        TrainData::open(&plan.data, plan.train.batch_size, run.seed)?.prefetching(device);
     let d_optimizer = plan.train.optimizer_d.unwrap_or(plan.train.optimizer);
     let parts = vec![
         Part::new(

@@ -115,7 +115,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let mut trainer = Trainer::new(Stage::Pretrain.name(), &dir, &cfg.train, vec![part], rng)?
         .with_collective(ctx.world.clone());
     trainer.stop = ctx.stop.clone();
-    let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?;
+    let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?.prefetching(device);
     let validation = Validation::new(run, cfg.val_clips, &text, device)?;
     let mut step = FlowMatchingStep {
         model: &model,
