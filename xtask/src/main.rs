@@ -161,6 +161,13 @@ fn fixtures() -> Result<(), Failure> {
         "the seed article's WGAN-GP fixture",
     )?;
     run(
+        Command::new(&python)
+            .arg(repo_root().join("scripts/make_vae_fixtures.py"))
+            .arg("--out")
+            .arg(repo_root().join("crates/apt-vae/tests/fixtures")),
+        "diffusers Wan 2.1 / SD3 VAE parity fixtures",
+    )?;
+    run(
         Command::new(python)
             .arg(repo_root().join("scripts/make_sd3_fixtures.py"))
             .arg("--out")

@@ -1,0 +1,3 @@
+fn main() {
+    apt_build::link_libtorch();
+}
