@@ -66,7 +66,7 @@ pub struct SlotCounter(usize);
 
 impl SlotCounter {
     /// The next free slot.
-    pub fn next(&mut self) -> usize {
+    pub fn take(&mut self) -> usize {
         self.0 += 1;
         self.0 - 1
     }

@@ -39,7 +39,7 @@ impl Encoder {
             .collect();
         let conv_in = (
             CausalConv3d::cube(&path / "conv_in", cfg.in_channels, dims[0], 3),
-            slots.next(),
+            slots.take(),
         );
         let mut down = Vec::new();
         let stages = cfg.dim_mult.len();
@@ -69,7 +69,7 @@ impl Encoder {
         let norm_out = RmsNorm::new(&path / "norm_out", last, true);
         let conv_out = (
             CausalConv3d::cube(&path / "conv_out", last, 2 * cfg.z_dim, 3),
-            slots.next(),
+            slots.take(),
         );
         Self {
             conv_in,
@@ -125,7 +125,7 @@ impl Decoder {
         let temporal_up: Vec<bool> = cfg.temperal_downsample.iter().rev().copied().collect();
         let conv_in = (
             CausalConv3d::cube(&path / "conv_in", cfg.z_dim, dims[0], 3),
-            slots.next(),
+            slots.take(),
         );
         let mid = MidBlock::new(&path / "mid_block", dims[0], &mut slots);
         let mut up = Vec::new();
@@ -154,7 +154,7 @@ impl Decoder {
         let norm_out = RmsNorm::new(&path / "norm_out", last, true);
         let conv_out = (
             CausalConv3d::cube(&path / "conv_out", last, cfg.out_channels, 3),
-            slots.next(),
+            slots.take(),
         );
         Self {
             conv_in,

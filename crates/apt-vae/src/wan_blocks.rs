@@ -65,7 +65,7 @@ impl ResidualBlock {
             conv2: CausalConv3d::cube(&path / "conv2", out_dim, out_dim, 3),
             shortcut: (in_dim != out_dim)
                 .then(|| CausalConv3d::cube(&path / "conv_shortcut", in_dim, out_dim, 1)),
-            slots: [slots.next(), slots.next()],
+            slots: [slots.take(), slots.take()],
         }
     }
 
@@ -219,7 +219,7 @@ impl Resample {
             )),
             _ => None,
         }
-        .map(|c| (c, slots.next()));
+        .map(|c| (c, slots.take()));
         Self {
             mode,
             conv,
