@@ -12,6 +12,7 @@ mod sample_cmd;
 mod study_cmd;
 mod text_cmd;
 mod train_cmd;
+mod vae_cmd;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -58,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         command: model_cmd::ModelCommand,
     },
+    /// VAE tools: diffusers parity (Wan 2.1 video VAE, SD3/FLUX image VAE), throughput.
+    Vae {
+        #[command(subcommand)]
+        command: vae_cmd::VaeCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -99,6 +105,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Model { command } => model_cmd::run(command),
+        Command::Vae { command } => vae_cmd::run(command),
         Command::Gan { command } => gan_cmd::run(command),
         Command::Text { command } => text_cmd::run(command),
     };

@@ -121,6 +121,47 @@ fn parity_prints_the_max_abs_difference_last() {
 }
 
 #[test]
+fn vae_parity_prints_the_max_abs_difference_last() {
+    let vae_fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../apt-vae/tests/fixtures");
+    for (model, case) in [
+        ("wan", "wan-video"),
+        ("wan", "wan-image"),
+        ("kl-sd3", "kl-sd3-image"),
+    ] {
+        let o = apt(&[
+            "vae",
+            "parity",
+            "--diffusers",
+            vae_fixtures.join(model).to_str().unwrap(),
+            "--fixture",
+            vae_fixtures
+                .join(format!("{case}.safetensors"))
+                .to_str()
+                .unwrap(),
+        ]);
+        assert!(o.status.success(), "{o:?}");
+        let text = stdout(&o);
+        let last = text.lines().last().unwrap();
+        let diff: f64 = last.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            last.starts_with("max abs difference") && diff <= 1e-4,
+            "{last}"
+        );
+    }
+    // A video fixture against the image VAE: a clear error naming the input.
+    let o = apt(&[
+        "vae",
+        "parity",
+        "--diffusers",
+        vae_fixtures.join("kl-sd3").to_str().unwrap(),
+        "--fixture",
+        vae_fixtures.join("wan-video.safetensors").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad input `image`"));
+}
+
+#[test]
 fn data_inspect_reports_decoded_frames_or_an_exact_error() {
     let clip = apt_data::assets::clip("derived/bikes_theora.ogv").unwrap();
     let o = apt(&["data", "inspect", clip.to_str().unwrap()]);
