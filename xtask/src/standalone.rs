@@ -72,6 +72,19 @@ pub const PICKS: &[Pick] = &[
         with: &[],
         forbidden: &["apt-mmdit", "apt-flow", "apt-gan", "apt-pipeline"],
     },
+    Pick {
+        name: "apt-vae",
+        with: &[],
+        forbidden: &[
+            HEAVY[0],
+            HEAVY[1],
+            HEAVY[2],
+            "apt-data",
+            "apt-flow",
+            "apt-gan",
+            "apt-pipeline",
+        ],
+    },
 ];
 
 /// Runs the check for every crate in [`PICKS`].
@@ -171,7 +184,10 @@ fn manifest(root: &Path, pick: &Pick) -> String {
         "[package]\nname = \"uses-{name}\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\n\
          [dependencies]\n{deps}tch = \"0.24\"\ntorch-sys = \"0.24\"\n\n\
          [build-dependencies]\napt-build = {{ path = {build:?} }}\n\n\
-         # Not a member of the apt-rs workspace: a project of its own.\n[workspace]\n",
+         # Not a member of the apt-rs workspace: a project of its own.\n[workspace]\n\n\
+         # The workspace's debug settings, so the shared target/ reuses its dependencies.\n\
+         [profile.dev]\ndebug = \"line-tables-only\"\n\n\
+         [profile.dev.package.\"*\"]\ndebug = false\n",
         name = pick.name,
         build = path("apt-build"),
     )
