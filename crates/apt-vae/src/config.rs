@@ -110,11 +110,11 @@ impl WanVaeConfig {
     }
 
     /// A small trainable video VAE of the same architecture for this repository's demos:
-    /// 4× time, 4× space, 8 latent channels, unit latent statistics (the stage that trains it
+    /// 16 base channels, 4× time, 4× space, 8 latent channels, unit latent statistics (the stage that trains it
     /// measures and writes its own).
     pub fn small() -> Self {
         Self {
-            base_dim: 32,
+            base_dim: 16,
             z_dim: 8,
             dim_mult: vec![1, 2, 2],
             num_res_blocks: 1,

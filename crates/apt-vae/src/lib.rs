@@ -44,4 +44,4 @@ pub use error::{Result, VaeError};
 pub use image_vae::ImageVae;
 pub use latent::{LatentNorm, Posterior};
 pub use tiling::Tiling;
-pub use wan::WanVae;
+pub use wan::{activation_values, init_temporal_identity, parameter_count, WanVae};

@@ -308,3 +308,81 @@ impl WanVae {
         Ok(Tensor::cat(&frames, 2))
     }
 }
+
+/// Parameters of a [`WanVae`] of `cfg` (counted on a throw-away CPU build).
+pub fn parameter_count(cfg: &WanVaeConfig) -> Result<i64> {
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    tch::no_grad(|| WanVae::new(&vs.root(), cfg))?;
+    Ok(vs.variables().values().map(|t| t.numel() as i64).sum())
+}
+
+/// A rough count of the activation values one training step keeps for backward per clip of
+/// `frames × height × width` pixels: about eight tensors of the stage's width per residual
+/// block, at every resolution of the encoder and the decoder.
+pub fn activation_values(cfg: &WanVaeConfig, frames: i64, height: i64, width: i64) -> i64 {
+    let stages = cfg.dim_mult.len();
+    let (mut t, mut h, mut w) = (frames, height, width);
+    let mut total = 0;
+    for i in 0..stages {
+        let enc = cfg.base_dim * cfg.dim_mult[i];
+        let dec = cfg.decoder_dim() * cfg.dim_mult[i];
+        let voxels = t * h * w;
+        total += 8 * voxels * (enc * cfg.num_res_blocks + dec * (cfg.num_res_blocks + 1));
+        if i + 1 < stages {
+            h = (h / 2).max(1);
+            w = (w / 2).max(1);
+            if cfg.temperal_downsample[i] {
+                t = 1 + (t - 1) / 2;
+            }
+        }
+    }
+    total
+}
+
+impl WanVae {
+    /// Replaces the per-channel latent statistics (what a trained VAE measures on its data).
+    pub fn set_latent_statistics(&mut self, mean: Vec<f64>, std: Vec<f64>) -> Result<()> {
+        let cfg = WanVaeConfig {
+            latents_mean: mean,
+            latents_std: std,
+            ..self.cfg.clone()
+        };
+        cfg.validate()?;
+        self.cfg = cfg;
+        Ok(())
+    }
+}
+
+/// Re-initialises the temporal parts of a freshly built [`WanVae`] in `vs` as the identity in
+/// time, the way a 2D image VAE is inflated to 3D: every causal 3×3×3 convolution keeps only
+/// its current-frame taps (earlier taps zero), every temporal downsampler passes its newest
+/// frame, and every temporal upsampler copies each frame into both of its outputs. A VAE
+/// trained on single frames first then reconstructs every frame of a video from the start of
+/// video training, instead of adding random filters of earlier frames.
+pub fn init_temporal_identity(vs: &nn::VarStore) {
+    tch::no_grad(|| {
+        for (name, mut w) in vs.variables() {
+            if !name.ends_with("weight") || w.dim() != 5 || w.size()[2] < 2 {
+                continue;
+            }
+            let kt = w.size()[2];
+            if !name.contains("time_conv") {
+                let _ = w.narrow(2, 0, kt - 1).zero_();
+                continue;
+            }
+            let (out, inp) = (w.size()[0], w.size()[1]);
+            let _ = w.zero_();
+            let eye = Tensor::eye(inp, (w.kind(), w.device()));
+            for start in (0..out).step_by(inp as usize) {
+                let rows = inp.min(out - start);
+                let mut tap = w.narrow(0, start, rows).select(2, kt - 1).squeeze_dim(-1).squeeze_dim(-1);
+                let _ = tap.copy_(&eye.narrow(0, 0, rows));
+            }
+        }
+        for (name, mut b) in vs.variables() {
+            if name.contains("time_conv") && name.ends_with("bias") {
+                let _ = b.zero_();
+            }
+        }
+    });
+}

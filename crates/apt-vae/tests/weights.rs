@@ -169,3 +169,30 @@ fn gradients_reach_every_weight() {
         );
     }
 }
+
+/// After the temporal identity init, a video of one repeated frame reconstructs every frame
+/// exactly like that frame alone (the temporal layers are the identity in time).
+#[test]
+fn temporal_identity_init_makes_a_still_video_decode_like_its_frame() {
+    tch::manual_seed(7);
+    let cfg = WanVaeConfig {
+        base_dim: 8,
+        z_dim: 4,
+        latents_mean: vec![0.0; 4],
+        latents_std: vec![1.0; 4],
+        ..WanVaeConfig::small()
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let vae = WanVae::new(&vs.root(), &cfg).unwrap();
+    apt_vae::init_temporal_identity(&vs);
+    let frame = Tensor::rand([1, 3, 1, 8, 8], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    let still = frame.repeat([1, 1, 5, 1, 1]);
+    let (one, five) = tch::no_grad(|| {
+        let one = vae.decode(&vae.encode(&frame).unwrap().mean).unwrap();
+        let five = vae.decode(&vae.encode(&still).unwrap().mean).unwrap();
+        (one, five)
+    });
+    assert_eq!(five.size(), vec![1, 3, 5, 8, 8]);
+    let diff = (five - one.repeat([1, 1, 5, 1, 1])).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "{diff}");
+}
