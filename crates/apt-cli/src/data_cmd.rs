@@ -17,6 +17,9 @@ pub enum DataCommand {
     },
     /// Write the moving-shapes benchmark as mp4 files with caption sidecars.
     Shapes(ShapesArgs),
+    /// Encode a folder or manifest of videos with a VAE into latents + a manifest the loader
+    /// reads (resumable; bad clips skipped with the file named).
+    Encode(crate::encode_cmd::EncodeArgs),
 }
 
 /// Which split to write.
@@ -70,6 +73,7 @@ pub fn run(command: DataCommand) -> Result<()> {
     match command {
         DataCommand::Inspect { path } => inspect(&path),
         DataCommand::Shapes(args) => shapes(args),
+        DataCommand::Encode(args) => crate::encode_cmd::run(args),
     }
 }
 

@@ -81,6 +81,23 @@ pub fn print(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
             taps.len()
         );
     }
+    if let Some(vae) = &run.vae {
+        let cfg = vae.vae_config()?;
+        let origin = match vae.import_from() {
+            Some(dir) => format!("from {} (frozen)", dir.display()),
+            None => format!("preset {:?}, trained by the vae stage", vae.preset),
+        };
+        println!(
+            "vae          {origin}: {} parameters, {}× time, {}× space, {} channels; the models \
+             see {:?} latents of {:?} clips (its weights counted in every stage's states)",
+            commas(apt_vae::parameter_count(&cfg)? as u64),
+            cfg.temporal_ratio(),
+            cfg.spatial_ratio(),
+            cfg.z_dim,
+            run.model_clip_shape()?,
+            run.data.clip_shape()
+        );
+    }
     let (_, token_text) = tokens(run, &model, None);
     println!("tokens       {token_text}");
     if let Some(from) = run.pretrain.as_ref().and_then(|p| p.import_from()) {

@@ -3,6 +3,7 @@
 mod data_cmd;
 mod doctor;
 mod dry_run;
+mod encode_cmd;
 mod eval_cmd;
 mod gan_cmd;
 mod log_file;
@@ -39,7 +40,7 @@ enum Command {
     Train(train_cmd::TrainArgs),
     /// Ablation study of the adversarial stage: variants × seeds from one shared init.
     Study(study_cmd::StudyArgs),
-    /// Data tools: inspect a video or image file.
+    /// Data tools: inspect a video or image file, write moving shapes, encode videos to latents.
     Data {
         #[command(subcommand)]
         command: data_cmd::DataCommand,

@@ -8,7 +8,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use apt_flow::{sample, Guidance, Method, OneStepGenerator, SamplerConfig, TensorRng};
+use std::rc::Rc;
+
 use apt_pipeline::config::parse_device;
+use apt_pipeline::latent::{LatentCodec, Space};
 use apt_pipeline::memory::{human_bytes, machine_memory, sample_bytes};
 use apt_pipeline::run_dir::{load_exported, MODEL_CONFIG};
 use apt_pipeline::text::TextConditioner;
@@ -43,6 +46,10 @@ pub struct SampleArgs {
     /// cpu, cuda or cuda:N (default: the run's device).
     #[arg(long)]
     device: Option<String>,
+    /// A diffusers AutoencoderKLWan directory to decode the generated latents with (default:
+    /// the run's `[vae]`, when it has one; `--shape` is then the latent shape).
+    #[arg(long)]
+    vae: Option<PathBuf>,
     /// Output: .mp4, .mov, .mkv, .gif or .png (frame grid).
     #[arg(long)]
     out: PathBuf,
@@ -103,9 +110,17 @@ pub fn run(args: SampleArgs) -> Result<()> {
             config_file.display()
         ),
     };
+    let vae_dir = args.vae.clone().or_else(|| {
+        run.as_ref()
+            .and_then(|r| apt_pipeline::latent::vae_dir(r, &run_dir))
+    });
+    let space = match &vae_dir {
+        Some(d) => Space::Latent(Rc::new(LatentCodec::load(d, device)?)),
+        None => Space::Pixels,
+    };
     let shape = match (args.shape, &run) {
         (Some(s), _) => s,
-        (None, Some(r)) => r.data.clip_shape().map(|v| v as u64),
+        (None, Some(r)) => space.model_shape(r.data.clip_shape()).map(|v| v as u64),
         (None, None) => bail!(
             "no run config at {}: give --shape C,T,H,W",
             config_file.display()
@@ -156,6 +171,10 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let generator_time = start.elapsed();
 
     let start = Instant::now();
+    let video = space.to_pixels(&video)?;
+    let decode_time = start.elapsed();
+
+    let start = Instant::now();
     let clip = video.get(0).clamp(-1.0, 1.0).to_device(tch::Device::Cpu);
     apt_data::write_video(&args.out, &clip, 8.0)?;
     let write_time = start.elapsed();
@@ -173,6 +192,13 @@ pub fn run(args: SampleArgs) -> Result<()> {
         text_time.as_secs_f64() * 1e3
     );
     println!("generator     {:.1} ms", generator_time.as_secs_f64() * 1e3);
+    if let Some(d) = &vae_dir {
+        println!(
+            "decode        {:.1} ms (VAE {})",
+            decode_time.as_secs_f64() * 1e3,
+            d.display()
+        );
+    }
     println!("write         {:.1} ms", write_time.as_secs_f64() * 1e3);
     println!("video         {}", args.out.display());
     Ok(())

@@ -1,4 +1,4 @@
-//! `apt train --config FILE [--stage pretrain|distill|consistency|apt|all] [--resume]
+//! `apt train --config FILE [--stage vae|pretrain|distill|consistency|apt|all] [--resume]
 //! [--set key=value …] [--dry-run]`.
 //!
 //! Under `mpirun -np N` (or `srun --mpi=pmix`) the N processes train data-parallel: each
@@ -22,6 +22,8 @@ use crate::{dry_run, log_file};
 /// A pipeline stage on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StageArg {
+    /// Training the video VAE of a latent-space run (`[vae]`).
+    Vae,
     /// Rectified-flow pre-training of the teacher.
     Pretrain,
     /// Deterministic distillation to one step (teacher ODE pairs).
@@ -37,6 +39,7 @@ pub enum StageArg {
 impl StageArg {
     fn selection(self) -> Selection {
         match self {
+            StageArg::Vae => Selection::One(Stage::Vae),
             StageArg::Pretrain => Selection::One(Stage::Pretrain),
             StageArg::Distill => Selection::One(Stage::Distill),
             StageArg::Consistency => Selection::One(Stage::Consistency),

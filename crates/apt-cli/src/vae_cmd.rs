@@ -25,6 +25,28 @@ pub enum VaeCommand {
         #[arg(long)]
         fixture: PathBuf,
     },
+    /// Encode a video with a VAE and decode it back: writes the original and the
+    /// reconstruction side by side and prints the PSNR (dB, peak-to-peak 2).
+    Reconstruct {
+        /// A diffusers `AutoencoderKLWan` directory.
+        #[arg(long)]
+        diffusers: PathBuf,
+        /// A video or image file.
+        #[arg(long)]
+        input: PathBuf,
+        /// Frames to take from the middle of the file (1 + 4k for Wan 2.1).
+        #[arg(long, default_value_t = 17)]
+        frames: usize,
+        /// Height to resize (cover) and centre-crop to.
+        #[arg(long, default_value_t = 256)]
+        height: u32,
+        /// Width to resize (cover) and centre-crop to.
+        #[arg(long, default_value_t = 256)]
+        width: u32,
+        /// Output: .mp4, .gif or .png (frame grid).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Encode and decode throughput (frames/s) of a VAE directory on random input, fp32, no
     /// gradients: one JSON line per direction (what `cargo xtask bench vae` compares).
     Speed {
@@ -44,6 +66,19 @@ pub enum VaeCommand {
 pub fn run(command: VaeCommand) -> Result<()> {
     match command {
         VaeCommand::Parity { diffusers, fixture } => parity(&diffusers, &fixture),
+        VaeCommand::Reconstruct {
+            diffusers,
+            input,
+            frames,
+            height,
+            width,
+            out,
+        } => reconstruct(
+            &diffusers,
+            &input,
+            [frames, height as usize, width as usize],
+            &out,
+        ),
         VaeCommand::Speed {
             diffusers,
             shape,
@@ -76,6 +111,39 @@ fn parity(dir: &Path, fixture: &Path) -> Result<()> {
         report.decode_max_abs_diff
     );
     println!("max abs difference: {:e}", report.max_abs_diff());
+    Ok(())
+}
+
+fn reconstruct(dir: &Path, input: &Path, [frames, h, w]: [usize; 3], out: &Path) -> Result<()> {
+    let spec = apt_data::ClipSpec::eval(frames, h as u32, w as u32);
+    let clip = apt_data::load_clip(
+        input,
+        &spec,
+        &mut rand::rngs::mock::StepRng::new(0, 1),
+        None,
+    )?;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let vae = WanVae::from_diffusers_dir(&vs, dir)?;
+    let x = clip.video.unsqueeze(0);
+    let start = Instant::now();
+    let recon = tch::no_grad(|| -> apt_vae::Result<Tensor> { vae.decode(&vae.encode(&x)?.mean) })?;
+    let seconds = start.elapsed().as_secs_f64();
+    let mse = (&recon - &x).square().mean(Kind::Float).double_value(&[]);
+    let psnr = 10.0 * (4.0 / mse.max(1e-12)).log10();
+    let gap = Tensor::ones([3, frames as i64, h as i64, 2], (Kind::Float, Device::Cpu));
+    let strip = Tensor::cat(&[x.get(0), gap, recon.get(0)], 3);
+    apt_data::write_video(out, &strip, 8.0)?;
+    println!(
+        "input         {} ({frames} frames, {h}x{w})",
+        input.display()
+    );
+    println!("vae           {}", dir.display());
+    println!("encode+decode {:.1} ms", seconds * 1e3);
+    println!(
+        "written       {} (original | reconstruction)",
+        out.display()
+    );
+    println!("psnr          {psnr:.2} dB");
     Ok(())
 }
 

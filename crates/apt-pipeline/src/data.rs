@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use crate::error::{config_error, Result};
+use crate::latent::Space;
 use crate::prefetch::{render_range, ShapesPrefetch};
 
 /// The `[data]` section of a run config.
@@ -39,6 +40,21 @@ pub enum DataConfig {
         #[serde(default)]
         on_bad_sample: OnBadSample,
     },
+    /// VAE latents written by `apt data encode` (its `manifest.jsonl`), for a run with `[vae]`
+    /// (the same VAE): no decoding, only the normalisation.
+    Latents {
+        /// The manifest.
+        path: std::path::PathBuf,
+        /// Latent shape `[C, T, H, W]` to train on (T latent frames cut at random from each
+        /// file; C, H, W as stored).
+        shape: [usize; 4],
+        /// Reading threads.
+        #[serde(default = "two")]
+        workers: usize,
+        /// What to do with unreadable files.
+        #[serde(default)]
+        on_bad_sample: OnBadSample,
+    },
 }
 
 fn two() -> usize {
@@ -56,7 +72,24 @@ impl DataConfig {
                 }
                 Ok(clip.validate()?)
             }
+            DataConfig::Latents { shape, workers, .. } => {
+                if *workers == 0 {
+                    return Err(config_error("data.workers", "must be at least 1"));
+                }
+                if shape.contains(&0) {
+                    return Err(config_error(
+                        "data.shape",
+                        format!("must be four positive sizes [C, T, H, W], got {shape:?}"),
+                    ));
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// True when the batches are already latents (`kind = "latents"`).
+    pub fn is_latent(&self) -> bool {
+        matches!(self, DataConfig::Latents { .. })
     }
 
     /// The clip shape `[C, T, H, W]` this source yields.
@@ -74,6 +107,7 @@ impl DataConfig {
                 clip.height as i64,
                 clip.width as i64,
             ],
+            DataConfig::Latents { shape, .. } => shape.map(|v| v as i64),
         }
     }
 
@@ -83,6 +117,7 @@ impl DataConfig {
         match &mut data {
             DataConfig::Shapes { shapes, .. } => shapes.frames = frames,
             DataConfig::Files { clip, .. } => clip.num_frames = frames,
+            DataConfig::Latents { shape, .. } => shape[1] = frames,
         }
         data
     }
@@ -91,7 +126,7 @@ impl DataConfig {
     pub fn shapes(&self) -> Option<&ShapesConfig> {
         match self {
             DataConfig::Shapes { shapes, .. } => Some(shapes),
-            DataConfig::Files { .. } => None,
+            DataConfig::Files { .. } | DataConfig::Latents { .. } => None,
         }
     }
 }
@@ -99,6 +134,10 @@ impl DataConfig {
 /// A stream of `(clips [B, C, T, H, W], captions)` with a resumable cursor.
 pub struct TrainData {
     source: Source,
+    /// What the batches are turned into (latents under a VAE).
+    space: Space,
+    /// The source yields stored latents.
+    latent: bool,
     shape: [i64; 4],
     /// Skipped files already reported.
     reported: usize,
@@ -153,9 +192,25 @@ impl TrainData {
                 };
                 Source::Files(Some(Box::new(Loader::new(set, cfg)?)))
             }
+            DataConfig::Latents {
+                path,
+                shape,
+                workers,
+                on_bad_sample,
+            } => {
+                let set = Dataset::open(path, *on_bad_sample)?;
+                let clip = ClipSpec::eval(shape[1], shape[2] as u32, shape[3] as u32).random();
+                let cfg = LoaderConfig {
+                    on_bad_sample: *on_bad_sample,
+                    ..LoaderConfig::new(batch_size, *workers, seed, clip)
+                };
+                Source::Files(Some(Box::new(Loader::new(set, cfg)?)))
+            }
         };
         let mut data = Self {
             source,
+            space: Space::Pixels,
+            latent: config.is_latent(),
             shape: config.clip_shape(),
             reported: 0,
         };
@@ -188,6 +243,29 @@ impl TrainData {
             *prefetch = Some(ShapesPrefetch::start(config.clone(), *seed, device));
         }
         self
+    }
+
+    /// Batches in `space`: under a VAE, every batch of pixel clips is encoded into normalised
+    /// latents (on the VAE's device) and [`ClipSource::clip_shape`] is the latent shape.
+    /// Stored latents (`kind = "latents"`) are only normalised.
+    pub fn in_space(mut self, space: &Space) -> Self {
+        if !self.latent {
+            self.shape = space.model_shape(self.shape);
+        }
+        self.space = space.clone();
+        self
+    }
+
+    fn to_space(
+        &self,
+        (video, captions): (Tensor, Vec<String>),
+    ) -> apt_flow::Result<(Tensor, Vec<String>)> {
+        let video = match self.latent {
+            true => self.space.normalize(&video),
+            false => self.space.from_pixels(&video),
+        }
+        .map_err(|e| FlowError::Source(Box::new(e)))?;
+        Ok((video, captions))
     }
 
     /// Every file or manifest line skipped so far, with its reason.
@@ -246,7 +324,7 @@ impl ClipSource for TrainData {
     fn next_clips(&mut self, batch: usize) -> apt_flow::Result<(Tensor, Vec<String>)> {
         let result = self.batch(batch);
         self.report_skipped();
-        result.map_err(|e| FlowError::Source(Box::new(e)))
+        self.to_space(result.map_err(|e| FlowError::Source(Box::new(e)))?)
     }
 
     /// Moving shapes render only this rank's clips (sample `i` of the stream is the same clip on
@@ -275,8 +353,9 @@ impl ClipSource for TrainData {
         let (start, len) = shard.range(batch, "batch_size")?;
         let first = *next + start as u64;
         *next += batch as u64;
-        shapes_batch(config, *seed, prefetch, (first, len), batch)
-            .map_err(|e| FlowError::Source(Box::new(e)))
+        let rows = shapes_batch(config, *seed, prefetch, (first, len), batch)
+            .map_err(|e| FlowError::Source(Box::new(e)))?;
+        self.to_space(rows)
     }
 
     fn cursor(&self) -> Cursor {

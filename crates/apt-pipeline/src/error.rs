@@ -49,6 +49,9 @@ pub enum PipelineError {
     /// The model failed.
     #[error(transparent)]
     Model(#[from] apt_mmdit::MmditError),
+    /// The VAE failed (loading, shapes).
+    #[error(transparent)]
+    Vae(#[from] apt_vae::VaeError),
     /// Data loading, decoding or writing failed.
     #[error(transparent)]
     Data(#[from] apt_data::DataError),

@@ -15,6 +15,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod latent;
 pub mod lock;
 pub mod memory;
 pub mod prefetch;

@@ -115,7 +115,10 @@ pub fn activation_bytes(depth: usize, width: usize, tokens: usize, batch: usize)
 /// Visual + text tokens per clip of `frames` frames (the data's when `None`), and what the
 /// count was sized on.
 pub fn tokens(run: &RunConfig, model: &MmditConfig, frames: Option<usize>) -> (usize, String) {
-    let [c, t, h, w] = run.data.clip_shape().map(|v| v as usize);
+    let [c, t, h, w] = run
+        .model_clip_shape()
+        .unwrap_or_else(|_| run.data.clip_shape())
+        .map(|v| v as usize);
     let t = frames.unwrap_or(t);
     let [pt, ph, pw] = model.patch_size;
     let text = run.text.tokens;
@@ -145,6 +148,11 @@ pub fn tokens(run: &RunConfig, model: &MmditConfig, frames: Option<usize>) -> (u
 /// pre-training imports a teacher instead of training one).
 pub fn train_config(run: &RunConfig, stage: Stage) -> Option<&TrainConfig> {
     match stage {
+        Stage::Vae => run
+            .vae
+            .as_ref()
+            .filter(|v| v.import_from().is_none())
+            .and_then(|v| v.train.as_ref()),
         Stage::Pretrain => run
             .pretrain
             .as_ref()
@@ -158,6 +166,45 @@ pub fn train_config(run: &RunConfig, stage: Stage) -> Option<&TrainConfig> {
 
 /// The estimate for `stage` with its micro-batch (`None` when the config has no such stage).
 pub fn estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemory)>> {
+    if stage == Stage::Vae {
+        return vae_estimate(run);
+    }
+    // A run in latent space keeps its frozen VAE next to every network.
+    let vae_frozen = match &run.vae {
+        Some(v) => (apt_vae::parameter_count(&v.vae_config()?)? as u64).saturating_mul(VALUE),
+        None => 0,
+    };
+    let estimate = model_estimate(run, stage)?;
+    Ok(estimate.map(|(batch, mut m)| {
+        m.states = m.states.saturating_add(vae_frozen);
+        (batch, m)
+    }))
+}
+
+/// The VAE stage: the trained VAE's states and its (rough) activations on the data's clips.
+fn vae_estimate(run: &RunConfig) -> Result<Option<(usize, StepMemory)>> {
+    let (Some(section), Some(t)) = (&run.vae, train_config(run, Stage::Vae)) else {
+        return Ok(None);
+    };
+    let cfg = section.vae_config()?;
+    let p = apt_vae::parameter_count(&cfg)? as u64;
+    let [_, frames, h, w] = run.data.clip_shape();
+    let act = (apt_vae::activation_values(&cfg, frames, h, w) as u64)
+        .saturating_mul(VALUE)
+        .saturating_mul(t.batch_size as u64);
+    Ok(Some((
+        t.batch_size,
+        StepMemory {
+            states: trained_bytes(p, &t.optimizer, t.ema_decay.is_some()),
+            optimizer: optimizer_bytes(p, &t.optimizer),
+            activations: act,
+            recomputed: act,
+        },
+    )))
+}
+
+/// The MMDiT stages' estimate (without the frozen VAE).
+fn model_estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemory)>> {
     let model = run.model_config()?;
     let p = param_count(&model).total();
     let frames = match stage {
@@ -191,6 +238,7 @@ pub fn estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemo
         )
     };
     Ok(match stage {
+        Stage::Vae => None,
         // Trained student + `frozen_copies` frozen networks of the same size.
         Stage::Pretrain => train_config(run, stage).map(|t| flow_stage(t, 0)),
         Stage::Distill => run.distill.as_ref().map(|c| flow_stage(&c.train, 1)),

@@ -23,6 +23,8 @@ use crate::error::{io_error, PipelineError, Result};
 /// A stage of the pipeline, and its directory in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Stage {
+    /// Training the video VAE whose latent space the other stages work in (`[vae]`).
+    Vae,
     /// Rectified-flow pre-training of the teacher.
     Pretrain,
     /// Deterministic distillation (teacher ODE pairs → one step).
@@ -37,7 +39,8 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 5] = [
+    pub const ALL: [Stage; 6] = [
+        Stage::Vae,
         Stage::Pretrain,
         Stage::Distill,
         Stage::Consistency,
@@ -45,9 +48,10 @@ impl Stage {
         Stage::Apt,
     ];
 
-    /// The directory name and label (`pretrain`, …, `apt-image`, `apt`).
+    /// The directory name and label (`vae`, `pretrain`, …, `apt-image`, `apt`).
     pub fn name(self) -> &'static str {
         match self {
+            Stage::Vae => "vae",
             Stage::Pretrain => "pretrain",
             Stage::Distill => "distill",
             Stage::Consistency => "consistency",
@@ -64,9 +68,11 @@ impl Stage {
         }
     }
 
-    /// The exported model's file: `teacher`, `student` or `generator` `.safetensors`.
+    /// The exported model's file: `teacher`, `student` or `generator` `.safetensors` (the VAE
+    /// exports a diffusers directory: its weights file).
     pub fn export_file(self) -> &'static str {
         match self {
+            Stage::Vae => apt_mmdit::weights::DIFFUSERS_WEIGHTS,
             Stage::Pretrain => "teacher.safetensors",
             Stage::Distill | Stage::Consistency => "student.safetensors",
             Stage::AptImage | Stage::Apt => "generator.safetensors",

@@ -27,6 +27,10 @@ pub enum Selection {
 pub fn planned_stages(config: &RunConfig, selection: Selection) -> Result<Vec<Stage>> {
     let image = config.apt.as_ref().is_some_and(|a| a.image.is_some());
     let configured = |s: Stage| match s {
+        Stage::Vae => config
+            .vae
+            .as_ref()
+            .is_some_and(|v| v.import_from().is_none()),
         Stage::Pretrain => config.pretrain.is_some(),
         Stage::Distill => config.distill.is_some(),
         Stage::Consistency => config.consistency.is_some(),
@@ -52,7 +56,7 @@ pub fn planned_stages(config: &RunConfig, selection: Selection) -> Result<Vec<St
     if stages.is_empty() {
         return Err(config_error(
             "pretrain",
-            "no stage is configured ([pretrain], [distill], [consistency] or [apt])",
+            "no stage is configured ([vae], [pretrain], [distill], [consistency] or [apt])",
         ));
     }
     Ok(stages)
@@ -218,15 +222,24 @@ fn prerequisites(config: &RunConfig, stage: Stage) -> Vec<Stage> {
         Some(crate::config::GeneratorInit::Consistency) => Stage::Consistency,
         _ => Stage::Distill,
     };
-    match stage {
-        Stage::Pretrain => vec![],
+    let mut stages = match stage {
+        Stage::Vae | Stage::Pretrain => vec![],
         Stage::Distill | Stage::Consistency => vec![Stage::Pretrain],
         Stage::AptImage => vec![Stage::Pretrain, student],
         Stage::Apt if apt.is_some_and(|a| a.image.is_some()) => {
             vec![Stage::Pretrain, Stage::AptImage]
         }
         Stage::Apt => vec![Stage::Pretrain, student],
+    };
+    // In latent space every model stage needs the VAE this run trains.
+    let trains_vae = config
+        .vae
+        .as_ref()
+        .is_some_and(|v| v.import_from().is_none());
+    if stage != Stage::Vae && trains_vae {
+        stages.insert(0, Stage::Vae);
     }
+    stages
 }
 
 fn check_against_the_run(

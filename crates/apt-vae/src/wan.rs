@@ -375,8 +375,12 @@ pub fn init_temporal_identity(vs: &nn::VarStore) {
             let eye = Tensor::eye(inp, (w.kind(), w.device()));
             for start in (0..out).step_by(inp as usize) {
                 let rows = inp.min(out - start);
-                let mut tap = w.narrow(0, start, rows).select(2, kt - 1).squeeze_dim(-1).squeeze_dim(-1);
-                let _ = tap.copy_(&eye.narrow(0, 0, rows));
+                let mut tap = w
+                    .narrow(0, start, rows)
+                    .select(2, kt - 1)
+                    .squeeze_dim(-1)
+                    .squeeze_dim(-1);
+                tap.copy_(&eye.narrow(0, 0, rows));
             }
         }
         for (name, mut b) in vs.variables() {

@@ -193,6 +193,9 @@ fn temporal_identity_init_makes_a_still_video_decode_like_its_frame() {
         (one, five)
     });
     assert_eq!(five.size(), vec![1, 3, 5, 8, 8]);
-    let diff = (five - one.repeat([1, 1, 5, 1, 1])).abs().max().double_value(&[]);
+    let diff = (five - one.repeat([1, 1, 5, 1, 1]))
+        .abs()
+        .max()
+        .double_value(&[]);
     assert!(diff < 1e-5, "{diff}");
 }

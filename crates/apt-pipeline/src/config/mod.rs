@@ -5,6 +5,7 @@
 mod compare;
 mod overrides;
 mod sections;
+mod vae;
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,7 @@ pub use sections::{
     EvalConfig, GeneratorInit, ImageStage, ModelSection, PretrainSection, ReportSection,
     TextSection,
 };
+pub use vae::VaeSection;
 
 use crate::data::DataConfig;
 use crate::error::{config_error, PipelineError, Result};
@@ -64,6 +66,9 @@ pub struct RunConfig {
     pub precision: Precision,
     /// The MMDiT.
     pub model: ModelSection,
+    /// A video VAE to train (or take) and work in the latent space of (absent: pixel space).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<VaeSection>,
     /// Training clips.
     pub data: DataConfig,
     /// Text conditioning.
@@ -165,6 +170,9 @@ impl RunConfig {
             return Err(config_error("text.tokens", "must be at least 1"));
         }
         self.data.validate()?;
+        if let Some(v) = &self.vae {
+            v.validate()?;
+        }
         self.report.validate()?;
         if let Some(p) = &self.pretrain {
             p.validate()?;
@@ -220,7 +228,7 @@ impl RunConfig {
     /// Whether `cfg` fits the clips of `[data]` (and of the APT image stage) and the MiniLM
     /// text encoder.
     pub fn check_compatibility(&self, cfg: &MmditConfig) -> Result<()> {
-        let [c, t, h, w] = self.data.clip_shape();
+        let [c, t, h, w] = self.model_clip_shape()?;
         if cfg.in_channels as i64 != c || cfg.out_channels as i64 != c {
             return Err(config_error(
                 "model",
@@ -261,6 +269,30 @@ impl RunConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The shape `[C, T, H, W]` the models see: the data's clips, or their latents under
+    /// `[vae]` (an error naming `data` when the clips do not fit the VAE's compression).
+    pub fn model_clip_shape(&self) -> Result<[i64; 4]> {
+        let shape = self.data.clip_shape();
+        match (&self.vae, self.data.is_latent()) {
+            (None, false) => Ok(shape),
+            (None, true) => Err(config_error(
+                "data.kind",
+                "is \"latents\" but there is no [vae] section (the VAE that made them)",
+            )),
+            (Some(v), false) => crate::latent::latent_shape_of(&v.vae_config()?, shape),
+            (Some(v), true) => {
+                let z = v.vae_config()?.z_dim;
+                if shape[0] != z {
+                    return Err(config_error(
+                        "data.shape",
+                        format!("has {} channels but the VAE's latents have {z}", shape[0]),
+                    ));
+                }
+                Ok(shape)
+            }
+        }
     }
 
     /// The device.

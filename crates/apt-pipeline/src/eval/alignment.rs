@@ -15,6 +15,7 @@ use tch::{Device, Tensor};
 use super::metrics::{self, FEATURES};
 use crate::config::EvalConfig;
 use crate::error::{PipelineError, Result};
+use crate::latent::Space;
 use crate::text::TextConditioner;
 
 /// Text-alignment results of a set of clips.
@@ -116,25 +117,29 @@ pub fn patch_grid(cfg: &apt_mmdit::MmditConfig) -> PatchGrid {
     [cfg.patch_size[1], cfg.patch_size[2]]
 }
 
-/// Generates one clip per prompt with `generate(noise, conditioning)` and reads every clip (and
-/// the real render of its prompt) back. Raising `stop` ends it between batches with
-/// [`PipelineError::Interrupted`].
+/// Generates one clip per prompt with `generate(noise, conditioning)` (noise and output in
+/// `space`: latents are decoded before scoring) and reads every clip (and the real render of
+/// its prompt) back. `patch` is the model's patch in its own space. Raising `stop` ends it
+/// between batches with [`PipelineError::Interrupted`].
+#[allow(clippy::too_many_arguments)]
 pub fn score_clips(
     shapes: &ShapesConfig,
     text: &TextConditioner,
     eval: &EvalConfig,
+    space: &Space,
     patch: PatchGrid,
     device: Device,
     stop: &AtomicBool,
     mut generate: impl FnMut(&Tensor, &Conditioning) -> apt_flow::Result<Tensor>,
 ) -> Result<ScoredClips> {
     let (h, w) = (shapes.height as usize, shapes.width as usize);
-    let shape = [
+    let shape = space.model_shape([
         3,
         shapes.frames as i64,
         shapes.height as i64,
         shapes.width as i64,
-    ];
+    ]);
+    let patch = space.pixel_patch(patch);
     let (mut clips, mut real_scores) = (Vec::new(), Vec::new());
     let mut seconds = 0.0;
     let mut noise = TensorRng::new(eval.seed, 1);
@@ -155,7 +160,9 @@ pub fn score_clips(
         let cond = text.batch(&captions, &[])?;
         let z = noise.normal(&[n as i64, shape[0], shape[1], shape[2], shape[3]], device);
         let start = Instant::now();
-        let generated = generate(&z, &cond)?.to_device(Device::Cpu);
+        let generated = space
+            .to_pixels(&generate(&z, &cond)?)?
+            .to_device(Device::Cpu);
         seconds += start.elapsed().as_secs_f64();
         for (k, (truth, real)) in truths.iter().zip(&reals).enumerate() {
             let clip = generated.get(k as i64).clamp(-1.0, 1.0);
@@ -257,16 +264,18 @@ pub fn summarise(scored: &ScoredClips, idx: &[usize], scale: &FeatureScale) -> A
 }
 
 /// Generates and scores one clip per prompt (see [`score_clips`]) and summarises all of them.
+#[allow(clippy::too_many_arguments)]
 pub fn shapes_alignment(
     shapes: &ShapesConfig,
     text: &TextConditioner,
     eval: &EvalConfig,
+    space: &Space,
     patch: PatchGrid,
     device: Device,
     stop: &AtomicBool,
     generate: impl FnMut(&Tensor, &Conditioning) -> apt_flow::Result<Tensor>,
 ) -> Result<AlignmentReport> {
-    let scored = score_clips(shapes, text, eval, patch, device, stop, generate)?;
+    let scored = score_clips(shapes, text, eval, space, patch, device, stop, generate)?;
     let all: Vec<usize> = (0..scored.clips.len()).collect();
     Ok(summarise(&scored, &all, &FeatureScale::of(&scored.real)))
 }

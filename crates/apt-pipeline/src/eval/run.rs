@@ -16,6 +16,7 @@ use super::alignment::{score_clips, summarise, AlignmentReport, FeatureScale, Sc
 use super::bootstrap::{paired_bootstrap, ModelIntervals};
 use crate::config::{default_eval_batch, EvalConfig, RunConfig};
 use crate::error::{config_error, PipelineError, Result};
+use crate::latent::Space;
 use crate::run_dir::{RunDir, Stage};
 use crate::text::TextConditioner;
 
@@ -47,6 +48,8 @@ pub struct RunModels {
     pub apt: Option<Mmdit>,
     /// `apt/generator-raw.safetensors` (G's own weights, without the EMA).
     pub apt_raw: Option<Mmdit>,
+    /// Where they generate: pixels, or the latents of the run's VAE (decoded for scoring).
+    pub space: Space,
 }
 
 impl RunModels {
@@ -67,6 +70,7 @@ impl RunModels {
                 true => Some(crate::run_dir::load_exported(&raw, device)?.model),
                 false => None,
             },
+            space: Space::open(run, dir)?,
         })
     }
 }
@@ -164,6 +168,7 @@ pub fn evaluate_run(
                     shapes,
                     &text,
                     &eval(prompts),
+                    &models.space,
                     [ph, pw],
                     device,
                     stop,
@@ -176,6 +181,7 @@ pub fn evaluate_run(
                     shapes,
                     &text,
                     &eval(report.prompts),
+                    &models.space,
                     [ph, pw],
                     device,
                     stop,
@@ -263,12 +269,14 @@ pub fn side_by_side(
         let drawn = shapes.draw(seed, i as u64, Split::All)?;
         let caption = shapes.caption(&drawn);
         let cond = text.batch(std::slice::from_ref(&caption), &[])?;
-        let z = noise.normal(&[1, 3, t, h, w], device);
+        let [c, zt, zh, zw] = models.space.model_shape([3, t, h, w]);
+        let z = noise.normal(&[1, c, zt, zh, zw], device);
+        let decode = |x: Tensor| -> Result<Tensor> { Ok(models.space.to_pixels(&x)?.get(0)) };
         let mut columns = vec!["real".to_string()];
         let mut clips = vec![shapes.render(&drawn).to_kind(tch::Kind::Float)];
         if let Some(m) = &models.teacher {
             columns.push("teacher".into());
-            clips.push(teacher_sample(m, &z, &cond, &null, teacher)?.get(0));
+            clips.push(decode(teacher_sample(m, &z, &cond, &null, teacher)?)?);
         }
         for (model, label) in [
             (&models.distilled, "distilled"),
@@ -277,7 +285,7 @@ pub fn side_by_side(
         ] {
             if let Some(m) = model {
                 columns.push(label.into());
-                clips.push(OneStepGenerator::new(m).generate(&z, &cond)?.get(0));
+                clips.push(decode(OneStepGenerator::new(m).generate(&z, &cond)?)?);
             }
         }
         let gap = Tensor::ones([3, t, h, 2], (tch::Kind::Float, Device::Cpu));

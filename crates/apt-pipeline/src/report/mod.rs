@@ -115,6 +115,38 @@ fn write_plots(dir: &RunDir) -> std::result::Result<Vec<PathBuf>, String> {
     Ok(written)
 }
 
+/// What a latent-space run's table means: the models generate VAE latents, decoded before
+/// scoring; the VAE's own reconstruction PSNR bounds what they can show.
+fn latent_paragraph(dir: &RunDir, vae: &Path) -> String {
+    let mut md = format!(
+        "**Latent space.** Every generator above works on the latents of the VAE `{}`; its clips \
+         are decoded before they are scored.",
+        vae.display()
+    );
+    let report = std::fs::read_to_string(dir.stage_report(Stage::Vae))
+        .ok()
+        .and_then(|t| serde_json::from_str::<crate::stages::VaeReport>(&t).ok());
+    if let Some(r) = report {
+        md.push_str(&format!(
+            " Trained here ({} updates, {} parameters, latents {:?}), it reconstructs {} \
+             held-out clips at {:.2} dB PSNR (95% interval {:.2}–{:.2}; {}), mean absolute error \
+             {:.4}: the real renders passed through it score no better than that, so neither \
+             can a generator.",
+            r.steps,
+            r.parameters,
+            r.latent_shape,
+            r.val_clips,
+            r.psnr,
+            r.psnr_interval[0],
+            r.psnr_interval[1],
+            r.val_source,
+            r.l1
+        ));
+    }
+    md.push_str("\n\n");
+    md
+}
+
 fn relative(dir: &RunDir, path: &Path) -> String {
     path.strip_prefix(dir.root())
         .unwrap_or(path)
@@ -148,6 +180,7 @@ pub fn evaluate_and_write(
         (Vec::new(), Vec::new())
     };
     let stage_seconds: Vec<(String, f64)> = [
+        Stage::Vae,
         Stage::Pretrain,
         Stage::Distill,
         Stage::Consistency,
@@ -221,6 +254,9 @@ pub fn evaluate_and_write(
          area std / mean across frames; *colour drift*: RGB distance of each frame's object \
          colour from its mean. *ms / clip*: generation time per clip in batches of 16.\n\n",
     );
+    if let Some(vae) = crate::latent::vae_dir(run, dir) {
+        md.push_str(&latent_paragraph(dir, &vae));
+    }
     md.push_str("## What APT does here\n\n");
     md.push_str(&verdict(&metrics.models));
     if !metrics.stage_seconds.is_empty() {

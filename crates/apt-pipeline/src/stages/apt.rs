@@ -23,6 +23,7 @@ use crate::config::{GeneratorInit, RunConfig};
 use crate::data::{DataConfig, TrainData};
 use crate::error::{config_error, io_error, Result};
 use crate::eval::{patch_grid, shapes_alignment, AlignmentReport};
+use crate::latent::Space;
 use crate::run_dir::{write_json, RunDir, Stage};
 use crate::text::TextConditioner;
 
@@ -122,6 +123,7 @@ struct Previews<'a> {
     data: &'a DataConfig,
     model: &'a MmditConfig,
     text: &'a TextConditioner,
+    space: &'a Space,
 }
 
 impl Observer for Previews<'_> {
@@ -150,10 +152,10 @@ impl Previews<'_> {
             .map(|i| shapes.draw(4242, i, Split::All).map(|s| shapes.caption(&s)))
             .collect::<std::result::Result<_, _>>()?;
         let cond = self.text.batch(&captions, &[])?;
-        let [c, t, h, w] = self.data.clip_shape();
+        let [c, t, h, w] = self.space.model_shape(self.data.clip_shape());
         let z = TensorRng::seeded_normal(4242, &[4, c, t, h, w], device);
-        let clips =
-            tch::no_grad(|| OneStepGenerator::new(&g).generate(&z, &cond))?.clamp(-1.0, 1.0);
+        let generated = tch::no_grad(|| OneStepGenerator::new(&g).generate(&z, &cond))?;
+        let clips = self.space.to_pixels(&generated)?.clamp(-1.0, 1.0);
         // Clips side by side along the width, frames along the grid.
         let strip = Tensor::cat(&(0..4).map(|i| clips.get(i)).collect::<Vec<_>>(), 3);
         let previews = self.dir.previews_dir(self.stage);
@@ -171,6 +173,7 @@ fn initial_alignment(
     generator: &Mmdit,
     text: &TextConditioner,
     data: &DataConfig,
+    space: &Space,
     stop: &AtomicBool,
 ) -> Result<Option<AlignmentReport>> {
     let file = ctx.dir.initial_eval_file(stage);
@@ -189,7 +192,7 @@ fn initial_alignment(
     let g = OneStepGenerator::new(generator);
     let device = ctx.config.device()?;
     let patch = patch_grid(&ctx.config.model()?);
-    let report = shapes_alignment(shapes, text, eval, patch, device, stop, |z, c| {
+    let report = shapes_alignment(shapes, text, eval, space, patch, device, stop, |z, c| {
         g.generate(z, c)
     })?;
     let dir = ctx.dir.stage(stage);
@@ -277,8 +280,10 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
         }
     }
     let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
-    let mut data =
-        TrainData::open(&plan.data, plan.train.batch_size, run.seed)?.prefetching(device);
+    let space = Space::open(run, ctx.dir)?;
+    let mut data = TrainData::open(&plan.data, plan.train.batch_size, run.seed)?
+        .prefetching(device)
+        .in_space(&space);
     let d_optimizer = plan.train.optimizer_d.unwrap_or(plan.train.optimizer);
     let parts = vec![
         Part::new(
@@ -294,7 +299,7 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
     let mut trainer = Trainer::new(stage.name(), &ctx.dir.stage(stage), &plan.train, parts, rng)?
         .with_collective(ctx.world.clone());
     trainer.stop = ctx.stop.clone();
-    let initial = initial_alignment(ctx, stage, &generator, &text, &plan.data, &ctx.stop)?;
+    let initial = initial_alignment(ctx, stage, &generator, &text, &plan.data, &space, &ctx.stop)?;
     let mut step = AdversarialStep::new(
         &generator,
         &discriminator,
@@ -315,6 +320,7 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
         data: &plan.data,
         model: &mcfg,
         text: &text,
+        space: &space,
     };
     if trainer.run(&mut step, &mut previews)? == Finish::Stopped {
         return Ok(Outcome::Stopped);
@@ -335,8 +341,16 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
     let raw_path = ctx.dir.raw_export_path(stage);
     ctx.dir
         .export_to(stage, &raw_path, &raw_vs, &mcfg, trainer.step)?;
-    let (one_step, two_step) =
-        one_and_two_step(run, &plan.data, &g, &mcfg, eval.as_ref(), &text, &ctx.stop)?;
+    let (one_step, two_step) = one_and_two_step(
+        run,
+        &plan.data,
+        &space,
+        &g,
+        &mcfg,
+        eval.as_ref(),
+        &text,
+        &ctx.stop,
+    )?;
     let report = AptReport {
         steps: trainer.step,
         initial,

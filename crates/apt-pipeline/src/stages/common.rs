@@ -13,6 +13,7 @@ use crate::config::{EvalConfig, RunConfig};
 use crate::data::DataConfig;
 use crate::error::{config_error, PipelineError, Result};
 use crate::eval::{patch_grid, shapes_alignment, AlignmentReport};
+use crate::latent::Space;
 use crate::run_dir::{LoadedModel, RunDir, Stage};
 use crate::text::TextConditioner;
 
@@ -98,9 +99,11 @@ pub fn export_part(
 
 /// One-step and zero-shot two-step text alignment of `generator` on the moving shapes of
 /// `data` (`None`s for file data or without an eval config).
+#[allow(clippy::too_many_arguments)]
 pub fn one_and_two_step(
     run: &RunConfig,
     data: &DataConfig,
+    space: &Space,
     generator: &Mmdit,
     generator_config: &MmditConfig,
     eval: Option<&EvalConfig>,
@@ -113,10 +116,10 @@ pub fn one_and_two_step(
     let device = run.device()?;
     let g = OneStepGenerator::new(generator);
     let patch = patch_grid(generator_config);
-    let one = shapes_alignment(shapes, text, eval, patch, device, stop, |z, c| {
+    let one = shapes_alignment(shapes, text, eval, space, patch, device, stop, |z, c| {
         g.generate(z, c)
     })?;
-    let two = shapes_alignment(shapes, text, eval, patch, device, stop, |z, c| {
+    let two = shapes_alignment(shapes, text, eval, space, patch, device, stop, |z, c| {
         g.generate_steps(z, c, 2)
     })?;
     Ok((Some(one), Some(two)))

@@ -34,7 +34,10 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         .with_collective(ctx.world.clone());
     trainer.stop = ctx.stop.clone();
     let (target_vs, target_model) = new_model(&run.model()?, run.seed, device)?;
-    let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?.prefetching(device);
+    let space = crate::latent::Space::open(run, ctx.dir)?;
+    let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?
+        .prefetching(device)
+        .in_space(&space);
     let ema_target = (cfg.target == ConsistencyTarget::Ema).then_some((&target_model, &target_vs));
     let mut step = ConsistencyStep::new(
         &cfg.method(),

@@ -19,6 +19,7 @@ use super::{Outcome, StageReport, StageRun};
 use crate::config::{DistillSection, EvalConfig};
 use crate::error::{config_error, io_error, PipelineError, Result};
 use crate::eval::AlignmentReport;
+use crate::latent::Space;
 use crate::run_dir::{write_json, Stage};
 use crate::text::TextConditioner;
 
@@ -66,7 +67,7 @@ fn teacher_pairs(
     let device = run.device()?;
     let null = text.null()?;
     let shards = cfg.pairs.div_ceil(cfg.shard_size);
-    let [c, t, h, w] = run.data.clip_shape();
+    let [c, t, h, w] = run.model_clip_shape()?;
     let mut loaded = Vec::with_capacity(shards);
     // Rank 0 generates the missing shards; every rank then reads them.
     let generate = ctx.is_main();
@@ -160,8 +161,10 @@ pub fn finish_student(
     let run = ctx.config;
     let mcfg = run.model()?;
     let (student, path) = export_part(run, ctx.dir, stage, &trainer.parts[0], &mcfg, trainer.step)?;
-    let (one_step, two_step) =
-        one_and_two_step(run, &run.data, &student, &mcfg, eval, text, &ctx.stop)?;
+    let space = Space::open(run, ctx.dir)?;
+    let (one_step, two_step) = one_and_two_step(
+        run, &run.data, &space, &student, &mcfg, eval, text, &ctx.stop,
+    )?;
     let losses: Vec<f64> = MetricsLog::read(&ctx.dir.stage_metrics(stage))
         .iter()
         .map(|m| m.value("loss"))

@@ -7,6 +7,7 @@ pub mod common;
 pub mod consistency;
 pub mod distill;
 pub mod pretrain;
+pub mod vae;
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -26,6 +27,7 @@ use crate::run_dir::{RunDir, Stage};
 pub use apt::AptReport;
 pub use distill::DistillReport;
 pub use pretrain::PretrainReport;
+pub use vae::VaeReport;
 
 /// Who follows a run (the command line's progress bars and log lines). Every method does
 /// nothing by default, so `()` is a silent follower.
@@ -50,6 +52,8 @@ impl Progress for () {}
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum StageReport {
+    /// The VAE.
+    Vae(VaeReport),
     /// Pre-training.
     Pretrain(PretrainReport),
     /// Deterministic or consistency distillation.
@@ -118,6 +122,7 @@ pub fn run_stage(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
     ctx.progress
         .stage_start(stage, stage_steps(ctx.config, stage));
     let outcome = match stage {
+        Stage::Vae => vae::run(ctx),
         Stage::Pretrain => pretrain::run(ctx),
         Stage::Distill => distill::run(ctx),
         Stage::Consistency => consistency::run(ctx),

@@ -21,6 +21,7 @@ use crate::config::RunConfig;
 use crate::data::TrainData;
 use crate::error::{config_error, io_error, Result};
 use crate::eval::{patch_grid, shapes_alignment, AlignmentReport};
+use crate::latent::Space;
 use crate::run_dir::{export_record, load_exported, record_path, write_json, Stage, MODEL_CONFIG};
 use crate::text::TextConditioner;
 
@@ -59,6 +60,7 @@ impl Validation {
         run: &RunConfig,
         n: usize,
         text: &TextConditioner,
+        space: &Space,
         device: Device,
     ) -> Result<Option<Self>> {
         let (Some(shapes), crate::data::DataConfig::Shapes { seed, .. }) =
@@ -74,7 +76,7 @@ impl Validation {
             .collect::<std::result::Result<_, _>>()?;
         let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
         let videos: Vec<Tensor> = samples.iter().map(|s| s.video.shallow_clone()).collect();
-        let x0 = Tensor::stack(&videos, 0).to_device(device);
+        let x0 = space.from_pixels(&Tensor::stack(&videos, 0).to_device(device))?;
         let mut rng = TensorRng::new(run.seed, 7);
         let eps = rng.normal(&x0.size(), device);
         let t = Tensor::linspace(0.02, 0.98, n as i64, (tch::Kind::Float, device));
@@ -115,8 +117,11 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let mut trainer = Trainer::new(Stage::Pretrain.name(), &dir, &cfg.train, vec![part], rng)?
         .with_collective(ctx.world.clone());
     trainer.stop = ctx.stop.clone();
-    let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?.prefetching(device);
-    let validation = Validation::new(run, cfg.val_clips, &text, device)?;
+    let space = Space::open(run, ctx.dir)?;
+    let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?
+        .prefetching(device)
+        .in_space(&space);
+    let validation = Validation::new(run, cfg.val_clips, &text, &space, device)?;
     let mut step = FlowMatchingStep {
         model: &model,
         data: &mut data,
@@ -161,7 +166,8 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         &mcfg,
         trainer.step,
     )?;
-    let (val_loss_end, alignment) = evaluate(ctx, &teacher, &mcfg, &text, validation.as_ref())?;
+    let (val_loss_end, alignment) =
+        evaluate(ctx, &teacher, &mcfg, &text, &space, validation.as_ref())?;
     let report = PretrainReport {
         steps: trainer.step,
         val_loss_start,
@@ -182,6 +188,7 @@ fn evaluate(
     teacher: &Mmdit,
     mcfg: &MmditConfig,
     text: &TextConditioner,
+    space: &Space,
     validation: Option<&Validation>,
 ) -> Result<(Option<f64>, Option<AlignmentReport>)> {
     let run = ctx.config;
@@ -195,6 +202,7 @@ fn evaluate(
                 shapes,
                 text,
                 eval,
+                space,
                 patch_grid(mcfg),
                 device,
                 &ctx.stop,
@@ -272,9 +280,16 @@ fn import(ctx: &mut StageRun, from: &Path) -> Result<Outcome> {
         .export_model(Stage::Pretrain, &loaded.vs, &mcfg, steps)?;
     let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
     let val_clips = run.pretrain.as_ref().map_or(0, |p| p.val_clips);
-    let validation = Validation::new(run, val_clips, &text, device)?;
-    let (val_loss_end, alignment) =
-        evaluate(ctx, &loaded.model, &mcfg, &text, validation.as_ref())?;
+    let space = Space::open(run, ctx.dir)?;
+    let validation = Validation::new(run, val_clips, &text, &space, device)?;
+    let (val_loss_end, alignment) = evaluate(
+        ctx,
+        &loaded.model,
+        &mcfg,
+        &text,
+        &space,
+        validation.as_ref(),
+    )?;
     let report = PretrainReport {
         steps,
         val_loss_start: None,

@@ -17,6 +17,7 @@ use crate::error::{config_error, Result};
 use crate::eval::alignment::{score_clips, summarise, FeatureScale, ScoredClips};
 use crate::eval::bootstrap::paired_bootstrap;
 use crate::eval::{patch_grid, AlignmentReport, Interval};
+use crate::latent::Space;
 use crate::run_dir::{RunDir, Stage};
 use crate::text::TextConditioner;
 
@@ -140,6 +141,7 @@ pub fn evaluate_study(
         names.push(format!("{variant} seed {seed}"));
         paths.push(RunDir::new(&cfg.out).export_path(Stage::Apt));
     }
+    let space = Space::open(run, &RunDir::new(&run.out))?;
     let mut scored: Vec<ScoredClips> = Vec::new();
     for (name, path) in names.iter().zip(&paths) {
         let model = crate::run_dir::load_exported(path, device)?.model;
@@ -148,6 +150,7 @@ pub fn evaluate_study(
             shapes,
             &text,
             &eval,
+            &space,
             patch,
             device,
             stop,
