@@ -35,6 +35,7 @@ cargo xtask <command> [args]
   bench dist       pre-training updates: 1 process (1 and 2 threads) vs 2 MPI ranks
         [--steps N] [--rounds R]
   bench flow       one-step generation vs the 25-step CFG teacher, training samples/s
+  bench vae        Wan 2.1 / SD3 VAE encode+decode frames/s vs diffusers, alternating
   bench gan        approximated vs exact R1 (correlation, ratio), APT step time and memory
   fuzz [SECONDS]   fuzz the decoder entry point (cargo-fuzz; real clips as seed corpus)
   help             this text
