@@ -201,7 +201,10 @@ fn config_mistakes_are_one_line_errors_naming_the_key() {
         ("pretrain.train.stepz=3", "stepz"),
         ("pretrain.train.ema_decay=1.5", "pretrain.train.ema_decay"),
         ("distill.pairs=0", "distill.pairs"),
-        ("apt.sigma=-1", "apt.sigma"),
+        ("apt.sigma_r1=-1", "apt.sigma_r1"),
+        // A type error inside a section's embedded method config names the full key.
+        ("apt.translate=\"x\"", "apt.translate"),
+        ("pretrain.p_uncond=\"often\"", "pretrain.p_uncond"),
         ("apt.colour=3", "colour"),
         ("device=tpu", "device"),
         ("report.prompts=0", "report.prompts"),
@@ -270,6 +273,33 @@ fn config_mistakes_are_one_line_errors_naming_the_key() {
     }
     let o = apt(&strings(&["train", "--config", "/no/such.toml"]));
     assert!(!o.status.success() && text(&o.stderr).contains("/no/such.toml"));
+}
+
+/// `apt.sigma` (aR1's σ before it was called `sigma_r1`) still loads, with a warning; given
+/// next to its new name it is an error naming both.
+#[test]
+fn the_old_name_of_sigma_r1_loads_with_a_warning() {
+    let dry = |sets: &[&str]| {
+        let mut args = strings(&["train", "--config", &config("smoke.toml"), "--dry-run"]);
+        for s in sets {
+            args.extend(strings(&["--set", s]));
+        }
+        apt(&args)
+    };
+    let o = dry(&["apt.sigma=0.05"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("sigma_r1 = 0.05"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(
+        text(&o.stderr).contains("`apt.sigma` is the old name of `apt.sigma_r1`"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = dry(&["apt.sigma=0.05", "apt.sigma_r1=0.1"]);
+    assert_clear_error(&o, &["`apt.sigma`", "`sigma_r1`"]);
 }
 
 #[test]

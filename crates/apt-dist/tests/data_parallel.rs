@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 
 use apt_dist::{join, Collective, Launch, Shard, SingleProcess};
 use apt_flow::data::{CaptionEncoder, ClipSource, Cursor};
-use apt_flow::pretrain::FlowMatchingStep;
+use apt_flow::pretrain::{FlowMatchingConfig, FlowMatchingStep};
 use apt_flow::train::{MetricLine, OptimizerConfig, Part, TrainConfig, Trainer};
-use apt_flow::{Conditioning, Result, TensorRng, TimestepSampler};
+use apt_flow::{Conditioning, Result, TensorRng};
 use apt_gan::{
     AdversarialConfig, AdversarialLoss, AdversarialStep, AptDiscriminator, DiscriminatorConfig,
-    DiscriminatorInputs,
 };
 use apt_mmdit::{Mmdit, MmditConfig};
 use tch::{nn, Device, Tensor};
@@ -169,8 +168,10 @@ fn pretrain_with(
         batch: GLOBAL_BATCH,
         shard: Shard::of(&*world),
         recompute: false,
-        p_uncond: 0.25,
-        timesteps: TimestepSampler::default(),
+        config: FlowMatchingConfig {
+            p_uncond: 0.25,
+            ..FlowMatchingConfig::default()
+        },
         device: CPU,
     };
     trainer.resume(&mut step).unwrap();
@@ -200,10 +201,8 @@ fn adversarial_config(job: &str) -> AdversarialConfig {
         "apt-all-draws" => AdversarialConfig {
             loss: AdversarialLoss::Relativistic,
             lambda_r2: 10.0,
-            inputs: DiscriminatorInputs {
-                translate: 3,
-                noised: true,
-            },
+            translate: 3,
+            noised_inputs: true,
             ..AdversarialConfig::default()
         },
         other => panic!("unknown job {other}"),

@@ -2,6 +2,7 @@
 //! `‖v(x_t, t, c) − (ε − x0)‖²` at `x_t = (1 − t)·x0 + t·ε`, with the caption dropped to the
 //! null caption with probability `p_uncond` so that classifier-free guidance works.
 
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::{to_training_device, CaptionEncoder, ClipSource, Cursor};
@@ -13,6 +14,42 @@ use crate::flow::{
 use crate::rng::TensorRng;
 use crate::timesteps::TimestepSampler;
 use crate::train::{backward_scaled, Shard, StepLog, TrainStep};
+
+/// Flow-matching pre-training's settings. In a run config they sit directly under
+/// `[pretrain]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowMatchingConfig {
+    /// Probability of training on the null caption, so that classifier-free guidance has an
+    /// unconditional model to extrapolate from (CFG dropout; default 0.1, the usual 10%).
+    pub p_uncond: f64,
+    /// The training-time distribution (default: `U(0, 1)` without a shift; SD3 trains on a
+    /// logit-normal).
+    pub timesteps: TimestepSampler,
+}
+
+impl Default for FlowMatchingConfig {
+    fn default() -> Self {
+        Self {
+            p_uncond: 0.1,
+            timesteps: TimestepSampler::default(),
+        }
+    }
+}
+
+impl FlowMatchingConfig {
+    /// Checks `p_uncond` (in [0, 1]) and the time distribution; `key` prefixes the field names
+    /// in errors.
+    pub fn validate(&self, key: &str) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.p_uncond) {
+            return Err(config_error(
+                &format!("{key}.p_uncond"),
+                format!("must be in [0, 1], got {}", self.p_uncond),
+            ));
+        }
+        self.timesteps.validate(&format!("{key}.timesteps"))
+    }
+}
 
 /// One micro-batch of flow matching ([`flow_matching_loss`]) with CFG dropout: clips and
 /// captions from `data`, text from `text`, noise and times from the loop's random stream. Logs
@@ -32,24 +69,10 @@ pub struct FlowMatchingStep<'a, M> {
     /// Recompute activations in the backward pass (see
     /// [`VelocityModel::backward_velocity_loss`]).
     pub recompute: bool,
-    /// Probability of training on the null caption.
-    pub p_uncond: f64,
-    /// Training-time distribution.
-    pub timesteps: TimestepSampler,
+    /// CFG dropout and the time distribution.
+    pub config: FlowMatchingConfig,
     /// Where the model lives.
     pub device: Device,
-}
-
-/// Checks `p_uncond` (in [0, 1]) and the time distribution; `key` prefixes the field names in
-/// errors.
-pub fn validate_flow_matching(key: &str, p_uncond: f64, timesteps: &TimestepSampler) -> Result<()> {
-    if !(0.0..=1.0).contains(&p_uncond) {
-        return Err(config_error(
-            &format!("{key}.p_uncond"),
-            format!("must be in [0, 1], got {p_uncond}"),
-        ));
-    }
-    timesteps.validate(&format!("{key}.timesteps"))
 }
 
 impl<M: VelocityModel> FlowMatchingStep<'_, M> {
@@ -60,13 +83,19 @@ impl<M: VelocityModel> FlowMatchingStep<'_, M> {
         let shard = self.shard;
         let key = "batch_size";
         let global = captions.len() * shard.world;
-        let drop = shard.items(&rng.bernoulli(global, self.p_uncond), key)?;
+        let drop = shard.items(&rng.bernoulli(global, self.config.p_uncond), key)?;
         let cond = self.text.encode(&captions, &drop)?;
         let x0 = to_training_device(&video, self.device);
         let mut shape = x0.size();
         shape[0] = global as i64;
         let eps = shard.rows(&rng.normal(&shape, self.device), key)?;
-        let t = shard.rows(&self.timesteps.sample(global as i64, rng, self.device), key)?;
+        let t = shard.rows(
+            &self
+                .config
+                .timesteps
+                .sample(global as i64, rng, self.device),
+            key,
+        )?;
         Ok((x0, eps, t, cond))
     }
 }

@@ -5,12 +5,12 @@
 //! the same update as the per-variable optimizer, and a non-finite update is a no-op.
 
 use apt_flow::data::{CaptionEncoder, Cursor};
-use apt_flow::pretrain::FlowMatchingStep;
+use apt_flow::pretrain::{FlowMatchingConfig, FlowMatchingStep};
 use apt_flow::train::{
     MetricLine, Optimizer, OptimizerConfig, Part, Precision, Shard, StepLog, TrainConfig,
     TrainStep, Trainer,
 };
-use apt_flow::{Result, TensorRng, TimestepSampler};
+use apt_flow::{Result, TensorRng};
 use apt_mmdit::Mmdit;
 use tch::{Kind, Tensor};
 
@@ -46,8 +46,10 @@ fn run(precision: Precision, steps: u64, dir: &std::path::Path, ema: bool) -> Tr
         batch: 4,
         shard: Shard::WHOLE,
         recompute: false,
-        p_uncond: 0.25,
-        timesteps: TimestepSampler::default(),
+        config: FlowMatchingConfig {
+            p_uncond: 0.25,
+            ..FlowMatchingConfig::default()
+        },
         device: CPU,
     };
     trainer.resume(&mut step).unwrap();
@@ -254,8 +256,10 @@ fn a_non_finite_update_changes_nothing() {
             batch: 4,
             shard: Shard::WHOLE,
             recompute: false,
-            p_uncond: 0.0,
-            timesteps: TimestepSampler::default(),
+            config: FlowMatchingConfig {
+                p_uncond: 0.0,
+                ..FlowMatchingConfig::default()
+            },
             device: CPU,
         },
         poison_at: 2,

@@ -7,11 +7,11 @@ use apt_flow::data::CaptionEncoder;
 use apt_flow::distill::{
     ConsistencyConfig, ConsistencyStep, ConsistencyTarget, PairDistillStep, Pairs,
 };
-use apt_flow::pretrain::FlowMatchingStep;
+use apt_flow::pretrain::{FlowMatchingConfig, FlowMatchingStep};
 use apt_flow::train::{
     MetricLine, OptimizerConfig, Part, Shard, StepLog, TrainConfig, TrainStep, Trainer,
 };
-use apt_flow::{TensorRng, TimestepSampler};
+use apt_flow::TensorRng;
 use apt_mmdit::Mmdit;
 use tch::{nn, Tensor};
 
@@ -93,8 +93,10 @@ fn recomputed_flow_matching_has_the_plain_gradients_for_both_predictions() {
                 batch: 4,
                 shard: Shard::WHOLE,
                 recompute,
-                p_uncond: 0.25,
-                timesteps: TimestepSampler::default(),
+                config: FlowMatchingConfig {
+                    p_uncond: 0.25,
+                    ..FlowMatchingConfig::default()
+                },
                 device: CPU,
             };
             step.backward(0, &mut TensorRng::new(5, 0), log, 2)
@@ -181,8 +183,10 @@ fn a_run_with_recompute_ends_at_the_weights_of_a_plain_run() {
             batch: 4,
             shard: Shard::WHOLE,
             recompute: config.recompute,
-            p_uncond: 0.25,
-            timesteps: TimestepSampler::default(),
+            config: FlowMatchingConfig {
+                p_uncond: 0.25,
+                ..FlowMatchingConfig::default()
+            },
             device: CPU,
         };
         trainer.run(&mut step, &mut |_: &MetricLine| {}).unwrap();

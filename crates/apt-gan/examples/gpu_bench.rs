@@ -18,9 +18,9 @@
 use std::time::Instant;
 
 use apt_flow::data::{CaptionEncoder, ClipSource, Cursor};
-use apt_flow::pretrain::FlowMatchingStep;
+use apt_flow::pretrain::{FlowMatchingConfig, FlowMatchingStep};
 use apt_flow::train::{OptimizerConfig, Part, Precision, Shard, TrainConfig, Trainer};
-use apt_flow::{Conditioning, OneStepGenerator, Result, TensorRng, TimestepSampler};
+use apt_flow::{Conditioning, OneStepGenerator, Result, TensorRng};
 use apt_gan::adversarial::{AdversarialConfig, AdversarialStep};
 use apt_gan::discriminator::{default_taps, AptDiscriminator, DiscriminatorConfig};
 use apt_mmdit::analytic::forward_flops;
@@ -199,8 +199,10 @@ fn main() -> anyhow::Result<()> {
                 batch,
                 shard: Shard::WHOLE,
                 recompute: args.iter().any(|a| a == "--recompute"),
-                p_uncond: 0.1,
-                timesteps: TimestepSampler::default(),
+                config: FlowMatchingConfig {
+                    p_uncond: 0.1,
+                    ..FlowMatchingConfig::default()
+                },
                 device,
             };
             trainer.updates(&mut step, warmup as u64)?;

@@ -23,8 +23,9 @@ pub struct DiscriminatorConfig {
     /// (16, 26, 36 of 36).
     #[serde(default)]
     pub taps: Option<Vec<usize>>,
-    /// Shift `s` of D's timestep distribution `shift(U(0, 1), s)` (1 for images, 12 for video
-    /// in the paper). Ignored when `times` is set.
+    /// Shift `s` of D's timestep distribution `shift(U(0, 1), s)`: the paper's 12 for video
+    /// ([`VIDEO_TIME_SHIFT`], the default) and 1 for images ([`IMAGE_TIME_SHIFT`]). Ignored
+    /// when `times` is set.
     #[serde(default = "default_shift")]
     pub time_shift: f64,
     /// Another distribution of D's timesteps (default: `shift(U(0, 1), time_shift)`): an
@@ -53,8 +54,13 @@ pub enum NamedTimes {
     Teacher,
 }
 
+/// D's time shift of the paper's video stage.
+pub const VIDEO_TIME_SHIFT: f64 = 12.0;
+/// D's time shift of the paper's image stage.
+pub const IMAGE_TIME_SHIFT: f64 = 1.0;
+
 fn default_shift() -> f64 {
-    1.0
+    VIDEO_TIME_SHIFT
 }
 
 impl DiscriminatorConfig {

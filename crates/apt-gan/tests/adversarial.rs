@@ -8,9 +8,7 @@ use apt_flow::data::{CaptionEncoder, ClipSource, Cursor};
 use apt_flow::train::{Optimizer, OptimizerConfig, Part, StepLog, TrainConfig, TrainStep, Trainer};
 use apt_flow::{Conditioning, Result, TensorRng};
 use apt_gan::adversarial::{AdversarialStep, DISCRIMINATOR, GENERATOR};
-use apt_gan::{
-    AdversarialConfig, AdversarialLoss, AptDiscriminator, DiscriminatorConfig, DiscriminatorInputs,
-};
+use apt_gan::{AdversarialConfig, AdversarialLoss, AptDiscriminator, DiscriminatorConfig};
 use apt_mmdit::{Mmdit, MmditConfig};
 use tch::{nn, Device, Tensor};
 
@@ -265,12 +263,10 @@ fn every_discriminator_option_trains_each_part_in_its_phase() {
         let config = AdversarialConfig {
             loss,
             lambda_r2: 10.0,
-            sigma_r2: 0.05,
+            sigma_r2: Some(0.05),
             d_steps: 2,
-            inputs: DiscriminatorInputs {
-                translate: 3,
-                noised: true,
-            },
+            translate: 3,
+            noised_inputs: true,
             ..AdversarialConfig::default()
         };
         let (changes, lines) = probe_run(config);
@@ -290,16 +286,15 @@ fn the_default_options_follow_the_papers_stream() {
         lambda_r2: 0.0,
         d_steps: 1,
         loss: AdversarialLoss::NonSaturating,
-        inputs: DiscriminatorInputs::default(),
+        translate: 0,
+        noised_inputs: false,
         ..AdversarialConfig::default()
     };
     let (_, a) = probe_run(AdversarialConfig::default());
     let (_, b) = probe_run(explicit);
     let (_, c) = probe_run(AdversarialConfig {
-        inputs: DiscriminatorInputs {
-            translate: 3,
-            noised: false,
-        },
+        translate: 3,
+        noised_inputs: false,
         ..AdversarialConfig::default()
     });
     assert_eq!(a[1].value("g_loss"), b[1].value("g_loss"));
@@ -375,10 +370,8 @@ fn recomputing_activations_takes_the_same_adversarial_updates() {
                 loss: AdversarialLoss::Relativistic,
                 lambda_r2: 10.0,
                 d_steps: 2,
-                inputs: DiscriminatorInputs {
-                    translate: 3,
-                    noised: true,
-                },
+                translate: 3,
+                noised_inputs: true,
                 ..AdversarialConfig::default()
             },
         ),

@@ -190,7 +190,7 @@ fn an_image_stage_hands_its_generator_to_the_video_stage() {
     assert_eq!(
         (
             image.train.steps,
-            image.method.sigma,
+            image.method.sigma_r1,
             image.discriminator.time_shift,
             image.generator_init
         ),
@@ -199,6 +199,11 @@ fn an_image_stage_hands_its_generator_to_the_video_stage() {
     assert_eq!(image.data.clip_shape(), [3, 1, 16, 16]);
     let video = StagePlan::new(&run_cfg, Stage::Apt).unwrap();
     assert_eq!(video.generator_init, Stage::AptImage);
+    // The config sets no σ and no D time shift: each stage gets the paper's value for its kind.
+    assert_eq!(
+        (video.method.sigma_r1, video.discriminator.time_shift),
+        (0.1, 12.0)
+    );
     let finish = run(
         &run_cfg,
         &[Stage::AptImage, Stage::Apt],
@@ -244,18 +249,19 @@ fn the_discriminator_options_run_through_the_stage() {
     let dir = tempfile::tempdir().unwrap();
     let mut run_cfg = prepared(dir.path(), "opts", "");
     let apt = run_cfg.apt.as_mut().unwrap();
-    apt.loss = AdversarialLoss::Relativistic;
-    apt.lambda_r2 = 10.0;
-    apt.d_steps = 2;
-    apt.translate = 3;
-    apt.noised_inputs = true;
+    apt.method.loss = AdversarialLoss::Relativistic;
+    apt.method.lambda_r2 = 10.0;
+    apt.method.d_steps = 2;
+    apt.method.translate = 3;
+    apt.method.noised_inputs = true;
     apt.discriminator.times = Some(DiscriminatorTimes::Named(NamedTimes::Teacher));
     run_cfg.validate().unwrap();
     let plan = StagePlan::new(&run_cfg, Stage::Apt).unwrap();
-    let teacher_times = run_cfg.pretrain.as_ref().unwrap().timesteps;
+    let teacher_times = run_cfg.pretrain.as_ref().unwrap().method.timesteps;
     assert_eq!(plan.discriminator.time_sampler().unwrap(), teacher_times);
     assert_eq!(
-        plan.method.sigma_r2, plan.method.sigma,
+        plan.method.sigma_r2(),
+        plan.method.sigma_r1,
         "σ_R2 defaults to σ"
     );
     assert_eq!(plan.method.d_steps, 2);

@@ -26,17 +26,29 @@ pub enum ConsistencyTarget {
     Ema,
 }
 
-/// The method's settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The method's settings. In a run config they sit directly under `[consistency]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConsistencyConfig {
-    /// Discretisation points N (≥ 2).
+    /// Discretisation points N (≥ 2; default 32, APT2's 32 fixed steps).
+    #[serde(default = "default_points")]
     pub points: usize,
-    /// Shift of the discretisation grid.
+    /// Shift `s` of the discretisation grid (default 1 = uniform; APT2 shifts with 24).
+    #[serde(default = "default_shift")]
     pub shift: f64,
-    /// The teacher's constant CFG scale.
+    /// The teacher's constant CFG scale (required; the paper: 7.5).
     pub cfg_scale: f64,
-    /// Target network.
+    /// Target network (default: the student under stop-gradient).
+    #[serde(default)]
     pub target: ConsistencyTarget,
+}
+
+fn default_points() -> usize {
+    32
+}
+
+fn default_shift() -> f64 {
+    1.0
 }
 
 impl ConsistencyConfig {

@@ -18,12 +18,13 @@ use apt_flow::TensorRng;
 use rand::Rng;
 use tch::Tensor;
 
-/// How inputs are prepared for D (both off by default: the paper's behaviour).
+/// How inputs are prepared for D (both off by default: the paper's behaviour); set by
+/// [`AdversarialConfig`](super::AdversarialConfig)'s `translate` and `noised_inputs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DiscriminatorInputs {
     /// Largest shift in pixels along H and W (0 = off; `patch − 1` = every phase of the grid).
     pub translate: i64,
-    /// D sees `x_t` at its timestep rather than the clean clip.
+    /// D sees `x_t` at its timestep rather than the clean clip (LADD; a departure from APT).
     pub noised: bool,
 }
 

@@ -39,11 +39,11 @@ impl<G: VelocityModel> AdversarialStep<'_, G> {
         let mut xs = vec![x_real.shallow_clone(), x_fake.shallow_clone()];
         let mut ts = vec![t_real.shallow_clone(), t_fake.shallow_clone()];
         if c.lambda_r1 > 0.0 {
-            xs.push(&x_real + &eps_r1 * c.sigma);
+            xs.push(&x_real + &eps_r1 * c.sigma_r1);
             ts.push(t_real.shallow_clone());
         }
         if let Some(eps) = &eps_r2 {
-            xs.push(&x_fake + eps * c.sigma_r2);
+            xs.push(&x_fake + eps * c.sigma_r2());
             ts.push(t_fake.shallow_clone());
         }
         let k = xs.len() as i64;
@@ -117,7 +117,7 @@ impl<G: VelocityModel> AdversarialStep<'_, G> {
         let [c, t, h, w] = self.data.clip_shape();
         let z = self.normal(&[b, c, t, h, w], rng)?;
         let times = self.d_times(b, rng)?;
-        let (inputs, shard) = (self.config.inputs, self.shard);
+        let (inputs, shard) = (self.config.inputs(), self.shard);
         // G's output has z's shape: the draws need only that.
         let draw_fake = inputs.draw_shard(&z, &times, shard, rng);
         let l_real = match (self.config.loss, real) {

@@ -199,7 +199,7 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
             // Pairs compare a real and a fake clip at the same time.
             t_fake = t_real.shallow_clone();
         }
-        let inputs = self.config.inputs;
+        let inputs = self.config.inputs();
         let shard = self.shard;
         let x_real = inputs.draw_shard(&real, &t_real, shard, rng).apply(&real);
         let x_fake = inputs.draw_shard(&fake, &t_fake, shard, rng).apply(&fake);
@@ -232,7 +232,7 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
             &x_real,
             &t_real,
             &cond,
-            (c.lambda_r1, c.sigma),
+            (c.lambda_r1, c.sigma_r1),
             true,
             rng,
         )?;
@@ -241,7 +241,7 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
             &x_fake,
             &t_fake,
             &cond,
-            (c.lambda_r2, c.sigma_r2),
+            (c.lambda_r2, c.sigma_r2()),
             false,
             rng,
         )?;
@@ -269,7 +269,7 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
         let z = self.normal(&[b, c, t, h, w], rng)?;
         let fake = OneStepGenerator::new(self.generator).generate(&z, &cond)?;
         let times = self.d_times(b, rng)?;
-        let (inputs, shard) = (self.config.inputs, self.shard);
+        let (inputs, shard) = (self.config.inputs(), self.shard);
         let x_fake = inputs.draw_shard(&fake, &times, shard, rng).apply(&fake);
         let l_fake = self.d_logits(&x_fake, &times, &cond)?;
         let l_real = match (self.config.loss, real) {

@@ -3,6 +3,7 @@
 //! and out-of-range values are errors naming the key.
 
 mod compare;
+mod embedded;
 mod overrides;
 mod sections;
 mod vae;
@@ -15,7 +16,7 @@ use apt_mmdit::{MmditConfig, Preset};
 use serde::{Deserialize, Serialize};
 
 pub use compare::{changed_keys, Change};
-pub use overrides::{apply_override, reject_moved_keys};
+pub use overrides::{apply_override, upgrade_old_keys};
 pub use sections::{
     default_eval_batch, default_eval_seed, AptSection, ConsistencySection, DistillSection,
     EvalConfig, GeneratorInit, ImageStage, ModelSection, PretrainSection, ReportSection,
@@ -130,9 +131,13 @@ impl RunConfig {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        reject_moved_keys(&table)?;
-        // Without overrides, parse the text itself: its errors point at the line.
-        let cfg: Self = if overrides.is_empty() {
+        let renamed = upgrade_old_keys(&mut table)?;
+        for (old, new) in &renamed {
+            tracing::warn!("`{old}` is the old name of `{new}`: read as `{new}`");
+        }
+        embedded::check_embedded(&table)?;
+        // Without overrides or renames, parse the text itself: its errors point at the line.
+        let cfg: Self = if overrides.is_empty() && renamed.is_empty() {
             toml::from_str(text)
         } else {
             toml::Value::Table(table).try_into()

@@ -53,8 +53,17 @@ const MOVED_APT_KEYS: [(&str, &str); 11] = [
     ("preview_every", "preview_every"),
 ];
 
-/// Fails on the first key an older apt-rs accepted that now lives elsewhere, saying where.
-pub fn reject_moved_keys(table: &toml::Table) -> Result<()> {
+/// Keys an older apt-rs wrote that were renamed: (table, old name, new name). A config that
+/// uses the old name loads as if it used the new one (with a warning).
+const RENAMED_KEYS: [(&[&str], &str, &str); 2] = [
+    (&["apt"], "sigma", "sigma_r1"),
+    (&["apt", "image"], "sigma", "sigma_r1"),
+];
+
+/// Brings the keys of an older apt-rs up to date: renamed keys are renamed (each returned as
+/// `(old, new)` full key names, for a warning), and the first key that moved elsewhere is an
+/// error saying where it went. Writing both a key and its old name is an error.
+pub fn upgrade_old_keys(table: &mut toml::Table) -> Result<Vec<(String, String)>> {
     if let Some(apt) = table.get("apt").and_then(toml::Value::as_table) {
         for (old, new) in MOVED_APT_KEYS {
             if apt.contains_key(old) {
@@ -69,7 +78,34 @@ pub fn reject_moved_keys(table: &toml::Table) -> Result<()> {
             }
         }
     }
-    Ok(())
+    let mut renamed = Vec::new();
+    for (path, old, new) in RENAMED_KEYS {
+        let Some(section) = table_at(table, path) else {
+            continue;
+        };
+        let Some(value) = section.remove(old) else {
+            continue;
+        };
+        let at = path.join(".");
+        if section.contains_key(new) {
+            return Err(config_error(
+                &format!("{at}.{old}"),
+                format!("is the old name of `{at}.{new}`, which is also given: keep only `{new}`"),
+            ));
+        }
+        section.insert(new.to_string(), value);
+        renamed.push((format!("{at}.{old}"), format!("{at}.{new}")));
+    }
+    Ok(renamed)
+}
+
+/// The table at `path` (`["apt", "image"]`), if every step is a table.
+fn table_at<'a>(table: &'a mut toml::Table, path: &[&str]) -> Option<&'a mut toml::Table> {
+    let mut here = table;
+    for part in path {
+        here = here.get_mut(*part)?.as_table_mut()?;
+    }
+    Some(here)
 }
 
 #[cfg(test)]
@@ -97,13 +133,37 @@ mod tests {
 
     #[test]
     fn moved_apt_keys_say_where_they_went() {
-        let t: toml::Table = toml::from_str("[apt]\noptimizer_g = { kind = \"adamw\" }").unwrap();
-        let e = reject_moved_keys(&t).unwrap_err().to_string();
+        let mut t: toml::Table =
+            toml::from_str("[apt]\noptimizer_g = { kind = \"adamw\" }").unwrap();
+        let e = upgrade_old_keys(&mut t).unwrap_err().to_string();
         assert!(
             e.contains("`apt.optimizer_g`") && e.contains("`optimizer = …` under [apt.train]"),
             "{e}"
         );
-        let t: toml::Table = toml::from_str("[apt.train]\nsteps = 3").unwrap();
-        reject_moved_keys(&t).unwrap();
+        let mut t: toml::Table = toml::from_str("[apt.train]\nsteps = 3").unwrap();
+        assert!(upgrade_old_keys(&mut t).unwrap().is_empty());
+    }
+
+    #[test]
+    fn renamed_keys_load_under_their_new_name() {
+        let mut t: toml::Table =
+            toml::from_str("[apt]\nsigma = 0.01\nimage = { steps = 3, sigma = 0.02 }").unwrap();
+        let renamed = upgrade_old_keys(&mut t).unwrap();
+        assert_eq!(
+            renamed,
+            [
+                ("apt.sigma".to_string(), "apt.sigma_r1".to_string()),
+                (
+                    "apt.image.sigma".to_string(),
+                    "apt.image.sigma_r1".to_string()
+                )
+            ]
+        );
+        assert_eq!(t["apt"]["sigma_r1"].as_float(), Some(0.01));
+        assert_eq!(t["apt"]["image"]["sigma_r1"].as_float(), Some(0.02));
+        assert!(t["apt"].get("sigma").is_none());
+        let mut both: toml::Table = toml::from_str("[apt]\nsigma = 0.01\nsigma_r1 = 0.1").unwrap();
+        let e = upgrade_old_keys(&mut both).unwrap_err().to_string();
+        assert!(e.contains("`apt.sigma`") && e.contains("sigma_r1"), "{e}");
     }
 }

@@ -4,8 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use apt_flow::distill::{ConsistencyConfig, ConsistencyTarget};
-use apt_flow::{Method, SamplerConfig, TimestepSampler, TrainConfig};
-use apt_gan::{AdversarialConfig, AdversarialLoss, DiscriminatorConfig, DiscriminatorInputs};
+use apt_flow::pretrain::FlowMatchingConfig;
+use apt_flow::{Method, SamplerConfig, TrainConfig};
+use apt_gan::adversarial::config::IMAGE_SIGMA_R1;
+use apt_gan::discriminator::IMAGE_TIME_SHIFT;
+use apt_gan::{AdversarialConfig, DiscriminatorConfig};
 use apt_mmdit::{MmditConfig, Prediction};
 use serde::{Deserialize, Serialize};
 
@@ -174,12 +177,9 @@ pub struct PretrainSection {
     /// scratch (`--set pretrain.from=""`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<PathBuf>,
-    /// Probability of training on the null caption (CFG dropout).
-    #[serde(default = "default_p_uncond")]
-    pub p_uncond: f64,
-    /// Training-time distribution.
-    #[serde(default)]
-    pub timesteps: TimestepSampler,
+    /// The method: `p_uncond` (CFG dropout) and `timesteps`, with apt-flow's defaults.
+    #[serde(flatten)]
+    pub method: FlowMatchingConfig,
     /// Fixed validation clips (moving shapes only; 0 = none).
     #[serde(default = "default_val")]
     pub val_clips: usize,
@@ -190,9 +190,6 @@ pub struct PretrainSection {
     pub train: TrainConfig,
 }
 
-fn default_p_uncond() -> f64 {
-    0.1
-}
 fn default_val() -> usize {
     16
 }
@@ -206,7 +203,7 @@ impl PretrainSection {
 
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
-        apt_flow::pretrain::validate_flow_matching("pretrain", self.p_uncond, &self.timesteps)?;
+        self.method.validate("pretrain")?;
         validate_eval(&self.eval, "pretrain.eval")?;
         validate_flow_train(&self.train, "pretrain")
     }
@@ -258,17 +255,9 @@ impl DistillSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencySection {
-    /// Discretisation points N.
-    #[serde(default = "default_points")]
-    pub points: usize,
-    /// Shift of the discretisation grid.
-    #[serde(default = "one_f")]
-    pub shift: f64,
-    /// The teacher's constant CFG scale.
-    pub cfg_scale: f64,
-    /// Target network.
-    #[serde(default)]
-    pub target: ConsistencyTarget,
+    /// The method: `points`, `shift`, `cfg_scale`, `target`, with apt-flow's defaults.
+    #[serde(flatten)]
+    pub method: ConsistencyConfig,
     /// One-step evaluation (moving shapes).
     #[serde(default)]
     pub eval: Option<EvalConfig>,
@@ -276,28 +265,11 @@ pub struct ConsistencySection {
     pub train: TrainConfig,
 }
 
-fn default_points() -> usize {
-    32
-}
-fn one_f() -> f64 {
-    1.0
-}
-
 impl ConsistencySection {
-    /// The method's settings.
-    pub fn method(&self) -> ConsistencyConfig {
-        ConsistencyConfig {
-            points: self.points,
-            shift: self.shift,
-            cfg_scale: self.cfg_scale,
-            target: self.target,
-        }
-    }
-
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
-        self.method().validate("consistency")?;
-        if self.target == ConsistencyTarget::Ema && self.train.ema_decay.is_none() {
+        self.method.validate("consistency")?;
+        if self.method.target == ConsistencyTarget::Ema && self.train.ema_decay.is_none() {
             return Err(config_error(
                 "consistency.target",
                 "\"ema\" needs consistency.train.ema_decay",
@@ -318,37 +290,16 @@ pub enum GeneratorInit {
     Consistency,
 }
 
-/// `[apt]`: stage 3, adversarial post-training.
+/// `[apt]`: stage 3, adversarial post-training (the video stage; `[apt.image]` adds an image
+/// stage before it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AptSection {
-    /// Weight λ of the approximated R1 (paper: 100).
-    #[serde(default = "hundred")]
-    pub lambda_r1: f64,
-    /// Its perturbation standard deviation σ (paper: 0.01 images, 0.1 video).
-    #[serde(default = "default_sigma")]
-    pub sigma: f64,
-    /// The loss pair: `"non-saturating"` (paper, default), `"relativistic"` (R3GAN, APT2) or
-    /// `"hinge"`.
-    #[serde(default)]
-    pub loss: AdversarialLoss,
-    /// Weight of the approximated R2 on generated clips (APT2; default 0 = off).
-    #[serde(default)]
-    pub lambda_r2: f64,
-    /// Its perturbation standard deviation (default: `sigma`).
-    #[serde(default)]
-    pub sigma_r2: Option<f64>,
-    /// D updates per G update (default 1, the paper).
-    #[serde(default = "one_u")]
-    pub d_steps: usize,
-    /// Random translation of every clip D sees by 0..=`translate` pixels along H and W
-    /// (DiffAugment; `patch − 1` covers every phase of the patch grid; default 0 = off).
-    #[serde(default)]
-    pub translate: i64,
-    /// D sees `x_t = (1 − t)·x + t·ε` at its timestep instead of the clean clip (LADD; a
-    /// departure from APT; default false).
-    #[serde(default)]
-    pub noised_inputs: bool,
+    /// The adversarial objective, with apt-gan's defaults (the paper's video stage):
+    /// `lambda_r1`, `sigma_r1`, `loss`, `lambda_r2`, `sigma_r2`, `d_steps`, `translate`,
+    /// `noised_inputs`.
+    #[serde(flatten)]
+    pub method: AdversarialConfig,
     /// Which distilled student starts G.
     #[serde(default = "default_init")]
     pub generator_init: GeneratorInit,
@@ -358,7 +309,7 @@ pub struct AptSection {
     /// (the paper trains all of G). A string that names no parameter is an error.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub generator_frozen: Vec<String>,
-    /// Discriminator taps and time shift.
+    /// Discriminator taps and time distribution, with apt-gan's defaults.
     #[serde(default)]
     pub discriminator: DiscriminatorConfig,
     /// Evaluation of the distilled start and the final generator (moving shapes).
@@ -372,57 +323,60 @@ pub struct AptSection {
     pub train: TrainConfig,
 }
 
-fn hundred() -> f64 {
-    100.0
-}
-fn default_sigma() -> f64 {
-    0.01
-}
 fn default_init() -> GeneratorInit {
     GeneratorInit::Distill
 }
 
-/// `[apt.image]`: the image stage's differences from the video stage.
+/// `[apt.image]`: the image stage's differences from the video stage (its defaults are the
+/// paper's image stage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageStage {
     /// Generator updates.
     pub steps: u64,
     /// Frames per training clip (1 = images; a multiple of the temporal patch).
-    #[serde(default = "one_u")]
+    #[serde(default = "one_frame")]
     pub frames: usize,
-    /// aR1's σ (paper: 0.01 for images).
-    #[serde(default = "default_sigma")]
-    pub sigma: f64,
-    /// D's time shift (paper: 1 for images).
-    #[serde(default = "one_f")]
+    /// aR1's σ (and aR2's unless `sigma_r2` is set); the paper's 0.01 for images.
+    #[serde(default = "image_sigma_r1")]
+    pub sigma_r1: f64,
+    /// D's time shift; the paper's 1 for images.
+    #[serde(default = "image_time_shift")]
     pub time_shift: f64,
 }
 
-fn one_u() -> usize {
+fn one_frame() -> usize {
     1
+}
+fn image_sigma_r1() -> f64 {
+    IMAGE_SIGMA_R1
+}
+fn image_time_shift() -> f64 {
+    IMAGE_TIME_SHIFT
 }
 
 impl AptSection {
-    /// The adversarial objective's settings.
-    pub fn method(&self) -> AdversarialConfig {
+    /// The image stage's objective: the video stage's with the image stage's σ.
+    pub fn image_method(&self, image: &ImageStage) -> AdversarialConfig {
         AdversarialConfig {
-            lambda_r1: self.lambda_r1,
-            sigma: self.sigma,
-            lambda_r2: self.lambda_r2,
-            sigma_r2: self.sigma_r2.unwrap_or(self.sigma),
-            loss: self.loss,
-            d_steps: self.d_steps,
-            inputs: DiscriminatorInputs {
-                translate: self.translate,
-                noised: self.noised_inputs,
-            },
+            sigma_r1: image.sigma_r1,
+            ..self.method
+        }
+    }
+
+    /// The image stage's discriminator: the video stage's taps, D times
+    /// `shift(U(0, 1), image.time_shift)`.
+    pub fn image_discriminator(&self, image: &ImageStage) -> DiscriminatorConfig {
+        DiscriminatorConfig {
+            time_shift: image.time_shift,
+            times: None,
+            ..self.discriminator.clone()
         }
     }
 
     /// Checks the values for a backbone of `depth` blocks.
     pub fn validate(&self, depth: usize) -> Result<()> {
-        self.method().validate("apt")?;
+        self.method.validate("apt")?;
         if self.generator_frozen.iter().any(|p| p.is_empty()) {
             return Err(config_error(
                 "apt.generator_frozen",
@@ -440,17 +394,9 @@ impl AptSection {
         if let Some(image) = &self.image {
             positive("apt.image.steps", image.steps as usize)?;
             positive("apt.image.frames", image.frames)?;
-            let method = AdversarialConfig {
-                sigma: image.sigma,
-                ..self.method()
-            };
-            method.validate("apt.image")?;
-            DiscriminatorConfig {
-                time_shift: image.time_shift,
-                times: None,
-                ..self.discriminator.clone()
-            }
-            .validate("apt.image", depth)?;
+            self.image_method(image).validate("apt.image")?;
+            self.image_discriminator(image)
+                .validate("apt.image", depth)?;
         }
         validate_eval(&self.eval, "apt.eval")?;
         Ok(self.train.validate("apt.train")?)

@@ -73,13 +73,13 @@ impl StagePlan {
         };
         // `times = "teacher"` (checked against [pretrain] by RunConfig::validate).
         let discriminator = match &run.pretrain {
-            Some(p) => cfg.discriminator.with_teacher_times(&p.timesteps),
+            Some(p) => cfg.discriminator.with_teacher_times(&p.method.timesteps),
             None => cfg.discriminator.clone(),
         };
         let video = Self {
             data: run.data.clone(),
             train: cfg.train.clone(),
-            method: cfg.method(),
+            method: cfg.method,
             discriminator,
             generator_init: student,
         };
@@ -94,16 +94,8 @@ impl StagePlan {
                     steps: image.steps,
                     ..cfg.train.clone()
                 },
-                method: AdversarialConfig {
-                    sigma: image.sigma,
-                    ..cfg.method()
-                },
-                // The image stage's D times: shift(U(0, 1), image.time_shift).
-                discriminator: DiscriminatorConfig {
-                    time_shift: image.time_shift,
-                    times: None,
-                    ..cfg.discriminator.clone()
-                },
+                method: cfg.image_method(image),
+                discriminator: cfg.image_discriminator(image),
                 generator_init: student,
             },
             (None, Stage::AptImage) => {

@@ -38,9 +38,10 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?
         .prefetching(device)
         .in_space(&space);
-    let ema_target = (cfg.target == ConsistencyTarget::Ema).then_some((&target_model, &target_vs));
+    let ema_target =
+        (cfg.method.target == ConsistencyTarget::Ema).then_some((&target_model, &target_vs));
     let mut step = ConsistencyStep::new(
-        &cfg.method(),
+        &cfg.method,
         &student,
         &teacher.model,
         ema_target,

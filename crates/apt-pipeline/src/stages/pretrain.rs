@@ -129,8 +129,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         batch: cfg.train.batch_size,
         shard: Shard::of(&*ctx.world),
         recompute: cfg.train.recompute,
-        p_uncond: cfg.p_uncond,
-        timesteps: cfg.timesteps,
+        config: cfg.method,
         device,
     };
     let resumed = start_or_resume(&mut trainer, &mut step, ctx, Stage::Pretrain)?;
