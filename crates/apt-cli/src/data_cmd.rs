@@ -111,7 +111,37 @@ fn parse_pair(text: &str) -> Result<(Colour, Shape)> {
     }
 }
 
+/// One clip is rendered as f32 `[3, T, H, W]` and converted to RGB24 frames for the encoder:
+/// refuse sizes this machine cannot hold before anything is allocated or written.
+fn check_clip_memory(args: &ShapesArgs) -> Result<()> {
+    let values = [3, args.frames as u64, args.height as u64, args.width as u64]
+        .iter()
+        .try_fold(1u64, |acc, &v| acc.checked_mul(v));
+    // f32 tensor, its RGB24 copy, and the encoder's frames: about three f32 clips.
+    let needed = values.and_then(|v| v.checked_mul(3 * 4));
+    let available = apt_pipeline::memory::machine_memory();
+    match (needed, available) {
+        (None, _) => anyhow::bail!(
+            "--frames {} --height {} --width {}: far too large to render",
+            args.frames,
+            args.height,
+            args.width
+        ),
+        (Some(n), Some(a)) if n > a => anyhow::bail!(
+            "--frames {} --height {} --width {}: one clip needs about {} of memory, more than \
+             this machine's {}",
+            args.frames,
+            args.height,
+            args.width,
+            apt_pipeline::memory::human_bytes(n),
+            apt_pipeline::memory::human_bytes(a)
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn shapes(args: ShapesArgs) -> Result<()> {
+    check_clip_memory(&args)?;
     let config = ShapesConfig {
         max_shapes: args.max_shapes,
         speeds: args.speeds,
@@ -122,6 +152,7 @@ fn shapes(args: ShapesArgs) -> Result<()> {
             .collect::<Result<_>>()?,
         ..ShapesConfig::new(args.frames, args.height, args.width)
     };
+    config.validate()?;
     let split = match args.split {
         SplitArg::Train => Split::Train,
         SplitArg::HeldOut => Split::HeldOut,

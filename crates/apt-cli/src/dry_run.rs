@@ -31,6 +31,9 @@ fn runs_here(run: &RunConfig, stages: &[Stage]) -> Result<String> {
              encoders apt-rs does not ship for this model."
         ));
     }
+    if let Err(e) = apt_pipeline::preflight::check_run(run, stages) {
+        return Ok(format!("no: {e}"));
+    }
     let memory = machine_memory().filter(|_| run.device.as_str() == "cpu");
     for &stage in stages {
         if let (Some(available), Some((_, m))) = (memory, estimate(run, stage)?) {
@@ -55,6 +58,9 @@ fn runs_here(run: &RunConfig, stages: &[Stage]) -> Result<String> {
 /// Prints the resolved config and the plan; with `world > 1`, also one rank's memory in a
 /// data-parallel run of `world` ranks, with and without ZeRO-1 and recomputation.
 pub fn print(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
+    // The same refusals as the run itself (it would stop at these on any machine).
+    run.model_config()?;
+    apt_pipeline::check_world_size(run, stages, world)?;
     println!("# resolved config (defaults filled in, --set applied)");
     println!("{}", run.to_toml_string());
     let model = run.model_config()?;
@@ -144,12 +150,8 @@ fn print_per_rank(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()>
     );
     for &stage in stages {
         if let Some((batch, m)) = estimate(run, stage)? {
-            // The config's batch is global; one that does not split is read as per rank.
-            let (local, global) = if batch.is_multiple_of(world) {
-                (batch / world, batch)
-            } else {
-                (batch, batch * world)
-            };
+            // The config's batch is global (`print` checked that it splits).
+            let (local, global) = (batch / world, batch);
             let cell = |zero1, recompute| {
                 human_bytes(m.per_rank(batch, local, world, zero1, recompute).total())
             };

@@ -18,11 +18,20 @@ pub struct EvalArgs {
     /// The run directory (holds config.toml, written by `apt train`).
     #[arg(long)]
     run: PathBuf,
+    /// cpu, cuda or cuda:N (default: the run's `device`).
+    #[arg(long)]
+    device: Option<String>,
 }
 
 /// Evaluates and writes the report.
 pub fn run(args: EvalArgs) -> Result<ExitCode> {
-    let open = OpenRun::for_evaluation(&args.run)?;
+    let mut open = OpenRun::for_evaluation(&args.run)?;
+    if let Some(device) = args.device {
+        apt_pipeline::config::parse_device(&device)?;
+        open.config.device = device;
+    }
+    apt_pipeline::preflight::check_device(open.config.device()?, "device")
+        .map_err(|e| anyhow::anyhow!("{e} (pass --device cpu to evaluate here)"))?;
     crate::log_file::open(&open.dir.log_file())?;
     let stop = stop_flag()?;
     let eval_bar = bar(0, "evaluate");

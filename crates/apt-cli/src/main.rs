@@ -96,7 +96,10 @@ fn main() -> ExitCode {
             Ok(code) => return code,
             Err(e) => Err(e),
         },
-        Command::Sample(args) => sample_cmd::run(args),
+        Command::Sample(args) => match sample_cmd::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Study(args) => match study_cmd::run(args) {
             Ok(code) => return code,
             Err(e) => Err(e),

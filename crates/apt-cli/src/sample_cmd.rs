@@ -3,20 +3,27 @@
 //! are checked (integrity record, finite values) and the clip's memory before anything is
 //! allocated.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use apt_flow::{sample, Guidance, Method, OneStepGenerator, SamplerConfig, TensorRng};
-use std::rc::Rc;
+use apt_flow::TensorRng;
+use apt_flow::{sample_with, Conditioning, Guidance, Method, OneStepGenerator, SamplerConfig};
 
 use apt_pipeline::config::parse_device;
 use apt_pipeline::latent::{LatentCodec, Space};
 use apt_pipeline::memory::{human_bytes, machine_memory, sample_bytes};
+use apt_pipeline::preflight::check_device;
 use apt_pipeline::run_dir::{load_exported, MODEL_CONFIG};
 use apt_pipeline::text::TextConditioner;
 use apt_pipeline::{RunConfig, RunDir, Stage};
 use clap::Args;
+
+use crate::progress::{bar, stop_flag};
 
 /// Arguments of `apt sample`.
 #[derive(Args)]
@@ -83,11 +90,13 @@ fn locate(checkpoint: &Path) -> Result<(PathBuf, PathBuf)> {
     bail!("{}: no generator.safetensors, student.safetensors or teacher.safetensors (expected a run's stage directory, e.g. runs/NAME/apt)", checkpoint.display())
 }
 
-/// Generates the clip and writes it, printing the time of each part.
-pub fn run(args: SampleArgs) -> Result<()> {
+/// Generates the clip and writes it, printing the time of each part. Ctrl-C stops a
+/// multi-step sampler between steps (exit 130, nothing written).
+pub fn run(args: SampleArgs) -> Result<ExitCode> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
+    let stop = stop_flag()?;
     let (dir, weights) = locate(&args.checkpoint)?;
     let run_dir = RunDir::new(dir.parent().map(Path::to_path_buf).unwrap_or_default());
     let config_file = run_dir.config_file();
@@ -95,14 +104,25 @@ pub fn run(args: SampleArgs) -> Result<()> {
         true => Some(RunConfig::from_file(&config_file)?),
         false => None,
     };
-    let device = parse_device(
-        args.device
-            .as_deref()
-            .or(run.as_ref().map(|r| r.device.as_str()))
-            .unwrap_or("cpu"),
-    )?;
+    let (device_name, device_key) = match (&args.device, &run) {
+        (Some(d), _) => (d.as_str(), "--device".to_string()),
+        (None, Some(r)) => (
+            r.device.as_str(),
+            format!("device (of {})", config_file.display()),
+        ),
+        (None, None) => ("cpu", "--device".to_string()),
+    };
+    let device = parse_device(device_name)?;
+    check_device(device, &device_key)
+        .map_err(|e| anyhow::anyhow!("{e} (pass --device cpu to sample here)"))?;
     let tokens = match (args.text_tokens, &run) {
         (Some(0), _) => bail!("--text-tokens must be at least 1"),
+        (Some(n), Some(r)) if n != r.text.tokens => bail!(
+            "--text-tokens {n}: the model was trained with {} text tokens ({}'s text.tokens); \
+             another length gives another video — leave --text-tokens out",
+            r.text.tokens,
+            config_file.display()
+        ),
         (Some(n), _) => n,
         (None, Some(r)) => r.text.tokens,
         (None, None) => bail!(
@@ -144,35 +164,24 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let [c, t, h, w] = shape.map(|v| v as i64);
     let z = TensorRng::seeded_normal(args.seed, &[1, c, t, h, w], device);
     let start = Instant::now();
-    let video = tch::no_grad(|| -> apt_flow::Result<tch::Tensor> {
-        match (args.steps, args.cfg == 1.0) {
-            (1, true) => OneStepGenerator::new(&model).generate(&z, &cond),
-            (n, true) if n <= 2 => OneStepGenerator::new(&model).generate_steps(&z, &cond, n),
-            (n, _) => {
-                let g = Guidance {
-                    cond: &cond,
-                    uncond: Some(&null),
-                    scale: args.cfg,
-                };
-                sample(
-                    &model,
-                    &z,
-                    &g,
-                    &SamplerConfig {
-                        steps: n,
-                        method: Method::Euler,
-                        shift: 1.0,
-                        cfg_scale: args.cfg,
-                    },
-                )
-            }
-        }
-    })?;
+    let Some(video) = generate(&model, &z, &cond, &null, &args, &stop)? else {
+        println!("sampling stopped before writing anything");
+        return Ok(ExitCode::from(130));
+    };
     let generator_time = start.elapsed();
 
     let start = Instant::now();
     let video = space.to_pixels(&video)?;
     let decode_time = start.elapsed();
+    // Finite but huge weights give Inf/NaN pixels, which a video file would show as black.
+    if tch::no_grad(|| video.isfinite().all().int64_value(&[])) == 0 {
+        bail!(
+            "{}: the generated video holds NaN or Inf values (the weights, though finite, are \
+             out of range); nothing written to {}",
+            weights.display(),
+            args.out.display()
+        );
+    }
 
     let start = Instant::now();
     let clip = video.get(0).clamp(-1.0, 1.0).to_device(tch::Device::Cpu);
@@ -201,7 +210,49 @@ pub fn run(args: SampleArgs) -> Result<()> {
     }
     println!("write         {:.1} ms", write_time.as_secs_f64() * 1e3);
     println!("video         {}", args.out.display());
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One step, zero-shot two steps, or `--steps` Euler steps (with CFG when `--cfg` is not 1);
+/// the multi-step sampler shows a bar and stops on Ctrl-C (`None`).
+fn generate(
+    model: &apt_mmdit::Mmdit,
+    z: &tch::Tensor,
+    cond: &Conditioning,
+    null: &Conditioning,
+    args: &SampleArgs,
+    stop: &AtomicBool,
+) -> Result<Option<tch::Tensor>> {
+    if args.cfg == 1.0 && args.steps <= 2 {
+        let g = OneStepGenerator::new(model);
+        let video = tch::no_grad(|| match args.steps {
+            1 => g.generate(z, cond),
+            n => g.generate_steps(z, cond, n),
+        })?;
+        return Ok(Some(video));
+    }
+    let steps_bar = bar(args.steps as u64, "sample");
+    let guidance = Guidance {
+        cond,
+        uncond: Some(null),
+        scale: args.cfg,
+    };
+    let sampler = SamplerConfig {
+        steps: args.steps,
+        method: Method::Euler,
+        shift: 1.0,
+        cfg_scale: args.cfg,
+    };
+    let video = sample_with(model, z, &guidance, &sampler, &mut |done| {
+        steps_bar.set_position(done as u64);
+        if stop.load(Ordering::SeqCst) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    steps_bar.finish_and_clear();
+    Ok(video)
 }
 
 /// The clip fits the model (channels, patch multiples) and this machine's memory.

@@ -69,8 +69,8 @@ pub struct TrainArgs {
     dry_run: bool,
     /// With --dry-run: also one rank's memory per step in a data-parallel run of N ranks (with
     /// and without ZeRO-1 and recomputation).
-    #[arg(long, value_name = "N", requires = "dry_run")]
-    world_size: Option<usize>,
+    #[arg(long, value_name = "N", requires = "dry_run", value_parser = clap::value_parser!(u32).range(1..))]
+    world_size: Option<u32>,
 }
 
 /// Runs the stage(s). Exit code 130 when interrupted (Ctrl-C / SIGTERM) after the current step
@@ -90,7 +90,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let selection = args.stage.selection();
     let stages = planned_stages(&config, selection)?;
     if args.dry_run {
-        dry_run::print(&config, &stages, args.world_size.unwrap_or(1))?;
+        dry_run::print(&config, &stages, args.world_size.unwrap_or(1) as usize)?;
         return Ok(ExitCode::SUCCESS);
     }
     let explicit = args.stage != StageArg::All;
@@ -104,7 +104,29 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         );
     }
     // Every check passes before anything in the run directory changes.
-    let open = OpenRun::for_training_in(&*world, config, &stages, args.resume)?;
+    let command = format!("{:?}", std::env::args().skip(1).collect::<Vec<_>>());
+    let open = OpenRun::for_training_in(&*world, config, &stages, args.resume, explicit, &command)?;
+    let main = world.is_main();
+    let result = train(&args, &open, &stages, &world, &launch);
+    if result.is_err() && main && open.discard_if_untouched() {
+        eprintln!(
+            "(removed {}: this command created it and nothing was trained in it)",
+            open.dir.root().display()
+        );
+    }
+    result
+}
+
+/// Trains `stages` in the claimed run directory (every rank), then evaluates and reports
+/// (rank 0, `--stage all`).
+fn train(
+    args: &TrainArgs,
+    open: &OpenRun,
+    stages: &[Stage],
+    world: &std::rc::Rc<dyn apt_dist::Collective>,
+    launch: &Launch,
+) -> Result<ExitCode> {
+    let explicit = args.stage != StageArg::All;
     let main = world.is_main();
     if main {
         log_file::open(&open.dir.log_file())?;
@@ -134,22 +156,28 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     };
     if !main {
         // Train every stage; rank 0 evaluates and reports.
-        return Ok(match run_stages(&mut ctx, &stages, explicit)? {
+        return Ok(match run_stages(&mut ctx, stages, explicit)? {
             Finish::Stopped => ExitCode::from(130),
             Finish::Completed => ExitCode::SUCCESS,
         });
     }
     if !explicit {
-        let Some((path, metrics)) = run_all(&mut ctx, &stages)? else {
-            println!("stopped (training at a checkpoint, or the evaluation before writing anything); continue with --resume");
+        let Some((path, metrics)) = run_all(&mut ctx, stages)? else {
+            println!(
+                "stopped (a stage at its last checkpoint or between teacher-pair shards, or the \
+                 evaluation before writing anything); continue with --resume"
+            );
             return Ok(ExitCode::from(130));
         };
         if !metrics.models.is_empty() {
             print!("{}", table(&metrics.models));
         }
         println!("report      {}", path.display());
-    } else if run_stages(&mut ctx, &stages, explicit)? == Finish::Stopped {
-        println!("stopped at a checkpoint; continue with --resume");
+    } else if run_stages(&mut ctx, stages, explicit)? == Finish::Stopped {
+        println!(
+            "stopped (at the last checkpoint, or between teacher-pair shards); continue with \
+             --resume"
+        );
         return Ok(ExitCode::from(130));
     }
     Ok(ExitCode::SUCCESS)

@@ -6,28 +6,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A smoke run with only the teacher trained (`steps` updates, a checkpoint every 2).
-fn pretrained(out: &Path, cache: &Path, steps: u32) {
-    let o = apt(&smoke_args(
-        out,
-        cache,
-        &[
-            "--stage",
-            "pretrain",
-            "--set",
-            &format!("pretrain.train.steps={steps}"),
-            "--set",
-            "pretrain.train.checkpoint_every=2",
-        ],
-    ));
-    assert!(o.status.success(), "{}", text(&o.stderr));
-}
 
 #[test]
 fn a_refused_run_changes_nothing_in_the_run_directory() {
@@ -160,15 +142,6 @@ fn resume_refuses_what_would_change_the_run() {
         &["--stage", "distill", "--resume"],
     ));
     assert_clear_error(&o, &["no checkpoint to resume from"]);
-}
-
-/// FNV-1a 64 of a file, as the integrity records hold it.
-fn fnv(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap();
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    format!("{h:016x}")
 }
 
 #[test]

@@ -343,13 +343,7 @@ impl Loader {
                 // Two rollovers in one call mean a whole epoch could not fill one batch.
                 rollovers += 1;
                 if rollovers > 1 {
-                    return Err(DataError::Option {
-                        key: "dataset",
-                        reason: format!(
-                            "a whole epoch gave no batch ({} bad samples skipped)",
-                            self.stats.skip_events
-                        ),
-                    });
+                    return Err(self.no_full_batch());
                 }
                 samples.clear();
                 self.start_epoch(Cursor {
@@ -379,6 +373,36 @@ impl Loader {
         }
         self.dispatch();
         self.collate(samples)
+    }
+
+    /// Why a whole epoch could not fill one batch: how many items this loader draws from,
+    /// how many of them turned out unreadable (the first with its reason), and the batch size.
+    fn no_full_batch(&self) -> DataError {
+        let total = self.order.len();
+        let unreadable: Vec<String> = self
+            .order
+            .iter()
+            .map(|&i| self.dataset.items[i].path().display().to_string())
+            .filter(|what| self.skipped_seen.contains(what))
+            .collect();
+        let bad = unreadable.len();
+        let first = self
+            .stats
+            .skipped
+            .iter()
+            .find(|s| unreadable.contains(&s.what))
+            .map(|s| format!(" (first: {}: {})", s.what, s.reason))
+            .unwrap_or_default();
+        DataError::Option {
+            key: "dataset",
+            reason: format!(
+                "an epoch cannot fill one batch of {}: {total} item(s), {bad} of them found \
+                 unreadable and skipped{first}, so at most {} readable — fix or remove the \
+                 unreadable files, add data, or lower the batch size",
+                self.cfg.batch_size,
+                total - bad
+            ),
+        }
     }
 
     fn collate(&mut self, samples: Vec<(usize, Sample)>) -> Result<Batch> {

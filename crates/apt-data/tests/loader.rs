@@ -275,3 +275,27 @@ fn images_and_videos_mix_as_one_frame_clips() {
     let batch = loader.next_batch().unwrap();
     assert_eq!(batch.video.size(), vec![4, 3, 1, 32, 32]);
 }
+
+/// 6 readable and 5 unreadable clips cannot fill a batch of 8: the error says so with the
+/// counts and the first unreadable file, not a count of skip events over several epochs.
+#[test]
+fn too_few_readable_clips_for_a_batch_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    shapes_folder(dir.path(), 6);
+    for i in 0..5 {
+        std::fs::write(dir.path().join(format!("broken-{i}.mp4")), b"not a video").unwrap();
+        std::fs::write(dir.path().join(format!("broken-{i}.txt")), "a caption").unwrap();
+    }
+    let set = Dataset::open(dir.path(), OnBadSample::Skip).unwrap();
+    assert_eq!(set.len(), 11);
+    let mut loader = Loader::new(set, LoaderConfig::new(8, 2, 0, spec())).unwrap();
+    let err = loader.next_batch().unwrap_err().to_string();
+    for needle in [
+        "one batch of 8",
+        "11 item(s), 5 of them found unreadable",
+        "at most 6 readable",
+        "broken-",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+}

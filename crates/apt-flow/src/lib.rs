@@ -26,7 +26,7 @@ pub use error::{FlowError, Result};
 pub use flow::{flow_matching_loss, interpolate, velocity_target, Conditioning, VelocityModel};
 pub use onestep::OneStepGenerator;
 pub use rng::TensorRng;
-pub use sampler::{sample, sample_trajectory, Guidance, Method, SamplerConfig};
+pub use sampler::{sample, sample_trajectory, sample_with, Guidance, Method, SamplerConfig};
 pub use timesteps::{shift, TimeDistribution, TimestepSampler};
 pub use train::{Finish, Part, TrainConfig, TrainStep, Trainer};
 

@@ -2,6 +2,8 @@
 //! with classifier-free guidance `v = v_u + w·(v_c − v_u)` (the unconditional branch is the
 //! null caption or a negative prompt). Deterministic: the caller passes the noise.
 
+use std::ops::ControlFlow;
+
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -143,12 +145,50 @@ pub fn sample_trajectory(
     g: &Guidance,
     cfg: &SamplerConfig,
 ) -> Result<Vec<Tensor>> {
+    let mut states = vec![z.shallow_clone()];
+    integrate(model, z, g, cfg, &mut |_, x| {
+        states.push(x.shallow_clone());
+        ControlFlow::Continue(())
+    })?;
+    Ok(states)
+}
+
+/// Integrates from `z` at `t = 1` to `t = 0` and returns the sample, shaped like `z` (see
+/// [`sample_trajectory`]; only the current state is kept).
+pub fn sample(
+    model: &impl VelocityModel,
+    z: &Tensor,
+    g: &Guidance,
+    cfg: &SamplerConfig,
+) -> Result<Tensor> {
+    Ok(integrate(model, z, g, cfg, &mut |_, _| ControlFlow::Continue(()))?.expect("never stopped"))
+}
+
+/// [`sample`] that calls `after_step(steps done, state)` after every step and stops when it
+/// returns [`ControlFlow::Break`] (`Ok(None)`): a caller's progress bar and Ctrl-C.
+pub fn sample_with(
+    model: &impl VelocityModel,
+    z: &Tensor,
+    g: &Guidance,
+    cfg: &SamplerConfig,
+    after_step: &mut dyn FnMut(usize) -> ControlFlow<()>,
+) -> Result<Option<Tensor>> {
+    integrate(model, z, g, cfg, &mut |done, _| after_step(done))
+}
+
+/// The integration loop of every sampler: `after_step(steps done, state)` after each step.
+fn integrate(
+    model: &impl VelocityModel,
+    z: &Tensor,
+    g: &Guidance,
+    cfg: &SamplerConfig,
+    after_step: &mut dyn FnMut(usize, &Tensor) -> ControlFlow<()>,
+) -> Result<Option<Tensor>> {
     cfg.validate("sampler")?;
     let grid = time_grid(cfg.steps, cfg.shift);
     tch::no_grad(|| {
-        let mut states = vec![z.shallow_clone()];
         let mut x = z.shallow_clone();
-        for w in grid.windows(2) {
+        for (i, w) in grid.windows(2).enumerate() {
             let (t, t_next) = (w[0], w[1]);
             let h = t_next - t; // negative: time runs backwards
             let v = guided_velocity(model, &x, t, g)?;
@@ -160,21 +200,10 @@ pub fn sample_trajectory(
                     &x + (v + v_next) * (h / 2.0)
                 }
             };
-            states.push(x.shallow_clone());
+            if after_step(i + 1, &x).is_break() {
+                return Ok(None);
+            }
         }
-        Ok(states)
+        Ok(Some(x))
     })
-}
-
-/// Integrates from `z` at `t = 1` to `t = 0` and returns the sample, shaped like `z` (see
-/// [`sample_trajectory`]).
-pub fn sample(
-    model: &impl VelocityModel,
-    z: &Tensor,
-    g: &Guidance,
-    cfg: &SamplerConfig,
-) -> Result<Tensor> {
-    Ok(sample_trajectory(model, z, g, cfg)?
-        .pop()
-        .expect("at least the noise"))
 }

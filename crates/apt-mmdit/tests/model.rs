@@ -297,3 +297,29 @@ fn bf16_models_run_and_track_fp32() {
         max_diff(&out.to_kind(Kind::Float), &reference) / reference.abs().max().double_value(&[]);
     assert!(rel < 0.05, "bf16 vs fp32 relative difference {rel}");
 }
+
+#[test]
+fn parameter_names_are_those_of_the_full_size_model() {
+    let mut sincos = MmditConfig::preset("tiny").unwrap();
+    sincos.positions = Positions::Sincos2d {
+        max_size: 8,
+        base_size: 4,
+    };
+    let mut no_qk_norm = MmditConfig::preset("small").unwrap();
+    no_qk_norm.qk_norm = false;
+    for cfg in [
+        MmditConfig::preset("tiny").unwrap(),
+        MmditConfig::preset("small").unwrap(),
+        sincos,
+        no_qk_norm,
+    ] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        Mmdit::new(vs.root(), &cfg).unwrap();
+        let mut full: Vec<String> = vs.variables().into_keys().collect();
+        full.sort();
+        assert_eq!(Mmdit::parameter_names(&cfg).unwrap(), full, "{cfg:?}");
+    }
+    // The 8B preset's names without allocating its 32 GB.
+    let big = Mmdit::parameter_names(&MmditConfig::preset("seaweed-8b").unwrap()).unwrap();
+    assert!(big.iter().any(|n| n.starts_with("transformer_blocks.35.")));
+}

@@ -19,17 +19,19 @@ pub mod latent;
 pub mod lock;
 pub mod memory;
 pub mod prefetch;
+pub mod preflight;
 pub mod report;
 pub mod run_dir;
 pub mod session;
 pub mod stages;
+pub mod stale;
 pub mod study;
 pub mod text;
 
 pub use config::RunConfig;
 pub use error::{PipelineError, Result};
 pub use run_dir::{RunDir, Stage};
-pub use session::{planned_stages, OpenRun, Selection};
+pub use session::{check_world_size, planned_stages, OpenRun, Selection};
 pub use stages::{run_stage, run_stages, Outcome, Progress, StageReport, StageRun};
 
 /// The README's example, compiled as a doctest (`cargo test --doc`).

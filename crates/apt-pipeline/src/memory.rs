@@ -144,26 +144,6 @@ pub fn tokens(run: &RunConfig, model: &MmditConfig, frames: Option<usize>) -> (u
     )
 }
 
-/// The train table of the section driving `stage` (`None` when it is not configured, or when
-/// pre-training imports a teacher instead of training one).
-pub fn train_config(run: &RunConfig, stage: Stage) -> Option<&TrainConfig> {
-    match stage {
-        Stage::Vae => run
-            .vae
-            .as_ref()
-            .filter(|v| v.import_from().is_none())
-            .and_then(|v| v.train.as_ref()),
-        Stage::Pretrain => run
-            .pretrain
-            .as_ref()
-            .filter(|c| c.import_from().is_none())
-            .map(|c| &c.train),
-        Stage::Distill => run.distill.as_ref().map(|c| &c.train),
-        Stage::Consistency => run.consistency.as_ref().map(|c| &c.train),
-        Stage::AptImage | Stage::Apt => run.apt.as_ref().map(|c| &c.train),
-    }
-}
-
 /// The estimate for `stage` with its micro-batch (`None` when the config has no such stage).
 pub fn estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemory)>> {
     if stage == Stage::Vae {
@@ -183,7 +163,7 @@ pub fn estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemo
 
 /// The VAE stage: the trained VAE's states and its (rough) activations on the data's clips.
 fn vae_estimate(run: &RunConfig) -> Result<Option<(usize, StepMemory)>> {
-    let (Some(section), Some(t)) = (&run.vae, train_config(run, Stage::Vae)) else {
+    let (Some(section), Some(t)) = (&run.vae, run.train_config(Stage::Vae)) else {
         return Ok(None);
     };
     let cfg = section.vae_config()?;
@@ -240,7 +220,7 @@ fn model_estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMe
     Ok(match stage {
         Stage::Vae => None,
         // Trained student + `frozen_copies` frozen networks of the same size.
-        Stage::Pretrain => train_config(run, stage).map(|t| flow_stage(t, 0)),
+        Stage::Pretrain => run.train_config(stage).map(|t| flow_stage(t, 0)),
         Stage::Distill => run.distill.as_ref().map(|c| flow_stage(&c.train, 1)),
         // The student, the frozen teacher and the target network.
         Stage::Consistency => run.consistency.as_ref().map(|c| flow_stage(&c.train, 2)),

@@ -251,10 +251,25 @@ impl RunDir {
         self.stage_report(stage).is_file()
     }
 
-    /// True when the stage has left anything a later run depends on: checkpoints, an export
-    /// or a report.
+    /// True when the stage has left anything a later run depends on: checkpoints, teacher
+    /// pairs (deterministic distillation), an export or a report.
     pub fn has_state(&self, stage: Stage) -> bool {
-        self.has_checkpoints(stage) || self.is_finished(stage) || self.export_path(stage).is_file()
+        self.has_checkpoints(stage)
+            || self.is_finished(stage)
+            || self.export_path(stage).is_file()
+            || (stage == Stage::Distill && self.has_pairs())
+    }
+
+    /// True when deterministic distillation has written teacher pairs (a generation that was
+    /// interrupted continues from them).
+    pub fn has_pairs(&self) -> bool {
+        std::fs::read_dir(self.pairs_dir()).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("shard-") && name.ends_with(".safetensors")
+            })
+        })
     }
 
     /// Exports the weights of `vs` (model config `cfg`) as the stage's model, atomically: the
@@ -340,10 +355,9 @@ pub fn export_record(weights: &Path) -> Result<Option<ExportRecord>> {
         })
 }
 
-/// Loads an exported model: `model.toml` next to the weights, the weights checked against
-/// their integrity record (size and hash; a file without one — e.g. weights brought from
-/// elsewhere — is loaded with a warning), and every tensor checked to be finite.
-pub fn load_exported(path: &Path, device: Device) -> Result<LoadedModel> {
+/// Checks an exported weights file against its integrity record (size and hash) and returns
+/// the record; a file without one (weights brought from elsewhere) passes with a warning.
+pub fn verify_export(path: &Path) -> Result<Option<ExportRecord>> {
     let bad = |reason: String| PipelineError::File {
         path: path.to_path_buf(),
         reason,
@@ -351,7 +365,8 @@ pub fn load_exported(path: &Path, device: Device) -> Result<LoadedModel> {
     if !path.is_file() {
         return Err(bad("no such weights file".into()));
     }
-    match export_record(path)? {
+    let record = export_record(path)?;
+    match &record {
         Some(r) => {
             let (bytes, hash) = checkpoint::fingerprint(path)?;
             if r.format != EXPORT_FORMAT || bytes != r.weights_bytes || hash != r.weights_fnv64 {
@@ -369,6 +384,13 @@ pub fn load_exported(path: &Path, device: Device) -> Result<LoadedModel> {
             tracing::warn!(weights = %path.display(), "no integrity record next to the weights; loading them unchecked")
         }
     }
+    Ok(record)
+}
+
+/// Loads an exported model: `model.toml` next to the weights, the weights checked against
+/// their integrity record ([`verify_export`]), and every tensor checked to be finite.
+pub fn load_exported(path: &Path, device: Device) -> Result<LoadedModel> {
+    verify_export(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let config = MmditConfig::from_toml_file(dir.join(MODEL_CONFIG))?;
     let vs = nn::VarStore::new(device);
@@ -379,9 +401,12 @@ pub fn load_exported(path: &Path, device: Device) -> Result<LoadedModel> {
     for (name, t) in names {
         let finite = tch::no_grad(|| t.isfinite().all().int64_value(&[]) != 0);
         if !finite {
-            return Err(bad(format!(
-                "`{name}` holds NaN or Inf values: these weights cannot generate anything"
-            )));
+            return Err(PipelineError::File {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "`{name}` holds NaN or Inf values: these weights cannot generate anything"
+                ),
+            });
         }
     }
     Ok(LoadedModel {

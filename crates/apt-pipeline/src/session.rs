@@ -62,6 +62,29 @@ pub fn planned_stages(config: &RunConfig, selection: Selection) -> Result<Vec<St
     Ok(stages)
 }
 
+/// Whether `stages` of `config` can train data-parallel on `world` ranks: every stage's
+/// (global) batch splits into `world` equal shards. What `apt train` and its dry run check.
+pub fn check_world_size(config: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
+    if world == 0 {
+        return Err(config_error("world size", "must be at least 1"));
+    }
+    for &stage in stages {
+        if let Some(train) = config.train_config(stage) {
+            if !train.batch_size.is_multiple_of(world) {
+                return Err(config_error(
+                    &format!("{}.train.batch_size", stage.section()),
+                    format!(
+                        "{} does not split into {world} equal shards (one per rank): the \
+                         batch is global, so give a multiple of {world}",
+                        train.batch_size
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A run directory claimed by this process: checked, locked, its config of record written.
 #[derive(Debug)]
 pub struct OpenRun {
@@ -69,34 +92,50 @@ pub struct OpenRun {
     pub config: RunConfig,
     /// Its files.
     pub dir: RunDir,
+    /// This process created the directory.
+    created: bool,
     /// Held by the process that claimed the directory (rank 0 of a data-parallel run).
     _lock: Option<RunLock>,
 }
 
 impl OpenRun {
-    /// Claims `config.out` for training `stages` (from [`planned_stages`]). With `resume`,
-    /// stages continue from their newest checkpoint (finished ones are skipped); without, a
-    /// stage that already holds checkpoints is an error, and so is resuming when none of the
-    /// stages has anything to resume. Nothing in the directory changes unless every check
-    /// passes.
-    pub fn for_training(config: RunConfig, stages: &[Stage], resume: bool) -> Result<Self> {
+    /// Claims `config.out` for training `stages` (from [`planned_stages`]; `explicit` when
+    /// one stage was asked for by name). With `resume`, stages continue from their newest
+    /// checkpoint (finished ones are skipped, see [`skips_as_finished`]); without, a stage that
+    /// already holds checkpoints is an error, and so is resuming when none of the stages has
+    /// anything to resume. A key that differs from the run's config of record is refused
+    /// unless no stage trained with it yet, or it only lengthens a stage this run continues.
+    /// Nothing in the directory changes unless every check passes.
+    pub fn for_training(
+        config: RunConfig,
+        stages: &[Stage],
+        resume: bool,
+        explicit: bool,
+    ) -> Result<Self> {
         config.model()?;
+        crate::preflight::check_run(&config, stages)?;
         memory::check_fits(&config, stages)?;
         let dir = RunDir::new(&config.out);
         let created = !dir.root().exists();
         std::fs::create_dir_all(dir.root()).map_err(io_error(dir.root()))?;
         let claimed = RunLock::acquire(&dir).and_then(|lock| {
-            check_against_the_run(&config, &dir, stages, resume)?;
+            let config = check_against_the_run(config, &dir, stages, resume, explicit)?;
             crate::run_dir::write_atomically(
                 &dir.config_file(),
                 config.to_toml_string().as_bytes(),
             )?;
-            Ok(lock)
+            crate::stale::remove_stale_temp_files(dir.root());
+            let cache = config.text_cache();
+            if !cache.starts_with(dir.root()) {
+                crate::stale::remove_stale_temp_files(&cache);
+            }
+            Ok((lock, config))
         });
         match claimed {
-            Ok(lock) => Ok(Self {
+            Ok((lock, config)) => Ok(Self {
                 config,
                 dir,
+                created,
                 _lock: Some(lock),
             }),
             Err(e) => {
@@ -112,31 +151,24 @@ impl OpenRun {
     /// [`for_training`](Self::for_training) for every rank of `world`: rank 0 claims the
     /// directory (checks, lock, `config.toml`) and tells the others whether it could; they then
     /// open it without a lock (they write nothing in it). Every rank gets rank 0's verdict.
+    /// `command` is how this rank was started (its arguments): every rank must have been
+    /// started with the same command and resolve the same config, or all refuse at once
+    /// (ranks running different stages would wait on each other forever).
     pub fn for_training_in(
         world: &dyn Collective,
         config: RunConfig,
         stages: &[Stage],
         resume: bool,
+        explicit: bool,
+        command: &str,
     ) -> Result<Self> {
         if world.world_size() == 1 {
-            return Self::for_training(config, stages, resume);
+            return Self::for_training(config, stages, resume, explicit);
         }
-        let n = world.world_size();
-        for &stage in stages {
-            if let Some(train) = memory::train_config(&config, stage) {
-                if !train.batch_size.is_multiple_of(n) {
-                    return Err(config_error(
-                        &format!("{}.train.batch_size", stage.name()),
-                        format!(
-                            "{} does not split into {n} equal shards (one per rank)",
-                            train.batch_size
-                        ),
-                    ));
-                }
-            }
-        }
-        // Every rank must have been started with the same resolved config.
-        let text = config.to_toml_string();
+        let text = format!(
+            "{command}\n{stages:?} resume={resume} explicit={explicit}\n{}",
+            config.to_toml_string()
+        );
         let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
@@ -145,15 +177,17 @@ impl OpenRun {
         if let Some(rank) = all.iter().position(|&h| h != hash as i64) {
             return Err(PipelineError::Flow(apt_flow::FlowError::Collective(
                 format!(
-                    "rank {rank} was started with another config than rank {} (after --set): \
-                 start every rank with the same command",
+                    "rank {rank} was started with another command or config than rank {} \
+                     (arguments, stage, --resume, or the config after --set): start every rank \
+                     with the same command",
                     world.rank()
                 ),
             )));
         }
+        check_world_size(&config, stages, world.world_size())?;
         let claimed = world
             .is_main()
-            .then(|| Self::for_training(config.clone(), stages, resume));
+            .then(|| Self::for_training(config.clone(), stages, resume, explicit));
         let ok = i64::from(matches!(claimed, Some(Ok(_))));
         let mut verdict = Tensor::from_slice(&[ok]);
         world.broadcast(&mut verdict, 0)?;
@@ -162,6 +196,7 @@ impl OpenRun {
             None if verdict.int64_value(&[0]) == 1 => Ok(Self {
                 dir: RunDir::new(&config.out),
                 config,
+                created: false,
                 _lock: None,
             }),
             None => Err(PipelineError::Flow(apt_flow::FlowError::Collective(
@@ -189,9 +224,35 @@ impl OpenRun {
         Ok(Self {
             config,
             dir: run,
+            created: false,
             _lock: Some(lock),
         })
     }
+
+    /// After a run that failed: removes the run directory when this process created it and no
+    /// stage left anything in it (a checkpoint, pairs, an export or a report), so that a run
+    /// refused by a late check leaves nothing on disk, as one refused early does. Returns
+    /// whether it did.
+    pub fn discard_if_untouched(&self) -> bool {
+        if !self.created || Stage::ALL.iter().any(|&s| self.dir.has_state(s)) {
+            return false;
+        }
+        std::fs::remove_dir_all(self.dir.root()).is_ok()
+    }
+}
+
+/// Whether `--resume` skips `stages[i]` because it finished earlier: every finished stage is
+/// skipped, except the last one of an explicit selection (`apt train --stage NAME`), which
+/// continues from its final checkpoint (e.g. to train it longer).
+pub fn skips_as_finished(
+    dir: &RunDir,
+    stages: &[Stage],
+    i: usize,
+    resume: bool,
+    explicit: bool,
+) -> bool {
+    let selected = explicit && i + 1 == stages.len();
+    resume && !selected && dir.is_finished(stages[i])
 }
 
 /// Keys that may differ from the run's config of record whatever state the run is in: where
@@ -242,12 +303,17 @@ fn prerequisites(config: &RunConfig, stage: Stage) -> Vec<Stage> {
     stages
 }
 
+/// Checks `config` against the run's config of record and its state; returns the config to
+/// record: `config`, except that a stage this command does not select keeps the values it
+/// trained with (a key it may change only while it trains, such as its step count).
 fn check_against_the_run(
-    config: &RunConfig,
+    config: RunConfig,
     dir: &RunDir,
     stages: &[Stage],
     resume: bool,
-) -> Result<()> {
+    explicit: bool,
+) -> Result<RunConfig> {
+    let mut config = config;
     if dir.config_file().is_file() {
         let saved = RunConfig::from_file(&dir.config_file()).map_err(|e| PipelineError::File {
             path: dir.config_file(),
@@ -255,38 +321,76 @@ fn check_against_the_run(
                 "the run's config of record does not load ({e}); start a new run directory"
             ),
         })?;
-        let refused: Vec<String> = crate::config::changed_keys(&saved, config)
-            .into_iter()
-            .filter(|c| {
-                if always_free(&c.key) {
-                    return false;
-                }
-                let (section, rest) = c.key.split_once('.').unwrap_or((&c.key, ""));
-                let owners: Vec<Stage> = Stage::ALL
-                    .into_iter()
-                    .filter(|s| s.section() == section)
-                    .collect();
-                let started = owners.iter().any(|&s| dir.has_state(s));
+        let position = |stage: Stage| stages.iter().position(|&s| s == stage);
+        let mut refused = Vec::new();
+        let mut skipped_finished = None;
+        let mut kept = Vec::new();
+        for c in crate::config::changed_keys(&saved, &config) {
+            if always_free(&c.key) {
+                continue;
+            }
+            let (section, rest) = c.key.split_once('.').unwrap_or((&c.key, ""));
+            let owners: Vec<Stage> = Stage::ALL
+                .into_iter()
+                .filter(|s| s.section() == section && dir.has_state(*s))
+                .collect();
+            if Stage::ALL.iter().all(|s| s.section() != section) {
                 // Shared keys (seed, model, data, text) bind once any stage has state.
-                let shared_bound =
-                    owners.is_empty() && Stage::ALL.iter().any(|&s| dir.has_state(s));
-                shared_bound || (started && !free_in_a_started_stage(rest))
-            })
-            .map(|c| c.to_string())
-            .collect();
+                if Stage::ALL.iter().any(|&s| dir.has_state(s)) {
+                    refused.push(c.to_string());
+                }
+                continue;
+            }
+            if owners.is_empty() {
+                continue;
+            }
+            if !free_in_a_started_stage(rest) {
+                refused.push(c.to_string());
+                continue;
+            }
+            // Free while the stage trains; a stage this command skips keeps its value.
+            for stage in owners {
+                match position(stage) {
+                    Some(i) if !skips_as_finished(dir, stages, i, resume, explicit) => {}
+                    Some(_) => {
+                        skipped_finished.get_or_insert(stage);
+                        refused.push(c.to_string());
+                    }
+                    None => {
+                        tracing::info!(
+                            key = %c.key,
+                            "kept as recorded: this command does not train `{stage}`"
+                        );
+                        kept.push(c.key.clone());
+                    }
+                }
+            }
+        }
         if !refused.is_empty() {
+            let hint = match skipped_finished {
+                Some(stage) => format!(
+                    "`{stage}` finished with the recorded value and --resume skips finished \
+                     stages: continue it with `--stage {stage} --resume`, or use a new `out` \
+                     directory"
+                ),
+                None => "Use the run's own config (its config.toml), or a new `out` directory"
+                    .to_string(),
+            };
             return Err(PipelineError::File {
                 path: dir.config_file(),
                 reason: format!(
-                    "this run was trained with a different config: {}. Use the run's own \
-                     config (its config.toml), or a new `out` directory",
+                    "this run was trained with a different config: {}. {hint}",
                     refused.join("; ")
                 ),
             });
         }
+        kept.dedup();
+        if !kept.is_empty() {
+            config = crate::config::with_values_of(&config, &saved, &kept);
+        }
     }
     for (i, &stage) in stages.iter().enumerate() {
-        for needed in prerequisites(config, stage) {
+        for needed in prerequisites(&config, stage) {
             if !stages[..i].contains(&needed) && !dir.export_path(needed).is_file() {
                 return Err(PipelineError::File {
                     path: dir.export_path(needed),
@@ -315,5 +419,5 @@ fn check_against_the_run(
             reason: "has no checkpoint to resume from: run without --resume to start".into(),
         });
     }
-    Ok(())
+    Ok(config)
 }

@@ -50,6 +50,32 @@ pub fn smoke_args(out: &Path, cache: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// A smoke run with only the teacher trained (`steps` updates, a checkpoint every 2).
+pub fn pretrained(out: &Path, cache: &Path, steps: u32) {
+    let o = apt(&smoke_args(
+        out,
+        cache,
+        &[
+            "--stage",
+            "pretrain",
+            "--set",
+            &format!("pretrain.train.steps={steps}"),
+            "--set",
+            "pretrain.train.checkpoint_every=2",
+        ],
+    ));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+/// FNV-1a 64 of a file, as the integrity records hold it.
+pub fn fnv(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
 /// The last line of stderr, which is the error of a failed command.
 pub fn error_line(o: &Output) -> String {
     let err = text(&o.stderr);

@@ -28,7 +28,8 @@ pub struct MetricLine {
     pub values: BTreeMap<String, Option<f64>>,
     /// Non-finite (half-)steps so far.
     pub skipped: u64,
-    /// Seconds since the run (or resume) started.
+    /// Seconds since the run (or resume) started (see [`MetricsLog::training_seconds`] for a
+    /// stage's total).
     pub seconds: f64,
 }
 
@@ -149,5 +150,56 @@ impl MetricsLog {
             }
         }
         by_step.into_values().collect()
+    }
+
+    /// The training time in a `metrics.jsonl`, in seconds, over every run that wrote to it:
+    /// each line's `seconds` counts from its own run's start (a resume starts again at 0), so
+    /// this sums the last value of every run. `None` when the file has no lines.
+    pub fn training_seconds(path: &Path) -> Option<f64> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let lines = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<MetricLine>(line).ok());
+        let mut total = None;
+        let (mut previous_step, mut previous_seconds) = (u64::MAX, f64::INFINITY);
+        for m in lines {
+            // A new run starts its clock again, and repeats (or continues after) the steps of
+            // its checkpoint: bank the run before.
+            if m.seconds < previous_seconds || m.step <= previous_step {
+                let banked = if previous_step == u64::MAX {
+                    0.0
+                } else {
+                    previous_seconds
+                };
+                *total.get_or_insert(0.0) += banked;
+            }
+            (previous_step, previous_seconds) = (m.step, m.seconds);
+        }
+        total.map(|t: f64| t + previous_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_time_adds_up_every_run_of_a_resumed_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = MetricsLog::open(dir.path()).unwrap();
+        // Steps 1-3 (killed after the checkpoint at 2), then a resume from step 2.
+        for (step, seconds) in [(1, 10.0), (2, 20.0), (3, 30.0), (3, 5.0), (4, 15.0)] {
+            let line = MetricLine {
+                stage: "pretrain".into(),
+                step,
+                values: BTreeMap::new(),
+                skipped: 0,
+                seconds,
+            };
+            log.write(&line).unwrap();
+        }
+        let path = dir.path().join(METRICS_FILE);
+        assert_eq!(MetricsLog::training_seconds(&path), Some(45.0));
+        assert_eq!(MetricsLog::training_seconds(&dir.path().join("none")), None);
     }
 }

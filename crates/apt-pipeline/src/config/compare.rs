@@ -69,3 +69,34 @@ pub fn changed_keys(before: &RunConfig, after: &RunConfig) -> Vec<Change> {
         })
         .collect()
 }
+
+/// `config` with the values of `keys` (dotted, leaves) taken from `from` (a key absent there is
+/// removed): e.g. the config of record keeping what an earlier run trained with.
+pub fn with_values_of(config: &RunConfig, from: &RunConfig, keys: &[String]) -> RunConfig {
+    let mut table = toml::Table::try_from(config).expect("a run config serialises");
+    let source = toml::Table::try_from(from).expect("a run config serialises");
+    for key in keys {
+        let path: Vec<&str> = key.split('.').collect();
+        let (last, parents) = path.split_last().expect("a key has a name");
+        let value = parents
+            .iter()
+            .try_fold(&source, |t, p| t.get(*p)?.as_table())
+            .and_then(|t| t.get(*last))
+            .cloned();
+        let mut here = &mut table;
+        for p in parents {
+            here = here
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .expect("the same layout on both sides");
+        }
+        match value {
+            Some(v) => here.insert(last.to_string(), v),
+            None => here.remove(*last),
+        };
+    }
+    toml::Value::Table(table)
+        .try_into()
+        .expect("values of two valid configs combine into a valid config")
+}

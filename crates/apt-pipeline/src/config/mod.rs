@@ -11,11 +11,12 @@ mod vae;
 use std::path::{Path, PathBuf};
 
 use apt_flow::train::Precision;
+use apt_flow::TrainConfig;
 use apt_gan::discriminator::{DiscriminatorTimes, NamedTimes};
 use apt_mmdit::{MmditConfig, Preset};
 use serde::{Deserialize, Serialize};
 
-pub use compare::{changed_keys, Change};
+pub use compare::{changed_keys, with_values_of, Change};
 pub use overrides::{apply_override, upgrade_old_keys};
 pub use sections::{
     default_eval_batch, default_eval_seed, AptSection, ConsistencySection, DistillSection,
@@ -26,6 +27,7 @@ pub use vae::VaeSection;
 
 use crate::data::DataConfig;
 use crate::error::{config_error, PipelineError, Result};
+use crate::run_dir::Stage;
 
 /// `cpu`, `cuda` or `cuda:N` as a device (an error naming `device` otherwise).
 pub fn parse_device(name: &str) -> Result<tch::Device> {
@@ -184,12 +186,21 @@ impl RunConfig {
         }
         if let Some(d) = &self.distill {
             d.validate()?;
+            if self.data.shapes().is_none() {
+                return Err(config_error(
+                    "distill",
+                    "draws its teacher pairs' prompts from the moving-shapes benchmark, but \
+                     [data] is not `kind = \"shapes\"`: use [consistency] to distil on these \
+                     clips",
+                ));
+            }
         }
         if let Some(c) = &self.consistency {
             c.validate()?;
         }
         if let Some(a) = &self.apt {
             a.validate(model.depth)?;
+            a.check_generator_frozen(&apt_mmdit::Mmdit::parameter_names(&model)?)?;
             let teacher = Some(DiscriminatorTimes::Named(NamedTimes::Teacher));
             if a.discriminator.times == teacher && self.pretrain.is_none() {
                 return Err(config_error(
@@ -297,6 +308,26 @@ impl RunConfig {
                 }
                 Ok(shape)
             }
+        }
+    }
+
+    /// The train table of the section driving `stage` (`None` when it is not configured, or
+    /// when the stage imports its model instead of training one: `vae.from`, `pretrain.from`).
+    pub fn train_config(&self, stage: Stage) -> Option<&TrainConfig> {
+        match stage {
+            Stage::Vae => self
+                .vae
+                .as_ref()
+                .filter(|v| v.import_from().is_none())
+                .and_then(|v| v.train.as_ref()),
+            Stage::Pretrain => self
+                .pretrain
+                .as_ref()
+                .filter(|c| c.import_from().is_none())
+                .map(|c| &c.train),
+            Stage::Distill => self.distill.as_ref().map(|c| &c.train),
+            Stage::Consistency => self.consistency.as_ref().map(|c| &c.train),
+            Stage::AptImage | Stage::Apt => self.apt.as_ref().map(|c| &c.train),
         }
     }
 

@@ -374,6 +374,25 @@ impl AptSection {
         }
     }
 
+    /// Checks that every `generator_frozen` pattern is part of some name in `names` (G's
+    /// parameters).
+    pub fn check_generator_frozen(&self, names: &[String]) -> Result<()> {
+        match self
+            .generator_frozen
+            .iter()
+            .find(|p| !names.iter().any(|name| name.contains(p.as_str())))
+        {
+            None => Ok(()),
+            Some(p) => Err(config_error(
+                "apt.generator_frozen",
+                format!(
+                    "`{p}` is in no parameter name of G (names look like \
+                     `transformer_blocks.0.norm1.linear.weight`, `proj_out.bias`)"
+                ),
+            )),
+        }
+    }
+
     /// Checks the values for a backbone of `depth` blocks.
     pub fn validate(&self, depth: usize) -> Result<()> {
         self.method.validate("apt")?;

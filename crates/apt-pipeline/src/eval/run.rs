@@ -73,6 +73,15 @@ impl RunModels {
             space: Space::open(run, dir)?,
         })
     }
+
+    /// True when the run has exported no model at all (nothing to evaluate).
+    pub fn is_empty(&self) -> bool {
+        self.teacher.is_none()
+            && self.distilled.is_none()
+            && self.consistency.is_none()
+            && self.apt.is_none()
+            && self.apt_raw.is_none()
+    }
 }
 
 fn shapes_of(run: &RunConfig) -> Result<&ShapesConfig> {

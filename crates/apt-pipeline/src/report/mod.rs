@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use apt_flow::train::MetricsLog;
+use apt_gan::AdversarialLoss;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
@@ -41,10 +42,9 @@ pub(crate) fn curve(dir: &RunDir, stage: Stage, field: &str) -> Vec<(f64, f64)> 
 
 /// Training seconds of a stage: its last logged `seconds` (time since the stage's start; a
 /// resumed stage counts from its resume).
+/// The stage's training time, over every run of it (a resumed stage counts each part).
 fn stage_seconds(dir: &RunDir, stage: Stage) -> Option<f64> {
-    MetricsLog::read(&dir.stage_metrics(stage))
-        .last()
-        .map(|m| m.seconds)
+    MetricsLog::training_seconds(&dir.stage_metrics(stage))
 }
 
 fn series(label: &str, points: Vec<(f64, f64)>) -> Option<Series> {
@@ -54,8 +54,9 @@ fn series(label: &str, points: Vec<(f64, f64)>) -> Option<Series> {
     })
 }
 
-/// Writes `plots/losses.png` (flow losses) and `plots/apt.png` (G, D, aR1, D(real)/D(fake)).
-fn write_plots(dir: &RunDir) -> std::result::Result<Vec<PathBuf>, String> {
+/// Writes `plots/losses.png` (flow losses) and `plots/apt.png` (G and D losses titled by the
+/// run's loss pair, aR1 and aR2, D(real)/D(fake)).
+fn write_plots(run: &RunConfig, dir: &RunDir) -> std::result::Result<Vec<PathBuf>, String> {
     let plots = dir.plots_dir();
     std::fs::create_dir_all(&plots).map_err(|e| format!("{}: {e}", plots.display()))?;
     let mut written = Vec::new();
@@ -79,40 +80,73 @@ fn write_plots(dir: &RunDir) -> std::result::Result<Vec<PathBuf>, String> {
         written.push(path);
     }
     if dir.stage_metrics(Stage::Apt).is_file() {
-        let apt = |field: &str| curve(dir, Stage::Apt, field);
-        let panels = vec![
-            Panel {
-                title: "APT: generator loss (non-saturating)".into(),
-                series: series("G", apt("g_loss")).into_iter().collect(),
-                log_y: false,
-            },
-            Panel {
-                title: "APT: discriminator loss (BCE)".into(),
-                series: series("D", apt("d_loss")).into_iter().collect(),
-                log_y: false,
-            },
-            Panel {
-                title: "APT: λ·approximated R1".into(),
-                series: series("aR1", apt("ar1")).into_iter().collect(),
-                log_y: true,
-            },
-            Panel {
-                title: "APT: D logits".into(),
-                series: [
-                    series("D(real)", apt("d_real")),
-                    series("D(fake)", apt("d_fake")),
-                ]
-                .into_iter()
-                .flatten()
-                .collect(),
-                log_y: false,
-            },
-        ];
+        let loss = run.apt.as_ref().map(|a| a.method.loss).unwrap_or_default();
+        let panels = apt_panels(loss, |field| curve(dir, Stage::Apt, field));
         let path = plots.join("apt.png");
         draw_panels(&path, &panels, 2)?;
         written.push(path);
     }
     Ok(written)
+}
+
+/// The panels of `plots/apt.png` for a run trained with the `loss` pair, from its curves
+/// (`curve(field)`): G's and D's losses titled by that pair, the penalties (aR2 when logged),
+/// D's logits.
+fn apt_panels(loss: AdversarialLoss, curve: impl Fn(&str) -> Vec<(f64, f64)>) -> Vec<Panel> {
+    let (g_title, d_title) = match loss {
+        AdversarialLoss::NonSaturating => (
+            "APT: generator loss (non-saturating)",
+            "APT: discriminator loss (non-saturating, BCE)",
+        ),
+        AdversarialLoss::Relativistic => (
+            "APT: generator loss (relativistic)",
+            "APT: discriminator loss (relativistic pairing)",
+        ),
+        AdversarialLoss::Hinge => (
+            "APT: generator loss (hinge: −D(fake))",
+            "APT: discriminator loss (hinge)",
+        ),
+    };
+    let penalties: Vec<Series> = [
+        series("aR1 (real)", curve("ar1")),
+        series("aR2 (fake)", curve("ar2")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let penalty_title = if penalties.len() > 1 {
+        "APT: λ·approximated R1 and R2"
+    } else {
+        "APT: λ·approximated R1"
+    };
+    vec![
+        Panel {
+            title: g_title.into(),
+            series: series("G", curve("g_loss")).into_iter().collect(),
+            log_y: false,
+        },
+        Panel {
+            title: d_title.into(),
+            series: series("D", curve("d_loss")).into_iter().collect(),
+            log_y: false,
+        },
+        Panel {
+            title: penalty_title.into(),
+            series: penalties,
+            log_y: true,
+        },
+        Panel {
+            title: "APT: D logits".into(),
+            series: [
+                series("D(real)", curve("d_real")),
+                series("D(fake)", curve("d_fake")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            log_y: false,
+        },
+    ]
 }
 
 /// What a latent-space run's table means: the models generate VAE latents, decoded before
@@ -166,7 +200,16 @@ pub fn evaluate_and_write(
 ) -> Result<(PathBuf, RunMetrics)> {
     tracing::info!(prompts = run.report.prompts, "evaluating every generator");
     run.apply_threads();
+    crate::preflight::check_device(run.device()?, "device")?;
     let models = RunModels::load(run, dir)?;
+    if models.is_empty() {
+        return Err(crate::PipelineError::File {
+            path: dir.root().to_path_buf(),
+            reason: "holds no exported model yet (no teacher, student or generator): train the \
+                     run first (`apt train --config …`)"
+                .into(),
+        });
+    }
     // The attribute estimator reads moving shapes only; other data get curves and no table.
     let benchmark = run.data.shapes().is_some();
     let (rows, strips) = if benchmark {
@@ -195,7 +238,7 @@ pub fn evaluate_and_write(
     };
     write_json(&dir.metrics_file(), &metrics)?;
     // A machine without the font still gets its report (the numbers), with a note.
-    let (plots, plot_note) = match write_plots(dir) {
+    let (plots, plot_note) = match write_plots(run, dir) {
         Ok(p) => (p, None),
         Err(e) => {
             let e = format!("drawing the loss curves: {e}");
@@ -289,4 +332,39 @@ pub fn evaluate_and_write(
     let path = dir.report_file();
     write_atomically(&path, md.as_bytes())?;
     Ok((path, metrics))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_apt_plot_is_titled_by_the_runs_loss_and_shows_ar2_when_logged() {
+        let logged = |fields: &'static [&'static str]| {
+            move |f: &str| {
+                if fields.contains(&f) {
+                    vec![(1.0, 0.5), (2.0, 0.25)]
+                } else {
+                    Vec::new()
+                }
+            }
+        };
+        const ALL: [&str; 6] = ["g_loss", "d_loss", "ar1", "ar2", "d_real", "d_fake"];
+        let panels = apt_panels(AdversarialLoss::Relativistic, logged(&ALL));
+        let titles: Vec<&str> = panels.iter().map(|p| p.title.as_str()).collect();
+        assert!(titles[0].contains("relativistic") && titles[1].contains("relativistic"));
+        assert!(!titles
+            .iter()
+            .any(|t| t.contains("BCE") || t.contains("non-saturating")));
+        let labels: Vec<&str> = panels[2].series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["aR1 (real)", "aR2 (fake)"]);
+        // The paper's recipe logs no aR2.
+        let paper = apt_panels(
+            AdversarialLoss::NonSaturating,
+            logged(&["g_loss", "d_loss", "ar1", "d_real", "d_fake"]),
+        );
+        assert!(paper[1].title.contains("BCE"));
+        assert_eq!(paper[2].series.len(), 1);
+        assert_eq!(paper[2].title, "APT: λ·approximated R1");
+    }
 }

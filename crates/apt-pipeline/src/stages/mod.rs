@@ -20,7 +20,6 @@ use serde::Serialize;
 
 use crate::config::RunConfig;
 use crate::error::Result;
-use crate::memory::train_config;
 use crate::report::{evaluate_and_write, RunMetrics};
 use crate::run_dir::{RunDir, Stage};
 
@@ -112,7 +111,7 @@ pub fn stage_steps(run: &RunConfig, stage: Stage) -> u64 {
             .as_ref()
             .and_then(|a| a.image.as_ref())
             .map_or(0, |i| i.steps),
-        _ => train_config(run, stage).map_or(0, |t| t.steps),
+        _ => run.train_config(stage).map_or(0, |t| t.steps),
     }
 }
 
@@ -163,8 +162,7 @@ pub fn run_all(ctx: &mut StageRun, stages: &[Stage]) -> Result<Option<(PathBuf, 
 /// resumes from its final checkpoint. Stops at the first stopped stage.
 pub fn run_stages(ctx: &mut StageRun, stages: &[Stage], explicit: bool) -> Result<Finish> {
     for (i, &stage) in stages.iter().enumerate() {
-        let selected = explicit && i + 1 == stages.len();
-        if ctx.resume && !selected && ctx.dir.is_finished(stage) {
+        if crate::session::skips_as_finished(ctx.dir, stages, i, ctx.resume, explicit) {
             tracing::info!(stage = stage.name(), "finished earlier; skipping");
             ctx.progress.skipped(stage);
             continue;

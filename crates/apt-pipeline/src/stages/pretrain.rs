@@ -22,7 +22,10 @@ use crate::data::TrainData;
 use crate::error::{config_error, io_error, Result};
 use crate::eval::{patch_grid, shapes_alignment, AlignmentReport};
 use crate::latent::Space;
-use crate::run_dir::{export_record, load_exported, record_path, write_json, Stage, MODEL_CONFIG};
+use crate::run_dir::{
+    export_record, load_exported, record_path, verify_export, write_json, ExportRecord, Stage,
+    MODEL_CONFIG,
+};
 use crate::text::TextConditioner;
 
 /// What pre-training produced (`pretrain/report.json`).
@@ -228,50 +231,11 @@ fn import(ctx: &mut StageRun, from: &Path) -> Result<Outcome> {
     if !ctx.is_main() {
         return Ok(Outcome::Trained);
     }
-    let weights = if from.is_dir() {
-        from.join(Stage::Pretrain.export_file())
-    } else {
-        from.to_path_buf()
-    };
-    if !weights.is_file() {
-        return Err(config_error(
-            "pretrain.from",
-            format!(
-                "{} is not an exported teacher: expected a directory holding {} (with {} and \
-                 {MODEL_CONFIG}), or that file",
-                from.display(),
-                Stage::Pretrain.export_file(),
-                record_path(Path::new(Stage::Pretrain.export_file())).display()
-            ),
-        ));
-    }
-    let record = export_record(&weights)?;
-    if let Some(r) = &record {
-        if r.stage != Stage::Pretrain.name() {
-            return Err(config_error(
-                "pretrain.from",
-                format!(
-                    "{} is the export of the `{}` stage, not a pre-trained teacher",
-                    weights.display(),
-                    r.stage
-                ),
-            ));
-        }
-    }
+    let (weights, record) = check_import(run, from)?;
     run.apply_threads();
     let device = run.device()?;
     let loaded = load_exported(&weights, device)?;
     let mcfg = run.model()?;
-    if loaded.config != mcfg {
-        return Err(config_error(
-            "pretrain.from",
-            format!(
-                "the teacher's model config ({}) differs from this run's [model]: {}",
-                weights.with_file_name(MODEL_CONFIG).display(),
-                model_difference(&loaded.config, &mcfg)
-            ),
-        ));
-    }
     let steps = record.as_ref().map_or(0, |r| r.step);
     tracing::info!(from = %weights.display(), steps, "importing the teacher instead of pre-training");
     let teacher_path = ctx
@@ -300,6 +264,56 @@ fn import(ctx: &mut StageRun, from: &Path) -> Result<Outcome> {
     };
     write_json(&ctx.dir.stage_report(Stage::Pretrain), &report)?;
     Ok(Outcome::Completed(Box::new(StageReport::Pretrain(report))))
+}
+
+/// Checks `[pretrain] from` without loading the weights: an exported teacher (integrity
+/// record, the `pretrain` stage's) for this run's model. Returns the weights file and its
+/// record.
+pub fn check_import(run: &RunConfig, from: &Path) -> Result<(PathBuf, Option<ExportRecord>)> {
+    let weights = if from.is_dir() {
+        from.join(Stage::Pretrain.export_file())
+    } else {
+        from.to_path_buf()
+    };
+    if !weights.is_file() {
+        return Err(config_error(
+            "pretrain.from",
+            format!(
+                "{} is not an exported teacher: expected a directory holding {} (with {} and \
+                 {MODEL_CONFIG}), or that file",
+                from.display(),
+                Stage::Pretrain.export_file(),
+                record_path(Path::new(Stage::Pretrain.export_file())).display()
+            ),
+        ));
+    }
+    if let Some(r) = export_record(&weights)? {
+        if r.stage != Stage::Pretrain.name() {
+            return Err(config_error(
+                "pretrain.from",
+                format!(
+                    "{} is the export of the `{}` stage, not a pre-trained teacher",
+                    weights.display(),
+                    r.stage
+                ),
+            ));
+        }
+    }
+    let model_file = weights.with_file_name(MODEL_CONFIG);
+    let theirs = MmditConfig::from_toml_file(&model_file)?;
+    let ours = run.model()?;
+    if theirs != ours {
+        return Err(config_error(
+            "pretrain.from",
+            format!(
+                "the teacher's model config ({}) differs from this run's [model]: {}",
+                model_file.display(),
+                model_difference(&theirs, &ours)
+            ),
+        ));
+    }
+    let record = verify_export(&weights)?;
+    Ok((weights, record))
 }
 
 /// The first fields in which two model configs differ, as `key: a vs b` (TOML lines).

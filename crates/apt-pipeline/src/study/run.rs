@@ -135,7 +135,7 @@ fn run(
 ) -> Result<Finish> {
     let dir = RunDir::new(&config.out);
     let resume = stages.iter().any(|&s| dir.has_checkpoints(s));
-    let open = OpenRun::for_training(config.clone(), stages, resume)?;
+    let open = OpenRun::for_training(config.clone(), stages, resume, false)?;
     let mut ctx = StageRun {
         world: std::rc::Rc::new(apt_flow::train::SingleProcess),
         config: &open.config,
