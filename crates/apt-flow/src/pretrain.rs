@@ -13,7 +13,7 @@ use crate::flow::{
 };
 use crate::rng::TensorRng;
 use crate::timesteps::TimestepSampler;
-use crate::train::{backward_scaled, Shard, StepLog, TrainStep};
+use crate::train::{Shard, StepLog, TrainStep};
 
 /// Flow-matching pre-training's settings. In a run config they sit directly under
 /// `[pretrain]`.
@@ -108,17 +108,17 @@ impl<M: VelocityModel> TrainStep for FlowMatchingStep<'_, M> {
         Ok(loss)
     }
 
-    fn backward(
+    fn recomputes(&self) -> bool {
+        self.recompute
+    }
+
+    fn backward_recomputed(
         &mut self,
-        phase: usize,
+        _phase: usize,
         rng: &mut TensorRng,
         log: &mut StepLog,
         accum: usize,
     ) -> Result<Tensor> {
-        if !self.recompute {
-            let loss = self.loss(phase, rng, log)?;
-            return Ok(backward_scaled(&loss, accum));
-        }
         let (x0, eps, t, cond) = self.draw(rng)?;
         let target = velocity_target(&x0, &eps);
         let value = backward_recomputed(

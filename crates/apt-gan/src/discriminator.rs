@@ -65,21 +65,25 @@ fn default_shift() -> f64 {
 
 impl DiscriminatorConfig {
     /// Checks the values for a backbone of `depth` blocks; `key` prefixes the field names in
-    /// errors.
+    /// errors (`""`: the field names alone).
     pub fn validate(&self, key: &str, depth: usize) -> apt_flow::Result<()> {
+        let at = |field: &str| match key {
+            "" => field.to_string(),
+            _ => format!("{key}.{field}"),
+        };
         if !(self.time_shift.is_finite() && self.time_shift > 0.0) {
             return Err(config_error(
-                &format!("{key}.time_shift"),
+                &at("time_shift"),
                 format!("must be a positive number, got {}", self.time_shift),
             ));
         }
         if let Some(DiscriminatorTimes::Sampler(sampler)) = &self.times {
-            sampler.validate(&format!("{key}.times"))?;
+            sampler.validate(&at("times"))?;
         }
         if let Some(taps) = &self.taps {
             if taps.is_empty() || taps.iter().any(|&k| k == 0 || k > depth) {
                 return Err(config_error(
-                    &format!("{key}.taps"),
+                    &at("taps"),
                     format!("must be block numbers in 1..={depth}, got {taps:?}"),
                 ));
             }
@@ -118,7 +122,7 @@ impl DiscriminatorConfig {
             }),
             Some(DiscriminatorTimes::Sampler(s)) => Ok(s),
             Some(DiscriminatorTimes::Named(NamedTimes::Teacher)) => Err(config_error(
-                "discriminator.times",
+                "times",
                 "\"teacher\" must be resolved with the teacher's sampler first \
                  (DiscriminatorConfig::with_teacher_times)",
             )),
@@ -240,28 +244,19 @@ pub struct AptDiscriminator {
 }
 
 impl AptDiscriminator {
-    /// Builds the discriminator for a backbone of config `model` under `p`.
+    /// Builds the discriminator for a backbone of config `model` under `p`; `cfg` is checked
+    /// first ([`DiscriminatorConfig::validate`], keys named as its fields).
     pub fn new(
         p: nn::Path,
         model: &MmditConfig,
         cfg: &DiscriminatorConfig,
-    ) -> apt_mmdit::Result<Self> {
+    ) -> apt_flow::Result<Self> {
+        cfg.validate("", model.depth)?;
         let taps = cfg
             .taps
             .clone()
             .unwrap_or_else(|| default_taps(model.depth));
-        if taps.is_empty() || taps.iter().any(|&k| k == 0 || k > model.depth) {
-            return Err(apt_mmdit::MmditError::Config {
-                key: "discriminator.taps".into(),
-                message: format!("must be block numbers in 1..={}, got {taps:?}", model.depth),
-            });
-        }
-        let times = cfg
-            .time_sampler()
-            .map_err(|e| apt_mmdit::MmditError::Config {
-                key: "discriminator.times".into(),
-                message: e.to_string(),
-            })?;
+        let times = cfg.time_sampler()?;
         let d = model.hidden_size() as i64;
         let heads = taps
             .iter()

@@ -13,7 +13,7 @@ use crate::flow::{
 };
 use crate::rng::TensorRng;
 use crate::sampler::time_grid;
-use crate::train::{backward_scaled, Part, Shard, StepLog, TrainStep};
+use crate::train::{Part, Shard, StepLog, TrainStep};
 
 /// Which network gives the consistency target at `t_n`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -212,17 +212,17 @@ impl<M: VelocityModel> TrainStep for ConsistencyStep<'_, M> {
         Ok(loss)
     }
 
-    fn backward(
+    fn recomputes(&self) -> bool {
+        self.recompute
+    }
+
+    fn backward_recomputed(
         &mut self,
-        phase: usize,
+        _phase: usize,
         rng: &mut TensorRng,
         log: &mut StepLog,
         accum: usize,
     ) -> Result<Tensor> {
-        if !self.recompute {
-            let loss = self.loss(phase, rng, log)?;
-            return Ok(backward_scaled(&loss, accum));
-        }
         let (x_hi, t_hi, cond, target) = self.draw(rng)?;
         let value = backward_recomputed(self.student, &x_hi, &t_hi, &cond, accum, |v| {
             (predict_x0(&x_hi, &t_hi, v) - &target)

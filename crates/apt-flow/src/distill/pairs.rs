@@ -11,7 +11,7 @@ use crate::flow::{backward_recomputed, Conditioning, VelocityModel};
 use crate::onestep::OneStepGenerator;
 use crate::rng::TensorRng;
 use crate::sampler::{sample, Guidance, SamplerConfig};
-use crate::train::{backward_scaled, Shard, StepLog, TrainStep};
+use crate::train::{Shard, StepLog, TrainStep};
 
 /// Teacher pairs in memory.
 #[derive(Debug)]
@@ -154,17 +154,17 @@ impl<M: VelocityModel> TrainStep for PairDistillStep<'_, M> {
         Ok(loss)
     }
 
-    fn backward(
+    fn recomputes(&self) -> bool {
+        self.recompute
+    }
+
+    fn backward_recomputed(
         &mut self,
-        phase: usize,
-        rng: &mut TensorRng,
+        _phase: usize,
+        _rng: &mut TensorRng,
         log: &mut StepLog,
         accum: usize,
     ) -> Result<Tensor> {
-        if !self.recompute {
-            let loss = self.loss(phase, rng, log)?;
-            return Ok(backward_scaled(&loss, accum));
-        }
         let (z, cond, x_teacher) = self.next_pairs()?;
         // x = z − Ĝ(z, c, 1), as OneStepGenerator::generate.
         let t = Tensor::ones([z.size()[0]], (Kind::Float, z.device()));

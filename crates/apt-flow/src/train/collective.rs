@@ -304,21 +304,6 @@ pub fn partition_variables(vs: &nn::VarStore, world: usize) -> Vec<BTreeSet<Stri
     shares
 }
 
-/// After a ZeRO-1 step: every variable of `vs` becomes its owner's (rank `r` owns
-/// `owners[r]`), in owner order, bucketed.
-pub fn broadcast_from_owners(
-    collective: &dyn Collective,
-    vs: &nn::VarStore,
-    owners: &[BTreeSet<String>],
-) -> Result<()> {
-    let vars = vs.variables();
-    for (root, names) in owners.iter().enumerate() {
-        let mut tensors: Vec<Tensor> = names.iter().map(|n| vars[n].shallow_clone()).collect();
-        broadcast_tensors(collective, &mut tensors, root)?;
-    }
-    Ok(())
-}
-
 /// Means over ranks of `values`, in place: `v_i ← (1/N)·Σ_r v_i,r`.
 pub fn all_reduce_mean_scalars(collective: &dyn Collective, values: &mut [f64]) -> Result<()> {
     let n = collective.world_size();

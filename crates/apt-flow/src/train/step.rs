@@ -23,15 +23,38 @@ pub trait TrainStep {
         Ok(())
     }
 
-    /// The loss of the next micro-batch of phase `phase` (all randomness from `rng`). The loop
-    /// back-propagates it; values added to `log` are written as their means over the
-    /// micro-batches.
+    /// The loss of the next micro-batch of phase `phase` (all randomness from `rng`), with its
+    /// graph: [`backward`](Self::backward) back-propagates it. Values added to `log` are
+    /// written as their means over the micro-batches.
     fn loss(&mut self, phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor>;
+
+    /// Whether the step recomputes activations during the backward pass (less memory, one
+    /// more forward, the same gradients): [`backward`](Self::backward) then calls
+    /// [`backward_recomputed`](Self::backward_recomputed). Default: no.
+    fn recomputes(&self) -> bool {
+        false
+    }
+
+    /// The next micro-batch with activation recomputation: the same draws and loss as
+    /// [`loss`](Self::loss), but the step drives the backward pass of `loss / accum` through
+    /// the network it trains itself; returns the detached loss. Only called when
+    /// [`recomputes`](Self::recomputes); by default the plain pass.
+    fn backward_recomputed(
+        &mut self,
+        phase: usize,
+        rng: &mut TensorRng,
+        log: &mut StepLog,
+        accum: usize,
+    ) -> Result<Tensor> {
+        let loss = self.loss(phase, rng, log)?;
+        Ok(backward_scaled(&loss, accum))
+    }
 
     /// Computes the next micro-batch's loss and back-propagates `loss / accum` into the
     /// trained part; returns the loss (a detached scalar tensor: the loop reads it when it
-    /// writes metrics, not now). By default [`loss`](Self::loss), then `backward`; a step
-    /// that recomputes activations drives its own backward pass here.
+    /// writes metrics, not now). What the loop calls: [`loss`](Self::loss) then `backward`, or
+    /// [`backward_recomputed`](Self::backward_recomputed) for a step that
+    /// [`recomputes`](Self::recomputes). Steps do not override it.
     fn backward(
         &mut self,
         phase: usize,
@@ -39,6 +62,9 @@ pub trait TrainStep {
         log: &mut StepLog,
         accum: usize,
     ) -> Result<Tensor> {
+        if self.recomputes() {
+            return self.backward_recomputed(phase, rng, log, accum);
+        }
         let loss = self.loss(phase, rng, log)?;
         Ok(backward_scaled(&loss, accum))
     }

@@ -8,10 +8,14 @@
 //! [`AdversarialConfig`] also offers documented departures, all off by default: the
 //! relativistic or hinge loss, approximated R2 on fakes, several D steps per G step, and
 //! translated or noised D inputs ([`inputs`]).
+//!
+//! Files: `config.rs` (the objective's settings and defaults), `inputs.rs` (what D sees),
+//! `step.rs` (the step: its state, draws and the loop's trait), `phases.rs` (the D and G
+//! phases, one function each for the plain and the recomputed pass).
 
 pub mod config;
 pub mod inputs;
-mod recompute;
+mod phases;
 pub mod step;
 
 pub use config::{AdversarialConfig, AdversarialLoss};

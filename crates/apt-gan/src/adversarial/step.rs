@@ -1,16 +1,16 @@
 //! One adversarial update as a [`TrainStep`] with two phases: D, then G.
 
 use apt_flow::data::{to_training_device, CaptionEncoder, ClipSource, Cursor};
-use apt_flow::train::{backward_scaled, Shard, StepLog, TrainStep};
+use apt_flow::train::{Shard, StepLog, TrainStep};
 use apt_flow::{Conditioning, OneStepGenerator, Result, TensorRng, VelocityModel};
 use tch::{Device, Kind, Tensor};
 
 use super::config::{AdversarialConfig, AdversarialLoss};
+use super::phases::Pass;
 use crate::discriminator::AptDiscriminator;
 use crate::losses::{
-    approx_penalty_from_logits, bce_discriminator_loss, hinge_discriminator_loss,
-    hinge_generator_loss, non_saturating_generator_loss, relativistic_discriminator_loss,
-    relativistic_generator_loss,
+    bce_discriminator_loss, hinge_discriminator_loss, hinge_generator_loss,
+    non_saturating_generator_loss, relativistic_discriminator_loss, relativistic_generator_loss,
 };
 
 /// Index of the generator among the loop's parts (its name is `generator`).
@@ -34,6 +34,7 @@ pub const DISCRIMINATOR: usize = 1;
 /// Data parallel ([`with_shard`](Self::with_shard)): every random draw (z, D times, input
 /// draws, the penalties' ε) is made for the whole global micro-batch and the rank keeps its
 /// rows, so N ranks take the same update as one process with the same global batch.
+/// Recomputation ([`with_recompute`](Self::with_recompute)) is a mode of the same phases.
 pub struct AdversarialStep<'a, G> {
     pub(super) generator: &'a G,
     pub(super) discriminator: &'a AptDiscriminator,
@@ -159,30 +160,6 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
         self.shard.rows(&t, "batch_size")
     }
 
-    /// `λ·(D(x) − D(x + σε))²` with `D(x)` given as `clean` (0 when λ = 0, drawing nothing
-    /// unless `draw_always`).
-    #[allow(clippy::too_many_arguments)]
-    fn penalty(
-        &self,
-        clean: &Tensor,
-        x: &Tensor,
-        t: &Tensor,
-        cond: &Conditioning,
-        (lambda, sigma): (f64, f64),
-        draw_always: bool,
-        rng: &mut TensorRng,
-    ) -> Result<Tensor> {
-        if lambda <= 0.0 {
-            if draw_always {
-                let _skipped = self.normal(&x.size(), rng)?;
-            }
-            return Ok(Tensor::zeros([], (Kind::Float, self.device)));
-        }
-        let noise = self.normal(&x.size(), rng)?;
-        let perturbed = self.d_logits(&(x + noise * sigma), t, cond)?;
-        Ok(approx_penalty_from_logits(clean, &perturbed, lambda))
-    }
-
     /// The D phase's micro-batch up to D's inputs: real clips and their captions, fakes
     /// `z − Ĝ(z, c, 1)` without gradient, D times, and both clips as D sees them — the draws
     /// in the order the plain and the recomputed D phase share.
@@ -212,82 +189,11 @@ impl<'a, G: VelocityModel> AdversarialStep<'a, G> {
             x_fake,
         })
     }
-
-    fn d_loss(&mut self, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
-        let DBatch {
-            real,
-            cond,
-            t_real,
-            t_fake,
-            x_real,
-            x_fake,
-        } = self.d_batch(rng)?;
-        let l_real = self.d_logits(&x_real, &t_real, &cond)?;
-        let l_fake = self.d_logits(&x_fake, &t_fake, &cond)?;
-        let loss = discriminator_loss(self.config.loss, &l_real, &l_fake);
-        let c = self.config;
-        // aR1's noise is drawn even when it is off (the stream of the paper's recipe).
-        let ar1 = self.penalty(
-            &l_real,
-            &x_real,
-            &t_real,
-            &cond,
-            (c.lambda_r1, c.sigma_r1),
-            true,
-            rng,
-        )?;
-        let ar2 = self.penalty(
-            &l_fake,
-            &x_fake,
-            &t_fake,
-            &cond,
-            (c.lambda_r2, c.sigma_r2()),
-            false,
-            rng,
-        )?;
-        log.add_tensor("d_real", &mean(&l_real));
-        log.add_tensor("d_fake", &mean(&l_fake));
-        log.add_tensor("d_loss", &loss);
-        log.add_tensor("ar1", &ar1);
-        if self.config.lambda_r2 > 0.0 {
-            log.add_tensor("ar2", &ar2);
-        }
-        let keep_real = (self.config.loss == AdversarialLoss::Relativistic).then_some(real);
-        self.batches.push((cond, keep_real));
-        Ok(loss + ar1 + ar2)
-    }
-
-    fn g_loss(&mut self, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
-        let (cond, real) = &self.batches[self.next_g % self.batches.len()];
-        let (cond, real) = (
-            cond.shallow_clone(),
-            real.as_ref().map(|r| r.shallow_clone()),
-        );
-        self.next_g += 1;
-        let b = cond.batch();
-        let [c, t, h, w] = self.data.clip_shape();
-        let z = self.normal(&[b, c, t, h, w], rng)?;
-        let fake = OneStepGenerator::new(self.generator).generate(&z, &cond)?;
-        let times = self.d_times(b, rng)?;
-        let (inputs, shard) = (self.config.inputs(), self.shard);
-        let x_fake = inputs.draw_shard(&fake, &times, shard, rng).apply(&fake);
-        let l_fake = self.d_logits(&x_fake, &times, &cond)?;
-        let l_real = match (self.config.loss, real) {
-            (AdversarialLoss::Relativistic, Some(real)) => {
-                let x_real = inputs.draw_shard(&real, &times, shard, rng).apply(&real);
-                Some(tch::no_grad(|| self.d_logits(&x_real, &times, &cond))?)
-            }
-            _ => None,
-        };
-        let loss = generator_loss(self.config.loss, l_real.as_ref(), &l_fake);
-        log.add_tensor("g_loss", &loss);
-        Ok(loss)
-    }
 }
 
 impl<G> AdversarialStep<'_, G> {
     /// A new update: the G phase of the previous one has consumed its batches.
-    fn start_d_phase(&mut self) {
+    pub(super) fn start_d_phase(&mut self) {
         if self.next_g > 0 {
             self.batches.clear();
             self.next_g = 0;
@@ -303,31 +209,21 @@ impl<G: VelocityModel> TrainStep for AdversarialStep<'_, G> {
     }
 
     fn loss(&mut self, phase: usize, rng: &mut TensorRng, log: &mut StepLog) -> Result<Tensor> {
-        if phase < self.config.d_steps {
-            self.start_d_phase();
-            self.d_loss(rng, log)
-        } else {
-            self.g_loss(rng, log)
-        }
+        self.phase(phase, rng, log, Pass::Forward)
     }
 
-    fn backward(
+    fn recomputes(&self) -> bool {
+        self.recompute
+    }
+
+    fn backward_recomputed(
         &mut self,
         phase: usize,
         rng: &mut TensorRng,
         log: &mut StepLog,
         accum: usize,
     ) -> Result<Tensor> {
-        if !self.recompute {
-            let loss = self.loss(phase, rng, log)?;
-            return Ok(backward_scaled(&loss, accum));
-        }
-        if phase < self.config.d_steps {
-            self.start_d_phase();
-            self.d_backward_recomputed(rng, log, accum)
-        } else {
-            self.g_backward_recomputed(rng, log, accum)
-        }
+        self.phase(phase, rng, log, Pass::Recompute { accum })
     }
 
     fn cursor(&self) -> Cursor {

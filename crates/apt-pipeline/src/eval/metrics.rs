@@ -136,13 +136,6 @@ pub fn feature_scale(reference: &Tensor, floor: &[f64]) -> (Tensor, Tensor) {
     (mean, std)
 }
 
-/// Standardises `features` `[N, F]` with the mean and std of `reference` `[M, F]`, the std
-/// floored at `floor` `[F]`.
-pub fn standardise(features: &Tensor, reference: &Tensor, floor: &[f64]) -> Tensor {
-    let (mean, std) = feature_scale(reference, floor);
-    (features.to_kind(Kind::Double) - mean) / std
-}
-
 /// Energy of the part of a clip `[C, T, H, W]` that repeats with the patch period `[ph, pw]`:
 /// the clip averaged over every patch position — one `[C, T, ph, pw]` pattern, what is added
 /// equally to every patch — less its own mean, squared and averaged. A patch-grid artefact

@@ -326,10 +326,3 @@ fn reconstruction(vae: &WanVae, run: &RunConfig, clips: usize, batch: usize) -> 
         source,
     })
 }
-
-/// The exported VAE's config (for callers that only need shapes).
-pub fn exported_config(dir: &std::path::Path) -> Result<WanVaeConfig> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(crate::error::io_error(&path))?;
-    WanVaeConfig::from_diffusers_json(&text).map_err(vae_error)
-}
