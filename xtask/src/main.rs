@@ -1,6 +1,7 @@
 //! Project automation for apt-rs: `cargo xtask <command>`. Every command first runs `setup`
-//! (libtorch with no manual steps; see setup.rs). Plain std, no dependencies, so it builds in
-//! seconds on a fresh machine before libtorch exists.
+//! (libtorch with no manual steps; see setup.rs). Its one dependency is the workspace's
+//! dependency-free `apt-build` (cache locations, libtorch version), so it builds in seconds on a
+//! fresh machine before libtorch exists. See xtask/README.md.
 
 mod assets;
 mod bench;
