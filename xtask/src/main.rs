@@ -37,7 +37,10 @@ cargo xtask <command> [args]
         [--steps N] [--rounds R]
   bench flow       one-step generation vs the 25-step CFG teacher, training samples/s
   bench vae        Wan 2.1 / SD3 VAE encode+decode frames/s vs diffusers, alternating
+        [--rounds R] [--repeats K]
   bench gan        approximated vs exact R1 (correlation, ratio), APT step time and memory
+  bench gpu        prepare the GPU benchmark (release binary + pip wheels in device-carry/
+        for scripts/gpu_bench.sh) [--python-version 3.12]
   fuzz [SECONDS]   fuzz the decoder entry point (cargo-fuzz; real clips as seed corpus)
   help             this text
 ";

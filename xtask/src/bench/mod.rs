@@ -23,7 +23,7 @@ const USAGE: &str = "usage: \
     cargo xtask bench data | \
     cargo xtask bench flow | \
     cargo xtask bench gan | \
-    cargo xtask bench dist [--steps N] | \
+    cargo xtask bench dist [--steps N] [--rounds R] | \
     cargo xtask bench gpu [--python-version 3.12] | \
     cargo xtask bench vae [--rounds R] [--repeats K]  \
     (criterion benches: cargo bench -p apt-mmdit)";
