@@ -6,8 +6,9 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::decode::{decode_frames, decode_frames_until, FrameSize, SeekIndex, VideoInfo};
+use crate::decode::{decode_frames, decode_frames_until};
 use crate::error::{DataError, Result};
+use crate::frames::{FrameSize, SeekIndex, VideoInfo};
 use crate::seek::{decode_window, verified_index};
 
 /// How consecutive clip frames are spaced in the source.

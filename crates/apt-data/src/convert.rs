@@ -1,5 +1,6 @@
-//! Decoded frames to RGB24 tensors' bytes: one scaler per pixel format and size seen, at the
-//! output size the first frame fixes.
+//! Decoded FFmpeg frames to RGB24 bytes, collected into [`Frames`]: one scaler per pixel
+//! format and size seen, at the output size the first frame fixes. Used by both decoders
+//! ([`crate::decode`](mod@crate::decode), [`crate::seek`]).
 
 use std::path::Path;
 
@@ -7,8 +8,8 @@ use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling::{context::Context as Scaler, flag::Flags};
 use ffmpeg_next as ffmpeg;
 
-use crate::decode::{FrameSize, Frames, SeekIndex, VideoInfo};
 use crate::error::{decode_error, Result};
+use crate::frames::{FrameSize, Frames, SeekIndex, VideoInfo};
 
 /// Converts decoded frames to RGB24 at one output size (fixed by the first frame seen) and
 /// collects the kept ones.

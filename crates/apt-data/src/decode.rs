@@ -1,5 +1,9 @@
-//! Decoding videos and images in process with FFmpeg (`ffmpeg-next` on the system's
-//! libavformat/libavcodec/libswscale).
+//! Decoding whole videos and images in process with FFmpeg, from the start of the file:
+//! [`probe`], [`decode`], [`decode_frames`] and [`decode_frames_until`]. The types they return
+//! ([`FrameSize`], [`Frames`], [`VideoInfo`], [`SeekIndex`]) live in `frames.rs`, FFmpeg's
+//! setup ([`init`], [`quiet_ffmpeg_log`]) and opening a file in `input.rs`; both are
+//! re-exported here. Conversion to RGB is in `convert.rs`; decoding a window by seeking is
+//! [`crate::seek`].
 //!
 //! Lessons built in: the scaler is built from *each decoded frame's own* pixel format and size
 //! (a Theora clip can decode at 214×160 inside a 224×160 container, and streams may change
@@ -8,220 +12,17 @@
 //! skipped and counted, as the `ffmpeg` tool does; a file with no decodable frame is an error.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
 
 use ffmpeg_next as ffmpeg;
 
 use crate::convert::Converter;
-use crate::error::{decode_error, DataError, Result};
-pub use crate::seek::SeekIndex;
+use crate::error::{decode_error, Result};
+pub use crate::frames::{FrameSize, Frames, SeekIndex, VideoInfo};
+pub use crate::input::{init, quiet_ffmpeg_log};
+use crate::input::{open, Opened};
 
 /// Stop reading after this many packets: a guard against pathological inputs that never end.
 const MAX_PACKETS: usize = 5_000_000;
-
-static INIT: Once = Once::new();
-
-/// Threads per decoder (0 = FFmpeg's automatic choice, like the `ffmpeg` tool).
-static DECODER_THREADS: AtomicUsize = AtomicUsize::new(0);
-
-/// Sets the threads each decoder may use (0 = automatic, the default). Loaders that decode
-/// on many worker threads may prefer 1.
-pub fn set_decoder_threads(threads: usize) {
-    DECODER_THREADS.store(threads, Ordering::Relaxed);
-}
-
-/// Initialises FFmpeg once per process and limits its log to errors.
-pub fn init() {
-    INIT.call_once(|| {
-        let _ = ffmpeg::init();
-        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
-    });
-}
-
-/// Silences FFmpeg's log entirely (for tests and loaders that report errors themselves).
-pub fn quiet_ffmpeg_log() {
-    init();
-    ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Quiet);
-}
-
-/// The size decoded frames are converted to (RGB24).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameSize {
-    /// The first frame's own size (later frames are scaled to it if the stream changes size).
-    Native,
-    /// Exactly `width × height` (aspect ratio not kept).
-    Exact {
-        /// Output width.
-        width: u32,
-        /// Output height.
-        height: u32,
-    },
-    /// The smallest size with the frame's aspect ratio that covers `width × height` (the
-    /// shorter side is resized; a centre or random crop then gives `width × height`).
-    Cover {
-        /// Width to cover.
-        width: u32,
-        /// Height to cover.
-        height: u32,
-    },
-}
-
-impl FrameSize {
-    /// Output size for a `w × h` source frame.
-    pub fn output_for(self, w: u32, h: u32) -> (u32, u32) {
-        match self {
-            FrameSize::Native => (w, h),
-            FrameSize::Exact { width, height } => (width, height),
-            FrameSize::Cover { width, height } => {
-                let scale = (width as f64 / w as f64).max(height as f64 / h as f64);
-                let ow = ((w as f64 * scale).round() as u32).max(width);
-                let oh = ((h as f64 * scale).round() as u32).max(height);
-                (ow, oh)
-            }
-        }
-    }
-}
-
-/// What a file holds, with the frame count established by decoding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VideoInfo {
-    /// Container (demuxer) name, e.g. `mov,mp4,m4a,3gp,3g2,mj2`, `matroska,webm`, `gif`.
-    pub container: String,
-    /// Video codec name, e.g. `h264`, `vp9`, `theora`, `png`.
-    pub codec: String,
-    /// Width of the decoded frames (the first frame's).
-    pub width: u32,
-    /// Height of the decoded frames (the first frame's).
-    pub height: u32,
-    /// Frames per second (the stream's average rate, else its base rate, else 25).
-    pub fps: f64,
-    /// Frames decoded.
-    pub frames: usize,
-    /// What the container header claims, when it says anything.
-    pub header_frames: Option<u64>,
-    /// Packets the decoder rejected (skipped).
-    pub corrupt_packets: usize,
-}
-
-/// Decoded RGB frames, `frames × height × width × 3` bytes, row-major.
-#[derive(Debug, Clone)]
-pub struct Frames {
-    /// What the file holds.
-    pub info: VideoInfo,
-    /// Output width.
-    pub width: u32,
-    /// Output height.
-    pub height: u32,
-    /// RGB24 pixels of the kept frames, one after another.
-    pub data: Vec<u8>,
-    /// Source index of each kept frame.
-    pub indices: Vec<usize>,
-    /// Whether the whole file was decoded (`info.frames` is then its frame count); false when
-    /// decoding stopped after the last frame asked for ([`decode_frames_until`]).
-    pub complete: bool,
-    /// Where the file's frames are, for later seeking: set by a decode to the end when every
-    /// frame has a distinct, increasing timestamp.
-    pub seek_index: Option<SeekIndex>,
-}
-
-impl Frames {
-    /// Number of kept frames.
-    pub fn len(&self) -> usize {
-        self.indices.len()
-    }
-
-    /// True when no frame was kept.
-    pub fn is_empty(&self) -> bool {
-        self.indices.is_empty()
-    }
-
-    /// The RGB bytes of kept frame `i`.
-    pub fn frame(&self, i: usize) -> &[u8] {
-        let n = self.width as usize * self.height as usize * 3;
-        &self.data[i * n..(i + 1) * n]
-    }
-}
-
-fn rate_of(stream: &ffmpeg::format::stream::Stream) -> f64 {
-    for r in [stream.avg_frame_rate(), stream.rate()] {
-        if r.numerator() > 0 && r.denominator() > 0 {
-            let fps = f64::from(r);
-            if fps.is_finite() && fps > 0.0 && fps < 1000.0 {
-                return fps;
-            }
-        }
-    }
-    25.0
-}
-
-/// A file opened for decoding: its demuxer, the chosen video stream and its decoder.
-pub(crate) struct Opened {
-    pub input: ffmpeg::format::context::Input,
-    pub stream_index: usize,
-    pub time_base: [i32; 2],
-    pub decoder: ffmpeg::decoder::Video,
-    pub info: VideoInfo,
-}
-
-/// Opens `path`'s best video stream with a decoder (`info.frames` is 0 until frames are
-/// decoded); errors name the file and what is wrong with it.
-pub(crate) fn open(path: &Path) -> Result<Opened> {
-    init();
-    match std::fs::metadata(path) {
-        Err(source) => {
-            return Err(DataError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-        Ok(m) if m.is_dir() => {
-            return Err(decode_error(path, "is a directory, not a video or image"))
-        }
-        Ok(m) if m.len() == 0 => return Err(decode_error(path, "empty file")),
-        Ok(_) => {}
-    }
-    let input = ffmpeg::format::input(&path)
-        .map_err(|e| decode_error(path, format!("not a readable video or image ({e})")))?;
-    let stream = input
-        .streams()
-        .best(ffmpeg::media::Type::Video)
-        .ok_or_else(|| decode_error(path, "no video stream (not a video or image?)"))?;
-    let stream_index = stream.index();
-    let tb = stream.time_base();
-    let time_base = [tb.numerator(), tb.denominator()];
-    let fps = rate_of(&stream);
-    let header_frames = u64::try_from(stream.frames()).ok().filter(|&n| n > 0);
-    let mut context = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
-        .map_err(|e| decode_error(path, format!("bad codec parameters ({e})")))?;
-    context.set_threading(ffmpeg::codec::threading::Config {
-        kind: ffmpeg::codec::threading::Type::Frame,
-        count: DECODER_THREADS.load(Ordering::Relaxed),
-        ..Default::default()
-    });
-    let codec_id = context.id();
-    let decoder = context
-        .decoder()
-        .video()
-        .map_err(|e| decode_error(path, format!("unsupported codec {} ({e})", codec_id.name())))?;
-    let container = input.format().name().to_string();
-    Ok(Opened {
-        stream_index,
-        time_base,
-        decoder,
-        info: VideoInfo {
-            container,
-            codec: codec_id.name().to_string(),
-            width: 0,
-            height: 0,
-            fps,
-            frames: 0,
-            header_frames,
-            corrupt_packets: 0,
-        },
-        input,
-    })
-}
 
 /// Decodes the frames of the first video stream in order, calling `on_frame(index, frame,
 /// header frame count)` for each, up to frame `last` when given (then it stops reading);

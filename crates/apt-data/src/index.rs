@@ -16,7 +16,7 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{SeekIndex, VideoInfo};
+use crate::frames::{SeekIndex, VideoInfo};
 
 /// Directory, next to the videos, that holds their index entries.
 pub const INDEX_DIR: &str = ".apt-index";

@@ -12,7 +12,9 @@ pub mod dataset;
 pub mod decode;
 pub mod error;
 pub mod estimator;
+mod frames;
 pub mod index;
+mod input;
 pub mod loader;
 pub mod seek;
 pub mod shapes;
@@ -21,10 +23,9 @@ pub mod write;
 
 pub use clip::{load_clip, load_clip_seeking, Clip, ClipSpec, FrameStep, Placement};
 pub use dataset::{Dataset, Item, Media, OnBadSample, Sample, Skipped};
-pub use decode::{
-    decode, decode_frames, decode_frames_until, probe, FrameSize, Frames, SeekIndex, VideoInfo,
-};
+pub use decode::{decode, decode_frames, decode_frames_until, probe};
 pub use error::{DataError, Result};
+pub use frames::{FrameSize, Frames, SeekIndex, VideoInfo};
 pub use loader::{Batch, Cursor, Loader, LoaderConfig, LoaderStats};
 pub use text::{EmbeddingCache, TextEmbedding, TextEncoder};
 pub use write::write_video;

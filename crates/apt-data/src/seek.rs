@@ -2,62 +2,19 @@
 //! needed frame (from the file's [`SeekIndex`]), decode up to the last needed one, and tell the
 //! frames apart by their timestamps. The frames are those of a decode from the start — the
 //! caller falls back to one whenever that cannot be guaranteed: the seek fails or lands after
-//! the key frame, a timestamp is unknown to the index, or a frame is missing.
+//! the key frame, a timestamp is unknown to the index, or a frame is missing. Also
+//! [`verified_index`], which keeps only the key frames that really are entry points. (The
+//! [`SeekIndex`] type is in `frames.rs`, re-exported here.)
 
 use std::path::Path;
 
 use ffmpeg_next as ffmpeg;
 
-use serde::{Deserialize, Serialize};
-
 use crate::convert::Converter;
-use crate::decode::{open, FrameSize, Frames, Opened};
 use crate::error::Result;
-
-/// Where a file's frames are, for seeking: every frame's timestamp in display order and the
-/// frames decoding can start from (key frames), as one decode from the start saw them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SeekIndex {
-    /// The video stream's time base `[numerator, denominator]` (seconds per timestamp unit).
-    pub time_base: [i32; 2],
-    /// Timestamp of frame `i` (its best-effort presentation time), strictly increasing.
-    pub pts: Vec<i64>,
-    /// Indices of the key frames, ascending.
-    pub key_frames: Vec<usize>,
-}
-
-impl SeekIndex {
-    /// The index of a decode that saw timestamps `pts` and key frames `key_frames`; `None`
-    /// when a timestamp is missing or they do not increase (seeking could not find frames).
-    pub fn new(time_base: [i32; 2], pts: &[Option<i64>], key_frames: Vec<usize>) -> Option<Self> {
-        let pts: Vec<i64> = pts.iter().copied().collect::<Option<_>>()?;
-        let increasing = pts.windows(2).all(|w| w[0] < w[1]);
-        (increasing && time_base[0] > 0 && time_base[1] > 0 && !key_frames.is_empty()).then_some(
-            Self {
-                time_base,
-                pts,
-                key_frames,
-            },
-        )
-    }
-
-    /// The frame with timestamp `pts`.
-    pub fn frame_at(&self, pts: i64) -> Option<usize> {
-        self.pts.binary_search(&pts).ok()
-    }
-
-    /// The last key frame at or before frame `index`.
-    pub fn key_frame_before(&self, index: usize) -> Option<usize> {
-        let n = self.key_frames.partition_point(|&k| k <= index);
-        n.checked_sub(1).map(|i| self.key_frames[i])
-    }
-
-    /// Frame `index`'s timestamp in microseconds (FFmpeg's `AV_TIME_BASE`, what a seek takes).
-    pub fn micros(&self, index: usize) -> i64 {
-        let [num, den] = self.time_base;
-        (self.pts[index] as i128 * num as i128 * 1_000_000 / den as i128) as i64
-    }
-}
+pub use crate::frames::SeekIndex;
+use crate::frames::{FrameSize, Frames};
+use crate::input::{open, Opened};
 
 /// Frames `first..=last` for which `keep` is true, decoded from the key frame at or before
 /// `first`. `Ok(None)` when the window cannot be reached exactly this way (see the module docs)

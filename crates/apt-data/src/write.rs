@@ -11,8 +11,8 @@ use ffmpeg::software::scaling::{context::Context as Scaler, flag::Flags};
 use ffmpeg_next as ffmpeg;
 use tch::{Kind, Tensor};
 
-use crate::decode::init;
 use crate::error::{DataError, Result};
+use crate::input::init;
 
 /// Frames per row of a PNG grid.
 pub const GRID_COLUMNS: usize = 8;
