@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use apt_flow::train::MetricLine;
-use apt_flow::Finish;
+use apt_flow::RunEnd;
 use apt_pipeline::stages::{Outcome, Progress};
 use apt_pipeline::study::{evaluate_study, run_study, write_results, Study, StudyProgress};
 use apt_pipeline::{RunConfig, Stage};
@@ -86,7 +86,7 @@ pub fn run(args: StudyArgs) -> Result<ExitCode> {
             bars: StageBars::new(study.shared.clone()),
             study: &study,
         };
-        if run_study(&study, &mut bars, stop.clone())? == Finish::Stopped {
+        if run_study(&study, &mut bars, stop.clone())? == RunEnd::Stopped {
             println!("stopped at a checkpoint; run the same command again to continue");
             return Ok(ExitCode::from(130));
         }

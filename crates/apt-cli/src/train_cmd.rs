@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use apt_dist::Launch;
-use apt_flow::Finish;
+use apt_flow::RunEnd;
 use apt_pipeline::report::table;
 use apt_pipeline::stages::{run_all, run_stages, StageRun};
 use apt_pipeline::{planned_stages, OpenRun, RunConfig, Selection, Stage};
@@ -157,8 +157,8 @@ fn train(
     if !main {
         // Train every stage; rank 0 evaluates and reports.
         return Ok(match run_stages(&mut ctx, stages, explicit)? {
-            Finish::Stopped => ExitCode::from(130),
-            Finish::Completed => ExitCode::SUCCESS,
+            RunEnd::Stopped => ExitCode::from(130),
+            RunEnd::Completed => ExitCode::SUCCESS,
         });
     }
     if !explicit {
@@ -173,7 +173,7 @@ fn train(
             print!("{}", table(&metrics.models));
         }
         println!("report      {}", path.display());
-    } else if run_stages(&mut ctx, stages, explicit)? == Finish::Stopped {
+    } else if run_stages(&mut ctx, stages, explicit)? == RunEnd::Stopped {
         println!(
             "stopped (at the last checkpoint, or between teacher-pair shards); continue with \
              --resume"

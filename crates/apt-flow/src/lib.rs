@@ -28,7 +28,7 @@ pub use onestep::OneStepGenerator;
 pub use rng::TensorRng;
 pub use sampler::{sample, sample_trajectory, sample_with, Guidance, Method, SamplerConfig};
 pub use timesteps::{shift, TimeDistribution, TimestepSampler};
-pub use train::{Finish, Part, TrainConfig, TrainStep, Trainer};
+pub use train::{Part, RunEnd, TrainConfig, TrainStep, Trainer};
 
 /// The README's example, compiled as a doctest (`cargo test --doc`).
 #[doc = include_str!("../README.md")]

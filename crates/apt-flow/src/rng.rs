@@ -40,7 +40,7 @@ impl TensorRng {
     }
 
     /// One uniform number in [0, 1).
-    pub fn unit(&mut self) -> f64 {
+    pub fn uniform_scalar(&mut self) -> f64 {
         self.rng.gen()
     }
 

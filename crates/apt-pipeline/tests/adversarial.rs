@@ -101,7 +101,7 @@ fn run(
     resume: bool,
     progress: &mut dyn Progress,
     stop: Arc<AtomicBool>,
-) -> apt_flow::Finish {
+) -> apt_flow::RunEnd {
     let dir = RunDir::new(&config.out);
     let mut ctx = StageRun {
         world: std::rc::Rc::new(apt_flow::train::SingleProcess),
@@ -164,7 +164,7 @@ fn the_apt_stage_runs_and_resumes_to_the_same_generator() {
         stop: stop.clone(),
     };
     let finish = run(&interrupted, &[Stage::Apt], false, &mut at_1, stop);
-    assert_eq!(finish, apt_flow::Finish::Stopped);
+    assert_eq!(finish, apt_flow::RunEnd::Stopped);
     let finish = run(
         &interrupted,
         &[Stage::Apt],
@@ -172,7 +172,7 @@ fn the_apt_stage_runs_and_resumes_to_the_same_generator() {
         &mut (),
         Arc::new(AtomicBool::new(false)),
     );
-    assert_eq!(finish, apt_flow::Finish::Completed);
+    assert_eq!(finish, apt_flow::RunEnd::Completed);
     let (a, b) = (
         read(&report.generator),
         read(&dir.path().join("b/apt/generator.safetensors")),
@@ -211,7 +211,7 @@ fn an_image_stage_hands_its_generator_to_the_video_stage() {
         &mut (),
         Arc::new(AtomicBool::new(false)),
     );
-    assert_eq!(finish, apt_flow::Finish::Completed);
+    assert_eq!(finish, apt_flow::RunEnd::Completed);
     for stage in ["apt-image", "apt"] {
         let report: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(dir.path().join(format!("run/{stage}/report.json"))).unwrap(),
@@ -272,7 +272,7 @@ fn the_discriminator_options_run_through_the_stage() {
         &mut (),
         Arc::new(AtomicBool::new(false)),
     );
-    assert_eq!(finish, apt_flow::Finish::Completed);
+    assert_eq!(finish, apt_flow::RunEnd::Completed);
     let metrics = std::fs::read_to_string(dir.path().join("opts/apt/metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     for key in ["ar1", "ar2", "d_loss", "g_loss"] {
@@ -299,7 +299,7 @@ fn frozen_generator_parameters_stay_as_distilled_and_the_rest_trains() {
         &mut (),
         Arc::new(AtomicBool::new(false)),
     );
-    assert_eq!(finish, apt_flow::Finish::Completed);
+    assert_eq!(finish, apt_flow::RunEnd::Completed);
     let before = read(&dir.path().join("frozen/distill/student.safetensors"));
     let after = read(&dir.path().join("frozen/apt/generator.safetensors"));
     let (mut frozen, mut moved) = (0, 0);

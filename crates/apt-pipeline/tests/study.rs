@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use apt_flow::Finish;
+use apt_flow::RunEnd;
 use apt_pipeline::study::{evaluate_study, run_study, write_results, Study, StudyConfig};
 use apt_pipeline::{RunDir, Stage};
 
@@ -96,7 +96,7 @@ fn a_study_trains_its_init_once_and_every_variant_seed_from_it() {
     let stop = Arc::new(AtomicBool::new(false));
     assert_eq!(
         run_study(&s, &mut (), stop.clone()).unwrap(),
-        Finish::Completed
+        RunEnd::Completed
     );
     let shared = RunDir::new(dir.path().join("study/shared"));
     assert!(shared.is_finished(Stage::Pretrain) && shared.is_finished(Stage::Distill));
@@ -138,7 +138,7 @@ fn a_study_trains_its_init_once_and_every_variant_seed_from_it() {
         .unwrap()
         .modified()
         .unwrap();
-    assert_eq!(run_study(&s, &mut (), stop).unwrap(), Finish::Completed);
+    assert_eq!(run_study(&s, &mut (), stop).unwrap(), RunEnd::Completed);
     let after = std::fs::metadata(shared.export_path(Stage::Pretrain))
         .unwrap()
         .modified()

@@ -164,7 +164,7 @@ impl<M: VelocityModel> ConsistencyStep<'_, M> {
         let points = self.grid.len() - 1;
         let key = "batch_size";
         let n: Vec<usize> = (0..b * self.shard.world)
-            .map(|_| ((rng.unit() * points as f64) as usize).min(points - 1))
+            .map(|_| ((rng.uniform_scalar() * points as f64) as usize).min(points - 1))
             .collect();
         let n = self.shard.items(&n, key)?;
         let at = |offset: usize| {

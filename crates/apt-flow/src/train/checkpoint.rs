@@ -29,7 +29,7 @@ pub const LATEST: &str = "latest";
 
 /// What a checkpoint says about the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
+pub struct CheckpointManifest {
     /// [`FORMAT`].
     pub format: String,
     /// The label of the run that wrote it ([`Trainer::stage`](super::Trainer::stage)).
@@ -79,9 +79,9 @@ pub struct TrainState<'a> {
 
 /// A checkpoint read back.
 #[derive(Debug)]
-pub struct Loaded {
+pub struct LoadedCheckpoint {
     /// Its manifest.
-    pub manifest: Manifest,
+    pub manifest: CheckpointManifest,
     /// Where the manifest is.
     pub path: PathBuf,
     /// All tensors, prefixed.
@@ -143,7 +143,7 @@ pub fn save(dir: &Path, state: &TrainState, keep_last: usize) -> Result<PathBuf>
         Tensor::write_safetensors(&tensors, tmp).map_err(apt_mmdit::MmditError::from)
     })?;
     let (bytes, hash) = fingerprint(&weights)?;
-    let manifest = Manifest {
+    let manifest = CheckpointManifest {
         format: FORMAT.into(),
         stage: state.stage.into(),
         step: state.step,
@@ -196,7 +196,7 @@ fn prune(dir: &Path, keep: usize) -> Result<()> {
 }
 
 /// Reads and verifies one checkpoint (size and hash of the weights, every tensor readable).
-pub fn load(manifest_path: &Path) -> Result<Loaded> {
+pub fn load(manifest_path: &Path) -> Result<LoadedCheckpoint> {
     let bad = |reason: String| FlowError::File {
         path: manifest_path.to_path_buf(),
         reason,
@@ -205,7 +205,7 @@ pub fn load(manifest_path: &Path) -> Result<Loaded> {
         path: manifest_path.to_path_buf(),
         source,
     })?;
-    let manifest: Manifest =
+    let manifest: CheckpointManifest =
         serde_json::from_str(&text).map_err(|e| bad(format!("not a checkpoint manifest: {e}")))?;
     if manifest.format != FORMAT {
         return Err(bad(format!(
@@ -225,7 +225,7 @@ pub fn load(manifest_path: &Path) -> Result<Loaded> {
         path: weights.clone(),
         reason: format!("unreadable: {e}"),
     })?;
-    Ok(Loaded {
+    Ok(LoadedCheckpoint {
         manifest,
         path: manifest_path.to_path_buf(),
         tensors,
@@ -234,7 +234,7 @@ pub fn load(manifest_path: &Path) -> Result<Loaded> {
 
 /// The newest intact checkpoint in `dir` (the `latest` pointer first, then older manifests),
 /// with a message for every newer one that was rejected. `None` when there is none at all.
-pub fn load_latest(dir: &Path) -> Result<Option<(Loaded, Vec<String>)>> {
+pub fn load_latest(dir: &Path) -> Result<Option<(LoadedCheckpoint, Vec<String>)>> {
     let mut candidates = Vec::new();
     if let Ok(name) = fs::read_to_string(dir.join(LATEST)) {
         candidates.push(dir.join(name.trim()));
@@ -258,7 +258,7 @@ pub fn load_latest(dir: &Path) -> Result<Option<(Loaded, Vec<String>)>> {
     }
 }
 
-impl Loaded {
+impl LoadedCheckpoint {
     /// The tensors under `prefix.` with the prefix removed.
     pub fn part(&self, prefix: &str) -> BTreeMap<String, Tensor> {
         let p = format!("{prefix}.");

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use tch::{nn, Kind, Tensor};
 
-use super::flat::{FlatParams, Precision};
+use super::flat::FlatParams;
+use super::precision::Precision;
 use super::{Ema, Optimizer, OptimizerConfig};
 use crate::error::{FlowError, Result};
 

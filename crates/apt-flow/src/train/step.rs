@@ -108,7 +108,7 @@ impl<F: FnMut(&MetricLine)> Observer for F {
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
+pub enum RunEnd {
     /// All steps done.
     Completed,
     /// The stop flag was raised; a checkpoint was written after the current update.

@@ -93,7 +93,7 @@ fn resamples(counts: &[usize], draws: usize, seed: u64) -> BTreeMap<usize, Vec<V
             let sets = (0..draws)
                 .map(|_| {
                     (0..n)
-                        .map(|_| ((rng.unit() * n as f64) as usize).min(n - 1))
+                        .map(|_| ((rng.uniform_scalar() * n as f64) as usize).min(n - 1))
                         .collect()
                 })
                 .collect();
@@ -216,12 +216,12 @@ mod tests {
             .map(|_| {
                 let mut features = [0.0; FEATURES];
                 for f in features.iter_mut() {
-                    *f = rng.unit();
+                    *f = rng.uniform_scalar();
                 }
                 RealScore {
                     features,
                     sharpness: Some(1.0),
-                    start: Some((rng.unit(), rng.unit())),
+                    start: Some((rng.uniform_scalar(), rng.uniform_scalar())),
                     periodic_energy: 0.01,
                 }
             })

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use apt_data::shapes::Split;
 use apt_data::Skipped;
 use apt_flow::train::{copy_weights, freeze_variables, MetricLine, Observer, Part, Shard, Trainer};
-use apt_flow::{Finish, OneStepGenerator, TensorRng, TrainConfig};
+use apt_flow::{OneStepGenerator, RunEnd, TensorRng, TrainConfig};
 use apt_gan::adversarial::{AdversarialStep, GENERATOR};
 use apt_gan::discriminator::load_backbone;
 use apt_gan::{AdversarialConfig, AptDiscriminator, DiscriminatorConfig};
@@ -302,7 +302,7 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
         text: &text,
         space: &space,
     };
-    if trainer.run(&mut step, &mut previews)? == Finish::Stopped {
+    if trainer.run(&mut step, &mut previews)? == RunEnd::Stopped {
         return Ok(Outcome::Stopped);
     }
     if !ctx.is_main() {

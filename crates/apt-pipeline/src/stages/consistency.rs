@@ -4,7 +4,7 @@
 
 use apt_flow::distill::{ConsistencyStep, ConsistencyTarget};
 use apt_flow::train::{Part, Shard, Trainer};
-use apt_flow::{Finish, TensorRng};
+use apt_flow::{RunEnd, TensorRng};
 
 use super::common::{new_model, start_or_resume, student_from_teacher, Follow};
 use super::distill::finish_student;
@@ -57,7 +57,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         stage: Stage::Consistency,
         progress: &mut *ctx.progress,
     };
-    if trainer.run(&mut step, &mut follow)? == Finish::Stopped {
+    if trainer.run(&mut step, &mut follow)? == RunEnd::Stopped {
         return Ok(Outcome::Stopped);
     }
     let bad_samples = data.skipped();

@@ -9,7 +9,7 @@ use apt_data::shapes::Split;
 use apt_data::Skipped;
 use apt_flow::distill::{PairDistillStep, Pairs};
 use apt_flow::train::{MetricsLog, Part, Shard, Trainer};
-use apt_flow::{Conditioning, Finish, TensorRng};
+use apt_flow::{Conditioning, RunEnd, TensorRng};
 use apt_mmdit::Mmdit;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
@@ -211,7 +211,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         stage: Stage::Distill,
         progress: &mut *ctx.progress,
     };
-    if trainer.run(&mut step, &mut follow)? == Finish::Stopped {
+    if trainer.run(&mut step, &mut follow)? == RunEnd::Stopped {
         return Ok(Outcome::Stopped);
     }
     finish_student(

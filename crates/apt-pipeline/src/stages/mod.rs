@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use apt_flow::train::{Collective, MetricLine};
-use apt_flow::Finish;
+use apt_flow::RunEnd;
 use serde::Serialize;
 
 use crate::config::RunConfig;
@@ -141,7 +141,7 @@ pub fn run_stage(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
 /// run's evaluation and report (rank 0 only). `None` when stopped (a stage at a checkpoint, or
 /// the evaluation before writing anything), and on the other ranks of a data-parallel run.
 pub fn run_all(ctx: &mut StageRun, stages: &[Stage]) -> Result<Option<(PathBuf, RunMetrics)>> {
-    if run_stages(ctx, stages, false)? == Finish::Stopped {
+    if run_stages(ctx, stages, false)? == RunEnd::Stopped {
         return Ok(None);
     }
     if !ctx.is_main() {
@@ -160,7 +160,7 @@ pub fn run_all(ctx: &mut StageRun, stages: &[Stage]) -> Result<Option<(PathBuf, 
 /// Runs `stages` in order (see [`crate::session::planned_stages`]); when resuming, finished
 /// stages are skipped, except the last one of an explicit selection (`explicit`), which
 /// resumes from its final checkpoint. Stops at the first stopped stage.
-pub fn run_stages(ctx: &mut StageRun, stages: &[Stage], explicit: bool) -> Result<Finish> {
+pub fn run_stages(ctx: &mut StageRun, stages: &[Stage], explicit: bool) -> Result<RunEnd> {
     for (i, &stage) in stages.iter().enumerate() {
         if crate::session::skips_as_finished(ctx.dir, stages, i, ctx.resume, explicit) {
             tracing::info!(stage = stage.name(), "finished earlier; skipping");
@@ -168,8 +168,8 @@ pub fn run_stages(ctx: &mut StageRun, stages: &[Stage], explicit: bool) -> Resul
             continue;
         }
         if let Outcome::Stopped = run_stage(ctx, stage)? {
-            return Ok(Finish::Stopped);
+            return Ok(RunEnd::Stopped);
         }
     }
-    Ok(Finish::Completed)
+    Ok(RunEnd::Completed)
 }

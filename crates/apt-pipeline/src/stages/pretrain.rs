@@ -9,7 +9,7 @@ use apt_data::Skipped;
 use apt_flow::pretrain::FlowMatchingStep;
 use apt_flow::train::{Part, Shard, Trainer};
 use apt_flow::{
-    flow_matching_loss, sample, Conditioning, Finish, Guidance, TensorRng, VelocityModel,
+    flow_matching_loss, sample, Conditioning, Guidance, RunEnd, TensorRng, VelocityModel,
 };
 use apt_mmdit::{Mmdit, MmditConfig};
 use serde::{Deserialize, Serialize};
@@ -154,7 +154,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         progress: &mut *ctx.progress,
     };
     let finish = trainer.run(&mut step, &mut follow)?;
-    if finish == Finish::Stopped {
+    if finish == RunEnd::Stopped {
         return Ok(Outcome::Stopped);
     }
     if !ctx.is_main() {

@@ -11,8 +11,8 @@ use apt_data::shapes::Split;
 use apt_data::Skipped;
 use apt_flow::data::{ClipSource, Cursor};
 use apt_flow::train::{Part, Shard, StepLog, TrainStep, Trainer};
-use apt_flow::{Finish, FlowError, TensorRng};
-use apt_vae::{WanVae, WanVaeConfig};
+use apt_flow::{FlowError, RunEnd, TensorRng};
+use apt_vae::WanVae;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -169,7 +169,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         stage: Stage::Vae,
         progress: &mut *ctx.progress,
     };
-    if trainer.run(&mut step, &mut follow)? == Finish::Stopped {
+    if trainer.run(&mut step, &mut follow)? == RunEnd::Stopped {
         return Ok(Outcome::Stopped);
     }
     if !ctx.is_main() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use apt_flow::Finish;
+use apt_flow::RunEnd;
 
 use super::Study;
 use crate::config::{changed_keys, GeneratorInit, RunConfig};
@@ -34,15 +34,15 @@ pub fn init_stages(config: &RunConfig) -> Vec<Stage> {
 }
 
 /// Trains whatever the study still lacks: the shared init, then each variant × seed. Returns
-/// [`Finish::Stopped`] when `stop` was raised (the current run checkpointed).
+/// [`RunEnd::Stopped`] when `stop` was raised (the current run checkpointed).
 pub fn run_study(
     study: &Study,
     progress: &mut dyn StudyProgress,
     stop: Arc<AtomicBool>,
-) -> Result<Finish> {
+) -> Result<RunEnd> {
     let total = study.runs.len() + 1;
-    if train_shared(study, progress, stop.clone())? == Finish::Stopped {
-        return Ok(Finish::Stopped);
+    if train_shared(study, progress, stop.clone())? == RunEnd::Stopped {
+        return Ok(RunEnd::Stopped);
     }
     let shared = RunDir::new(&study.shared.out);
     for (i, (variant, seed, cfg)) in study.runs.iter().enumerate() {
@@ -59,11 +59,11 @@ pub fn run_study(
             link_stage(&shared, &dir, stage)?;
         }
         let stages = planned_stages(cfg, Selection::One(Stage::Apt))?;
-        if run(cfg, &stages, progress, stop.clone())? == Finish::Stopped {
-            return Ok(Finish::Stopped);
+        if run(cfg, &stages, progress, stop.clone())? == RunEnd::Stopped {
+            return Ok(RunEnd::Stopped);
         }
     }
-    Ok(Finish::Completed)
+    Ok(RunEnd::Completed)
 }
 
 /// The shared init: reused when `init` names a run (its exports must exist), else trained
@@ -72,7 +72,7 @@ fn train_shared(
     study: &Study,
     progress: &mut dyn StudyProgress,
     stop: Arc<AtomicBool>,
-) -> Result<Finish> {
+) -> Result<RunEnd> {
     let total = study.runs.len() + 1;
     let dir = RunDir::new(&study.shared.out);
     let needed = init_stages(&study.shared);
@@ -95,7 +95,7 @@ fn train_shared(
     }
     progress.run_start("shared", 1, total, missing.is_empty());
     if missing.is_empty() {
-        return Ok(Finish::Completed);
+        return Ok(RunEnd::Completed);
     }
     run(&study.shared, &missing, progress, stop)
 }
@@ -132,7 +132,7 @@ fn run(
     stages: &[Stage],
     progress: &mut dyn StudyProgress,
     stop: Arc<AtomicBool>,
-) -> Result<Finish> {
+) -> Result<RunEnd> {
     let dir = RunDir::new(&config.out);
     let resume = stages.iter().any(|&s| dir.has_checkpoints(s));
     let open = OpenRun::for_training(config.clone(), stages, resume, false)?;

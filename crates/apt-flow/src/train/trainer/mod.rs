@@ -22,20 +22,21 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::checkpoint::{self, TrainState};
 use tch::{Kind, Tensor};
 
-use super::collective::{
-    all_reduce_mean_flat, all_reduce_mean_scalars, broadcast_flat_from_owners, Collective,
-    SingleProcess,
-};
-use super::metrics::{Logged, MetricLine, MetricsLog, StepLog};
-use super::part::Part;
-use super::step::{Finish, Observer, TrainStep};
-use super::NonFiniteGuard;
-use crate::error::{FlowError, Result};
+use crate::error::Result;
 use crate::rng::TensorRng;
+use crate::train::collective::{
+    all_reduce_mean_flat, broadcast_flat_from_owners, Collective, SingleProcess,
+};
+use crate::train::metrics::{Logged, MetricLine, MetricsLog, StepLog};
+use crate::train::parallel::all_reduce_logged;
+use crate::train::part::Part;
+use crate::train::step::{Observer, RunEnd, TrainStep};
+use crate::train::NonFiniteGuard;
 use crate::train::TrainConfig;
+
+mod checkpoints;
 
 /// The loop's checkpoint directory, under [`Trainer::dir`].
 pub const CHECKPOINT_DIR: &str = "checkpoints";
@@ -77,7 +78,9 @@ impl std::fmt::Debug for Trainer {
 }
 
 impl Trainer {
-    /// A fresh trainer for `parts`, drawing from `rng`.
+    /// A fresh trainer for `parts` that checkpoints into `dir`, drawing from `rng`; `stage`
+    /// labels its checkpoints and metric lines (a checkpoint of another label is not resumed).
+    /// `config` is checked first (errors name its fields, `train.steps`, …).
     pub fn new(
         stage: &str,
         dir: &Path,
@@ -85,7 +88,7 @@ impl Trainer {
         parts: Vec<Part>,
         rng: TensorRng,
     ) -> Result<Self> {
-        config.validate(&format!("{stage}.train"))?;
+        config.validate("train")?;
         Ok(Self {
             stage: stage.into(),
             dir: dir.to_path_buf(),
@@ -111,103 +114,12 @@ impl Trainer {
         self.parts.iter().find(|p| p.name == name)
     }
 
-    /// The checkpoint directory.
-    pub fn checkpoint_dir(&self) -> PathBuf {
-        self.dir.join(CHECKPOINT_DIR)
-    }
-
-    /// Restores everything from the newest intact checkpoint; `Ok(false)` when there is none.
-    /// Newer checkpoints that were rejected are logged. A checkpoint of another stage, or whose
-    /// optimizer kind differs from the configured one, is an error.
-    pub fn resume(&mut self, step: &mut impl TrainStep) -> Result<bool> {
-        let Some((loaded, rejected)) = checkpoint::load_latest(&self.checkpoint_dir())? else {
-            return Ok(false);
-        };
-        for why in rejected {
-            tracing::warn!("skipping a damaged checkpoint: {why}");
-        }
-        let m = &loaded.manifest;
-        let bad = |reason: String| FlowError::File {
-            path: loaded.path.clone(),
-            reason,
-        };
-        if m.stage != self.stage {
-            return Err(bad(format!(
-                "written by stage {:?}, not {:?}",
-                m.stage, self.stage
-            )));
-        }
-        for part in &mut self.parts {
-            part.load_weights(&loaded.part(&part.name), &loaded.path)?;
-            if let Some(ema) = &mut part.ema {
-                ema.load_state(&loaded.tensors, &format!("ema.{}", part.name))?;
-            }
-            let prefix = format!("optimizer.{}", part.name);
-            let Some((saved, _)) = m.optimizers.get(&prefix) else {
-                return Err(bad(format!("holds no optimizer state for `{}`", part.name)));
-            };
-            let wanted = part.optimizer.config();
-            if saved.kind() != wanted.kind() {
-                return Err(bad(format!(
-                    "`{}` was trained with {}, the config now says {}: resume with the run's \
-                     optimizer or start a new run",
-                    part.name,
-                    saved.kind(),
-                    wanted.kind()
-                )));
-            }
-            loaded.restore_optimizer(&prefix, &mut part.optimizer, &part.vs)?;
-        }
-        if let Some(rng) = &m.rng {
-            self.rng = rng.clone();
-        }
-        if let Some(cursor) = m.cursor {
-            step.restore(cursor)?;
-        }
-        self.guard = NonFiniteGuard {
-            max_consecutive: self.config.max_nonfinite,
-            ..m.guard.clone()
-        };
-        self.step = m.step;
-        tracing::info!(stage = %self.stage, step = self.step, checkpoint = %loaded.path.display(), "resumed");
-        Ok(true)
-    }
-
-    /// Writes a checkpoint of the current state (every rank holds the same state; the caller
-    /// decides which one writes — the loop lets rank 0).
-    pub fn checkpoint(&self, step: &impl TrainStep) -> Result<PathBuf> {
-        let state = TrainState {
-            stage: &self.stage,
-            step: self.step,
-            models: self
-                .parts
-                .iter()
-                .map(|p| (p.name.clone(), p.weights()))
-                .collect(),
-            emas: self
-                .parts
-                .iter()
-                .filter_map(|p| Some((format!("ema.{}", p.name), p.ema.as_ref()?)))
-                .collect(),
-            optimizers: self
-                .parts
-                .iter()
-                .map(|p| (format!("optimizer.{}", p.name), &p.optimizer))
-                .collect(),
-            rng: Some(&self.rng),
-            cursor: Some(step.cursor()),
-            guard: &self.guard,
-            extra: serde_json::Value::Null,
-        };
-        checkpoint::save(&self.checkpoint_dir(), &state, self.config.keep_checkpoints)
-    }
-
     /// Runs updates until `config.steps` (or the stop flag), reporting to `observer`.
     pub fn run(
         &mut self,
         step: &mut impl TrainStep,
         observer: &mut impl Observer,
-    ) -> Result<Finish> {
+    ) -> Result<RunEnd> {
         let main = self.collective.is_main();
         let mut metrics = if main {
             Some(MetricsLog::open(&self.dir)?)
@@ -252,10 +164,10 @@ impl Trainer {
                 self.drop_gathered_state();
             }
             if stopping && !last {
-                return Ok(Finish::Stopped);
+                return Ok(RunEnd::Stopped);
             }
         }
-        Ok(Finish::Completed)
+        Ok(RunEnd::Completed)
     }
 
     /// Runs `count` more updates and returns their metric lines (read once, at the end),
@@ -446,47 +358,4 @@ struct PendingLine {
     /// Per phase: the loss and the device's verdict (finite loss and gradients), 0-dim.
     finite: Vec<(Tensor, Tensor)>,
     seconds: f64,
-}
-
-/// Data parallel: the means over ranks of the logged values and the loss (device values in
-/// one all-reduce, host values in another); returns the mean loss.
-fn all_reduce_logged(
-    collective: &dyn Collective,
-    logged: &mut [(String, Logged)],
-    loss: Tensor,
-) -> Result<Tensor> {
-    let n = collective.world_size();
-    if n == 1 {
-        return Ok(loss);
-    }
-    let mut host: Vec<f64> = logged
-        .iter()
-        .filter_map(|(_, v)| match v {
-            Logged::Host(h) => Some(*h),
-            Logged::Device(_) => None,
-        })
-        .collect();
-    all_reduce_mean_scalars(collective, &mut host)?;
-    let mut device: Vec<Tensor> = logged
-        .iter()
-        .filter_map(|(_, v)| match v {
-            Logged::Device(t) => Some(t.reshape([1])),
-            Logged::Host(_) => None,
-        })
-        .collect();
-    device.push(loss.reshape([1]));
-    let mut stacked = Tensor::cat(&device, 0);
-    collective.all_reduce_sum(&mut stacked)?;
-    let stacked = stacked / n as f64;
-    let (mut h, mut d) = (host.into_iter(), 0);
-    for (_, v) in logged.iter_mut() {
-        match v {
-            Logged::Host(x) => *x = h.next().expect("one each"),
-            Logged::Device(t) => {
-                *t = stacked.get(d);
-                d += 1;
-            }
-        }
-    }
-    Ok(stacked.get(d))
 }
