@@ -1,39 +1,10 @@
-//! The two VAE configurations, spelled as diffusers' `config.json` spells them, with presets and
-//! validation that names the key.
+//! [`WanVaeConfig`]: diffusers' `AutoencoderKLWan` (Wan 2.1), with the `wan21()` and `small()`
+//! presets and validation that names the key.
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, VaeError};
-
-fn config_error(key: &str, message: impl Into<String>) -> VaeError {
-    VaeError::Config {
-        key: key.into(),
-        message: message.into(),
-    }
-}
-
-/// Parses a diffusers `config.json`: keys starting with `_` (`_class_name`,
-/// `_diffusers_version`, …) are metadata and skipped; any other key the struct does not know is
-/// an error naming it.
-fn from_diffusers_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| config_error("config.json", e.to_string()))?;
-    let serde_json::Value::Object(map) = value else {
-        return Err(config_error("config.json", "is not a JSON object"));
-    };
-    let map: serde_json::Map<String, serde_json::Value> = map
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with('_'))
-        .collect();
-    serde_json::from_value(serde_json::Value::Object(map))
-        .map_err(|e| config_error("config.json", e.to_string()))
-}
-
-/// The `_class_name` of a diffusers `config.json`, if any.
-pub fn diffusers_class_name(text: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    value.get("_class_name")?.as_str().map(str::to_owned)
-}
+use super::{check_positive, config_error, parse_diffusers_json};
+use crate::error::Result;
 
 /// diffusers' `AutoencoderKLWan` (Wan 2.1): causal 3D convolutions, RMS norms, per-frame
 /// attention in the middle blocks. Defaults are Wan 2.1's released VAE.
@@ -110,8 +81,8 @@ impl WanVaeConfig {
     }
 
     /// A small trainable video VAE of the same architecture for this repository's demos:
-    /// 16 base channels, 4× time, 4× space, 8 latent channels, unit latent statistics (the stage that trains it
-    /// measures and writes its own).
+    /// 16 base channels, 4× time, 4× space, 8 latent channels, unit latent statistics (the stage
+    /// that trains it measures and writes its own).
     pub fn small() -> Self {
         Self {
             base_dim: 16,
@@ -129,7 +100,7 @@ impl WanVaeConfig {
 
     /// Parses diffusers' `config.json` text and validates it.
     pub fn from_diffusers_json(text: &str) -> Result<Self> {
-        let cfg: Self = from_diffusers_json(text)?;
+        let cfg: Self = parse_diffusers_json(text)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -160,21 +131,30 @@ impl WanVaeConfig {
         ]
     }
 
-    /// Checks every value (and the features this implementation does not have).
+    /// Checks every value (and the features this implementation does not have); the first
+    /// problem found is returned, naming its key.
     pub fn validate(&self) -> Result<()> {
-        let positive = |key: &str, v: i64| {
-            if v <= 0 {
-                Err(config_error(key, format!("must be positive (got {v})")))
-            } else {
-                Ok(())
-            }
-        };
-        positive("base_dim", self.base_dim)?;
-        positive("decoder_base_dim", self.decoder_dim())?;
-        positive("z_dim", self.z_dim)?;
-        positive("num_res_blocks", self.num_res_blocks)?;
-        positive("in_channels", self.in_channels)?;
-        positive("out_channels", self.out_channels)?;
+        self.check_sizes()?;
+        self.check_stages()?;
+        self.check_unsupported_features()?;
+        self.check_latent_statistics()?;
+        self.check_dropout()?;
+        self.check_declared_ratios()
+    }
+
+    /// Channel counts and depth are positive.
+    fn check_sizes(&self) -> Result<()> {
+        check_positive("base_dim", self.base_dim)?;
+        check_positive("decoder_base_dim", self.decoder_dim())?;
+        check_positive("z_dim", self.z_dim)?;
+        check_positive("num_res_blocks", self.num_res_blocks)?;
+        check_positive("in_channels", self.in_channels)?;
+        check_positive("out_channels", self.out_channels)
+    }
+
+    /// At least two positive stage multipliers, one time flag per down stage, and decoder stage
+    /// channels the upsamplers can halve.
+    fn check_stages(&self) -> Result<()> {
         if self.dim_mult.len() < 2 || self.dim_mult.iter().any(|m| *m <= 0) {
             return Err(config_error(
                 "dim_mult",
@@ -204,6 +184,11 @@ impl WanVaeConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Down-stage attention and Wan 2.2's residual and patchified variants are not implemented.
+    fn check_unsupported_features(&self) -> Result<()> {
         if !self.attn_scales.is_empty() {
             return Err(config_error(
                 "attn_scales",
@@ -222,6 +207,11 @@ impl WanVaeConfig {
                 format!("{p} is Wan 2.2's patchified VAE, which is not supported (expected null)"),
             ));
         }
+        Ok(())
+    }
+
+    /// One latent mean and one positive standard deviation per latent channel.
+    fn check_latent_statistics(&self) -> Result<()> {
         for (key, v) in [
             ("latents_mean", &self.latents_mean),
             ("latents_std", &self.latents_std),
@@ -236,6 +226,11 @@ impl WanVaeConfig {
         if self.latents_std.iter().any(|s| *s <= 0.0) {
             return Err(config_error("latents_std", "values must be positive"));
         }
+        Ok(())
+    }
+
+    /// Dropout is not implemented, so it must be 0.
+    fn check_dropout(&self) -> Result<()> {
         if self.dropout != 0.0 {
             return Err(config_error(
                 "dropout",
@@ -245,6 +240,11 @@ impl WanVaeConfig {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// `scale_factor_temporal` / `scale_factor_spatial`, when given, match the stages.
+    fn check_declared_ratios(&self) -> Result<()> {
         if let Some(t) = self.scale_factor_temporal {
             if t != self.temporal_ratio() {
                 return Err(config_error(
@@ -273,161 +273,6 @@ impl WanVaeConfig {
     }
 }
 
-/// diffusers' `AutoencoderKL` as SD3 and FLUX use it (16 latent channels, scaling and shift
-/// factors; SD1/SDXL's 4-channel ones load too). Defaults are SD3's released VAE.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ImageVaeConfig {
-    /// Pixel channels in.
-    pub in_channels: i64,
-    /// Pixel channels out.
-    pub out_channels: i64,
-    /// One `DownEncoderBlock2D` per stage.
-    pub down_block_types: Vec<String>,
-    /// One `UpDecoderBlock2D` per stage.
-    pub up_block_types: Vec<String>,
-    /// Channels per stage.
-    pub block_out_channels: Vec<i64>,
-    /// ResNet blocks per encoder stage (the decoder has one more).
-    pub layers_per_block: i64,
-    /// Activation (`silu` only).
-    pub act_fn: String,
-    /// Latent channels.
-    pub latent_channels: i64,
-    /// Groups of every GroupNorm.
-    pub norm_num_groups: i64,
-    /// Training resolution (used by diffusers' tiling only; kept for round trips).
-    pub sample_size: serde_json::Value,
-    /// Latent scale: the diffusion model sees `(z − shift) · scaling`.
-    pub scaling_factor: f64,
-    /// Latent shift (SD3, FLUX), or none (SD1/SDXL).
-    pub shift_factor: Option<f64>,
-    /// Per-channel latent mean (some pipelines; kept for round trips).
-    pub latents_mean: Option<Vec<f64>>,
-    /// Per-channel latent std (some pipelines; kept for round trips).
-    pub latents_std: Option<Vec<f64>>,
-    /// diffusers' hint to run in fp32 (kept for round trips).
-    pub force_upcast: bool,
-    /// 1×1 convolution after the encoder (SD1/SDXL yes, SD3/FLUX no).
-    pub use_quant_conv: bool,
-    /// 1×1 convolution before the decoder.
-    pub use_post_quant_conv: bool,
-    /// Attention in the middle blocks.
-    pub mid_block_add_attention: bool,
-}
-
-impl Default for ImageVaeConfig {
-    fn default() -> Self {
-        Self {
-            in_channels: 3,
-            out_channels: 3,
-            down_block_types: vec!["DownEncoderBlock2D".into(); 4],
-            up_block_types: vec!["UpDecoderBlock2D".into(); 4],
-            block_out_channels: vec![128, 256, 512, 512],
-            layers_per_block: 2,
-            act_fn: "silu".into(),
-            latent_channels: 16,
-            norm_num_groups: 32,
-            sample_size: serde_json::json!(1024),
-            scaling_factor: 1.5305,
-            shift_factor: Some(0.0609),
-            latents_mean: None,
-            latents_std: None,
-            force_upcast: true,
-            use_quant_conv: false,
-            use_post_quant_conv: false,
-            mid_block_add_attention: true,
-        }
-    }
-}
-
-impl ImageVaeConfig {
-    /// SD3's VAE (`stabilityai/stable-diffusion-3-medium-diffusers/vae`).
-    pub fn sd3() -> Self {
-        Self::default()
-    }
-
-    /// FLUX.1's VAE: SD3's architecture with its own scaling and shift.
-    pub fn flux() -> Self {
-        Self {
-            scaling_factor: 0.3611,
-            shift_factor: Some(0.1159),
-            ..Self::default()
-        }
-    }
-
-    /// Parses diffusers' `config.json` text and validates it.
-    pub fn from_diffusers_json(text: &str) -> Result<Self> {
-        let cfg: Self = from_diffusers_json(text)?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Pixels per latent cell along height and width.
-    pub fn spatial_ratio(&self) -> i64 {
-        1 << (self.block_out_channels.len() - 1)
-    }
-
-    /// Checks every value (and the features this implementation does not have).
-    pub fn validate(&self) -> Result<()> {
-        let n = self.block_out_channels.len();
-        if n == 0 {
-            return Err(config_error("block_out_channels", "must not be empty"));
-        }
-        for (key, types, want) in [
-            (
-                "down_block_types",
-                &self.down_block_types,
-                "DownEncoderBlock2D",
-            ),
-            ("up_block_types", &self.up_block_types, "UpDecoderBlock2D"),
-        ] {
-            if types.len() != n || types.iter().any(|t| t != want) {
-                return Err(config_error(
-                    key,
-                    format!("must be {n} × \"{want}\" (got {types:?})"),
-                ));
-            }
-        }
-        if self.act_fn != "silu" {
-            return Err(config_error(
-                "act_fn",
-                format!("\"{}\" is not supported (expected \"silu\")", self.act_fn),
-            ));
-        }
-        if self.norm_num_groups <= 0 {
-            return Err(config_error("norm_num_groups", "must be positive"));
-        }
-        if let Some(c) = self
-            .block_out_channels
-            .iter()
-            .find(|c| **c <= 0 || *c % self.norm_num_groups != 0)
-        {
-            return Err(config_error(
-                "block_out_channels",
-                format!(
-                    "{c} is not a positive multiple of norm_num_groups = {}",
-                    self.norm_num_groups
-                ),
-            ));
-        }
-        for (key, v) in [
-            ("in_channels", self.in_channels),
-            ("out_channels", self.out_channels),
-            ("latent_channels", self.latent_channels),
-            ("layers_per_block", self.layers_per_block),
-        ] {
-            if v <= 0 {
-                return Err(config_error(key, format!("must be positive (got {v})")));
-            }
-        }
-        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
-            return Err(config_error("scaling_factor", "must be positive"));
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,18 +286,12 @@ mod tests {
         let small = WanVaeConfig::small();
         small.validate().unwrap();
         assert_eq!((small.temporal_ratio(), small.spatial_ratio()), (4, 4));
-        ImageVaeConfig::sd3().validate().unwrap();
-        assert_eq!(ImageVaeConfig::flux().spatial_ratio(), 8);
     }
 
     #[test]
     fn diffusers_json_skips_metadata_and_names_unknown_keys() {
         let ok = r#"{"_class_name": "AutoencoderKLWan", "_diffusers_version": "0.42.1", "base_dim": 96}"#;
         assert_eq!(WanVaeConfig::from_diffusers_json(ok).unwrap().base_dim, 96);
-        assert_eq!(
-            diffusers_class_name(ok).as_deref(),
-            Some("AutoencoderKLWan")
-        );
         let err = WanVaeConfig::from_diffusers_json(r#"{"base_dimm": 96}"#)
             .unwrap_err()
             .to_string();
@@ -461,9 +300,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("is_residual") && err.contains("2.2"), "{err}");
-        let err = ImageVaeConfig::from_diffusers_json(r#"{"norm_num_groups": 5}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("block_out_channels"), "{err}");
     }
 }
