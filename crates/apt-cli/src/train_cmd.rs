@@ -12,7 +12,8 @@ use anyhow::Result;
 use apt_dist::Launch;
 use apt_flow::RunEnd;
 use apt_pipeline::report::table;
-use apt_pipeline::stages::{run_all, run_stages, StageRun};
+use apt_pipeline::run_all;
+use apt_pipeline::stages::{run_stages, StageRun};
 use apt_pipeline::{planned_stages, OpenRun, RunConfig, Selection, Stage};
 use clap::{Args, ValueEnum};
 

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use apt_vae::{LatentNorm, WanVae, WanVaeConfig};
+
+pub use crate::config::latent_shape_of;
 use tch::{nn, Device, Tensor};
 
 use crate::config::RunConfig;
@@ -164,22 +166,4 @@ impl Space {
             }
         }
     }
-}
-
-/// The latent shape `[C, T', H', W']` of pixel clips `[3, T, H, W]` under `vae`, or an error
-/// naming `data` when the clips do not fit its compression (T = 1 + rk, H and W multiples).
-pub fn latent_shape_of(vae: &WanVaeConfig, pixels: [i64; 4]) -> Result<[i64; 4]> {
-    let [c, t, h, w] = pixels;
-    let (r, s) = (vae.temporal_ratio(), vae.spatial_ratio());
-    if c != vae.in_channels || t < 1 || (t - 1) % r != 0 || h % s != 0 || w % s != 0 {
-        return Err(config_error(
-            "data",
-            format!(
-                "clips {c}×{t}×{h}×{w} do not fit the VAE: it needs {} channels, 1 + {r}k frames \
-                 and sides that are multiples of {s}",
-                vae.in_channels
-            ),
-        ));
-    }
-    Ok(vae.latent_shape(t, h, w))
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+mod full_run;
 pub mod latent;
 pub mod lock;
 pub mod memory;
@@ -30,6 +31,7 @@ pub mod text;
 
 pub use config::RunConfig;
 pub use error::{PipelineError, Result};
+pub use full_run::run_all;
 pub use run_dir::{RunDir, Stage};
 pub use session::{check_world_size, planned_stages, OpenRun, Selection};
 pub use stages::{run_stage, run_stages, Outcome, Progress, StageReport, StageRun};

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use tch::{nn, Kind, Tensor};
 
 use super::flat::FlatParams;
+use super::metrics::Logged;
 
 use crate::error::{FlowError, Result};
 
@@ -317,6 +318,49 @@ pub fn all_reduce_mean_scalars(collective: &dyn Collective, values: &mut [f64]) 
         *v = s / n as f64;
     }
     Ok(())
+}
+
+/// Data parallel: the means over ranks of the logged values and the loss (device values in
+/// one all-reduce, host values in another); returns the mean loss.
+pub fn all_reduce_logged(
+    collective: &dyn Collective,
+    logged: &mut [(String, Logged)],
+    loss: Tensor,
+) -> Result<Tensor> {
+    let n = collective.world_size();
+    if n == 1 {
+        return Ok(loss);
+    }
+    let mut host: Vec<f64> = logged
+        .iter()
+        .filter_map(|(_, v)| match v {
+            Logged::Host(h) => Some(*h),
+            Logged::Device(_) => None,
+        })
+        .collect();
+    all_reduce_mean_scalars(collective, &mut host)?;
+    let mut device: Vec<Tensor> = logged
+        .iter()
+        .filter_map(|(_, v)| match v {
+            Logged::Device(t) => Some(t.reshape([1])),
+            Logged::Host(_) => None,
+        })
+        .collect();
+    device.push(loss.reshape([1]));
+    let mut stacked = Tensor::cat(&device, 0);
+    collective.all_reduce_sum(&mut stacked)?;
+    let stacked = stacked / n as f64;
+    let (mut h, mut d) = (host.into_iter(), 0);
+    for (_, v) in logged.iter_mut() {
+        match v {
+            Logged::Host(x) => *x = h.next().expect("one each"),
+            Logged::Device(t) => {
+                *t = stacked.get(d);
+                d += 1;
+            }
+        }
+    }
+    Ok(stacked.get(d))
 }
 
 #[cfg(test)]

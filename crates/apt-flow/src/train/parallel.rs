@@ -9,9 +9,8 @@ use tch::Tensor;
 
 use super::collective::{
     all_reduce_mean_scalars, broadcast_flat, broadcast_tensors, broadcast_weights,
-    partition_variables, Collective,
+    partition_variables,
 };
-use super::metrics::Logged;
 use super::precision::Precision;
 use super::trainer::Trainer;
 use crate::error::{FlowError, Result};
@@ -134,47 +133,4 @@ impl Trainer {
         all_reduce_mean_scalars(&*self.collective, &mut raised)?;
         Ok(raised[0] > 0.0)
     }
-}
-
-/// Data parallel: the means over ranks of the logged values and the loss (device values in
-/// one all-reduce, host values in another); returns the mean loss.
-pub(super) fn all_reduce_logged(
-    collective: &dyn Collective,
-    logged: &mut [(String, Logged)],
-    loss: Tensor,
-) -> Result<Tensor> {
-    let n = collective.world_size();
-    if n == 1 {
-        return Ok(loss);
-    }
-    let mut host: Vec<f64> = logged
-        .iter()
-        .filter_map(|(_, v)| match v {
-            Logged::Host(h) => Some(*h),
-            Logged::Device(_) => None,
-        })
-        .collect();
-    all_reduce_mean_scalars(collective, &mut host)?;
-    let mut device: Vec<Tensor> = logged
-        .iter()
-        .filter_map(|(_, v)| match v {
-            Logged::Device(t) => Some(t.reshape([1])),
-            Logged::Host(_) => None,
-        })
-        .collect();
-    device.push(loss.reshape([1]));
-    let mut stacked = Tensor::cat(&device, 0);
-    collective.all_reduce_sum(&mut stacked)?;
-    let stacked = stacked / n as f64;
-    let (mut h, mut d) = (host.into_iter(), 0);
-    for (_, v) in logged.iter_mut() {
-        match v {
-            Logged::Host(x) => *x = h.next().expect("one each"),
-            Logged::Device(t) => {
-                *t = stacked.get(d);
-                d += 1;
-            }
-        }
-    }
-    Ok(stacked.get(d))
 }

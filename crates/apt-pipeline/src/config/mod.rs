@@ -3,6 +3,7 @@
 //! and out-of-range values are errors naming the key.
 
 mod compare;
+mod data;
 mod embedded;
 mod overrides;
 mod sections;
@@ -17,15 +18,15 @@ use apt_mmdit::{MmditConfig, Preset};
 use serde::{Deserialize, Serialize};
 
 pub use compare::{changed_keys, with_values_of, Change};
+pub use data::DataConfig;
 pub use overrides::{apply_override, upgrade_old_keys};
 pub use sections::{
     default_eval_batch, default_eval_seed, AptSection, ConsistencySection, DistillSection,
     EvalConfig, GeneratorInit, ImageStage, ModelSection, PretrainSection, ReportSection,
     TextSection,
 };
-pub use vae::VaeSection;
+pub use vae::{latent_shape_of, VaeSection};
 
-use crate::data::DataConfig;
 use crate::error::{config_error, PipelineError, Result};
 use crate::run_dir::Stage;
 
@@ -297,7 +298,7 @@ impl RunConfig {
                 "data.kind",
                 "is \"latents\" but there is no [vae] section (the VAE that made them)",
             )),
-            (Some(v), false) => crate::latent::latent_shape_of(&v.vae_config()?, shape),
+            (Some(v), false) => latent_shape_of(&v.vae_config()?, shape),
             (Some(v), true) => {
                 let z = v.vae_config()?.z_dim;
                 if shape[0] != z {

@@ -9,7 +9,6 @@ pub mod distill;
 pub mod pretrain;
 pub mod vae;
 
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,7 +19,6 @@ use serde::Serialize;
 
 use crate::config::RunConfig;
 use crate::error::Result;
-use crate::report::{evaluate_and_write, RunMetrics};
 use crate::run_dir::{RunDir, Stage};
 
 pub use apt::AptReport;
@@ -135,26 +133,6 @@ pub fn run_stage(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
     ctx.world.barrier()?;
     ctx.progress.stage_end(stage, &outcome);
     Ok(outcome)
-}
-
-/// `--stage all`: every stage in `stages` (finished ones skipped when resuming), then the
-/// run's evaluation and report (rank 0 only). `None` when stopped (a stage at a checkpoint, or
-/// the evaluation before writing anything), and on the other ranks of a data-parallel run.
-pub fn run_all(ctx: &mut StageRun, stages: &[Stage]) -> Result<Option<(PathBuf, RunMetrics)>> {
-    if run_stages(ctx, stages, false)? == RunEnd::Stopped {
-        return Ok(None);
-    }
-    if !ctx.is_main() {
-        return Ok(None);
-    }
-    let progress = &mut *ctx.progress;
-    match evaluate_and_write(ctx.config, ctx.dir, &ctx.stop, |done, total, name| {
-        progress.evaluated(done, total, name)
-    }) {
-        Ok(written) => Ok(Some(written)),
-        Err(e) if e.is_interrupted() => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// Runs `stages` in order (see [`crate::session::planned_stages`]); when resuming, finished

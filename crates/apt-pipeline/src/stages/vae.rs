@@ -18,10 +18,10 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::common::{start_or_resume, Follow};
 use super::{Outcome, StageReport, StageRun};
+use crate::config::latent_shape_of;
 use crate::config::RunConfig;
 use crate::data::{DataConfig, TrainData};
 use crate::error::{config_error, PipelineError, Result};
-use crate::latent::latent_shape_of;
 use crate::run_dir::{write_json, Stage};
 
 /// What the VAE stage produced (`vae/report.json`).

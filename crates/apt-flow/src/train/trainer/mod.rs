@@ -27,10 +27,9 @@ use tch::{Kind, Tensor};
 use crate::error::Result;
 use crate::rng::TensorRng;
 use crate::train::collective::{
-    all_reduce_mean_flat, broadcast_flat_from_owners, Collective, SingleProcess,
+    all_reduce_logged, all_reduce_mean_flat, broadcast_flat_from_owners, Collective, SingleProcess,
 };
 use crate::train::metrics::{Logged, MetricLine, MetricsLog, StepLog};
-use crate::train::parallel::all_reduce_logged;
 use crate::train::part::Part;
 use crate::train::step::{Observer, RunEnd, TrainStep};
 use crate::train::NonFiniteGuard;
