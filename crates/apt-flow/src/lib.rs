@@ -18,6 +18,7 @@ pub mod onestep;
 pub mod pretrain;
 pub mod rng;
 pub mod sampler;
+pub mod testing;
 pub mod timesteps;
 pub mod train;
 

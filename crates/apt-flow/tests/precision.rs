@@ -38,11 +38,11 @@ fn run(precision: Precision, steps: u64, dir: &std::path::Path, ema: bool) -> Tr
         .with_precision(precision);
     let mut trainer =
         Trainer::new("pretrain", dir, &config, vec![part], TensorRng::new(1, 0)).unwrap();
-    let mut data = Clips::new();
+    let mut data = clips();
     let mut step = FlowMatchingStep {
         model: &m,
         data: &mut data,
-        text: &Embeddings,
+        text: &HashedCaptions,
         batch: 4,
         shard: Shard::WHOLE,
         recompute: false,
@@ -168,7 +168,7 @@ fn the_flat_update_equals_the_per_variable_update() {
         let part = Part::new("model", vs_a, config, None).unwrap();
         let mut per_variable = Optimizer::new(config).unwrap();
         let x = TensorRng::new(2, 0).normal(&[2, 3, 2, 16, 16], CPU);
-        let cond = Embeddings
+        let cond = HashedCaptions
             .encode(&["a".into(), "b".into()], &[false, false])
             .unwrap();
         let t = Tensor::from_slice(&[0.3f32, 0.8]);
@@ -246,13 +246,13 @@ fn a_non_finite_update_changes_nothing() {
         TensorRng::new(1, 0),
     )
     .unwrap();
-    let mut data = Clips::new();
+    let mut data = clips();
     let mut snapshots = Vec::new();
     let mut step = Poisoned {
         inner: FlowMatchingStep {
             model: &m,
             data: &mut data,
-            text: &Embeddings,
+            text: &HashedCaptions,
             batch: 4,
             shard: Shard::WHOLE,
             recompute: false,

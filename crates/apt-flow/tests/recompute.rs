@@ -85,11 +85,11 @@ fn assert_same(what: &str, (gap, plain, recomputed): (f64, f64, f64)) {
 fn recomputed_flow_matching_has_the_plain_gradients_for_both_predictions() {
     for prediction in ["velocity", "sample"] {
         let gaps = compare(prediction, |m, recompute, log| {
-            let mut data = Clips::new();
+            let mut data = clips();
             let mut step = FlowMatchingStep {
                 model: m,
                 data: &mut data,
-                text: &Embeddings,
+                text: &HashedCaptions,
                 batch: 4,
                 shard: Shard::WHOLE,
                 recompute,
@@ -110,8 +110,8 @@ fn recomputed_flow_matching_has_the_plain_gradients_for_both_predictions() {
 #[test]
 fn recomputed_pair_and_consistency_distillation_have_the_plain_gradients() {
     let (_, teacher) = model("velocity", 3);
-    let null = Embeddings.encode(&[String::new()], &[]).unwrap();
-    let cond = Embeddings
+    let null = HashedCaptions.encode(&[String::new()], &[]).unwrap();
+    let cond = HashedCaptions
         .encode(
             &(0..6).map(|i| format!("clip {i}")).collect::<Vec<_>>(),
             &[],
@@ -131,7 +131,7 @@ fn recomputed_pair_and_consistency_distillation_have_the_plain_gradients() {
     });
     assert_same("pair distillation", gaps);
     let gaps = compare("velocity", |m, recompute, log| {
-        let mut data = Clips::new();
+        let mut data = clips();
         let cfg = ConsistencyConfig {
             points: 8,
             shift: 1.0,
@@ -139,7 +139,7 @@ fn recomputed_pair_and_consistency_distillation_have_the_plain_gradients() {
             target: ConsistencyTarget::StopGradient,
         };
         let mut step =
-            ConsistencyStep::new(&cfg, m, &teacher, None, &mut data, &Embeddings, 4, CPU)
+            ConsistencyStep::new(&cfg, m, &teacher, None, &mut data, &HashedCaptions, 4, CPU)
                 .unwrap()
                 .with_recompute(recompute);
         step.backward(0, &mut TensorRng::new(5, 0), log, 1)
@@ -175,11 +175,11 @@ fn a_run_with_recompute_ends_at_the_weights_of_a_plain_run() {
             TensorRng::new(1, 0),
         )
         .unwrap();
-        let mut data = Clips::new();
+        let mut data = clips();
         let mut step = FlowMatchingStep {
             model: &m,
             data: &mut data,
-            text: &Embeddings,
+            text: &HashedCaptions,
             batch: 4,
             shard: Shard::WHOLE,
             recompute: config.recompute,

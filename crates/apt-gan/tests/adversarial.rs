@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use apt_flow::data::{CaptionEncoder, ClipSource, Cursor};
+use apt_flow::data::Cursor;
+use apt_flow::testing::{tiny_model_config, FixedClips, HashedCaptions};
 use apt_flow::train::{Optimizer, OptimizerConfig, Part, StepLog, TrainConfig, TrainStep, Trainer};
-use apt_flow::{Conditioning, Result, TensorRng};
+use apt_flow::{Result, TensorRng};
 use apt_gan::adversarial::{AdversarialStep, DISCRIMINATOR, GENERATOR};
 use apt_gan::{AdversarialConfig, AdversarialLoss, AptDiscriminator, DiscriminatorConfig};
 use apt_mmdit::{Mmdit, MmditConfig};
@@ -14,79 +15,14 @@ use tch::{nn, Device, Tensor};
 
 const CPU: Device = Device::Cpu;
 
+/// The 2-block test model.
 fn model_config() -> MmditConfig {
-    MmditConfig::from_toml_str(
-        "in_channels = 3\nout_channels = 3\npatch_size = [1, 4, 4]\ndepth = 2\nnum_heads = 2\n\
-         head_dim = 16\ncontext_dim = 8\npooled_dim = 8\nqk_norm = true\n\
-         [positions]\nkind = \"rope3d\"\n",
-    )
-    .unwrap()
+    tiny_model_config(2, "velocity")
 }
 
-/// Eight fixed clips `[3, 2, 16, 16]` with two captions, served in order.
-struct Clips {
-    clips: Tensor,
-    captions: Vec<String>,
-    cursor: Cursor,
-}
-
-impl Clips {
-    fn new() -> Self {
-        Self {
-            clips: TensorRng::new(7, 0).normal(&[8, 3, 2, 16, 16], CPU).tanh(),
-            captions: (0..8).map(|i| format!("clip {}", i % 2)).collect(),
-            cursor: Cursor::default(),
-        }
-    }
-}
-
-impl ClipSource for Clips {
-    fn next_clips(&mut self, batch: usize) -> Result<(Tensor, Vec<String>)> {
-        let start = self.cursor.position % 8;
-        self.cursor.position += batch;
-        let idx: Vec<i64> = (start..start + batch).map(|i| (i % 8) as i64).collect();
-        let captions = idx
-            .iter()
-            .map(|&i| self.captions[i as usize].clone())
-            .collect();
-        Ok((
-            self.clips.index_select(0, &Tensor::from_slice(&idx)),
-            captions,
-        ))
-    }
-    fn cursor(&self) -> Cursor {
-        self.cursor
-    }
-    fn restore(&mut self, cursor: Cursor) -> Result<()> {
-        self.cursor = cursor;
-        Ok(())
-    }
-    fn clip_shape(&self) -> [i64; 4] {
-        [3, 2, 16, 16]
-    }
-}
-
-/// A fixed random embedding per caption (4 tokens of width 8).
-struct Embeddings;
-
-impl CaptionEncoder for Embeddings {
-    fn encode(&self, captions: &[String], drop: &[bool]) -> Result<Conditioning> {
-        let one = |i: usize, c: &String| {
-            let seed = if drop.get(i).copied().unwrap_or(false) {
-                0
-            } else {
-                c.len() as u64 + c.bytes().map(u64::from).sum::<u64>()
-            };
-            let mut rng = TensorRng::new(seed, 1);
-            (rng.normal(&[4, 8], CPU), rng.normal(&[8], CPU))
-        };
-        let (context, pooled): (Vec<Tensor>, Vec<Tensor>) =
-            captions.iter().enumerate().map(|(i, c)| one(i, c)).unzip();
-        Ok(Conditioning {
-            context: Tensor::stack(&context, 0),
-            pooled: Tensor::stack(&pooled, 0),
-        })
-    }
+/// Eight fixed clips `[3, 2, 16, 16]` with two captions.
+fn clips() -> FixedClips {
+    FixedClips::new(8, 2)
 }
 
 fn snapshot(vs: &nn::VarStore) -> BTreeMap<String, Tensor> {
@@ -193,14 +129,14 @@ fn probe_run(
         TensorRng::new(0, 3),
     )
     .unwrap();
-    let mut data = Clips::new();
+    let mut data = clips();
     let mut probe = Probe {
         inner: AdversarialStep::new(
             &m.generator,
             &m.discriminator,
             config,
             &mut data,
-            &Embeddings,
+            &HashedCaptions,
             2,
             CPU,
         ),
@@ -313,13 +249,13 @@ fn a_stopped_adversarial_run_resumes_to_the_same_weights() {
             TensorRng::new(0, 3),
         )
         .unwrap();
-        let mut data = Clips::new();
+        let mut data = clips();
         let mut step = AdversarialStep::new(
             &m.generator,
             &m.discriminator,
             AdversarialConfig::default(),
             &mut data,
-            &Embeddings,
+            &HashedCaptions,
             2,
             CPU,
         );
@@ -404,13 +340,13 @@ fn recomputing_activations_takes_the_same_adversarial_updates() {
                 TensorRng::new(0, 3),
             )
             .unwrap();
-            let mut data = Clips::new();
+            let mut data = clips();
             let mut step = AdversarialStep::new(
                 &m.generator,
                 &m.discriminator,
                 config,
                 &mut data,
-                &Embeddings,
+                &HashedCaptions,
                 2,
                 CPU,
             )

@@ -3,96 +3,41 @@
 //! generator to the video stage while D restarts from the teacher; every discriminator option
 //! runs through the stage.
 
+mod common;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use apt_flow::train::MetricLine;
 use apt_gan::discriminator::{DiscriminatorTimes, NamedTimes};
 use apt_gan::AdversarialLoss;
 use apt_pipeline::stages::apt::{StagePlan, StartingModels};
 use apt_pipeline::stages::{Outcome, Progress, StageReport};
 use apt_pipeline::{run_stage, run_stages, RunConfig, RunDir, Stage, StageRun};
+use common::{tiny_run, StopAt, QUICK_TEACHER_AND_STUDENT};
 use tch::Tensor;
 
 fn config_with(out: &Path, cache: &Path, extra: &str) -> RunConfig {
     let text = format!(
+        "{}{QUICK_TEACHER_AND_STUDENT}{}{extra}",
+        tiny_run(&out.display().to_string(), 5, Some(cache)),
         r#"
-out = "{out}"
-seed = 5
-threads = 1
-
-[model.config]
-in_channels = 3
-out_channels = 3
-patch_size = [1, 4, 4]
-depth = 2
-num_heads = 2
-head_dim = 16
-context_dim = 384
-pooled_dim = 384
-qk_norm = true
-[model.config.positions]
-kind = "rope3d"
-
-[data]
-kind = "shapes"
-[data.shapes]
-frames = 2
-height = 16
-width = 16
-
-[text]
-tokens = 12
-cache = "{cache}"
-
-[pretrain]
-val_clips = 0
-[pretrain.train]
-steps = 3
-batch_size = 2
-optimizer = {{ kind = "adamw", lr = 1e-3 }}
-
-[distill]
-pairs = 4
-teacher = {{ steps = 2, method = "euler", shift = 1.0, cfg_scale = 2.0 }}
-[distill.train]
-steps = 2
-batch_size = 2
-optimizer = {{ kind = "adamw", lr = 1e-4 }}
-
 [apt]
-eval = {{ prompts = 2, batch = 2, sampler = {{ steps = 1, method = "euler", shift = 1.0, cfg_scale = 1.0 }} }}
+eval = { prompts = 2, batch = 2, sampler = { steps = 1, method = "euler", shift = 1.0, cfg_scale = 1.0 } }
 [apt.train]
 steps = 4
 batch_size = 2
 grad_accum = 2
-optimizer = {{ kind = "rmsprop", lr = 1e-4, alpha = 0.9 }}
-optimizer_d = {{ kind = "rmsprop", lr = 1e-4, alpha = 0.9 }}
+optimizer = { kind = "rmsprop", lr = 1e-4, alpha = 0.9 }
+optimizer_d = { kind = "rmsprop", lr = 1e-4, alpha = 0.9 }
 ema_decay = 0.995
 checkpoint_every = 2
 preview_every = 2
-{extra}
-"#,
-        out = out.display(),
-        cache = cache.display()
+"#
     );
     let path = out.with_extension("toml");
     std::fs::write(&path, text).unwrap();
     RunConfig::from_file(&path).unwrap()
-}
-
-struct StopAt {
-    at: u64,
-    stop: Arc<AtomicBool>,
-}
-
-impl Progress for StopAt {
-    fn update(&mut self, _stage: Stage, line: &MetricLine) {
-        if line.step == self.at {
-            self.stop.store(true, Ordering::SeqCst);
-        }
-    }
 }
 
 fn run(

@@ -1,47 +1,21 @@
 //! End to end on a tiny model: every flow stage runs, checkpoints, resumes exactly, and
 //! reports; config errors name the key.
 
+mod common;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use apt_flow::train::MetricLine;
 use apt_pipeline::stages::{Outcome, Progress, StageReport};
 use apt_pipeline::{run_stage, RunConfig, RunDir, Stage, StageRun};
+use common::{tiny_run, StopAt};
 
 fn config(out: &Path, cache: &Path) -> RunConfig {
     let text = format!(
+        "{}{}",
+        tiny_run(&out.display().to_string(), 3, Some(cache)),
         r#"
-out = "{out}"
-seed = 3
-threads = 1
-
-[model.config]
-in_channels = 3
-out_channels = 3
-patch_size = [1, 4, 4]
-depth = 2
-num_heads = 2
-head_dim = 16
-context_dim = 384
-pooled_dim = 384
-qk_norm = true
-[model.config.positions]
-kind = "rope3d"
-
-[data]
-kind = "shapes"
-seed = 1
-[data.shapes]
-frames = 2
-height = 16
-width = 16
-speeds = [1.0]
-
-[text]
-tokens = 12
-cache = "{cache}"
-
 [pretrain]
 val_clips = 4
 [pretrain.train]
@@ -49,21 +23,21 @@ steps = 6
 batch_size = 2
 checkpoint_every = 2
 ema_decay = 0.9
-optimizer = {{ kind = "adamw", lr = 1e-3 }}
+optimizer = { kind = "adamw", lr = 1e-3 }
 [pretrain.eval]
 prompts = 4
 batch = 4
-sampler = {{ steps = 3, method = "euler", shift = 1.0, cfg_scale = 2.0 }}
+sampler = { steps = 3, method = "euler", shift = 1.0, cfg_scale = 2.0 }
 
 [distill]
 pairs = 6
 shard_size = 4
-teacher = {{ steps = 2, method = "euler", shift = 1.0, cfg_scale = 2.0 }}
-eval = {{ prompts = 2, batch = 2, sampler = {{ steps = 1, method = "euler", shift = 1.0, cfg_scale = 1.0 }} }}
+teacher = { steps = 2, method = "euler", shift = 1.0, cfg_scale = 2.0 }
+eval = { prompts = 2, batch = 2, sampler = { steps = 1, method = "euler", shift = 1.0, cfg_scale = 1.0 } }
 [distill.train]
 steps = 4
 batch_size = 2
-optimizer = {{ kind = "rmsprop", lr = 1e-4, alpha = 0.9 }}
+optimizer = { kind = "rmsprop", lr = 1e-4, alpha = 0.9 }
 
 [consistency]
 points = 4
@@ -73,28 +47,12 @@ target = "ema"
 steps = 3
 batch_size = 2
 ema_decay = 0.5
-optimizer = {{ kind = "adamw", lr = 1e-4 }}
-"#,
-        out = out.display(),
-        cache = cache.display()
+optimizer = { kind = "adamw", lr = 1e-4 }
+"#
     );
     let path = out.with_extension("toml");
     std::fs::write(&path, text).unwrap();
     RunConfig::from_file(&path).unwrap()
-}
-
-/// Raises the stop flag after update `at` (as Ctrl-C would).
-struct StopAt {
-    at: u64,
-    stop: Arc<AtomicBool>,
-}
-
-impl Progress for StopAt {
-    fn update(&mut self, _stage: Stage, line: &MetricLine) {
-        if line.step == self.at {
-            self.stop.store(true, Ordering::SeqCst);
-        }
-    }
 }
 
 fn stage(run: &RunConfig, stage: Stage, resume: bool) -> Outcome {

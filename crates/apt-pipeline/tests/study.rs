@@ -2,6 +2,8 @@
 //! adversarial stage from it, the results table has every seed with intervals, running it
 //! again trains nothing, and a variant that changes anything but [apt] is refused.
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -9,50 +11,14 @@ use std::sync::Arc;
 use apt_flow::RunEnd;
 use apt_pipeline::study::{evaluate_study, run_study, write_results, Study, StudyConfig};
 use apt_pipeline::{RunDir, Stage};
+use common::{tiny_run, QUICK_TEACHER_AND_STUDENT};
 
-const BASE: &str = r#"
-out = "unused"
-seed = 5
-threads = 1
-
-[model.config]
-in_channels = 3
-out_channels = 3
-patch_size = [1, 4, 4]
-depth = 2
-num_heads = 2
-head_dim = 16
-context_dim = 384
-pooled_dim = 384
-qk_norm = true
-[model.config.positions]
-kind = "rope3d"
-
-[data]
-kind = "shapes"
-[data.shapes]
-frames = 2
-height = 16
-width = 16
-
-[text]
-tokens = 12
-
-[pretrain]
-val_clips = 0
-[pretrain.train]
-steps = 3
-batch_size = 2
-optimizer = { kind = "adamw", lr = 1e-3 }
-
-[distill]
-pairs = 4
-teacher = { steps = 2, method = "euler", shift = 1.0, cfg_scale = 2.0 }
-[distill.train]
-steps = 2
-batch_size = 2
-optimizer = { kind = "adamw", lr = 1e-4 }
-
+/// The study's base config: the quick teacher and student, two APT updates, a small report.
+fn base_config() -> String {
+    format!(
+        "{}{QUICK_TEACHER_AND_STUDENT}{}",
+        tiny_run("unused", 5, None),
+        r#"
 [apt]
 [apt.train]
 steps = 2
@@ -64,11 +30,13 @@ checkpoint_every = 2
 [report]
 prompts = 6
 bootstrap = 50
-"#;
+"#
+    )
+}
 
 fn study(dir: &Path, variants: &str) -> Study {
     let base = dir.join("base.toml");
-    std::fs::write(&base, BASE).unwrap();
+    std::fs::write(&base, base_config()).unwrap();
     let text = format!(
         "base = \"base.toml\"\nout = {:?}\nseeds = [1, 2]\n{variants}",
         dir.join("study")
@@ -163,7 +131,7 @@ fn a_study_trains_its_init_once_and_every_variant_seed_from_it() {
 fn a_variant_may_only_change_apt_keys() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.toml");
-    std::fs::write(&base, BASE).unwrap();
+    std::fs::write(&base, base_config()).unwrap();
     let config = |variant_set: &str| -> StudyConfig {
         toml::from_str(&format!(
             "base = \"base.toml\"\nout = \"x\"\nseeds = [0]\n[[variants]]\nname = \"v\"\n\

@@ -1,6 +1,6 @@
 //! The D and G phases of one adversarial update, each in one function for both passes: the
 //! plain forward ([`Pass::Forward`]: the loss keeps its graph and the loop back-propagates
-//! it) and activation recomputation ([`Pass::Recompute`]: the phase drives the backward pass
+//! it) and activation recomputation (`Pass::Recompute`: the phase drives the backward pass
 //! through the network it trains — D's backbone with every D input of the micro-batch in one
 //! batch, or G with D frozen inside the loss — and returns the detached loss). The random
 //! draws, their order, the losses and what is logged are the same in both.
@@ -10,20 +10,8 @@ use apt_flow::{OneStepGenerator, Result, TensorRng, VelocityModel};
 use tch::{Kind, Tensor};
 
 use super::config::{AdversarialConfig, AdversarialLoss};
-use super::step::{discriminator_loss, generator_loss, mean, AdversarialStep, DBatch};
+use super::step::{discriminator_loss, generator_loss, mean, AdversarialStep, DBatch, Pass};
 use crate::losses::approx_penalty_from_logits;
-
-/// How a phase computes its micro-batch's loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Pass {
-    /// Plain forward: returns the loss with its graph.
-    Forward,
-    /// Recomputed activations: back-propagates `loss / accum` itself, returns the loss value.
-    Recompute {
-        /// Micro-batches per update.
-        accum: usize,
-    },
-}
 
 /// D's objective: the configured loss on the logits of real and fake clips, plus
 /// `λ·(D(x) − D(x + σε))²` on real clips (aR1) and, with `lambda_r2 > 0`, on fakes (aR2).

@@ -6,7 +6,6 @@ use apt_flow::{Conditioning, OneStepGenerator, Result, TensorRng, VelocityModel}
 use tch::{Device, Kind, Tensor};
 
 use super::config::{AdversarialConfig, AdversarialLoss};
-use super::phases::Pass;
 use crate::discriminator::AptDiscriminator;
 use crate::losses::{
     bce_discriminator_loss, hinge_discriminator_loss, hinge_generator_loss,
@@ -50,6 +49,18 @@ pub struct AdversarialStep<'a, G> {
     pub(super) batches: Vec<(Conditioning, Option<Tensor>)>,
     /// Which G micro-batch comes next.
     pub(super) next_g: usize,
+}
+
+/// How a phase computes its micro-batch's loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    /// Plain forward: returns the loss with its graph.
+    Forward,
+    /// Recomputed activations: back-propagates `loss / accum` itself, returns the loss value.
+    Recompute {
+        /// Micro-batches per update.
+        accum: usize,
+    },
 }
 
 /// One D micro-batch as D sees it (see [`AdversarialStep::d_batch`]).

@@ -1,0 +1,142 @@
+//! The run config from the command line, without training: every mistake is one line naming
+//! the key, old key names still load (with a warning), and the dry run sizes every shipped
+//! config.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn config_mistakes_are_one_line_errors_naming_the_key() {
+    let cases = [
+        ("pretrain.train.stepz=3", "stepz"),
+        ("pretrain.train.ema_decay=1.5", "pretrain.train.ema_decay"),
+        ("distill.pairs=0", "distill.pairs"),
+        ("apt.sigma_r1=-1", "apt.sigma_r1"),
+        // A type error inside a section's embedded method config names the full key.
+        ("apt.translate=\"x\"", "apt.translate"),
+        ("pretrain.p_uncond=\"often\"", "pretrain.p_uncond"),
+        ("apt.colour=3", "colour"),
+        ("device=tpu", "device"),
+        ("report.prompts=0", "report.prompts"),
+        ("data.shapes.frames=0", "frames"),
+        ("model.preset=huge", "`model`"),
+        ("pretrain.train=3", "pretrain.train"),
+        ("nonsense", "key=value"),
+        // Values that used to pass validation and then train wrongly.
+        (
+            "pretrain.train.schedule.decay.min_factor=-1.0",
+            "pretrain.train.schedule.decay.min_factor",
+        ),
+        (
+            "pretrain.train.schedule.decay.min_factor=nan",
+            "pretrain.train.schedule.decay.min_factor",
+        ),
+        (
+            "pretrain.train.optimizer.eps=inf",
+            "pretrain.train.optimizer.eps",
+        ),
+        (
+            "pretrain.train.optimizer.weight_decay=inf",
+            "pretrain.train.optimizer.weight_decay",
+        ),
+        (
+            "apt.discriminator.time_shift=-1",
+            "apt.discriminator.time_shift",
+        ),
+        ("threads=100000", "threads"),
+        ("apt.train.optimizer_d.lr=-1", "apt.train.optimizer_d.lr"),
+        // Discriminator-side options.
+        ("apt.d_steps=0", "apt.d_steps"),
+        ("apt.translate=-1", "apt.translate"),
+        ("apt.lambda_r2=-1", "apt.lambda_r2"),
+        ("apt.loss=\"wasserstein\"", "loss"),
+        ("apt.discriminator.times=\"student\"", "times"),
+        (
+            "apt.discriminator.times={ distribution = { kind = \"uniform\" }, shift = 0.0 }",
+            "apt.discriminator.times.shift",
+        ),
+        ("distill.train.optimizer.lr=0", "distill.train.optimizer.lr"),
+        ("out=\"\"", "`out`"),
+        // A key of an older apt-rs says where it went.
+        ("apt.steps=3", "under [apt.train]"),
+        (
+            "distill.train.optimizer_d={ kind = \"adamw\", lr = 1e-4 }",
+            "distill.train.optimizer_d",
+        ),
+    ];
+    for (set, key) in cases {
+        let o = apt(&strings(&[
+            "train",
+            "--config",
+            &config("smoke.toml"),
+            "--dry-run",
+            "--set",
+            set,
+        ]));
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "{set}: accepted");
+        assert!(err.contains(key), "{set}: {err}");
+        assert!(
+            !err.contains("panicked") && err.trim().lines().count() == 1,
+            "{set}: {err}"
+        );
+    }
+    let o = apt(&strings(&["train", "--config", "/no/such.toml"]));
+    assert!(!o.status.success() && text(&o.stderr).contains("/no/such.toml"));
+}
+
+/// `apt.sigma` (aR1's σ before it was called `sigma_r1`) still loads, with a warning; given
+/// next to its new name it is an error naming both.
+#[test]
+fn the_old_name_of_sigma_r1_loads_with_a_warning() {
+    let dry = |sets: &[&str]| {
+        let mut args = strings(&["train", "--config", &config("smoke.toml"), "--dry-run"]);
+        for s in sets {
+            args.extend(strings(&["--set", s]));
+        }
+        apt(&args)
+    };
+    let o = dry(&["apt.sigma=0.05"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("sigma_r1 = 0.05"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(
+        text(&o.stderr).contains("`apt.sigma` is the old name of `apt.sigma_r1`"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = dry(&["apt.sigma=0.05", "apt.sigma_r1=0.1"]);
+    assert_clear_error(&o, &["`apt.sigma`", "`sigma_r1`"]);
+}
+
+#[test]
+fn dry_runs_size_every_shipped_config() {
+    for (name, params) in [
+        ("smoke.toml", "290,400"),
+        ("demo.toml", "7,900,128"),
+        ("real-videos.toml", "7,900,128"),
+        ("seaweed-apt-8b.toml", "8,037,029,056"),
+    ] {
+        let o = apt(&strings(&["train", "--config", &config(name), "--dry-run"]));
+        let out = text(&o.stdout);
+        assert!(o.status.success(), "{name}: {}", text(&o.stderr));
+        assert!(
+            out.contains(&format!("teacher / generator {params}")),
+            "{name}: {out}"
+        );
+        assert!(out.contains("apt "), "{name}: {out}");
+    }
+    let o = apt(&strings(&[
+        "train",
+        "--config",
+        &config("seaweed-apt-8b.toml"),
+        "--dry-run",
+    ]));
+    let out = text(&o.stdout);
+    assert!(out.contains("runs here    no"), "{out}");
+    assert!(out.contains("discriminator 8,"), "{out}");
+}
