@@ -1,6 +1,6 @@
-"""Parity fixture for apt-gan's seed-compatible conditional MLP WGAN-GP.
+"""Parity fixture for apt-gan's article-compatible conditional MLP WGAN-GP.
 
-Run by `cargo xtask fixtures`. The classes below are the seed article's own PyTorch code
+Run by `cargo xtask fixtures`. The classes below are the source article's own PyTorch code
 (../shared/seed/apt-seed-article.txt: `Generator_linear`, `Discriminator_wassertein`; the
 article lost its indentation, restored here, nothing else changed). The script builds both
 with random weights, draws inputs and the interpolation weights ε, and records what the seed

@@ -163,7 +163,7 @@ fn fixtures() -> Result<(), Failure> {
             .arg(repo_root().join("scripts/make_seed_gan_fixture.py"))
             .arg("--out")
             .arg(repo_root().join("crates/apt-gan/tests/fixtures/seed_gan.safetensors")),
-        "the seed article's WGAN-GP fixture",
+        "the source article's WGAN-GP fixture",
     )?;
     run(
         Command::new(&python)

@@ -45,7 +45,7 @@ enum Command {
         #[command(subcommand)]
         command: data_cmd::DataCommand,
     },
-    /// GAN tools: parity with the seed article's conditional WGAN-GP.
+    /// GAN tools: parity with the source article's conditional WGAN-GP.
     Gan {
         #[command(subcommand)]
         command: gan_cmd::GanCommand,

@@ -4,7 +4,7 @@
 //! ([`losses`]: binary cross-entropy / minimax / non-saturating, hinge, WGAN with gradient
 //! penalty, exact R1 by double backward, APT's approximated R1/R2, the relativistic pairing
 //! loss), the APT discriminator ([`discriminator`]), and one adversarial update — D then G —
-//! as a step of `apt-flow`'s training loop ([`adversarial`]). [`seed`] holds the seed
+//! as a step of `apt-flow`'s training loop ([`adversarial`]). [`wgan_gp`] holds the source
 //! article's conditional MLP WGAN-GP.
 
 #![warn(missing_docs)]
@@ -12,7 +12,7 @@
 pub mod adversarial;
 pub mod discriminator;
 pub mod losses;
-pub mod seed;
+pub mod wgan_gp;
 
 pub use adversarial::{AdversarialConfig, AdversarialLoss, AdversarialStep, DiscriminatorInputs};
 pub use discriminator::{AptDiscriminator, DiscriminatorConfig};

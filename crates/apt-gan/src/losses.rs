@@ -68,7 +68,7 @@ pub enum Interpolation {
     /// One `ε ~ U(0, 1)` per sample (WGAN-GP as published; the default).
     #[default]
     PerSample,
-    /// One `ε` per element (`bs × sample_size`), as the seed article's code does.
+    /// One `ε` per element (`bs × sample_size`), as the source article's code does.
     PerElement,
 }
 

@@ -1,7 +1,7 @@
-//! The seed GAN's worked example: scores and a short training run on PV-like profiles.
+//! The article's WGAN-GP's worked example: scores and a short training run on PV-like profiles.
 
-use apt_gan::seed::gan::SeedGanConfig;
-use apt_gan::seed::scenarios::{
+use apt_gan::wgan_gp::gan::WganGpConfig;
+use apt_gan::wgan_gp::scenarios::{
     crps, energy_score, random_contexts, train_scenarios, true_profiles, ScenarioConfig,
 };
 use proptest::prelude::*;
@@ -51,14 +51,14 @@ fn the_true_source_is_a_daily_profile() {
 #[test]
 fn energy_score_falls_over_a_short_training_run() {
     let cfg = ScenarioConfig {
-        gan: SeedGanConfig {
+        gan: WganGpConfig {
             in_size: 24,
             cond_in: 3,
             latent_s: 8,
             width: 32,
             layers: 2,
             lambda_gp: 10.0,
-            seed_compatible: false,
+            article_compatible: false,
         },
         steps: 80,
         n_critic: 3,

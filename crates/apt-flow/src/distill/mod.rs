@@ -1,6 +1,6 @@
 //! Stage 2: distilling the multi-step CFG teacher into a one-step generator.
 //!
-//! * [`pairs`], **deterministic** (the seed article's method): the teacher's N-step CFG sampler
+//! * [`pairs`], **deterministic** (the source article's method): the teacher's N-step CFG sampler
 //!   maps noise and caption `(z, c)` to `x_teacher`; the student starts from the teacher's
 //!   weights and learns `z − Ĝ(z, c, 1) ≈ x_teacher` (MSE).
 //! * [`consistency`] (the paper's method): the student is an x0-predictor

@@ -1,4 +1,4 @@
-//! The seed GAN doing what it was built for: probabilistic scenario generation. Daily PV-like
+//! The article's WGAN-GP doing what it was built for: probabilistic scenario generation. Daily PV-like
 //! profiles (24 hourly values) given a weather-like context, from a synthetic source whose
 //! conditional distribution is known (so it can be sampled for scoring), trained as a
 //! conditional WGAN-GP and scored with the energy score and the CRPS against fresh draws from
@@ -14,7 +14,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use apt_flow::train::{zero_grad, Optimizer, OptimizerConfig};
 
-use super::gan::{critic_loss, draw_interpolation, SeedCritic, SeedGanConfig, SeedGenerator};
+use super::gan::{critic_loss, draw_interpolation, WganGpConfig, WganGpCritic, WganGpGenerator};
 use crate::losses::wgan_generator_loss;
 
 /// Hours per profile.
@@ -27,7 +27,7 @@ pub const CONTEXT: i64 = 3;
 #[serde(deny_unknown_fields)]
 pub struct ScenarioConfig {
     /// The GAN (in_size must be 24, cond_in 3).
-    pub gan: SeedGanConfig,
+    pub gan: WganGpConfig,
     /// Generator updates.
     pub steps: usize,
     /// Critic updates per generator update.
@@ -179,7 +179,7 @@ fn score(
     }
 }
 
-/// Trains the seed GAN on the synthetic source, scoring every `eval_every` updates.
+/// Trains the article's WGAN-GP on the synthetic source, scoring every `eval_every` updates.
 pub fn train_scenarios(
     cfg: &ScenarioConfig,
     mut progress: impl FnMut(&ScenarioScore),
@@ -197,8 +197,8 @@ pub fn train_scenarios(
         nn::VarStore::new(Device::Cpu),
         nn::VarStore::new(Device::Cpu),
     );
-    let gen = SeedGenerator::new(g_vs.root() / "gen", &cfg.gan);
-    let dis = SeedCritic::new(d_vs.root() / "dis", &cfg.gan);
+    let gen = WganGpGenerator::new(g_vs.root() / "gen", &cfg.gan);
+    let dis = WganGpCritic::new(d_vs.root() / "dis", &cfg.gan);
     // Adam with β = (0.5, 0.9), as WGAN-GP is usually trained.
     let adam = OptimizerConfig::Adamw {
         lr: cfg.lr,
@@ -215,7 +215,7 @@ pub fn train_scenarios(
         observations: true_profiles(&test_contexts),
         contexts: test_contexts,
     };
-    let model_sample = |gen: &SeedGenerator, c: &Tensor, m: i64| gen.sample(m, c);
+    let model_sample = |gen: &WganGpGenerator, c: &Tensor, m: i64| gen.sample(m, c);
     let mut curve = vec![score(&test, cfg.draws, |c, m| model_sample(&gen, c, m), 0)];
     progress(&curve[0]);
     for step in 1..=cfg.steps {

@@ -1,13 +1,13 @@
-//! The seed article's conditional MLP GAN for probabilistic scenario generation (e.g. PV or load
+//! The source article's conditional MLP GAN for probabilistic scenario generation (e.g. PV or load
 //! profiles given weather forecasts), as `Generator_linear` / `Discriminator_wassertein`:
 //!
 //! * generator: `[noise; context]` → Linear/ReLU … Linear → sample;
 //! * critic: `[sample; context]` → Linear/LeakyReLU(0.01) … Linear → score;
 //! * critic loss: `−(E D(x) − E D(G(z))) + λ_gp · GP`.
 //!
-//! Two quirks of the seed's code are reproduced only with [`SeedGanConfig::seed_compatible`]:
+//! Two quirks of the article's code are reproduced only with [`WganGpConfig::article_compatible`]:
 //! the interpolation weight ε drawn per element instead of per sample, and a final ReLU on the
-//! critic's output. Variable names equal the seed modules' `state_dict` keys (`gen.0.weight`,
+//! critic's output. Variable names equal the article's modules' `state_dict` keys (`gen.0.weight`,
 //! `dis.0.weight`, …), so their weights load as they are.
 
 use std::collections::BTreeMap;
@@ -20,22 +20,23 @@ use crate::losses::{gradient_penalty, interpolation_weights, wgan_critic_loss, I
 /// Sizes and options.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SeedGanConfig {
+pub struct WganGpConfig {
     /// Sample size (e.g. 24 hourly values).
     pub in_size: i64,
     /// Context size (e.g. weather features).
     pub cond_in: i64,
     /// Latent noise size.
     pub latent_s: i64,
-    /// Hidden width of both networks (the seed uses `gen_w` for both).
+    /// Hidden width of both networks (the article uses `gen_w` for both).
     pub width: i64,
     /// Hidden layers of both networks (`gen_l`).
     pub layers: usize,
     /// Gradient-penalty weight.
     pub lambda_gp: f64,
-    /// Per-element ε and a final ReLU on the critic, as the seed's code does.
-    #[serde(default)]
-    pub seed_compatible: bool,
+    /// Per-element ε and a final ReLU on the critic, as the article's code does (the old name
+    /// `seed_compatible` is accepted).
+    #[serde(default, alias = "seed_compatible")]
+    pub article_compatible: bool,
 }
 
 fn mlp(p: nn::Path, sizes: &[i64]) -> Vec<nn::Linear> {
@@ -49,21 +50,21 @@ fn mlp(p: nn::Path, sizes: &[i64]) -> Vec<nn::Linear> {
 
 /// `Generator_linear`.
 #[derive(Debug)]
-pub struct SeedGenerator {
+pub struct WganGpGenerator {
     layers: Vec<nn::Linear>,
     latent: i64,
 }
 
 /// `Discriminator_wassertein`.
 #[derive(Debug)]
-pub struct SeedCritic {
+pub struct WganGpCritic {
     layers: Vec<nn::Linear>,
     final_relu: bool,
 }
 
-impl SeedGenerator {
+impl WganGpGenerator {
     /// Creates the generator's variables under `p` (`gen`).
-    pub fn new(p: nn::Path, cfg: &SeedGanConfig) -> Self {
+    pub fn new(p: nn::Path, cfg: &WganGpConfig) -> Self {
         let mut sizes = vec![cfg.latent_s + cfg.cond_in];
         sizes.extend(std::iter::repeat_n(cfg.width, cfg.layers));
         sizes.push(cfg.in_size);
@@ -95,15 +96,15 @@ impl SeedGenerator {
     }
 }
 
-impl SeedCritic {
+impl WganGpCritic {
     /// Creates the critic's variables under `p` (`dis`).
-    pub fn new(p: nn::Path, cfg: &SeedGanConfig) -> Self {
+    pub fn new(p: nn::Path, cfg: &WganGpConfig) -> Self {
         let mut sizes = vec![cfg.in_size + cfg.cond_in];
         sizes.extend(std::iter::repeat_n(cfg.width, cfg.layers));
         sizes.push(1);
         Self {
             layers: mlp(p, &sizes),
-            final_relu: cfg.seed_compatible,
+            final_relu: cfg.article_compatible,
         }
     }
 
@@ -138,10 +139,10 @@ pub struct CriticLoss {
 /// The critic loss `−(E D(x) − E D(G(z))) + λ_gp · GP` for `generated` and `real` `[B, in_size]`
 /// with `context` `[B, cond_in]` and interpolation weights `eps` (draw them with
 /// [`draw_interpolation`]: `[B, 1]` per sample, `[B, in_size]` per element when
-/// seed-compatible).
+/// article-compatible).
 pub fn critic_loss(
-    critic: &SeedCritic,
-    cfg: &SeedGanConfig,
+    critic: &WganGpCritic,
+    cfg: &WganGpConfig,
     generated: &Tensor,
     real: &Tensor,
     context: &Tensor,
@@ -157,11 +158,11 @@ pub fn critic_loss(
 }
 
 /// Interpolation weights `ε ~ U(0, 1)` as the configuration asks for: `[B, 1]` per sample, or
-/// shaped like `real` per element when `seed_compatible`.
-pub fn draw_interpolation(cfg: &SeedGanConfig, real: &Tensor) -> Tensor {
+/// shaped like `real` per element when `article_compatible`.
+pub fn draw_interpolation(cfg: &WganGpConfig, real: &Tensor) -> Tensor {
     interpolation_weights(
         real,
-        if cfg.seed_compatible {
+        if cfg.article_compatible {
             Interpolation::PerElement
         } else {
             Interpolation::PerSample
@@ -169,11 +170,11 @@ pub fn draw_interpolation(cfg: &SeedGanConfig, real: &Tensor) -> Tensor {
     )
 }
 
-/// Reads a config off the seed modules' weights (`gen.0.weight`, … as in their `state_dict`).
+/// Reads a config off the article's modules' weights (`gen.0.weight`, … as in their `state_dict`).
 pub fn config_from_state_dict(
     tensors: &BTreeMap<String, Tensor>,
     lambda_gp: f64,
-) -> Option<SeedGanConfig> {
+) -> Option<WganGpConfig> {
     let layers: Vec<&Tensor> = (0..)
         .map(|i| tensors.get(&format!("gen.{}.weight", 2 * i)))
         .take_while(Option::is_some)
@@ -182,28 +183,28 @@ pub fn config_from_state_dict(
     let first_d = tensors.get("dis.0.weight")?;
     let (first, last) = (layers.first()?, layers.last()?);
     let width = first.size()[0];
-    Some(SeedGanConfig {
+    Some(WganGpConfig {
         in_size: last.size()[0],
         cond_in: first_d.size()[1] - last.size()[0],
         latent_s: first.size()[1] - (first_d.size()[1] - last.size()[0]),
         width,
         layers: layers.len() - 1,
         lambda_gp,
-        seed_compatible: true,
+        article_compatible: true,
     })
 }
 
-/// What [`run_seed_parity`] compared.
+/// What [`run_parity`] compared.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SeedParity {
+pub struct WganGpParity {
     /// The config read off the weights.
-    pub config: SeedGanConfig,
+    pub config: WganGpConfig,
     /// Largest difference over the generated samples, critic loss, gradient penalty and the
     /// critic's parameter gradients.
     pub max_abs_diff: f64,
 }
 
-/// The name our seed modules give a tensor of a parity file: the seed modules' own
+/// The name our modules give a tensor of a parity file: the article's modules' own
 /// `state_dict` keys (`gen.0.weight`, `dis.2.bias`: the classes keep their layers in
 /// `self.gen` / `self.dis`) are taken as they are; a file that prefixed them once more with
 /// the module (`gen.gen.0.weight`, `dis.dis.2.bias`) is read too. Gradients follow the same
@@ -222,11 +223,11 @@ pub fn parity_name(key: &str) -> String {
     key.to_string()
 }
 
-/// Recomputes a seed-parity fixture (the seed modules' `state_dict`, keys `gen.0.weight`, …,
+/// Recomputes a parity fixture (the article's modules' `state_dict`, keys `gen.0.weight`, …,
 /// `dis.0.weight`, … as PyTorch writes them, see [`parity_name`]; inputs `noise`, `context`,
 /// `true_samples`, `epsilon`, 0-d `lambda_gp`; expected `generated`, `critic_loss`,
-/// `gradient_penalty`, optionally the critic's gradients `grad.dis.*`) in seed-compatible mode.
-pub fn run_seed_parity(path: &std::path::Path) -> Result<SeedParity, String> {
+/// `gradient_penalty`, optionally the critic's gradients `grad.dis.*`) in article-compatible mode.
+pub fn run_parity(path: &std::path::Path) -> Result<WganGpParity, String> {
     let fx: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
         .map_err(|e| format!("{}: not a readable safetensors file: {e}", path.display()))?
         .into_iter()
@@ -244,14 +245,14 @@ pub fn run_seed_parity(path: &std::path::Path) -> Result<SeedParity, String> {
     let cfg = config_from_state_dict(&weights, need("lambda_gp")?.double_value(&[])).ok_or_else(
         || {
             format!(
-                "{}: expected the seed modules' weights gen.0.weight, …, dis.0.weight, …",
+                "{}: expected the article's modules' weights gen.0.weight, …, dis.0.weight, …",
                 path.display()
             )
         },
     )?;
     let vs = nn::VarStore::new(tch::Device::Cpu);
-    let gen = SeedGenerator::new(vs.root() / "gen", &cfg);
-    let dis = SeedCritic::new(vs.root() / "dis", &cfg);
+    let gen = WganGpGenerator::new(vs.root() / "gen", &cfg);
+    let dis = WganGpCritic::new(vs.root() / "dis", &cfg);
     apt_mmdit::weights::load_tensors_strict(&vs, &weights, path).map_err(|e| e.to_string())?;
     let f32 = |t: &Tensor| t.to_kind(Kind::Float);
     let generated = gen.forward(&f32(need("noise")?), &f32(need("context")?));
@@ -291,7 +292,7 @@ pub fn run_seed_parity(path: &std::path::Path) -> Result<SeedParity, String> {
             worst = worst.max(diff(g, &fx[&format!("grad.{k}")]));
         }
     }
-    Ok(SeedParity {
+    Ok(WganGpParity {
         config: cfg,
         max_abs_diff: worst,
     })
