@@ -42,11 +42,11 @@ pub struct TimestepSampler {
     /// Base distribution.
     pub distribution: TimeDistribution,
     /// Shift `s` applied after drawing (1 = none).
-    #[serde(default = "one")]
+    #[serde(default = "no_shift")]
     pub shift: f64,
 }
 
-fn one() -> f64 {
+fn no_shift() -> f64 {
     1.0
 }
 

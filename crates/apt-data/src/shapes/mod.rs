@@ -48,7 +48,7 @@ pub struct ShapesConfig {
     /// Frame width in pixels.
     pub width: u32,
     /// Shapes per clip are drawn uniformly from `1..=max_shapes` (distinct colours).
-    #[serde(default = "one")]
+    #[serde(default = "default_max_shapes")]
     pub max_shapes: usize,
     /// Shape size `r` as a fraction of the shorter side, drawn uniformly from this range.
     #[serde(default = "default_size")]
@@ -65,7 +65,7 @@ pub struct ShapesConfig {
     pub held_out: Vec<(Colour, Shape)>,
 }
 
-fn one() -> usize {
+fn default_max_shapes() -> usize {
     1
 }
 fn default_size() -> [f64; 2] {

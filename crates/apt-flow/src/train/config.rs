@@ -15,7 +15,7 @@ pub struct TrainConfig {
     /// Samples per micro-batch.
     pub batch_size: usize,
     /// Micro-batches per update (a larger effective batch at the same memory).
-    #[serde(default = "one")]
+    #[serde(default = "default_grad_accum")]
     pub grad_accum: usize,
     /// The optimizer of the trained model (the generator, in adversarial training) and its
     /// peak learning rate.
@@ -60,18 +60,21 @@ pub struct TrainConfig {
     /// host never waits for the device (on a GPU, set 10–100); the non-finite check still
     /// turns a bad update into a no-op on the device at once, and a run that diverged stops
     /// at the next read. Checkpoints, previews and the last update read too.
-    #[serde(default = "one_u64", skip_serializing_if = "is_one")]
+    #[serde(
+        default = "default_log_every",
+        skip_serializing_if = "is_default_log_every"
+    )]
     pub log_every: u64,
 }
 
-fn one_u64() -> u64 {
+fn default_log_every() -> u64 {
     1
 }
-fn is_one(v: &u64) -> bool {
+fn is_default_log_every(v: &u64) -> bool {
     *v == 1
 }
 
-fn one() -> usize {
+fn default_grad_accum() -> usize {
     1
 }
 fn default_checkpoint_every() -> u64 {
@@ -90,7 +93,7 @@ impl TrainConfig {
         Self {
             steps,
             batch_size,
-            grad_accum: one(),
+            grad_accum: default_grad_accum(),
             optimizer,
             optimizer_d: None,
             schedule: LrSchedule::default(),
@@ -102,7 +105,7 @@ impl TrainConfig {
             preview_every: 0,
             shard_optimizer: false,
             recompute: false,
-            log_every: 1,
+            log_every: default_log_every(),
         }
     }
 

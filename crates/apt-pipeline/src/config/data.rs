@@ -27,7 +27,7 @@ pub enum DataConfig {
         /// Clip to cut (frames, stride/fps, size; random offset and crop for training).
         clip: ClipSpec,
         /// Decoding threads.
-        #[serde(default = "two")]
+        #[serde(default = "default_workers")]
         workers: usize,
         /// What to do with unreadable files.
         #[serde(default)]
@@ -42,7 +42,7 @@ pub enum DataConfig {
         /// file; C, H, W as stored).
         shape: [usize; 4],
         /// Reading threads.
-        #[serde(default = "two")]
+        #[serde(default = "default_workers")]
         workers: usize,
         /// What to do with unreadable files.
         #[serde(default)]
@@ -50,7 +50,7 @@ pub enum DataConfig {
     },
 }
 
-fn two() -> usize {
+fn default_workers() -> usize {
     2
 }
 
