@@ -22,9 +22,9 @@ cargo xtask <command> [args]
   doctor           libtorch version and path, threads, CUDA devices, bf16 support
   test             setup, cargo fmt --check, clippy -D warnings, cargo test --workspace,
                    then `standalone`
-  standalone       apt-mmdit, apt-flow, apt-gan, apt-dist and apt-data each used alone from a crate
-                   outside the workspace: no FFmpeg/tokenizers in the method crates' graphs
-                   (cargo tree), and each README example compiles there
+  standalone       apt-mmdit, apt-flow, apt-gan, apt-dist, apt-data and apt-vae each used
+                   alone from a crate outside the workspace: no FFmpeg/tokenizers in the method
+                   crates' graphs (cargo tree), and each README example compiles there
   train [args]     the main job: `apt train --config configs/demo.toml` (import the shipped
                    teacher → distil → APT → runs/demo/report.md, ≤ 30 min on 2 CPU cores;
                    `--set pretrain.from=` pre-trains it instead, ~70 min); extra args go to

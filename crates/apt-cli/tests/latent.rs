@@ -159,4 +159,34 @@ fn latent_pipeline_trains_a_vae_decodes_samples_and_reports() {
     ));
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(from_latents.join("pretrain/teacher.safetensors").is_file());
+    // The teacher trained in that VAE's latent space: another `vae.from` on this run is
+    // refused, though an imported VAE leaves no state of its own.
+    let other = dir.path().join("other-vae");
+    std::fs::create_dir_all(&other).unwrap();
+    for f in std::fs::read_dir(out.join("vae")).unwrap().flatten() {
+        if f.path().is_file() {
+            std::fs::copy(f.path(), other.join(f.file_name())).unwrap();
+        }
+    }
+    let o = apt(&tiny_latent_args(
+        &from_latents,
+        &dir.path().join("cache"),
+        &[
+            "--stage",
+            "pretrain",
+            "--resume",
+            "--set",
+            &format!("vae.from={:?}", other.to_string_lossy()),
+            "--set",
+            &format!(
+                "data={{kind=\"latents\", path={:?}, shape=[8, 2, 8, 8]}}",
+                encoded.join("manifest.jsonl").to_string_lossy()
+            ),
+            "--set",
+            "pretrain.val_clips=0",
+            "--set",
+            "pretrain.train.batch_size=2",
+        ],
+    ));
+    assert_clear_error(&o, &["vae.from", "different config"]);
 }

@@ -49,6 +49,13 @@ pub fn check_run(config: &RunConfig, stages: &[Stage]) -> Result<()> {
         tracing::warn!("{warning}");
     }
     check_device(config.device()?, "device")?;
+    if stages.contains(&Stage::Distill) && config.data.shapes().is_none() {
+        return Err(config_error(
+            "distill",
+            "draws its teacher pairs' prompts from the moving-shapes benchmark, but [data] is \
+             not `kind = \"shapes\"`: use [consistency] to distil on these clips",
+        ));
+    }
     check_data(config, stages)?;
     if stages.contains(&Stage::Pretrain) {
         if let Some(from) = config.pretrain.as_ref().and_then(|p| p.import_from()) {

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! runs/NAME/  config.toml  log.txt  .lock  metrics.json  report.md  plots/  samples/  text-cache/
+//!   vae/          config.json + diffusion_pytorch_model.safetensors (diffusers), checkpoints/, report.json
 //!   pretrain/     teacher.safetensors + teacher.json + model.toml, checkpoints/, metrics.jsonl, report.json
 //!   distill/      pairs/, student.safetensors + student.json + model.toml, …
 //!   consistency/  student.safetensors + student.json + model.toml, …

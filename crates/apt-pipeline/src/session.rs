@@ -1,6 +1,9 @@
-//! Claiming a run directory: every check runs before anything in it changes — the config
-//! against the data, memory, the lock, the config of record (`config.toml`) against the new
-//! one, checkpoints against `--resume` — and only then is the config of record written.
+//! Claiming a run directory: every check runs before anything in it changes — the model
+//! against the data, the machine and the disk ([`crate::preflight`]: device, data set, imported
+//! teacher and VAE), memory, the lock, the config of record (`config.toml`) against the new
+//! one, the exports each stage starts from, checkpoints against `--resume` — and only then is
+//! the config of record written and stale temporary files of dead processes removed. Ranks of
+//! a data-parallel run first agree on their command and config.
 
 use std::path::Path;
 
@@ -342,6 +345,11 @@ fn check_against_the_run(
                 continue;
             }
             if owners.is_empty() {
+                // An imported VAE (`vae.from`) leaves no state of its own, but every later stage
+                // trained in its latent space: its keys bind like the shared ones.
+                if section == "vae" && Stage::ALL.iter().any(|&s| dir.has_state(s)) {
+                    refused.push(c.to_string());
+                }
                 continue;
             }
             if !free_in_a_started_stage(rest) {

@@ -187,14 +187,6 @@ impl RunConfig {
         }
         if let Some(d) = &self.distill {
             d.validate()?;
-            if self.data.shapes().is_none() {
-                return Err(config_error(
-                    "distill",
-                    "draws its teacher pairs' prompts from the moving-shapes benchmark, but \
-                     [data] is not `kind = \"shapes\"`: use [consistency] to distil on these \
-                     clips",
-                ));
-            }
         }
         if let Some(c) = &self.consistency {
             c.validate()?;
