@@ -137,26 +137,29 @@ fn latent_pipeline_trains_a_vae_decodes_samples_and_reports() {
     assert_eq!(z[0].1.size(), vec![8, 2, 8, 8]);
 
     let from_latents = dir.path().join("from-latents");
-    let o = apt(&tiny_latent_args(
-        &from_latents,
-        &dir.path().join("cache"),
-        &[
-            "--stage",
-            "pretrain",
-            "--set",
-            &format!("vae.from={:?}", out.join("vae").to_string_lossy()),
-            "--set",
-            &format!(
-                "data={{kind=\"latents\", path={:?}, shape=[8, 2, 8, 8]}}",
-                encoded.join("manifest.jsonl").to_string_lossy()
-            ),
+    // Pre-training on the stored latents, in the latent space of the VAE in `vae`.
+    let pretrain_on_latents = |vae: &Path, extra: &[&str]| {
+        let vae = format!("vae.from={:?}", vae.to_string_lossy());
+        let data = format!(
+            "data={{kind=\"latents\", path={:?}, shape=[8, 2, 8, 8]}}",
+            encoded.join("manifest.jsonl").to_string_lossy()
+        );
+        let mut args = vec!["--stage", "pretrain", "--set", &vae, "--set", &data];
+        // Two clips were encoded.
+        args.extend([
             "--set",
             "pretrain.val_clips=0",
-            // Two clips were encoded.
             "--set",
             "pretrain.train.batch_size=2",
-        ],
-    ));
+        ]);
+        args.extend(extra);
+        apt(&tiny_latent_args(
+            &from_latents,
+            &dir.path().join("cache"),
+            &args,
+        ))
+    };
+    let o = pretrain_on_latents(&out.join("vae"), &[]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(from_latents.join("pretrain/teacher.safetensors").is_file());
     // The teacher trained in that VAE's latent space: another `vae.from` on this run is
@@ -168,25 +171,6 @@ fn latent_pipeline_trains_a_vae_decodes_samples_and_reports() {
             std::fs::copy(f.path(), other.join(f.file_name())).unwrap();
         }
     }
-    let o = apt(&tiny_latent_args(
-        &from_latents,
-        &dir.path().join("cache"),
-        &[
-            "--stage",
-            "pretrain",
-            "--resume",
-            "--set",
-            &format!("vae.from={:?}", other.to_string_lossy()),
-            "--set",
-            &format!(
-                "data={{kind=\"latents\", path={:?}, shape=[8, 2, 8, 8]}}",
-                encoded.join("manifest.jsonl").to_string_lossy()
-            ),
-            "--set",
-            "pretrain.val_clips=0",
-            "--set",
-            "pretrain.train.batch_size=2",
-        ],
-    ));
+    let o = pretrain_on_latents(&other, &["--resume"]);
     assert_clear_error(&o, &["vae.from", "different config"]);
 }

@@ -356,17 +356,7 @@ fn an_interrupted_pair_generation_resumes() {
         "--set",
         "distill.train.steps=2",
     ];
-    let mut child = apt_command(&smoke_args(&out, &cache, &distill))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(
-        &out.join("distill/pairs/shard-00001.safetensors"),
-        &mut child,
-    );
-    interrupt(&child);
-    let o = child.wait_with_output().unwrap();
+    let o = interrupted_pair_generation(&out, &cache, &distill);
     assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("--resume"), "{}", text(&o.stdout));
     let mut resume = distill.to_vec();

@@ -315,17 +315,7 @@ fn ctrl_c_stops_pair_generation_and_the_evaluation() {
         "--set",
         "distill.shard_size=8",
     ];
-    let mut child = apt_command(&smoke_args(&out, &cache, &distill))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(
-        &out.join("distill/pairs/shard-00001.safetensors"),
-        &mut child,
-    );
-    interrupt(&child);
-    let o = child.wait_with_output().unwrap();
+    let o = interrupted_pair_generation(&out, &cache, &distill);
     assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
     let shards = std::fs::read_dir(out.join("distill/pairs"))
         .unwrap()

@@ -138,6 +138,22 @@ pub fn interrupt(child: &std::process::Child) {
     assert!(status.success());
 }
 
+/// Runs `apt train` on the smoke config with `extra`, raises Ctrl-C once the run's second
+/// teacher-pair shard exists (the pair generation of `--stage distill`), and returns its output.
+pub fn interrupted_pair_generation(out: &Path, cache: &Path, extra: &[&str]) -> Output {
+    let mut child = apt_command(&smoke_args(out, cache, extra))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        &out.join("distill/pairs/shard-00001.safetensors"),
+        &mut child,
+    );
+    interrupt(&child);
+    child.wait_with_output().unwrap()
+}
+
 /// Every file under `dir` with its bytes, sorted by path (to compare a directory before and
 /// after a command).
 pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
