@@ -140,3 +140,23 @@ fn dry_runs_size_every_shipped_config() {
     assert!(out.contains("runs here    no"), "{out}");
     assert!(out.contains("discriminator 8,"), "{out}");
 }
+
+/// A warm-up as long as the stage is legal but never reaches the peak learning rate: a
+/// warning naming the key (the dry run runs the same checks as the run).
+#[test]
+fn a_warm_up_longer_than_the_stage_is_a_warning() {
+    let o = apt(&strings(&[
+        "train",
+        "--config",
+        &config("smoke.toml"),
+        "--dry-run",
+        "--set",
+        "pretrain.train.schedule.warmup_steps=1000",
+    ]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("`pretrain.train.schedule.warmup_steps` (1000) is not below `steps` (40)"),
+        "{err}"
+    );
+}
