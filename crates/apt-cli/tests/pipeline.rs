@@ -265,7 +265,7 @@ fn killed_and_interrupted_runs_resume_to_the_uninterrupted_weights() {
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
     assert!(
-        text(&o.stdout).contains("stopped at a checkpoint"),
+        text(&o.stdout).contains("at the last checkpoint"),
         "{}",
         text(&o.stdout)
     );
