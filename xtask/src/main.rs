@@ -173,6 +173,13 @@ fn fixtures() -> Result<(), Failure> {
         "diffusers Wan 2.1 / SD3 VAE parity fixtures",
     )?;
     run(
+        Command::new(&python)
+            .arg(repo_root().join("scripts/make_wan_fixtures.py"))
+            .arg("--out")
+            .arg(out.join("wan")),
+        "diffusers Wan 2.1 transformer parity fixtures",
+    )?;
+    run(
         Command::new(python)
             .arg(repo_root().join("scripts/make_sd3_fixtures.py"))
             .arg("--out")

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use apt_mmdit::analytic::block_params;
 use apt_mmdit::parity::run_parity;
-use apt_mmdit::{forward_flops, param_count, MmditConfig, Positions, Preset};
+use apt_mmdit::{forward_flops, param_count, MmditConfig, Positions, Preset, WanConfig};
 use clap::{Args, Subcommand};
 
 /// Subcommands of `apt model`.
@@ -13,13 +13,15 @@ use clap::{Args, Subcommand};
 pub enum ModelCommand {
     /// Parameter count, memory and forward FLOPs of a preset or config file.
     Info(InfoArgs),
-    /// Compare our model with diffusers' SD3Transformer2DModel on a recorded input.
+    /// Compare our model with diffusers' on a recorded input: SD3Transformer2DModel or
+    /// WanTransformer3DModel, as the directory's config.json says; the last line is the max abs
+    /// difference.
     Parity {
         /// A diffusers `save_pretrained` directory (config.json + safetensors).
         #[arg(long)]
         diffusers: PathBuf,
-        /// safetensors with `hidden_states`, `encoder_hidden_states`, `pooled_projections`,
-        /// `timestep` (0..1000) and the expected `sample`.
+        /// safetensors with `hidden_states`, `encoder_hidden_states`, `timestep` (0..1000),
+        /// SD3's `pooled_projections`, and the expected `sample`.
         #[arg(long)]
         fixture: PathBuf,
     },
@@ -28,7 +30,8 @@ pub enum ModelCommand {
 /// Arguments of `apt model info`.
 #[derive(Args)]
 pub struct InfoArgs {
-    /// A built-in preset: tiny, small, sd3-medium, seaweed-8b.
+    /// A built-in preset: tiny, small, sd3-medium, seaweed-8b; or Wan 2.1's wan2.1-1.3b,
+    /// wan2.1-14b.
     #[arg(long, conflicts_with = "config")]
     preset: Option<String>,
     /// A model config in TOML (see configs/models/).
@@ -69,7 +72,54 @@ fn human(n: f64) -> String {
         .unwrap_or_else(|| format!("{n:.0}"))
 }
 
+/// Wan 2.1's presets: name → config.
+fn wan_preset(name: &str) -> Option<WanConfig> {
+    match name {
+        "wan2.1-1.3b" => Some(WanConfig::wan21_1_3b()),
+        "wan2.1-14b" => Some(WanConfig::wan21_14b()),
+        _ => None,
+    }
+}
+
+/// `apt model info` for a Wan 2.1 preset: layout, parameters and weights, and the tokens of its
+/// 480×832, 81-frame latents `[16, 21, 60, 104]`.
+fn wan_info(name: &str, cfg: &WanConfig) {
+    let total = cfg.parameter_count();
+    println!("model         {name} (Wan 2.1 text-to-video, diffusers WanTransformer3DModel)");
+    println!(
+        "layout        {} blocks, width {} ({} heads x {}), FFN {}, QK RMSNorm across heads, \
+         cross-attention to the text",
+        cfg.num_layers,
+        cfg.hidden_size(),
+        cfg.num_attention_heads,
+        cfg.attention_head_dim,
+        cfg.ffn_dim
+    );
+    println!(
+        "io            latents {} -> {} channels, patch {:?}, text {} wide (UMT5-XXL), {} time \
+         features",
+        cfg.in_channels, cfg.out_channels, cfg.patch_size, cfg.text_dim, cfg.freq_dim
+    );
+    println!(
+        "positions     3D RoPE (theta 10000, axes {:?})",
+        cfg.rope_axes_dim()
+    );
+    println!("parameters    {total} ({})", human(total as f64));
+    println!(
+        "weights       {:.2} GiB fp32, {:.2} GiB bf16",
+        total as f64 * 4.0 / 1024f64.powi(3),
+        total as f64 * 2.0 / 1024f64.powi(3)
+    );
+    let [pt, ph, pw] = cfg.patch_size;
+    let tokens = 21 / pt * (60 / ph) * (104 / pw);
+    println!("input         [C,T,H,W] = [16, 21, 60, 104] (480x832, 81 frames): {tokens} visual tokens, 512 text tokens");
+}
+
 fn info(args: InfoArgs) -> Result<()> {
+    if let Some(cfg) = args.preset.as_deref().and_then(wan_preset) {
+        wan_info(args.preset.as_deref().unwrap_or_default(), &cfg);
+        return Ok(());
+    }
     let (name, cfg, typical, text) = match (&args.preset, &args.config) {
         (_, Some(path)) => {
             let cfg = MmditConfig::from_toml_file(path)?;

@@ -54,6 +54,16 @@ fn model_info_sizes_the_8b_preset() {
         "{}",
         stdout(&o)
     );
+    // Wan 2.1's released sizes, counted as diffusers builds them.
+    for (preset, count) in [("wan2.1-1.3b", "1418996800"), ("wan2.1-14b", "14288491584")] {
+        let o = apt(&["model", "info", "--preset", preset]);
+        assert!(o.status.success(), "{o:?}");
+        assert!(
+            stdout(&o).contains(&format!("parameters    {count} ")),
+            "{}",
+            stdout(&o)
+        );
+    }
 }
 
 #[test]
@@ -88,7 +98,8 @@ fn user_mistakes_are_one_line_errors() {
 
 #[test]
 fn parity_prints_the_max_abs_difference_last() {
-    for variant in ["sd3-plain", "sd3-qknorm"] {
+    // SD3 and Wan 2.1 directories alike: the model is picked by config.json's `_class_name`.
+    for variant in ["sd3-plain", "sd3-qknorm", "wan/wan-test", "wan/wan-video"] {
         let dir = fixtures().join(variant);
         let fixture = fixtures().join(format!("{variant}.io.safetensors"));
         let o = apt(&[

@@ -156,7 +156,14 @@ fn sincos_1d(dim: i64, positions: &Tensor) -> Tensor {
 /// downscale_freq_shift=0)`: `[cos(t·f), sin(t·f)]`, `f_i = 10000^(-i/128)`, computed in f32.
 /// `t` is on diffusers' 0..1000 scale, shape `[B]`; returns `[B, 256]`.
 pub fn timestep_features(t: &Tensor) -> Tensor {
-    let half = TIMESTEP_FEATURES / 2;
+    timestep_features_of(t, TIMESTEP_FEATURES)
+}
+
+/// [`timestep_features`] with `features` channels (even): `[cos(t·f), sin(t·f)]`,
+/// `f_i = 10000^(-i/(features/2))` (diffusers' `Timesteps(features, flip_sin_to_cos=True,
+/// downscale_freq_shift=0)`, Wan's `freq_dim`).
+pub fn timestep_features_of(t: &Tensor, features: i64) -> Tensor {
+    let half = features / 2;
     let exponent = Tensor::arange(half, (Kind::Float, t.device())) * -(10_000f64.ln());
     let freqs = (exponent / half as f64).exp();
     let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0);

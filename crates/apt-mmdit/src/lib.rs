@@ -35,6 +35,7 @@ pub mod parity;
 pub mod presets;
 pub mod recompute;
 pub mod rope;
+pub mod wan;
 pub mod weights;
 
 pub use analytic::{forward_flops, param_count, ParamCount};
@@ -42,6 +43,7 @@ pub use config::{AttentionBackend, MmditConfig, Positions, Prediction};
 pub use error::{MmditError, Result};
 pub use model::{Mmdit, TapOutput, TIMESTEP_SCALE};
 pub use presets::Preset;
+pub use wan::{WanConfig, WanTransformer};
 pub use weights::{load_safetensors, save_safetensors};
 
 /// The README's example, compiled as a doctest (`cargo test --doc`).

@@ -1,5 +1,5 @@
-//! Parity against diffusers: run a `save_pretrained` directory on a recorded input and compare
-//! with the recorded output (what the parity tests do).
+//! Parity against diffusers: run a `save_pretrained` directory (SD3 or Wan 2.1) on a recorded
+//! input and compare with the recorded output (what the parity tests do).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,14 +8,17 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{MmditError, Result};
 use crate::model::Mmdit;
+use crate::wan::{WanTransformer, WAN_CLASS_NAME};
 
-/// The tensors of a parity fixture, named after diffusers' forward arguments.
+/// The tensors of an SD3 parity fixture, named after diffusers' forward arguments.
 pub const FIXTURE_INPUTS: [&str; 4] = [
     "hidden_states",
     "encoder_hidden_states",
     "pooled_projections",
     "timestep",
 ];
+/// The tensors of a Wan parity fixture.
+pub const WAN_FIXTURE_INPUTS: [&str; 3] = ["hidden_states", "encoder_hidden_states", "timestep"];
 /// The expected output's name in a parity fixture.
 pub const FIXTURE_OUTPUT: &str = "sample";
 
@@ -32,9 +35,14 @@ pub struct ParityReport {
     pub parameters: i64,
 }
 
-/// Reads a fixture file into a name → tensor map, checking that the inputs and the output
+/// Reads an SD3 fixture file into a name → tensor map, checking that the inputs and the output
 /// exist.
 pub fn read_fixture(path: &Path) -> Result<HashMap<String, Tensor>> {
+    read_fixture_with(path, &FIXTURE_INPUTS)
+}
+
+/// Reads a fixture file holding `inputs` and the output.
+fn read_fixture_with(path: &Path, inputs: &[&str]) -> Result<HashMap<String, Tensor>> {
     let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path)
         .map_err(|e| MmditError::Parse {
             path: path.to_path_buf(),
@@ -42,10 +50,7 @@ pub fn read_fixture(path: &Path) -> Result<HashMap<String, Tensor>> {
         })?
         .into_iter()
         .collect();
-    for key in FIXTURE_INPUTS
-        .iter()
-        .chain(std::iter::once(&FIXTURE_OUTPUT))
-    {
+    for key in inputs.iter().chain(std::iter::once(&FIXTURE_OUTPUT)) {
         if !tensors.contains_key(*key) {
             let mut have: Vec<&String> = tensors.keys().collect();
             have.sort();
@@ -53,7 +58,11 @@ pub fn read_fixture(path: &Path) -> Result<HashMap<String, Tensor>> {
                 path: path.to_path_buf(),
                 message: format!(
                     "missing tensor `{key}` (expected {} and `{FIXTURE_OUTPUT}`; found {have:?})",
-                    FIXTURE_INPUTS.map(|k| format!("`{k}`")).join(", ")
+                    inputs
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         }
@@ -61,21 +70,40 @@ pub fn read_fixture(path: &Path) -> Result<HashMap<String, Tensor>> {
     Ok(tensors)
 }
 
-/// Loads the diffusers directory `dir` into an f32 CPU model, runs the fixture's inputs through
-/// [`Mmdit::forward_diffusers`] and compares with the fixture's `sample`.
+/// Loads the diffusers directory `dir` into an f32 CPU model — an `SD3Transformer2DModel`
+/// ([`Mmdit`]) or a `WanTransformer3DModel` ([`WanTransformer`]), as its `config.json`'s
+/// `_class_name` says — runs the fixture's inputs through its diffusers-scaled forward and
+/// compares with the fixture's `sample`.
 pub fn run_parity(dir: &Path, fixture: &Path) -> Result<ParityReport> {
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Mmdit::from_diffusers_dir(&vs, dir)?;
-    let io = read_fixture(fixture)?;
+    let wan = diffusers_class(dir)?.as_deref() == Some(WAN_CLASS_NAME);
+    let inputs: &[&str] = if wan {
+        &WAN_FIXTURE_INPUTS
+    } else {
+        &FIXTURE_INPUTS
+    };
+    let io = read_fixture_with(fixture, inputs)?;
     let f32 = |k: &str| io[k].to_kind(Kind::Float);
-    let out = tch::no_grad(|| {
-        model.forward_diffusers(
-            &f32("hidden_states"),
-            &f32("encoder_hidden_states"),
-            &f32("pooled_projections"),
-            &f32("timestep"),
-        )
-    })?;
+    let out = if wan {
+        let model = WanTransformer::from_diffusers_dir(&vs, dir)?;
+        tch::no_grad(|| {
+            model.forward_diffusers(
+                &f32("hidden_states"),
+                &f32("timestep"),
+                &f32("encoder_hidden_states"),
+            )
+        })?
+    } else {
+        let model = Mmdit::from_diffusers_dir(&vs, dir)?;
+        tch::no_grad(|| {
+            model.forward_diffusers(
+                &f32("hidden_states"),
+                &f32("encoder_hidden_states"),
+                &f32("pooled_projections"),
+                &f32("timestep"),
+            )
+        })?
+    };
     let expected = f32(FIXTURE_OUTPUT);
     if out.size() != expected.size() {
         return Err(MmditError::Input {
@@ -94,4 +122,18 @@ pub fn run_parity(dir: &Path, fixture: &Path) -> Result<ParityReport> {
             .map(|t| t.numel() as i64)
             .sum(),
     })
+}
+
+/// The `_class_name` of `dir/config.json`, if it has one.
+fn diffusers_class(dir: &Path) -> Result<Option<String>> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| MmditError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| MmditError::Parse {
+        path,
+        message: format!("not JSON: {e}"),
+    })?;
+    Ok(json["_class_name"].as_str().map(str::to_string))
 }

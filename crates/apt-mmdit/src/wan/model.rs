@@ -1,0 +1,314 @@
+//! `WanTransformer`: the Wan 2.1 text-to-video DiT (diffusers' `WanTransformer3DModel`) —
+//! 3D patch embedding, timestep and text embeddings, the blocks, the modulated output
+//! projection and unpatchify — with diffusers' variable names, loadable from its directories.
+
+use std::path::Path;
+
+use tch::{nn, nn::Module, Kind, Tensor};
+
+use super::block::{layer_norm_f32, WanBlock};
+use super::config::WanConfig;
+use crate::embeddings::{timestep_features_of, unpatchify, PatchGrid};
+use crate::error::{MmditError, Result};
+use crate::model::TIMESTEP_SCALE;
+use crate::rope::RopeTable;
+use crate::weights::{diffusers_weight_files, load_strict};
+
+/// Two linears with an activation between (`linear_1`, `linear_2`).
+#[derive(Debug)]
+struct Mlp2 {
+    linear_1: nn::Linear,
+    linear_2: nn::Linear,
+    tanh_gelu: bool,
+}
+
+impl Mlp2 {
+    fn new(p: nn::Path, input: i64, width: i64, tanh_gelu: bool) -> Self {
+        Self {
+            linear_1: nn::linear(&p / "linear_1", input, width, Default::default()),
+            linear_2: nn::linear(&p / "linear_2", width, width, Default::default()),
+            tanh_gelu,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let h = self.linear_1.forward(x);
+        let h = if self.tanh_gelu {
+            h.gelu("tanh")
+        } else {
+            h.silu()
+        };
+        self.linear_2.forward(&h)
+    }
+}
+
+/// Hidden states of a forward that stopped early or kept taps (see
+/// [`WanTransformer::forward_with_taps`]).
+#[derive(Debug)]
+pub struct WanTaps {
+    /// The tokens `[B, N, D]` after each requested block (1-based), in request order.
+    pub taps: Vec<Tensor>,
+    /// The output `[B, C, T, H, W]` when the whole model ran.
+    pub output: Option<Tensor>,
+}
+
+/// The model. Variables: `patch_embedding.{weight,bias}`,
+/// `condition_embedder.{time_embedder,text_embedder}.linear_{1,2}`,
+/// `condition_embedder.time_proj`, `blocks.<i>.*`, `proj_out`, `scale_shift_table`.
+#[derive(Debug)]
+pub struct WanTransformer {
+    cfg: WanConfig,
+    patch_weight: Tensor,
+    patch_bias: Tensor,
+    time_embedder: Mlp2,
+    time_proj: nn::Linear,
+    text_embedder: Mlp2,
+    blocks: Vec<WanBlock>,
+    proj_out: nn::Linear,
+    scale_shift_table: Tensor,
+}
+
+impl WanTransformer {
+    /// Creates the model's variables under `p` (usually `vs.root()`), after validating `cfg`.
+    pub fn new(p: nn::Path, cfg: &WanConfig) -> Result<Self> {
+        cfg.validate()?;
+        let d = cfg.hidden_size() as i64;
+        let [pt, ph, pw] = cfg.patch_size.map(|v| v as i64);
+        let c = cfg.in_channels as i64;
+        let fan_in = (c * pt * ph * pw) as f64;
+        let bound = 1.0 / fan_in.sqrt();
+        let emb = &p / "condition_embedder";
+        Ok(Self {
+            cfg: cfg.clone(),
+            patch_weight: (&p / "patch_embedding").var(
+                "weight",
+                &[d, c, pt, ph, pw],
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            ),
+            patch_bias: (&p / "patch_embedding").var(
+                "bias",
+                &[d],
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            ),
+            time_embedder: Mlp2::new(&emb / "time_embedder", cfg.freq_dim as i64, d, false),
+            time_proj: nn::linear(&emb / "time_proj", d, 6 * d, Default::default()),
+            text_embedder: Mlp2::new(&emb / "text_embedder", cfg.text_dim as i64, d, true),
+            blocks: (0..cfg.num_layers)
+                .map(|i| WanBlock::new(&p / "blocks" / i, cfg))
+                .collect(),
+            proj_out: nn::linear(
+                &p / "proj_out",
+                d,
+                cfg.patch_out_dim() as i64,
+                Default::default(),
+            ),
+            scale_shift_table: p.var(
+                "scale_shift_table",
+                &[1, 2, d],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0 / (d as f64).sqrt(),
+                },
+            ),
+        })
+    }
+
+    /// Builds the model on `vs` and loads a diffusers `transformer/` directory strictly
+    /// (`config.json` and the weights, one file or the shards of its index).
+    pub fn from_diffusers_dir(vs: &nn::VarStore, dir: &Path) -> Result<Self> {
+        let cfg = WanConfig::from_diffusers_dir(dir)?;
+        let model = Self::new(vs.root(), &cfg)?;
+        load_strict(vs, &diffusers_weight_files(dir)?, dir)?;
+        Ok(model)
+    }
+
+    /// The configuration this model was built from.
+    pub fn config(&self) -> &WanConfig {
+        &self.cfg
+    }
+
+    /// The model's output for latents `x` `[B, C, T, H, W]` at rectified-flow times `t` `[B]`
+    /// (or one value) in [0, 1], text `context` `[B, L, text_dim]`: what diffusers'
+    /// `WanTransformer3DModel` returns for `timestep = 1000·t` (the flow velocity).
+    pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
+        self.forward_diffusers(x, &(t * TIMESTEP_SCALE), context)
+    }
+
+    /// [`forward`](Self::forward) with diffusers' `timestep` on its 0..1000 scale.
+    pub fn forward_diffusers(
+        &self,
+        x: &Tensor,
+        timestep: &Tensor,
+        context: &Tensor,
+    ) -> Result<Tensor> {
+        let tapped = self.forward_with_taps_diffusers(x, timestep, context, &[], true)?;
+        Ok(tapped.output.expect("the whole model ran"))
+    }
+
+    /// The tokens after blocks `taps` (1-based) and, with `with_output`, the output; without
+    /// it the forward stops after the deepest tap. `t` in [0, 1] as in [`forward`](Self::forward).
+    pub fn forward_with_taps(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        taps: &[usize],
+        with_output: bool,
+    ) -> Result<WanTaps> {
+        self.forward_with_taps_diffusers(x, &(t * TIMESTEP_SCALE), context, taps, with_output)
+    }
+
+    fn forward_with_taps_diffusers(
+        &self,
+        x: &Tensor,
+        timestep: &Tensor,
+        context: &Tensor,
+        taps: &[usize],
+        with_output: bool,
+    ) -> Result<WanTaps> {
+        let (grid, b) = self.check_inputs(x, context, taps)?;
+        let kind = x.kind();
+        let d = self.cfg.hidden_size() as i64;
+        let rope = RopeTable::new(
+            grid,
+            0,
+            self.cfg.rope_axes_dim(),
+            10_000.0,
+            kind,
+            x.device(),
+        );
+        let stride = self.cfg.patch_size.map(|v| v as i64);
+        let mut h = x
+            .conv3d(
+                &self.patch_weight,
+                Some(&self.patch_bias),
+                stride,
+                [0, 0, 0],
+                [1, 1, 1],
+                1,
+            )
+            .flatten(2, -1)
+            .transpose(1, 2)
+            .contiguous();
+        let timestep = timestep.expand([b], false);
+        let features = timestep_features_of(&timestep, self.cfg.freq_dim as i64);
+        let temb = self
+            .time_embedder
+            .forward(&features.to_kind(self.time_kind()))
+            .to_kind(context.kind());
+        let e = self
+            .time_proj
+            .forward(&temb.silu())
+            .view([b, 6, d])
+            .to_kind(Kind::Float);
+        let context = self.text_embedder.forward(context);
+        let last = if with_output {
+            self.blocks.len()
+        } else {
+            taps.iter().copied().max().unwrap_or(0)
+        };
+        let mut kept = Vec::with_capacity(taps.len());
+        for (i, block) in self.blocks.iter().take(last).enumerate() {
+            h = block.forward(&h, &context, &e, &rope);
+            if taps.contains(&(i + 1)) {
+                kept.push((i + 1, h.shallow_clone()));
+            }
+        }
+        let taps_out = taps
+            .iter()
+            .map(|k| {
+                kept.iter()
+                    .find(|(i, _)| i == k)
+                    .map(|(_, t)| t.shallow_clone())
+                    .expect("every tap was kept")
+            })
+            .collect();
+        let output = with_output.then(|| {
+            let m = (self.scale_shift_table.to_kind(Kind::Float)
+                + temb.to_kind(Kind::Float).unsqueeze(1))
+            .chunk(2, 1);
+            let (shift, scale) = (&m[0], &m[1]);
+            let normed = (layer_norm_f32(&h, None, None, self.cfg.eps) * (scale + 1.0) + shift)
+                .to_kind(kind);
+            let tokens = self.proj_out.forward(&normed);
+            let patch = self.cfg.patch_size.map(|v| v as i64);
+            unpatchify(&tokens, grid, patch, self.cfg.out_channels as i64)
+        });
+        Ok(WanTaps {
+            taps: taps_out,
+            output,
+        })
+    }
+
+    /// The kind of the time embedder's weights (diffusers casts the features to it).
+    fn time_kind(&self) -> Kind {
+        self.time_proj.ws.kind()
+    }
+
+    /// Checks shapes against the config; returns the patch grid and the batch size.
+    fn check_inputs(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        taps: &[usize],
+    ) -> Result<(PatchGrid, i64)> {
+        let bad = |argument: &'static str, expected: String, got: Vec<i64>| MmditError::Input {
+            argument,
+            expected,
+            got,
+        };
+        let size = x.size();
+        let [pt, ph, pw] = self.cfg.patch_size.map(|v| v as i64);
+        let c = self.cfg.in_channels as i64;
+        if size.len() != 5
+            || size[1] != c
+            || size[2] % pt != 0
+            || size[3] % ph != 0
+            || size[4] % pw != 0
+        {
+            return Err(bad(
+                "latents",
+                format!(
+                    "[B, {c}, T, H, W] with T, H, W multiples of the patch {:?}",
+                    self.cfg.patch_size
+                ),
+                size,
+            ));
+        }
+        let grid = PatchGrid {
+            t: size[2] / pt,
+            h: size[3] / ph,
+            w: size[4] / pw,
+        };
+        let most = self.cfg.rope_max_seq_len as i64;
+        if grid.t > most || grid.h > most || grid.w > most {
+            return Err(bad(
+                "latents",
+                format!("at most {most} patches along each axis (rope_max_seq_len)"),
+                size,
+            ));
+        }
+        let cs = context.size();
+        if cs.len() != 3 || cs[0] != size[0] || cs[2] != self.cfg.text_dim as i64 {
+            return Err(bad(
+                "context",
+                format!("[{}, L, {}]", size[0], self.cfg.text_dim),
+                cs,
+            ));
+        }
+        if let Some(&k) = taps.iter().find(|&&k| k == 0 || k > self.blocks.len()) {
+            return Err(bad(
+                "taps",
+                format!("block numbers in 1..={}", self.blocks.len()),
+                vec![k as i64],
+            ));
+        }
+        Ok((grid, size[0]))
+    }
+}
