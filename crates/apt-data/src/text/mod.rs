@@ -8,6 +8,8 @@
 
 mod bert;
 mod cache;
+pub mod parity;
+mod umt5;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use tokenizers::Tokenizer;
 
 pub use bert::{Bert, BertConfig};
 pub use cache::EmbeddingCache;
+pub use umt5::{Umt5Config, Umt5Encoder, Umt5TextEncoder};
 
 use crate::error::{DataError, Result};
 
@@ -97,7 +100,10 @@ impl TextEncoder {
             .map_err(|e| dataset_error(&tokenizer_path, e.to_string()))?;
         let mut vs = nn::VarStore::new(device);
         let bert = Bert::new(vs.root(), &cfg);
-        load_weights(&vs, &dir.join("model.safetensors"))?;
+        let weights = dir.join("model.safetensors");
+        load_weights(&vs, std::slice::from_ref(&weights), &weights, |k| {
+            k.starts_with("pooler.") || k == "embeddings.position_ids"
+        })?;
         vs.freeze();
         Ok(Self {
             tokenizer,
@@ -175,21 +181,26 @@ impl TextEncoder {
     }
 }
 
-/// Strict load: every variable present with its shape; only the listed extras may be left.
-fn load_weights(vs: &nn::VarStore, path: &PathBuf) -> Result<()> {
-    let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
-        .map_err(|e| dataset_error(path, format!("not a readable safetensors file: {e}")))?
-        .into_iter()
-        .collect();
+/// Strict load from `files` (one file, or the shards of a model): every variable present with
+/// its shape; only tensors `extra` accepts may be left over. `label` names the source.
+fn load_weights(
+    vs: &nn::VarStore,
+    files: &[PathBuf],
+    label: &Path,
+    extra: impl Fn(&str) -> bool,
+) -> Result<()> {
+    let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
+    for path in files {
+        let read = Tensor::read_safetensors(path)
+            .map_err(|e| dataset_error(path, format!("not a readable safetensors file: {e}")))?;
+        tensors.extend(read);
+    }
+    let path = label;
     let vars = vs.variables();
     let missing: BTreeSet<&String> = vars.keys().filter(|k| !tensors.contains_key(*k)).collect();
     let unexpected: BTreeSet<&String> = tensors
         .keys()
-        .filter(|k| {
-            !vars.contains_key(*k)
-                && !k.starts_with("pooler.")
-                && k.as_str() != "embeddings.position_ids"
-        })
+        .filter(|k| !vars.contains_key(*k) && !extra(k))
         .collect();
     let misshaped: Vec<String> = vars
         .iter()
