@@ -119,6 +119,19 @@ impl Umt5Encoder {
     /// `model.safetensors` or the shards its index names) strictly, frozen; returns the store
     /// that holds the weights with the encoder.
     pub fn load(dir: &Path, device: Device) -> Result<(nn::VarStore, Self)> {
+        let cfg = Self::read_config(dir)?;
+        let mut vs = nn::VarStore::new(device);
+        let encoder = Self::new(vs.root(), &cfg);
+        // transformers ties the encoder's embedding to `shared`; older saves keep both.
+        load_weights(&vs, &weight_files(dir)?, dir, |k| {
+            k == "encoder.embed_tokens.weight"
+        })?;
+        vs.freeze();
+        Ok((vs, encoder))
+    }
+
+    /// Reads and checks `dir/config.json` (a UMT5 encoder with the gated-GELU feed-forward).
+    pub fn read_config(dir: &Path) -> Result<Umt5Config> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|source| DataError::Io {
             path: config_path.clone(),
@@ -135,14 +148,7 @@ impl Umt5Encoder {
                 ),
             ));
         }
-        let mut vs = nn::VarStore::new(device);
-        let encoder = Self::new(vs.root(), &cfg);
-        // transformers ties the encoder's embedding to `shared`; older saves keep both.
-        load_weights(&vs, &weight_files(dir)?, dir, |k| {
-            k == "encoder.embed_tokens.weight"
-        })?;
-        vs.freeze();
-        Ok((vs, encoder))
+        Ok(cfg)
     }
 
     /// The config it was built from.
@@ -224,8 +230,7 @@ impl Umt5TextEncoder {
         max_length: usize,
         device: Device,
     ) -> Result<Self> {
-        let (vs, encoder) = Umt5Encoder::load(encoder_dir, device)?;
-        let cfg = encoder.cfg.clone();
+        let cfg = Umt5Encoder::read_config(encoder_dir)?;
         let config_path = encoder_dir.join("config.json");
         let tokenizer_path = tokenizer_dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
@@ -257,6 +262,7 @@ impl Umt5TextEncoder {
                 ..Default::default()
             }))
             .map_err(|e| dataset_error(&tokenizer_path, e.to_string()))?;
+        let (vs, encoder) = Umt5Encoder::load(encoder_dir, device)?;
         Ok(Self {
             tokenizer,
             encoder,
