@@ -147,6 +147,34 @@ impl VelocityModel for apt_mmdit::Mmdit {
     }
 }
 
+/// Wan 2.1 predicts the velocity from the text tokens alone (`cond.pooled` is not used).
+impl VelocityModel for apt_mmdit::WanTransformer {
+    fn velocity(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
+        Ok(self.forward(x, t, &cond.context)?.to_kind(x.kind()))
+    }
+
+    fn backward_velocity_loss(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        cond: &Conditioning,
+        recompute: bool,
+        loss: &mut dyn FnMut(&Tensor) -> Tensor,
+    ) -> Result<Tensor> {
+        if !recompute {
+            let value = loss(&self.velocity(x, t, cond)?);
+            value.backward();
+            return Ok(value.detach());
+        }
+        let kind = x.kind();
+        Ok(
+            self.backward_with_recompute(x, t, &cond.context, &[], true, |tapped| {
+                loss(&tapped.output.as_ref().expect("with_output").to_kind(kind))
+            })?,
+        )
+    }
+}
+
 /// Back-propagates `loss(v) / accum` for `v = model.velocity(x, t, cond)` with activation
 /// recomputation and returns `loss(v)` (detached: what a training step logs).
 pub fn backward_recomputed(

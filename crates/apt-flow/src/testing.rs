@@ -27,6 +27,29 @@ pub fn tiny_model_config(depth: usize, prediction: &str) -> MmditConfig {
     .expect("the tiny config is valid")
 }
 
+/// A small Wan 2.1 transformer for the same clips and captions: `depth` blocks, 2 heads of 12,
+/// patch 1×2×2, FFN 32, text width [`TEXT_WIDTH`] (diffusers' test sizes, 3 channels).
+pub fn tiny_wan_config(depth: usize) -> apt_mmdit::WanConfig {
+    apt_mmdit::WanConfig {
+        patch_size: [1, 2, 2],
+        num_attention_heads: 2,
+        attention_head_dim: 12,
+        in_channels: 3,
+        out_channels: 3,
+        text_dim: TEXT_WIDTH as usize,
+        freq_dim: 256,
+        ffn_dim: 32,
+        num_layers: depth,
+        cross_attn_norm: true,
+        qk_norm: Some(apt_mmdit::wan::config::QK_NORM_ACROSS_HEADS.into()),
+        eps: 1e-6,
+        image_dim: None,
+        added_kv_proj_dim: None,
+        rope_max_seq_len: 32,
+        pos_embed_seq_len: None,
+    }
+}
+
 /// A model of `cfg` initialised from `seed` with every weight perturbed by `N(0, 0.05²)`:
 /// adaLN-Zero's zero gates and output layer would otherwise leave the blocks without gradient
 /// (and the output at zero).

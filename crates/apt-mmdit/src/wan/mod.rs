@@ -2,11 +2,12 @@
 //! post-training works on, beside the MMDiT. One file per concept: `config.rs` (sizes,
 //! presets, diffusers `config.json`, parameter counts), `block.rs` (self-attention with 3D RoPE,
 //! cross-attention to the text, feed-forward, per-block modulation), `model.rs` (embeddings,
-//! blocks, output, taps, loading).
+//! blocks, output, taps, loading), `recompute.rs` (activation recomputation).
 
 pub mod block;
 pub mod config;
 pub mod model;
+mod recompute;
 
 pub use config::{WanConfig, WAN_CLASS_NAME};
 pub use model::{WanTaps, WanTransformer};

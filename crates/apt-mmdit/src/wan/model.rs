@@ -42,6 +42,23 @@ impl Mlp2 {
     }
 }
 
+/// What the blocks and the head of one forward take.
+#[derive(Debug)]
+pub(super) struct Embedded {
+    /// Patch tokens `[B, N, D]`.
+    pub tokens: Tensor,
+    /// The time embedding `[B, D]` (the head's modulation).
+    pub temb: Tensor,
+    /// Its projection `[B, 6, D]`, f32 (the blocks' modulation).
+    pub modulation: Tensor,
+    /// The embedded text `[B, L, D]`.
+    pub context: Tensor,
+    /// The rotary table of the patch grid.
+    pub rope: RopeTable,
+    /// The patch grid.
+    pub grid: PatchGrid,
+}
+
 /// Hidden states of a forward that stopped early or kept taps (see
 /// [`WanTransformer::forward_with_taps`]).
 #[derive(Debug)]
@@ -172,19 +189,67 @@ impl WanTransformer {
         taps: &[usize],
         with_output: bool,
     ) -> Result<WanTaps> {
+        let last = self.last_block_needed(taps, with_output);
+        let e = self.embed(x, timestep, context, taps)?;
+        let mut h = e.tokens.shallow_clone();
+        let mut kept = Vec::with_capacity(taps.len());
+        for (i, block) in self.blocks.iter().take(last).enumerate() {
+            h = block.forward(&h, &e.context, &e.modulation, &e.rope);
+            if taps.contains(&(i + 1)) {
+                kept.push((i + 1, h.shallow_clone()));
+            }
+        }
+        let taps_out = taps
+            .iter()
+            .map(|k| {
+                kept.iter()
+                    .find(|(i, _)| i == k)
+                    .map(|(_, t)| t.shallow_clone())
+                    .expect("every tap was kept")
+            })
+            .collect();
+        let output = with_output.then(|| self.head(&h, &e.temb, e.grid, x.kind()));
+        Ok(WanTaps {
+            taps: taps_out,
+            output,
+        })
+    }
+
+    /// How many blocks a forward runs: all with the output, else up to the deepest tap.
+    pub(super) fn last_block_needed(&self, taps: &[usize], with_output: bool) -> usize {
+        if with_output {
+            self.blocks.len()
+        } else {
+            taps.iter().copied().max().unwrap_or(0)
+        }
+    }
+
+    /// The blocks.
+    pub(super) fn blocks(&self) -> &[WanBlock] {
+        &self.blocks
+    }
+
+    /// Patch tokens, the time embedding and its per-block projection, the embedded text and
+    /// the rotary table: what the blocks and the head take (with a graph to the weights).
+    pub(super) fn embed(
+        &self,
+        x: &Tensor,
+        timestep: &Tensor,
+        context: &Tensor,
+        taps: &[usize],
+    ) -> Result<Embedded> {
         let (grid, b) = self.check_inputs(x, context, taps)?;
-        let kind = x.kind();
         let d = self.cfg.hidden_size() as i64;
         let rope = RopeTable::new(
             grid,
             0,
             self.cfg.rope_axes_dim(),
             10_000.0,
-            kind,
+            x.kind(),
             x.device(),
         );
         let stride = self.cfg.patch_size.map(|v| v as i64);
-        let mut h = x
+        let tokens = x
             .conv3d(
                 &self.patch_weight,
                 Some(&self.patch_bias),
@@ -202,48 +267,32 @@ impl WanTransformer {
             .time_embedder
             .forward(&features.to_kind(self.time_kind()))
             .to_kind(context.kind());
-        let e = self
+        let modulation = self
             .time_proj
             .forward(&temb.silu())
             .view([b, 6, d])
             .to_kind(Kind::Float);
-        let context = self.text_embedder.forward(context);
-        let last = if with_output {
-            self.blocks.len()
-        } else {
-            taps.iter().copied().max().unwrap_or(0)
-        };
-        let mut kept = Vec::with_capacity(taps.len());
-        for (i, block) in self.blocks.iter().take(last).enumerate() {
-            h = block.forward(&h, &context, &e, &rope);
-            if taps.contains(&(i + 1)) {
-                kept.push((i + 1, h.shallow_clone()));
-            }
-        }
-        let taps_out = taps
-            .iter()
-            .map(|k| {
-                kept.iter()
-                    .find(|(i, _)| i == k)
-                    .map(|(_, t)| t.shallow_clone())
-                    .expect("every tap was kept")
-            })
-            .collect();
-        let output = with_output.then(|| {
-            let m = (self.scale_shift_table.to_kind(Kind::Float)
-                + temb.to_kind(Kind::Float).unsqueeze(1))
-            .chunk(2, 1);
-            let (shift, scale) = (&m[0], &m[1]);
-            let normed = (layer_norm_f32(&h, None, None, self.cfg.eps) * (scale + 1.0) + shift)
-                .to_kind(kind);
-            let tokens = self.proj_out.forward(&normed);
-            let patch = self.cfg.patch_size.map(|v| v as i64);
-            unpatchify(&tokens, grid, patch, self.cfg.out_channels as i64)
-        });
-        Ok(WanTaps {
-            taps: taps_out,
-            output,
+        Ok(Embedded {
+            tokens,
+            temb,
+            modulation,
+            context: self.text_embedder.forward(context),
+            rope,
+            grid,
         })
+    }
+
+    /// The modulated output norm, projection and unpatchify of the last tokens `h`.
+    pub(super) fn head(&self, h: &Tensor, temb: &Tensor, grid: PatchGrid, kind: Kind) -> Tensor {
+        let m = (self.scale_shift_table.to_kind(Kind::Float)
+            + temb.to_kind(Kind::Float).unsqueeze(1))
+        .chunk(2, 1);
+        let (shift, scale) = (&m[0], &m[1]);
+        let normed =
+            (layer_norm_f32(h, None, None, self.cfg.eps) * (scale + 1.0) + shift).to_kind(kind);
+        let tokens = self.proj_out.forward(&normed);
+        let patch = self.cfg.patch_size.map(|v| v as i64);
+        unpatchify(&tokens, grid, patch, self.cfg.out_channels as i64)
     }
 
     /// The kind of the time embedder's weights (diffusers casts the features to it).

@@ -1,0 +1,108 @@
+//! Activation recomputation for the Wan transformer, as [`crate::recompute`] does it for the
+//! MMDiT: run the blocks without a graph keeping each block's input, evaluate the caller's loss
+//! on leaves, then walk the blocks backwards recomputing each one with a graph and handing the
+//! gradient down; finish through the embeddings. Gradients equal the plain backward (tested).
+
+use tch::Tensor;
+
+use super::model::{WanTaps, WanTransformer};
+use crate::error::Result;
+use crate::model::TIMESTEP_SCALE;
+
+/// `Σ ⟨value, grad⟩` over the pairs whose gradient exists (backpropagating it hands `grad` to
+/// `value`'s graph).
+fn surrogate(pairs: &[(&Tensor, &Tensor)]) -> Option<Tensor> {
+    pairs
+        .iter()
+        .filter(|(_, g)| g.defined())
+        .map(|(v, g)| (*v * *g).sum(v.kind()))
+        .reduce(|a, b| a + b)
+}
+
+/// A detached copy that requires grad: a cut point in the graph.
+fn leaf(t: &Tensor) -> Tensor {
+    t.detach().set_requires_grad(true)
+}
+
+impl WanTransformer {
+    /// Runs the forward of [`WanTransformer::forward_with_taps`] (`t` in [0, 1]), evaluates
+    /// `loss_fn` on its result and backpropagates, recomputing each block's activations instead
+    /// of storing them. Parameter gradients accumulate as `loss.backward()` after a plain
+    /// forward would; no gradient flows into the inputs. Returns the detached loss.
+    pub fn backward_with_recompute<F>(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        taps: &[usize],
+        with_output: bool,
+        loss_fn: F,
+    ) -> Result<Tensor>
+    where
+        F: FnOnce(&WanTaps) -> Tensor,
+    {
+        let last = self.last_block_needed(taps, with_output);
+        let e = self.embed(x, &(t * TIMESTEP_SCALE), context, taps)?;
+        let blocks = &self.blocks()[..last];
+
+        // 1. Forward without a graph, saving each block's input.
+        let mut inputs: Vec<Tensor> = Vec::with_capacity(last);
+        let mut h = e.tokens.detach();
+        let (ctx, modulation) = (leaf(&e.context), leaf(&e.modulation));
+        tch::no_grad(|| {
+            for block in blocks {
+                let next = block.forward(&h, &ctx, &modulation, &e.rope);
+                inputs.push(std::mem::replace(&mut h, next));
+            }
+        });
+
+        // 2. The head and the taps on leaves, then the caller's loss.
+        let temb = leaf(&e.temb);
+        let outs: Vec<Tensor> = (0..last)
+            .map(|i| match inputs.get(i + 1) {
+                Some(next) => leaf(next),
+                None => leaf(&h),
+            })
+            .collect();
+        let output = with_output.then(|| self.head(&outs[last - 1], &temb, e.grid, x.kind()));
+        let tapped = WanTaps {
+            taps: taps.iter().map(|&k| outs[k - 1].shallow_clone()).collect(),
+            output,
+        };
+        let loss = loss_fn(&tapped);
+        loss.backward();
+        drop(tapped);
+
+        // 3. Blocks in reverse, each recomputed with a graph.
+        let mut grad = Tensor::new();
+        for (i, block) in blocks.iter().enumerate().rev() {
+            let tap_grad = outs[i].grad();
+            grad = match (grad.defined(), tap_grad.defined()) {
+                (true, true) => grad + tap_grad,
+                (false, _) => tap_grad,
+                (true, false) => grad,
+            };
+            let input = leaf(&inputs[i]);
+            let out = block.forward(&input, &ctx, &modulation, &e.rope);
+            if let Some(s) = surrogate(&[(&out, &grad)]) {
+                s.backward();
+            }
+            grad = input.grad();
+        }
+
+        // 4. The embeddings: patch tokens, text, the time embedding and its projection.
+        let (g_ctx, g_mod, g_temb) = (ctx.grad(), modulation.grad(), temb.grad());
+        let pairs = [
+            (&e.tokens, &grad),
+            (&e.context, &g_ctx),
+            (&e.modulation, &g_mod),
+            (&e.temb, &g_temb),
+        ];
+        if let Some(s) = surrogate(&pairs) {
+            if s.requires_grad() {
+                s.backward();
+            }
+        }
+        Ok(loss.detach())
+    }
+}
