@@ -149,7 +149,7 @@ fn recomputed_gradients_equal_the_plain_backward() {
                 + taps.taps[0].abs().mean(tch::Kind::Float)
         };
         if recompute {
-            model
+            let _loss = model
                 .backward_with_recompute(x, &t, context, &[2], true, loss)
                 .unwrap();
         } else {
