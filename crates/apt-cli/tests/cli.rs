@@ -96,6 +96,18 @@ fn user_mistakes_are_one_line_errors() {
     }
 }
 
+/// A parity command succeeded and its last line is `max abs difference: X` with X ≤ `bound`.
+fn assert_parity_within(o: &Output, bound: f64) {
+    assert!(o.status.success(), "{o:?}");
+    let text = stdout(o);
+    let last = text.lines().last().unwrap();
+    let diff: f64 = last.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        last.starts_with("max abs difference") && diff <= bound,
+        "{last}"
+    );
+}
+
 #[test]
 fn parity_prints_the_max_abs_difference_last() {
     // SD3 and Wan 2.1 directories alike: the model is picked by config.json's `_class_name`.
@@ -110,14 +122,7 @@ fn parity_prints_the_max_abs_difference_last() {
             "--fixture",
             fixture.to_str().unwrap(),
         ]);
-        assert!(o.status.success(), "{o:?}");
-        let text = stdout(&o);
-        let last = text.lines().last().unwrap();
-        let diff: f64 = last.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(
-            last.starts_with("max abs difference") && diff <= 1e-5,
-            "{last}"
-        );
+        assert_parity_within(&o, 1e-5);
     }
     let o = apt(&[
         "model",
@@ -150,14 +155,7 @@ fn vae_parity_prints_the_max_abs_difference_last() {
                 .to_str()
                 .unwrap(),
         ]);
-        assert!(o.status.success(), "{o:?}");
-        let text = stdout(&o);
-        let last = text.lines().last().unwrap();
-        let diff: f64 = last.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(
-            last.starts_with("max abs difference") && diff <= 1e-4,
-            "{last}"
-        );
+        assert_parity_within(&o, 1e-4);
     }
     // A video fixture against the image VAE: a clear error naming the input.
     let o = apt(&[
@@ -291,13 +289,6 @@ fn text_parity_prints_the_max_abs_difference_last() {
             "--fixture",
             fixture.to_str().unwrap(),
         ]);
-        assert!(o.status.success(), "{o:?}");
-        let text = stdout(&o);
-        let last = text.lines().last().unwrap();
-        let diff: f64 = last.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(
-            last.starts_with("max abs difference") && diff <= 1e-5,
-            "{last}"
-        );
+        assert_parity_within(&o, 1e-5);
     }
 }

@@ -81,10 +81,22 @@ pub trait VelocityModel {
         loss: &mut dyn FnMut(&Tensor) -> Tensor,
     ) -> Result<Tensor> {
         let _ = recompute;
-        let value = loss(&self.velocity(x, t, cond)?);
-        value.backward();
-        Ok(value.detach())
+        plain_backward(self, x, t, cond, loss)
     }
+}
+
+/// `loss(velocity(x, t, cond)).backward()` without recomputation; returns the detached loss
+/// (the default of [`VelocityModel::backward_velocity_loss`]).
+fn plain_backward<M: VelocityModel + ?Sized>(
+    model: &M,
+    x: &Tensor,
+    t: &Tensor,
+    cond: &Conditioning,
+    loss: &mut dyn FnMut(&Tensor) -> Tensor,
+) -> Result<Tensor> {
+    let value = loss(&model.velocity(x, t, cond)?);
+    value.backward();
+    Ok(value.detach())
 }
 
 /// The smallest `t` a clean-sample prediction is divided by when turned into a velocity
@@ -121,9 +133,7 @@ impl VelocityModel for apt_mmdit::Mmdit {
         loss: &mut dyn FnMut(&Tensor) -> Tensor,
     ) -> Result<Tensor> {
         if !recompute {
-            let value = loss(&self.velocity(x, t, cond)?);
-            value.backward();
-            return Ok(value.detach());
+            return plain_backward(self, x, t, cond, loss);
         }
         let prediction = self.config().prediction;
         let (x_in, t_in) = (x.detach(), t.detach());
@@ -162,9 +172,7 @@ impl VelocityModel for apt_mmdit::WanTransformer {
         loss: &mut dyn FnMut(&Tensor) -> Tensor,
     ) -> Result<Tensor> {
         if !recompute {
-            let value = loss(&self.velocity(x, t, cond)?);
-            value.backward();
-            return Ok(value.detach());
+            return plain_backward(self, x, t, cond, loss);
         }
         let kind = x.kind();
         Ok(

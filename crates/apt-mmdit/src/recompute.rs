@@ -21,7 +21,7 @@ use crate::model::{Mmdit, TapOutput, TIMESTEP_SCALE};
 
 /// `Σ ⟨value, grad⟩` over the pairs whose gradient exists: backpropagating it hands `grad` to
 /// `value`'s graph, accumulating into leaves exactly like `value.backward(grad)`.
-fn surrogate(pairs: &[(&Tensor, &Tensor)]) -> Option<Tensor> {
+pub(crate) fn surrogate(pairs: &[(&Tensor, &Tensor)]) -> Option<Tensor> {
     pairs
         .iter()
         .filter(|(_, g)| g.defined())
@@ -30,7 +30,7 @@ fn surrogate(pairs: &[(&Tensor, &Tensor)]) -> Option<Tensor> {
 }
 
 /// A detached copy that requires grad: a cut point in the graph.
-fn leaf(t: &Tensor) -> Tensor {
+pub(crate) fn leaf(t: &Tensor) -> Tensor {
     t.detach().set_requires_grad(true)
 }
 

@@ -8,21 +8,7 @@ use tch::Tensor;
 use super::model::{WanTaps, WanTransformer};
 use crate::error::Result;
 use crate::model::TIMESTEP_SCALE;
-
-/// `Σ ⟨value, grad⟩` over the pairs whose gradient exists (backpropagating it hands `grad` to
-/// `value`'s graph).
-fn surrogate(pairs: &[(&Tensor, &Tensor)]) -> Option<Tensor> {
-    pairs
-        .iter()
-        .filter(|(_, g)| g.defined())
-        .map(|(v, g)| (*v * *g).sum(v.kind()))
-        .reduce(|a, b| a + b)
-}
-
-/// A detached copy that requires grad: a cut point in the graph.
-fn leaf(t: &Tensor) -> Tensor {
-    t.detach().set_requires_grad(true)
-}
+use crate::recompute::{leaf, surrogate};
 
 impl WanTransformer {
     /// Runs the forward of [`WanTransformer::forward_with_taps`] (`t` in [0, 1]), evaluates
