@@ -4,7 +4,6 @@
 
 use anyhow::Result;
 use apt_gan::discriminator::{default_taps, discriminator_param_count};
-use apt_mmdit::param_count;
 use apt_pipeline::memory::{estimate, human_bytes, machine_memory, tokens};
 use apt_pipeline::stages::stage_steps;
 use apt_pipeline::{RunConfig, Stage};
@@ -64,15 +63,20 @@ pub fn print(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
     println!("# resolved config (defaults filled in, --set applied)");
     println!("{}", run.to_toml_string());
     let model = run.model_config()?;
-    let p = param_count(&model).total();
+    let p = model.parameter_count();
     println!("# plan");
     println!(
-        "model        {} blocks × {} wide ({} heads of {}), patch {:?}",
-        model.depth,
+        "model        {} ({}): {} blocks × {} wide ({} heads of {}), patch {:?}",
+        model.family(),
+        match run.model.import_from() {
+            Some(dir) => format!("from {}", dir.display()),
+            None => "trained by this run".to_string(),
+        },
+        model.depth(),
         model.hidden_size(),
-        model.num_heads,
-        model.head_dim,
-        model.patch_size
+        model.num_heads(),
+        model.head_dim(),
+        model.patch_size()
     );
     println!("parameters   teacher / generator {}", commas(p));
     if let Some(cfg) = &run.apt {
@@ -80,7 +84,7 @@ pub fn print(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
             .discriminator
             .taps
             .clone()
-            .unwrap_or_else(|| default_taps(model.depth));
+            .unwrap_or_else(|| default_taps(model.depth()));
         println!(
             "             discriminator {} (backbone + {} heads at blocks {taps:?})",
             commas(discriminator_param_count(&model, taps.len())),

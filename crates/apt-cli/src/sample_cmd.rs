@@ -146,7 +146,7 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
             config_file.display()
         ),
     };
-    let cfg = apt_mmdit::MmditConfig::from_toml_file(dir.join(MODEL_CONFIG))
+    let cfg = apt_mmdit::ModelConfig::from_toml_file(dir.join(MODEL_CONFIG))
         .with_context(|| format!("{} must sit next to model.toml", weights.display()))?;
     check_shape(&cfg, shape, device)?;
     let cache = match run.as_ref().and_then(|r| r.text.cache.clone()) {
@@ -155,7 +155,11 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
     };
 
     let start = Instant::now();
-    let text = TextConditioner::minilm(&cache, tokens, device)?;
+    // A run's own encoder (a Wan pipeline's UMT5 under `[model] from`), else MiniLM.
+    let text = match &run {
+        Some(r) => TextConditioner::for_run(r, device)?,
+        None => TextConditioner::minilm(&cache, tokens, device)?,
+    };
     let cond = text.batch(std::slice::from_ref(&args.prompt), &[])?;
     let null = text.null()?;
     let text_time = start.elapsed();
@@ -197,7 +201,7 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
         device
     );
     println!(
-        "text          {:.1} ms (MiniLM: load and encode, or the embedding cache)",
+        "text          {:.1} ms (the text encoder: load and encode, or the embedding cache)",
         text_time.as_secs_f64() * 1e3
     );
     println!("generator     {:.1} ms", generator_time.as_secs_f64() * 1e3);
@@ -216,7 +220,7 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
 /// One step, zero-shot two steps, or `--steps` Euler steps (with CFG when `--cfg` is not 1);
 /// the multi-step sampler shows a bar and stops on Ctrl-C (`None`).
 fn generate(
-    model: &apt_mmdit::Mmdit,
+    model: &apt_mmdit::Model,
     z: &tch::Tensor,
     cond: &Conditioning,
     null: &Conditioning,
@@ -256,19 +260,19 @@ fn generate(
 }
 
 /// The clip fits the model (channels, patch multiples) and this machine's memory.
-fn check_shape(cfg: &apt_mmdit::MmditConfig, shape: [u64; 4], device: tch::Device) -> Result<()> {
+fn check_shape(cfg: &apt_mmdit::ModelConfig, shape: [u64; 4], device: tch::Device) -> Result<()> {
     let [c, t, h, w] = shape;
-    let [pt, ph, pw] = cfg.patch_size.map(|p| p as u64);
-    if c != cfg.in_channels as u64 {
+    let [pt, ph, pw] = cfg.patch_size().map(|p| p as u64);
+    if c != cfg.in_channels() as u64 {
         bail!(
             "--shape {c},{t},{h},{w}: the model takes {} channels",
-            cfg.in_channels
+            cfg.in_channels()
         );
     }
     if t % pt != 0 || h % ph != 0 || w % pw != 0 {
         bail!(
             "--shape {c},{t},{h},{w}: T, H and W must be multiples of the patch size {:?}",
-            cfg.patch_size
+            cfg.patch_size()
         );
     }
     let needed = sample_bytes(cfg, 1, shape);

@@ -106,7 +106,7 @@ fn a_refused_new_run_is_refused_before_training_and_leaves_nothing() {
         &["pretrain.from=\"/no/such/teacher\""],
         &["pretrain.from", "/no/such/teacher"],
     );
-    // (Deterministic distillation draws moving-shapes prompts, so a files run has none.)
+    // (Without [distill]: its prompts, the files' captions, would be checked after the data.)
     let smoke = std::fs::read_to_string(config("smoke.toml")).unwrap();
     let (head, tail) = smoke.split_once("[distill]").unwrap();
     let files = dir.path().join("files.toml");

@@ -157,10 +157,17 @@ impl VelocityModel for apt_mmdit::Mmdit {
     }
 }
 
-/// Wan 2.1 predicts the velocity from the text tokens alone (`cond.pooled` is not used).
-impl VelocityModel for apt_mmdit::WanTransformer {
+/// Either family (Wan 2.1 predicts the velocity from the text tokens alone: `cond.pooled` is
+/// not used).
+impl VelocityModel for apt_mmdit::Model {
     fn velocity(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
-        Ok(self.forward(x, t, &cond.context)?.to_kind(x.kind()))
+        let out = self
+            .forward(x, t, &cond.context, &cond.pooled)?
+            .to_kind(x.kind());
+        Ok(match self.config().prediction() {
+            Prediction::Velocity => out,
+            Prediction::Sample => velocity_from_sample(x, t, &out),
+        })
     }
 
     fn backward_velocity_loss(
@@ -174,12 +181,25 @@ impl VelocityModel for apt_mmdit::WanTransformer {
         if !recompute {
             return plain_backward(self, x, t, cond, loss);
         }
+        let prediction = self.config().prediction();
+        let (x_in, t_in) = (x.detach(), t.detach());
         let kind = x.kind();
-        Ok(
-            self.backward_with_recompute(x, t, &cond.context, &[], true, |tapped| {
-                loss(&tapped.output.as_ref().expect("with_output").to_kind(kind))
-            })?,
-        )
+        Ok(self.backward_with_recompute(
+            x,
+            t,
+            &cond.context,
+            &cond.pooled,
+            &[],
+            true,
+            |tapped| {
+                let out = tapped.output.as_ref().expect("with_output").to_kind(kind);
+                let v = match prediction {
+                    Prediction::Velocity => out,
+                    Prediction::Sample => velocity_from_sample(&x_in, &t_in, &out),
+                };
+                loss(&v)
+            },
+        )?)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The Wan 2.1 transformer through the same training loop and sampler as the MMDiT: flow
+//! The Wan 2.1 transformer (through the family layer, `apt_mmdit::Model`) through the same training loop and sampler as the MMDiT: flow
 //! matching trains it (the loss falls), its recomputed backward leaves the plain gradients, and
 //! the sampler draws from it.
 
@@ -7,25 +7,25 @@ use apt_flow::pretrain::{FlowMatchingConfig, FlowMatchingStep};
 use apt_flow::testing::{tiny_wan_config, FixedClips, HashedCaptions};
 use apt_flow::train::{OptimizerConfig, Part, Shard, StepLog, TrainConfig, TrainStep, Trainer};
 use apt_flow::{sample, Guidance, Method, SamplerConfig, TensorRng};
-use apt_mmdit::WanTransformer;
+use apt_mmdit::{Model, ModelConfig};
 use tch::{nn, Device, Tensor};
 
 const CPU: Device = Device::Cpu;
 
-fn model(seed: u64) -> (nn::VarStore, WanTransformer) {
+fn model(seed: u64) -> (nn::VarStore, Model) {
     let vs = nn::VarStore::new(CPU);
     let m = apt_flow::rng::with_global_seed(seed, || {
-        WanTransformer::new(vs.root(), &tiny_wan_config(2))
+        Model::new(vs.root(), &ModelConfig::Wan(tiny_wan_config(2)))
     })
     .unwrap();
     (vs, m)
 }
 
 fn step<'a>(
-    m: &'a WanTransformer,
+    m: &'a Model,
     data: &'a mut FixedClips,
     recompute: bool,
-) -> FlowMatchingStep<'a, WanTransformer> {
+) -> FlowMatchingStep<'a, Model> {
     FlowMatchingStep {
         model: m,
         data,

@@ -216,7 +216,7 @@ fn main() -> anyhow::Result<()> {
             let vs_g = nn::VarStore::new(device);
             let generator = Mmdit::new(vs_g.root(), &cfg)?;
             let vs_d = nn::VarStore::new(device);
-            let discriminator = AptDiscriminator::new(vs_d.root(), &cfg, &DiscriminatorConfig::default())?;
+            let discriminator = AptDiscriminator::new(vs_d.root(), &cfg.clone().into(), &DiscriminatorConfig::default())?;
             let rmsprop = OptimizerConfig::Rmsprop { lr: 5e-6, alpha: 0.9, eps: 1e-8, weight_decay: 0.0, momentum: 0.0, centered: false };
             let parts = vec![
                 Part::new("generator", vs_g, rmsprop, Some(0.995))?.with_precision(Precision::Bf16),

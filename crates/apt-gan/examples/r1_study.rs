@@ -33,7 +33,12 @@ fn setup(batch: i64, attention: AttentionBackend) -> Setup {
     let mut cfg = Preset::named("small").expect("preset").config;
     cfg.attention = attention;
     let vs_d = nn::VarStore::new(Device::Cpu);
-    let d = AptDiscriminator::new(vs_d.root(), &cfg, &DiscriminatorConfig::default()).expect("D");
+    let d = AptDiscriminator::new(
+        vs_d.root(),
+        &cfg.clone().into(),
+        &DiscriminatorConfig::default(),
+    )
+    .expect("D");
     let vs_g = nn::VarStore::new(Device::Cpu);
     let g = Mmdit::new(vs_g.root(), &cfg).expect("G");
     // A trained-looking D: non-zero modulation everywhere.

@@ -1,4 +1,5 @@
-//! APT's discriminator (spec §5): an MMDiT backbone initialised from the diffusion (teacher)
+//! APT's discriminator (spec §5): a diffusion backbone (the MMDiT or Wan 2.1, through
+//! [`apt_mmdit::Model`]) initialised from the diffusion (teacher)
 //! weights, all trainable, run up to its deepest tap; at each tap layer a cross-attention-only
 //! head whose single learnable token attends to all visual tokens; the head outputs are
 //! concatenated, LayerNorm'ed and projected to one logit.
@@ -11,7 +12,7 @@
 use apt_flow::error::config_error;
 use apt_flow::{TensorRng, TimeDistribution, TimestepSampler};
 use apt_mmdit::attention::{attention, RmsNorm};
-use apt_mmdit::{Mmdit, MmditConfig};
+use apt_mmdit::{Model, ModelConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
 
@@ -131,7 +132,8 @@ impl DiscriminatorConfig {
 }
 
 /// The paper's tap rule scaled to `depth` blocks: `round(0.44·N)`, `round(0.72·N)`, `N`
-/// (16, 26, 36 for 36 blocks), without duplicates.
+/// (16, 26, 36 for the paper's 36 blocks), without duplicates. Wan 2.1: 13, 22, 30 for the
+/// 1.3B's 30 blocks and 18, 29, 40 for the 14B's 40.
 pub fn default_taps(depth: usize) -> Vec<usize> {
     let mut taps: Vec<usize> = [0.44, 0.72, 1.0]
         .iter()
@@ -221,11 +223,11 @@ pub fn tap_head_params(d: u64, head_dim: u64) -> u64 {
 /// Parameters of an [`AptDiscriminator`] on a `model` backbone with `taps` heads (closed form,
 /// so the 8B preset can be sized without building it): the whole backbone, the heads, and the
 /// output LayerNorm + projection.
-pub fn discriminator_param_count(model: &MmditConfig, taps: usize) -> u64 {
+pub fn discriminator_param_count(model: &ModelConfig, taps: usize) -> u64 {
     let d = model.hidden_size() as u64;
     let width = d * taps as u64;
-    apt_mmdit::param_count(model).total()
-        + taps as u64 * tap_head_params(d, model.head_dim as u64)
+    model.parameter_count()
+        + taps as u64 * tap_head_params(d, model.head_dim() as u64)
         + 2 * width
         + width
         + 1
@@ -235,7 +237,7 @@ pub fn discriminator_param_count(model: &MmditConfig, taps: usize) -> u64 {
 /// `heads.<i>.*`, `out_norm.*`, `out_proj.*`.
 #[derive(Debug)]
 pub struct AptDiscriminator {
-    backbone: Mmdit,
+    backbone: Model,
     heads: Vec<TapHead>,
     taps: Vec<usize>,
     out_norm: nn::LayerNorm,
@@ -248,26 +250,31 @@ impl AptDiscriminator {
     /// first ([`DiscriminatorConfig::validate`], keys named as its fields).
     pub fn new(
         p: nn::Path,
-        model: &MmditConfig,
+        model: &ModelConfig,
         cfg: &DiscriminatorConfig,
     ) -> apt_flow::Result<Self> {
-        cfg.validate("", model.depth)?;
+        cfg.validate("", model.depth())?;
         let taps = cfg
             .taps
             .clone()
-            .unwrap_or_else(|| default_taps(model.depth));
+            .unwrap_or_else(|| default_taps(model.depth()));
         let times = cfg.time_sampler()?;
         let d = model.hidden_size() as i64;
         let heads = taps
             .iter()
             .enumerate()
             .map(|(i, _)| {
-                TapHead::new(&p / "heads" / i, d, model.num_heads as i64, model.attention)
+                TapHead::new(
+                    &p / "heads" / i,
+                    d,
+                    model.num_heads() as i64,
+                    model.attention(),
+                )
             })
             .collect();
         let width = d * taps.len() as i64;
         Ok(Self {
-            backbone: Mmdit::new(&p / "backbone", model)?,
+            backbone: Model::new(&p / "backbone", model)?,
             heads,
             out_norm: nn::layer_norm(&p / "out_norm", vec![width], Default::default()),
             out_proj: nn::linear(&p / "out_proj", width, 1, Default::default()),

@@ -91,7 +91,11 @@ fn models() -> Models {
     let generator = apt_flow::rng::with_global_seed(1, || Mmdit::new(vs_g.root(), &cfg)).unwrap();
     let vs_d = nn::VarStore::new(CPU);
     let discriminator = apt_flow::rng::with_global_seed(2, || {
-        AptDiscriminator::new(vs_d.root(), &cfg, &DiscriminatorConfig::default())
+        AptDiscriminator::new(
+            vs_d.root(),
+            &cfg.clone().into(),
+            &DiscriminatorConfig::default(),
+        )
     })
     .unwrap();
     let parts = vec![

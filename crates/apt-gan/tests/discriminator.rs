@@ -45,14 +45,15 @@ fn taps_follow_the_paper_and_any_input_size_works() {
     assert_eq!(default_taps(6), vec![3, 4, 6]);
     assert_eq!(default_taps(1), vec![1]);
     let vs = nn::VarStore::new(Device::Cpu);
-    let d = AptDiscriminator::new(vs.root(), &tiny(), &DiscriminatorConfig::default()).unwrap();
+    let d =
+        AptDiscriminator::new(vs.root(), &tiny().into(), &DiscriminatorConfig::default()).unwrap();
     assert_eq!(d.taps(), &[1, 2, 3]);
     let built: i64 = vs
         .trainable_variables()
         .iter()
         .map(|v| v.numel() as i64)
         .sum();
-    assert_eq!(built as u64, discriminator_param_count(&tiny(), 3));
+    assert_eq!(built as u64, discriminator_param_count(&tiny().into(), 3));
     for (thw, l) in [([1, 4, 4], 3), ([4, 8, 12], 7), ([2, 6, 2], 1)] {
         let x = Tensor::randn([2, 4, thw[0], thw[1], thw[2]], CPU);
         let i = inputs(2, l);
@@ -65,7 +66,9 @@ fn taps_follow_the_paper_and_any_input_size_works() {
         taps: Some(vec![0, 4]),
         ..Default::default()
     };
-    assert!(AptDiscriminator::new(nn::VarStore::new(Device::Cpu).root(), &tiny(), &bad).is_err());
+    assert!(
+        AptDiscriminator::new(nn::VarStore::new(Device::Cpu).root(), &tiny().into(), &bad).is_err()
+    );
 }
 
 #[test]
@@ -76,7 +79,7 @@ fn the_backbone_loads_the_diffusion_weights_and_stops_after_the_last_tap() {
     let vs = nn::VarStore::new(Device::Cpu);
     let d = AptDiscriminator::new(
         vs.root(),
-        &tiny(),
+        &tiny().into(),
         &DiscriminatorConfig {
             taps: Some(vec![1]),
             time_shift: 1.0,
@@ -126,7 +129,7 @@ fn d_times_follow_the_shift() {
     let vs = nn::VarStore::new(Device::Cpu);
     let d = AptDiscriminator::new(
         vs.root(),
-        &tiny(),
+        &tiny().into(),
         &DiscriminatorConfig {
             taps: None,
             time_shift: 12.0,
@@ -165,7 +168,7 @@ fn d_times_can_follow_another_sampler_or_the_teachers() {
     let resolved = teacher.with_teacher_times(&teachers);
     assert_eq!(resolved.time_sampler().unwrap(), teachers);
     let vs = nn::VarStore::new(Device::Cpu);
-    let d = AptDiscriminator::new(vs.root(), &tiny(), &resolved).unwrap();
+    let d = AptDiscriminator::new(vs.root(), &tiny().into(), &resolved).unwrap();
     let t = d.sample_times(4096, &mut TensorRng::new(1, 0), Device::Cpu);
     // Logit-normal(0, 1) shifted by 3: median shift(0.5, 3) = 0.75.
     let median = t.median().double_value(&[]);
@@ -184,7 +187,12 @@ fn approximated_r1_grows_with_roughness_and_exact_r1_runs_through_the_math_path(
     let mut cfg = tiny();
     cfg.attention = AttentionBackend::Math;
     let vs = nn::VarStore::new(Device::Cpu);
-    let d = AptDiscriminator::new(vs.root(), &cfg, &DiscriminatorConfig::default()).unwrap();
+    let d = AptDiscriminator::new(
+        vs.root(),
+        &cfg.clone().into(),
+        &DiscriminatorConfig::default(),
+    )
+    .unwrap();
     randomise(&vs, 0.05);
     let x = Tensor::randn([4, 4, 2, 4, 4], CPU);
     let i = inputs(4, 3);

@@ -125,7 +125,7 @@ pub fn run_parity(dir: &Path, fixture: &Path) -> Result<ParityReport> {
 }
 
 /// The `_class_name` of `dir/config.json`, if it has one.
-fn diffusers_class(dir: &Path) -> Result<Option<String>> {
+pub(crate) fn diffusers_class(dir: &Path) -> Result<Option<String>> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|source| MmditError::Io {
         path: path.clone(),

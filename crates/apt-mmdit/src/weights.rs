@@ -101,14 +101,23 @@ pub fn load_tensors_strict(
         .difference(&var_keys)
         .map(|k| k.to_string())
         .collect();
-    let mismatched: Vec<String> = vars
+    let mut mismatched: Vec<String> = vars
         .iter()
         .filter_map(|(k, v)| {
             let t = tensors.get(k)?;
-            (t.size() != v.size())
-                .then(|| format!("{k}: file {:?} vs model {:?}", t.size(), v.size()))
+            if t.size() != v.size() {
+                Some(format!("{k}: file {:?} vs model {:?}", t.size(), v.size()))
+            } else if !t.is_floating_point() && v.is_floating_point() {
+                Some(format!(
+                    "{k}: file dtype {:?}, expected floating point",
+                    t.kind()
+                ))
+            } else {
+                None
+            }
         })
         .collect();
+    mismatched.sort();
     if !missing.is_empty() || !unexpected.is_empty() || !mismatched.is_empty() {
         return Err(MmditError::Weights {
             path: label.to_path_buf(),
@@ -165,7 +174,17 @@ pub fn diffusers_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             message: "expected a `weight_map` object".into(),
         })?;
     let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
-    Ok(shards.into_iter().map(|s| dir.join(s)).collect())
+    let files: Vec<PathBuf> = shards.into_iter().map(|s| dir.join(s)).collect();
+    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+        return Err(MmditError::Io {
+            path: missing.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("a shard {} names is missing", index.display()),
+            ),
+        });
+    }
+    Ok(files)
 }
 
 /// Reads `config.json` of a diffusers `SD3Transformer2DModel` directory.

@@ -140,7 +140,7 @@ fn recomputed_gradients_equal_the_plain_backward() {
         let io = read(&fixtures().join("wan-video.io.safetensors"));
         let (x, context) = (&io["hidden_states"], &io["encoder_hidden_states"]);
         let t = Tensor::from_slice(&[0.25f32, 0.75]);
-        let loss = |taps: &apt_mmdit::wan::WanTaps| {
+        let loss = |taps: &apt_mmdit::TapOutput| {
             taps.output
                 .as_ref()
                 .unwrap()

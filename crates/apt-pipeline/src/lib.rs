@@ -28,6 +28,7 @@ pub mod stages;
 pub mod stale;
 pub mod study;
 pub mod text;
+pub mod wan_dir;
 
 pub use config::RunConfig;
 pub use error::{PipelineError, Result};

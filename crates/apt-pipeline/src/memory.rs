@@ -16,7 +16,8 @@
 use apt_flow::train::OptimizerConfig;
 use apt_flow::TrainConfig;
 use apt_gan::discriminator::{default_taps, discriminator_param_count};
-use apt_mmdit::{param_count, MmditConfig, Preset};
+use apt_mmdit::{ModelConfig, Preset};
+use apt_vae::WanVaeConfig;
 
 use crate::config::RunConfig;
 use crate::error::{config_error, Result};
@@ -112,26 +113,34 @@ pub fn activation_bytes(depth: usize, width: usize, tokens: usize, batch: usize)
         .fold(ACTIVATION_BYTES, |acc, &v| acc.saturating_mul(v as u64))
 }
 
-/// Visual + text tokens per clip of `frames` frames (the data's when `None`), and what the
-/// count was sized on.
-pub fn tokens(run: &RunConfig, model: &MmditConfig, frames: Option<usize>) -> (usize, String) {
-    let [c, t, h, w] = run
-        .model_clip_shape()
-        .unwrap_or_else(|_| run.data.clip_shape())
-        .map(|v| v as usize);
+/// Wan 2.1's 480×832, 81-frame clips under its VAE: the latent its recipe trains on.
+pub const WAN_TYPICAL_LATENT: [usize; 4] = [16, 21, 60, 104];
+
+/// Tokens per clip of `frames` frames (the data's when `None`) that every block processes —
+/// visual + text for the MMDiT's joint attention, visual for Wan (its text is attended to) —
+/// and what the count was sized on.
+pub fn tokens(run: &RunConfig, model: &ModelConfig, frames: Option<usize>) -> (usize, String) {
+    let [c, t, h, w] = sizing_clip_shape(run).map(|v| v as usize);
     let t = frames.unwrap_or(t);
-    let [pt, ph, pw] = model.patch_size;
-    let text = run.text.tokens;
-    let (input, source) = if run.check_compatibility(model).is_ok() {
+    let [pt, ph, pw] = model.patch_size();
+    let text = if model.joint_text_tokens() {
+        run.text.tokens
+    } else {
+        0
+    };
+    let (input, source) = if c == model.in_channels() {
         ([c, t, h, w], "the data's clips".to_string())
     } else {
-        let typical = run
-            .model
-            .preset
-            .as_deref()
-            .and_then(|name| Preset::named(name).ok())
-            .map(|p| p.typical_input)
-            .unwrap_or([model.in_channels, t, h, w]);
+        let typical = match model {
+            ModelConfig::Wan(_) => WAN_TYPICAL_LATENT,
+            ModelConfig::Mmdit(_) => run
+                .model
+                .preset
+                .as_deref()
+                .and_then(|name| Preset::named(name).ok())
+                .map(|p| p.typical_input)
+                .unwrap_or([model.in_channels(), t, h, w]),
+        };
         (typical, "the preset's typical latent".to_string())
     };
     let visual = input[1].div_ceil(pt) * input[2].div_ceil(ph) * input[3].div_ceil(pw);
@@ -144,14 +153,38 @@ pub fn tokens(run: &RunConfig, model: &MmditConfig, frames: Option<usize>) -> (u
     )
 }
 
+/// The model's clip shape, sized without the files a run reads later: a Wan pipeline's VAE
+/// that is not downloaded yet is taken to be Wan 2.1's.
+fn sizing_clip_shape(run: &RunConfig) -> [i64; 4] {
+    run.model_clip_shape().unwrap_or_else(|_| {
+        let pixels = run.data.clip_shape();
+        match run.vae.is_some() && !run.data.is_latent() {
+            true => {
+                crate::config::latent_shape_of(&WanVaeConfig::wan21(), pixels).unwrap_or(pixels)
+            }
+            false => pixels,
+        }
+    })
+}
+
+/// The VAE's config for sizing (a Wan pipeline's VAE that is not downloaded yet: Wan 2.1's).
+fn sizing_vae_config(run: &RunConfig) -> Result<Option<WanVaeConfig>> {
+    let Some(v) = &run.vae else { return Ok(None) };
+    match v.vae_config() {
+        Ok(c) => Ok(Some(c)),
+        Err(_) if run.model.import_from().is_some() => Ok(Some(WanVaeConfig::wan21())),
+        Err(e) => Err(e),
+    }
+}
+
 /// The estimate for `stage` with its micro-batch (`None` when the config has no such stage).
 pub fn estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemory)>> {
     if stage == Stage::Vae {
         return vae_estimate(run);
     }
     // A run in latent space keeps its frozen VAE next to every network.
-    let vae_frozen = match &run.vae {
-        Some(v) => (apt_vae::parameter_count(&v.vae_config()?)? as u64).saturating_mul(VALUE),
+    let vae_frozen = match sizing_vae_config(run)? {
+        Some(v) => (apt_vae::parameter_count(&v)? as u64).saturating_mul(VALUE),
         None => 0,
     };
     let estimate = model_estimate(run, stage)?;
@@ -183,10 +216,10 @@ fn vae_estimate(run: &RunConfig) -> Result<Option<(usize, StepMemory)>> {
     )))
 }
 
-/// The MMDiT stages' estimate (without the frozen VAE).
+/// The model stages' estimate (without the frozen VAE).
 fn model_estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemory)>> {
     let model = run.model_config()?;
-    let p = param_count(&model).total();
+    let p = model.parameter_count();
     let frames = match stage {
         Stage::AptImage => run
             .apt
@@ -212,8 +245,8 @@ fn model_estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMe
             StepMemory {
                 states,
                 optimizer: optimizer_bytes(p, &t.optimizer),
-                activations: act(model.depth, t.batch_size),
-                recomputed: act_rc(model.depth, t.batch_size),
+                activations: act(model.depth(), t.batch_size),
+                recomputed: act_rc(model.depth(), t.batch_size),
             },
         )
     };
@@ -229,17 +262,17 @@ fn model_estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMe
                 .discriminator
                 .taps
                 .clone()
-                .unwrap_or_else(|| default_taps(model.depth));
-            let d_depth = taps.iter().copied().max().unwrap_or(model.depth);
+                .unwrap_or_else(|| default_taps(model.depth()));
+            let d_depth = taps.iter().copied().max().unwrap_or(model.depth());
             let pd = discriminator_param_count(&model, taps.len());
             let d_optimizer = cfg.train.optimizer_d.unwrap_or(cfg.train.optimizer);
             let states = trained_bytes(p, &cfg.train.optimizer, cfg.train.ema_decay.is_some())
                 .saturating_add(trained_bytes(pd, &d_optimizer, false));
             let b = cfg.train.batch_size;
             let d_step = act(d_depth, b).saturating_mul(3);
-            let g_step = act(model.depth, b).saturating_add(act(d_depth, b));
+            let g_step = act(model.depth(), b).saturating_add(act(d_depth, b));
             let d_step_rc = act_rc(d_depth, b).saturating_mul(3);
-            let g_step_rc = act_rc(model.depth, b).saturating_add(act_rc(d_depth, b));
+            let g_step_rc = act_rc(model.depth(), b).saturating_add(act_rc(d_depth, b));
             (
                 b,
                 StepMemory {
@@ -305,19 +338,21 @@ pub fn check_fits(run: &RunConfig, stages: &[Stage]) -> Result<()> {
 /// Bytes one no-gradient forward of `model` needs for a batch of clips of `shape`
 /// `[C, T, H, W]` (input, output, and the widest per-block activations; attention scores when
 /// the math path is used), or `None` when the count overflows.
-pub fn sample_bytes(model: &MmditConfig, batch: u64, shape: [u64; 4]) -> Option<u64> {
-    let [pt, ph, pw] = model.patch_size.map(|p| p as u64);
+pub fn sample_bytes(model: &ModelConfig, batch: u64, shape: [u64; 4]) -> Option<u64> {
+    let [pt, ph, pw] = model.patch_size().map(|p| p as u64);
     let elements = shape.iter().try_fold(batch, |acc, &v| acc.checked_mul(v))?;
     let tokens = (shape[1] / pt.max(1))
         .checked_mul(shape[2] / ph.max(1))?
         .checked_mul(shape[3] / pw.max(1))?;
     let width = model.hidden_size() as u64;
     // Hidden states, q/k/v/out and the MLP's inner layer: about 16 × width per token.
-    let per_token = width.checked_mul(16 + 4 * model.mlp_ratio as u64)?;
+    let per_token = width
+        .checked_mul(16)?
+        .checked_add((model.ffn_width() as u64).checked_mul(4)?)?;
     let activations = batch.checked_mul(tokens)?.checked_mul(per_token)?;
-    let scores = match model.attention {
+    let scores = match model.attention() {
         apt_mmdit::AttentionBackend::Math => batch
-            .checked_mul(model.num_heads as u64)?
+            .checked_mul(model.num_heads() as u64)?
             .checked_mul(tokens.checked_mul(tokens)?)?,
         _ => 0,
     };
@@ -378,7 +413,7 @@ mod tests {
 
     #[test]
     fn sample_memory_overflows_to_none_and_grows_with_the_clip() {
-        let cfg = MmditConfig::preset("tiny").unwrap();
+        let cfg = ModelConfig::preset("tiny").unwrap();
         let small = sample_bytes(&cfg, 1, [4, 2, 16, 16]).unwrap();
         let big = sample_bytes(&cfg, 1, [4, 2, 32, 32]).unwrap();
         assert!(big > 3 * small, "{small} {big}");

@@ -14,6 +14,8 @@ use crate::config::RunConfig;
 use crate::data::DataConfig;
 use crate::error::{config_error, PipelineError, Result};
 use crate::run_dir::Stage;
+use crate::wan_dir::WanPipelineDir;
+use apt_data::text::Umt5TextEncoder;
 
 /// That `device` exists on this machine (`key`: the setting or option that named it).
 pub fn check_device(device: Device, key: &str) -> Result<()> {
@@ -49,14 +51,15 @@ pub fn check_run(config: &RunConfig, stages: &[Stage]) -> Result<()> {
         tracing::warn!("{warning}");
     }
     check_device(config.device()?, "device")?;
-    if stages.contains(&Stage::Distill) && config.data.shapes().is_none() {
-        return Err(config_error(
-            "distill",
-            "draws its teacher pairs' prompts from the moving-shapes benchmark, but [data] is \
-             not `kind = \"shapes\"`: use [consistency] to distil on these clips",
-        ));
-    }
     check_data(config, stages)?;
+    if stages.contains(&Stage::Distill) {
+        if let Some(distill) = &config.distill {
+            crate::stages::distill::check_prompts(config, distill)?;
+        }
+    }
+    if let Some(dir) = config.wan_pipeline()? {
+        check_wan_pipeline(config, &dir)?;
+    }
     if stages.contains(&Stage::Pretrain) {
         if let Some(from) = config.pretrain.as_ref().and_then(|p| p.import_from()) {
             crate::stages::pretrain::check_import(config, from)?;
@@ -64,6 +67,35 @@ pub fn check_run(config: &RunConfig, stages: &[Stage]) -> Result<()> {
     }
     if let Some(dir) = config.vae.as_ref().and_then(|v| v.import_from()) {
         check_vae_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// A Wan pipeline directory holds what the run reads, without reading the weights: the
+/// transformer's config (this run's model) and weight files (every shard), the text encoder's
+/// config and weight files, and a tokenizer that fits the encoder's vocabulary.
+fn check_wan_pipeline(config: &RunConfig, dir: &WanPipelineDir) -> Result<()> {
+    config.model()?;
+    apt_mmdit::weights::diffusers_weight_files(&dir.transformer())?;
+    Umt5TextEncoder::check_files(&dir.tokenizer(), &dir.text_encoder())?;
+    if let Some(shift) = dir.flow_shift()? {
+        let samplers = [
+            (
+                "distill.teacher",
+                config.distill.as_ref().map(|d| &d.teacher),
+            ),
+            ("report.teacher", Some(&config.report.teacher)),
+        ];
+        for (key, sampler) in samplers {
+            if let Some(s) = sampler.filter(|s| s.shift != shift) {
+                tracing::warn!(
+                    "`{key}.shift` is {} but the pipeline's scheduler samples with flow_shift \
+                     {shift} ({})",
+                    s.shift,
+                    dir.root().join("scheduler").display()
+                );
+            }
+        }
     }
     Ok(())
 }

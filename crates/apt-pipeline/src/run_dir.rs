@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use apt_flow::train::checkpoint;
-use apt_mmdit::{Mmdit, MmditConfig};
+use apt_mmdit::{Model, ModelConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
@@ -117,9 +117,9 @@ pub struct LoadedModel {
     /// Its weights.
     pub vs: nn::VarStore,
     /// The model on them.
-    pub model: Mmdit,
+    pub model: Model,
     /// Its config (`model.toml`).
-    pub config: MmditConfig,
+    pub config: ModelConfig,
     /// The weights file.
     pub path: PathBuf,
 }
@@ -279,7 +279,7 @@ impl RunDir {
         &self,
         stage: Stage,
         vs: &nn::VarStore,
-        cfg: &MmditConfig,
+        cfg: &ModelConfig,
         step: u64,
     ) -> Result<PathBuf> {
         self.export_to(stage, &self.export_path(stage), vs, cfg, step)
@@ -291,7 +291,7 @@ impl RunDir {
         stage: Stage,
         path: &Path,
         vs: &nn::VarStore,
-        cfg: &MmditConfig,
+        cfg: &ModelConfig,
         step: u64,
     ) -> Result<PathBuf> {
         let dir = self.stage(stage);
@@ -393,9 +393,9 @@ pub fn verify_export(path: &Path) -> Result<Option<ExportRecord>> {
 pub fn load_exported(path: &Path, device: Device) -> Result<LoadedModel> {
     verify_export(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let config = MmditConfig::from_toml_file(dir.join(MODEL_CONFIG))?;
+    let config = ModelConfig::from_toml_file(dir.join(MODEL_CONFIG))?;
     let vs = nn::VarStore::new(device);
-    let model = apt_flow::rng::with_global_seed(0, || Mmdit::new(vs.root(), &config))?;
+    let model = apt_flow::rng::with_global_seed(0, || Model::new(vs.root(), &config))?;
     apt_mmdit::load_safetensors(&vs, path)?;
     let mut names: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));

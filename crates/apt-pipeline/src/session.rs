@@ -34,7 +34,7 @@ pub fn planned_stages(config: &RunConfig, selection: Selection) -> Result<Vec<St
             .vae
             .as_ref()
             .is_some_and(|v| v.import_from().is_none()),
-        Stage::Pretrain => config.pretrain.is_some(),
+        Stage::Pretrain => config.pretrain.is_some() || config.model.import_from().is_some(),
         Stage::Distill => config.distill.is_some(),
         Stage::Consistency => config.consistency.is_some(),
         Stage::AptImage => image,

@@ -201,7 +201,7 @@ fn a_sample_predicting_model_trains_exports_and_loads_as_one() {
     let mut run = config(&dir.path().join("run"), &dir.path().join("cache"));
     run.model.prediction = Some(apt_mmdit::Prediction::Sample);
     assert_eq!(
-        run.model().unwrap().prediction,
+        run.model().unwrap().prediction(),
         apt_mmdit::Prediction::Sample
     );
     stage(&run, Stage::Pretrain, false);
@@ -210,12 +210,12 @@ fn a_sample_predicting_model_trains_exports_and_loads_as_one() {
     for s in [Stage::Pretrain, Stage::Distill] {
         let loaded = runs.load_model(s, tch::Device::Cpu).unwrap().unwrap();
         assert_eq!(
-            loaded.config.prediction,
+            loaded.config.prediction(),
             apt_mmdit::Prediction::Sample,
             "{s:?}'s model.toml keeps the parameterisation"
         );
         assert_eq!(
-            loaded.model.config().prediction,
+            loaded.model.config().prediction(),
             apt_mmdit::Prediction::Sample
         );
     }

@@ -230,26 +230,8 @@ impl Umt5TextEncoder {
         max_length: usize,
         device: Device,
     ) -> Result<Self> {
-        let cfg = Umt5Encoder::read_config(encoder_dir)?;
-        let config_path = encoder_dir.join("config.json");
+        let (mut tokenizer, pad_id) = Self::check_files(tokenizer_dir, encoder_dir)?;
         let tokenizer_path = tokenizer_dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| dataset_error(&tokenizer_path, format!("not a tokenizer: {e}")))?;
-        let pad_id = tokenizer.token_to_id("<pad>").ok_or_else(|| {
-            dataset_error(&tokenizer_path, "has no `<pad>` token (UMT5's is id 0)")
-        })?;
-        if tokenizer.get_vocab_size(true) as i64 > cfg.vocab_size {
-            return Err(dataset_error(
-                &tokenizer_path,
-                format!(
-                    "has {} tokens, more than the encoder's vocabulary of {} ({}): another \
-                     model's tokenizer",
-                    tokenizer.get_vocab_size(true),
-                    cfg.vocab_size,
-                    config_path.display()
-                ),
-            ));
-        }
         tokenizer.with_padding(Some(tokenizers::PaddingParams {
             strategy: tokenizers::PaddingStrategy::Fixed(max_length),
             pad_id,
@@ -271,6 +253,35 @@ impl Umt5TextEncoder {
             device,
             _vs: vs,
         })
+    }
+
+    /// Checks, without reading the weights, what [`load`](Self::load) needs: the encoder's
+    /// `config.json` and weight files (every shard its index names), and a
+    /// `tokenizer.json` with a `<pad>` token and no more tokens than the encoder's vocabulary.
+    /// Returns the tokenizer and its pad id.
+    pub fn check_files(tokenizer_dir: &Path, encoder_dir: &Path) -> Result<(Tokenizer, u32)> {
+        let cfg = Umt5Encoder::read_config(encoder_dir)?;
+        weight_files(encoder_dir)?;
+        let config_path = encoder_dir.join("config.json");
+        let tokenizer_path = tokenizer_dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| dataset_error(&tokenizer_path, format!("not a tokenizer: {e}")))?;
+        let pad_id = tokenizer.token_to_id("<pad>").ok_or_else(|| {
+            dataset_error(&tokenizer_path, "has no `<pad>` token (UMT5's is id 0)")
+        })?;
+        if tokenizer.get_vocab_size(true) as i64 > cfg.vocab_size {
+            return Err(dataset_error(
+                &tokenizer_path,
+                format!(
+                    "has {} tokens, more than the encoder's vocabulary of {} ({}): another \
+                     model's tokenizer",
+                    tokenizer.get_vocab_size(true),
+                    cfg.vocab_size,
+                    config_path.display()
+                ),
+            ));
+        }
+        Ok((tokenizer, pad_id))
     }
 
     /// Token ids and attention masks `[B, max_length]` of `prompts`, as the Wan pipeline's

@@ -194,8 +194,12 @@ pub fn adversarial(
     let cfg = model_config();
     let (vs_g, vs_d) = (nn::VarStore::new(CPU), nn::VarStore::new(CPU));
     let generator = Mmdit::new(vs_g.root(), &cfg).unwrap();
-    let discriminator =
-        AptDiscriminator::new(vs_d.root(), &cfg, &DiscriminatorConfig::default()).unwrap();
+    let discriminator = AptDiscriminator::new(
+        vs_d.root(),
+        &cfg.clone().into(),
+        &DiscriminatorConfig::default(),
+    )
+    .unwrap();
     // ε = 1e-2 rather than the paper's 1e-8: at step 1 RMSProp's g/(√v + ε) is ±1 for any
     // gradient far below ε, so parameters whose gradient is ~0 (adaLN-Zero's) move by ±lr on the
     // sign of rounding noise — two summation orders (two ranks, or two thread counts) then differ

@@ -10,4 +10,4 @@ pub mod model;
 mod recompute;
 
 pub use config::{WanConfig, WAN_CLASS_NAME};
-pub use model::{WanTaps, WanTransformer};
+pub use model::WanTransformer;

@@ -10,7 +10,7 @@ use super::block::{layer_norm_f32, WanBlock};
 use super::config::WanConfig;
 use crate::embeddings::{timestep_features_of, unpatchify, PatchGrid};
 use crate::error::{MmditError, Result};
-use crate::model::TIMESTEP_SCALE;
+use crate::model::{TapOutput, TIMESTEP_SCALE};
 use crate::rope::RopeTable;
 use crate::weights::{diffusers_weight_files, load_strict};
 
@@ -57,16 +57,6 @@ pub(super) struct Embedded {
     pub rope: RopeTable,
     /// The patch grid.
     pub grid: PatchGrid,
-}
-
-/// Hidden states of a forward that stopped early or kept taps (see
-/// [`WanTransformer::forward_with_taps`]).
-#[derive(Debug)]
-pub struct WanTaps {
-    /// The tokens `[B, N, D]` after each requested block (1-based), in request order.
-    pub taps: Vec<Tensor>,
-    /// The output `[B, C, T, H, W]` when the whole model ran.
-    pub output: Option<Tensor>,
 }
 
 /// The model. Variables: `patch_embedding.{weight,bias}`,
@@ -145,6 +135,26 @@ impl WanTransformer {
         Ok(model)
     }
 
+    /// The names of the variables a model of `cfg` has (diffusers names, sorted), read off a
+    /// model of the same depth two heads of 6 channels wide (the names do not depend on widths).
+    pub fn parameter_names(cfg: &WanConfig) -> Result<Vec<String>> {
+        let small = WanConfig {
+            num_attention_heads: 2,
+            attention_head_dim: 6,
+            in_channels: 1,
+            out_channels: 1,
+            text_dim: 1,
+            freq_dim: 2,
+            ffn_dim: 1,
+            ..cfg.clone()
+        };
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        Self::new(vs.root(), &small)?;
+        let mut names: Vec<String> = vs.variables().into_keys().collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// The configuration this model was built from.
     pub fn config(&self) -> &WanConfig {
         &self.cfg
@@ -177,7 +187,7 @@ impl WanTransformer {
         context: &Tensor,
         taps: &[usize],
         with_output: bool,
-    ) -> Result<WanTaps> {
+    ) -> Result<TapOutput> {
         self.forward_with_taps_diffusers(x, &(t * TIMESTEP_SCALE), context, taps, with_output)
     }
 
@@ -188,7 +198,7 @@ impl WanTransformer {
         context: &Tensor,
         taps: &[usize],
         with_output: bool,
-    ) -> Result<WanTaps> {
+    ) -> Result<TapOutput> {
         let last = self.last_block_needed(taps, with_output);
         let e = self.embed(x, timestep, context, taps)?;
         let mut h = e.tokens.shallow_clone();
@@ -209,7 +219,7 @@ impl WanTransformer {
             })
             .collect();
         let output = with_output.then(|| self.head(&h, &e.temb, e.grid, x.kind()));
-        Ok(WanTaps {
+        Ok(TapOutput {
             taps: taps_out,
             output,
         })

@@ -5,8 +5,9 @@
 
 use tch::Tensor;
 
-use super::model::{WanTaps, WanTransformer};
+use super::model::WanTransformer;
 use crate::error::Result;
+use crate::model::TapOutput;
 use crate::model::TIMESTEP_SCALE;
 use crate::recompute::{leaf, surrogate};
 
@@ -25,7 +26,7 @@ impl WanTransformer {
         loss_fn: F,
     ) -> Result<Tensor>
     where
-        F: FnOnce(&WanTaps) -> Tensor,
+        F: FnOnce(&TapOutput) -> Tensor,
     {
         let last = self.last_block_needed(taps, with_output);
         let e = self.embed(x, &(t * TIMESTEP_SCALE), context, taps)?;
@@ -51,7 +52,7 @@ impl WanTransformer {
             })
             .collect();
         let output = with_output.then(|| self.head(&outs[last - 1], &temb, e.grid, x.kind()));
-        let tapped = WanTaps {
+        let tapped = TapOutput {
             taps: taps.iter().map(|&k| outs[k - 1].shallow_clone()).collect(),
             output,
         };

@@ -5,6 +5,7 @@
 mod compare;
 mod data;
 mod embedded;
+mod model;
 mod overrides;
 mod sections;
 mod vae;
@@ -14,16 +15,15 @@ use std::path::{Path, PathBuf};
 use apt_flow::train::Precision;
 use apt_flow::TrainConfig;
 use apt_gan::discriminator::{DiscriminatorTimes, NamedTimes};
-use apt_mmdit::{MmditConfig, Preset};
 use serde::{Deserialize, Serialize};
 
 pub use compare::{changed_keys, with_values_of, Change};
 pub use data::DataConfig;
+pub use model::ModelSection;
 pub use overrides::{apply_override, upgrade_old_keys};
 pub use sections::{
     default_eval_batch, default_eval_seed, AptSection, ConsistencySection, DistillSection,
-    EvalConfig, GeneratorInit, ImageStage, ModelSection, PretrainSection, ReportSection,
-    TextSection,
+    EvalConfig, GeneratorInit, ImageStage, PretrainSection, ReportSection, TextSection,
 };
 pub use vae::{latent_shape_of, VaeSection};
 
@@ -68,7 +68,7 @@ pub struct RunConfig {
     /// accumulation and losses). Evaluation and exports stay fp32.
     #[serde(default, skip_serializing_if = "is_fp32")]
     pub precision: Precision,
-    /// The MMDiT.
+    /// The model: an MMDiT preset or config, or a Wan 2.1 pipeline directory to post-train.
     pub model: ModelSection,
     /// A video VAE to train (or take) and work in the latent space of (absent: pixel space).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +146,11 @@ impl RunConfig {
             toml::Value::Table(table).try_into()
         }
         .map_err(|e: toml::de::Error| file_error(e.to_string()))?;
+        let mut cfg = cfg;
+        if let (Some(dir), None) = (cfg.model.import_from(), &cfg.vae) {
+            // A Wan pipeline brings its VAE: the run works in its latent space.
+            cfg.vae = Some(VaeSection::imported(dir.join("vae")));
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -183,6 +188,13 @@ impl RunConfig {
         }
         self.report.validate()?;
         if let Some(p) = &self.pretrain {
+            if self.model.import_from().is_some() {
+                return Err(config_error(
+                    "pretrain",
+                    "is given but [model] from takes the teacher from a pipeline directory: \
+                     remove [pretrain]",
+                ));
+            }
             p.validate()?;
         }
         if let Some(d) = &self.distill {
@@ -192,8 +204,8 @@ impl RunConfig {
             c.validate()?;
         }
         if let Some(a) = &self.apt {
-            a.validate(model.depth)?;
-            a.check_generator_frozen(&apt_mmdit::Mmdit::parameter_names(&model)?)?;
+            a.validate(model.depth())?;
+            a.check_generator_frozen(&model.parameter_names()?)?;
             let teacher = Some(DiscriminatorTimes::Named(NamedTimes::Teacher));
             if a.discriminator.times == teacher && self.pretrain.is_none() {
                 return Err(config_error(
@@ -202,80 +214,6 @@ impl RunConfig {
                      timesteps from: give a sampler table instead",
                 ));
             }
-        }
-        Ok(())
-    }
-
-    /// The model config of `[model]` (a preset or a full config), validated on its own.
-    pub fn model_config(&self) -> Result<MmditConfig> {
-        let cfg = match (&self.model.preset, &self.model.config) {
-            (Some(name), None) => Preset::named(name)?.config,
-            (None, Some(cfg)) => cfg.clone(),
-            _ => {
-                return Err(config_error(
-                    "model",
-                    "give exactly one of `preset` and `config`",
-                ))
-            }
-        };
-        let mut cfg = cfg;
-        if let Some(prediction) = self.model.prediction {
-            cfg.prediction = prediction;
-        }
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// The model config, checked against the data and the text encoder (MiniLM: 384 wide):
-    /// what every stage needs before it can run here.
-    pub fn model(&self) -> Result<MmditConfig> {
-        let cfg = self.model_config()?;
-        self.check_compatibility(&cfg)?;
-        Ok(cfg)
-    }
-
-    /// Whether `cfg` fits the clips of `[data]` (and of the APT image stage) and the MiniLM
-    /// text encoder.
-    pub fn check_compatibility(&self, cfg: &MmditConfig) -> Result<()> {
-        let [c, t, h, w] = self.model_clip_shape()?;
-        if cfg.in_channels as i64 != c || cfg.out_channels as i64 != c {
-            return Err(config_error(
-                "model",
-                format!(
-                    "takes {} → {} channels but the data has {c}",
-                    cfg.in_channels, cfg.out_channels
-                ),
-            ));
-        }
-        let [pt, ph, pw] = cfg.patch_size.map(|p| p as i64);
-        if t % pt != 0 || h % ph != 0 || w % pw != 0 {
-            return Err(config_error(
-                "data",
-                format!(
-                    "clips {t}×{h}×{w} are not divisible by the patch size {:?}",
-                    cfg.patch_size
-                ),
-            ));
-        }
-        if let Some(image) = self.apt.as_ref().and_then(|a| a.image.as_ref()) {
-            if image.frames as i64 % pt != 0 {
-                return Err(config_error(
-                    "apt.image.frames",
-                    format!(
-                        "must be a multiple of the temporal patch {pt}, got {}",
-                        image.frames
-                    ),
-                ));
-            }
-        }
-        if cfg.context_dim != 384 || cfg.pooled_dim != 384 {
-            return Err(config_error(
-                "model",
-                format!(
-                    "context_dim and pooled_dim must be 384 (MiniLM), got {} and {}",
-                    cfg.context_dim, cfg.pooled_dim
-                ),
-            ));
         }
         Ok(())
     }

@@ -9,26 +9,9 @@ use apt_flow::{Method, SamplerConfig, TrainConfig};
 use apt_gan::adversarial::config::IMAGE_SIGMA_R1;
 use apt_gan::discriminator::IMAGE_TIME_SHIFT;
 use apt_gan::{AdversarialConfig, DiscriminatorConfig};
-use apt_mmdit::{MmditConfig, Prediction};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{config_error, Result};
-
-/// `[model]`: a preset name or a full model config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSection {
-    /// A built-in preset (`tiny`, `small`, …).
-    #[serde(default)]
-    pub preset: Option<String>,
-    /// A full config (instead of a preset).
-    #[serde(default)]
-    pub config: Option<MmditConfig>,
-    /// What the network predicts, `"velocity"` (every preset's) or `"sample"` (x-prediction,
-    /// JiT); overrides the preset's or the config's.
-    #[serde(default)]
-    pub prediction: Option<Prediction>,
-}
 
 /// `[text]`: the frozen text encoder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +23,10 @@ pub struct TextSection {
     /// Caption-embedding cache (default: `<run>/text-cache`).
     #[serde(default)]
     pub cache: Option<PathBuf>,
+    /// The negative prompt: guidance's unconditional half (default: Wan 2.1's for a Wan
+    /// pipeline, the empty caption for MiniLM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
 }
 
 fn default_tokens() -> usize {
@@ -51,6 +38,7 @@ impl Default for TextSection {
         Self {
             tokens: default_tokens(),
             cache: None,
+            negative_prompt: None,
         }
     }
 }
@@ -220,6 +208,11 @@ pub struct DistillSection {
     /// Pairs per shard file.
     #[serde(default = "default_shard")]
     pub shard_size: usize,
+    /// A text file of prompts for the pairs, one per line (blank lines skipped), used in
+    /// turn. Default: the moving-shapes captions of the benchmark, or the captions of the
+    /// run's files / latents (sorted, in turn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<PathBuf>,
     /// One-step evaluation (moving shapes).
     #[serde(default)]
     pub eval: Option<EvalConfig>,

@@ -54,6 +54,19 @@ fn default_val_clips() -> usize {
 }
 
 impl VaeSection {
+    /// A section that takes the VAE of `dir`, frozen (the other keys at their defaults).
+    pub fn imported(dir: PathBuf) -> Self {
+        Self {
+            from: Some(dir),
+            preset: default_preset(),
+            image_steps: 0,
+            kl_weight: default_kl_weight(),
+            stats_clips: default_stats_clips(),
+            val_clips: default_val_clips(),
+            train: None,
+        }
+    }
+
     /// The VAE directory to use instead of training one (`from`, when non-empty).
     pub fn import_from(&self) -> Option<&Path> {
         self.from.as_deref().filter(|p| !p.as_os_str().is_empty())

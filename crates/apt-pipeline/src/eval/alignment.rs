@@ -113,8 +113,9 @@ pub struct ScoredClips {
 pub type PatchGrid = [usize; 2];
 
 /// The spatial patch of a model: its `(ph, pw)`.
-pub fn patch_grid(cfg: &apt_mmdit::MmditConfig) -> PatchGrid {
-    [cfg.patch_size[1], cfg.patch_size[2]]
+pub fn patch_grid(cfg: &apt_mmdit::ModelConfig) -> PatchGrid {
+    let [_, ph, pw] = cfg.patch_size();
+    [ph, pw]
 }
 
 /// Generates one clip per prompt with `generate(noise, conditioning)` (noise and output in

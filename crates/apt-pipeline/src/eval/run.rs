@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use apt_data::shapes::{ShapesConfig, Split};
 use apt_flow::{sample, Conditioning, Guidance, OneStepGenerator, SamplerConfig, TensorRng};
-use apt_mmdit::Mmdit;
+use apt_mmdit::Model;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
@@ -39,15 +39,15 @@ pub struct EvaluatedModel {
 /// The generators of a run, loaded from its stage directories (absent stages are `None`).
 pub struct RunModels {
     /// `pretrain/teacher.safetensors`.
-    pub teacher: Option<Mmdit>,
+    pub teacher: Option<Model>,
     /// `distill/student.safetensors`.
-    pub distilled: Option<Mmdit>,
+    pub distilled: Option<Model>,
     /// `consistency/student.safetensors`.
-    pub consistency: Option<Mmdit>,
+    pub consistency: Option<Model>,
     /// `apt/generator.safetensors` (the EMA generator).
-    pub apt: Option<Mmdit>,
+    pub apt: Option<Model>,
     /// `apt/generator-raw.safetensors` (G's own weights, without the EMA).
-    pub apt_raw: Option<Mmdit>,
+    pub apt_raw: Option<Model>,
     /// Where they generate: pixels, or the latents of the run's VAE (decoded for scoring).
     pub space: Space,
 }
@@ -56,7 +56,7 @@ impl RunModels {
     /// Loads whatever the run has exported, each checked against its integrity record.
     pub fn load(run: &RunConfig, dir: &RunDir) -> Result<Self> {
         let device = run.device()?;
-        let load = |stage| -> Result<Option<Mmdit>> {
+        let load = |stage| -> Result<Option<Model>> {
             // The model holds its tensors; the store can go.
             Ok(dir.load_model(stage, device)?.map(|m| m.model))
         };
@@ -91,7 +91,7 @@ fn shapes_of(run: &RunConfig) -> Result<&ShapesConfig> {
 }
 
 fn teacher_sample(
-    model: &Mmdit,
+    model: &Model,
     z: &Tensor,
     cond: &Conditioning,
     null: &Conditioning,
@@ -112,9 +112,9 @@ fn teacher_sample(
 /// How a row's clips are made.
 enum Generation<'a> {
     /// The teacher's multi-step CFG sampler.
-    Teacher(&'a Mmdit),
+    Teacher(&'a Model),
     /// A one-step generator in `steps` zero-shot steps.
-    Steps(&'a Mmdit, usize),
+    Steps(&'a Model, usize),
 }
 
 /// The rows a run's models give, in table order.
@@ -130,7 +130,7 @@ fn rows<'a>(
             Generation::Teacher(m),
         ));
     }
-    let mut add = |m: &'a Option<Mmdit>, name: &str, steps: usize| {
+    let mut add = |m: &'a Option<Model>, name: &str, steps: usize| {
         if let Some(m) = m {
             rows.push((name.to_string(), steps, Generation::Steps(m, steps)));
         }
@@ -159,7 +159,7 @@ pub fn evaluate_run(
     let shapes = shapes_of(run)?;
     let device = run.device()?;
     let [ph, pw] = super::alignment::patch_grid(&run.model()?);
-    let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
+    let text = TextConditioner::for_run(run, device)?;
     let null = text.null()?;
     let eval = |prompts| EvalConfig {
         prompts,
@@ -261,7 +261,7 @@ pub fn side_by_side(
 ) -> Result<Vec<SideBySide>> {
     let shapes = shapes_of(run)?;
     let device = run.device()?;
-    let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
+    let text = TextConditioner::for_run(run, device)?;
     let null = text.null()?;
     let (t, h, w) = (
         shapes.frames as i64,

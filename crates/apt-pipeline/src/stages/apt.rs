@@ -13,7 +13,7 @@ use apt_flow::{OneStepGenerator, RunEnd, TensorRng, TrainConfig};
 use apt_gan::adversarial::{AdversarialStep, GENERATOR};
 use apt_gan::discriminator::load_backbone;
 use apt_gan::{AdversarialConfig, AptDiscriminator, DiscriminatorConfig};
-use apt_mmdit::{Mmdit, MmditConfig};
+use apt_mmdit::{Model, ModelConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
@@ -113,7 +113,7 @@ struct Previews<'a> {
     run: &'a RunConfig,
     dir: &'a RunDir,
     data: &'a DataConfig,
-    model: &'a MmditConfig,
+    model: &'a ModelConfig,
     text: &'a TextConditioner,
     space: &'a Space,
 }
@@ -162,7 +162,7 @@ impl Previews<'_> {
 fn initial_alignment(
     ctx: &StageRun,
     stage: Stage,
-    generator: &Mmdit,
+    generator: &Model,
     text: &TextConditioner,
     data: &DataConfig,
     space: &Space,
@@ -198,7 +198,7 @@ pub struct StartingModels {
     /// G's weights: the plan's starting export.
     pub vs_g: nn::VarStore,
     /// G.
-    pub generator: Mmdit,
+    pub generator: Model,
     /// D's weights: the teacher's backbone, fresh heads.
     pub vs_d: nn::VarStore,
     /// D.
@@ -259,7 +259,7 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
             freeze(&vs_g, frozen);
         }
     }
-    let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
+    let text = TextConditioner::for_run(run, device)?;
     let space = Space::open(run, ctx.dir)?;
     let mut data = TrainData::open(&plan.data, plan.train.batch_size, run.seed)?
         .prefetching(device)

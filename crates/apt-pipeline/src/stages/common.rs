@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use apt_flow::train::{copy_weights, MetricLine, Observer, Part, TrainStep, Trainer};
 use apt_flow::OneStepGenerator;
-use apt_mmdit::{Mmdit, MmditConfig};
+use apt_mmdit::{Model, ModelConfig};
 use tch::{nn, Device};
 
 use super::{Progress, StageRun};
@@ -53,9 +53,9 @@ pub fn start_or_resume(
 }
 
 /// A fresh model of `cfg` on `device`, initialised from `seed` (then overwritten by weights).
-pub fn new_model(cfg: &MmditConfig, seed: u64, device: Device) -> Result<(nn::VarStore, Mmdit)> {
+pub fn new_model(cfg: &ModelConfig, seed: u64, device: Device) -> Result<(nn::VarStore, Model)> {
     let vs = nn::VarStore::new(device);
-    let model = apt_flow::rng::with_global_seed(seed, || Mmdit::new(vs.root(), cfg))?;
+    let model = apt_flow::rng::with_global_seed(seed, || Model::new(vs.root(), cfg))?;
     Ok((vs, model))
 }
 
@@ -65,7 +65,7 @@ pub fn student_from_teacher(
     run: &RunConfig,
     dir: &RunDir,
     device: Device,
-) -> Result<(nn::VarStore, Mmdit, LoadedModel)> {
+) -> Result<(nn::VarStore, Model, LoadedModel)> {
     let teacher = dir.require_model(Stage::Pretrain, device)?;
     if teacher.config != run.model()? {
         return Err(config_error(
@@ -88,9 +88,9 @@ pub fn export_part(
     dir: &RunDir,
     stage: Stage,
     part: &Part,
-    cfg: &MmditConfig,
+    cfg: &ModelConfig,
     step: u64,
-) -> Result<(Mmdit, std::path::PathBuf)> {
+) -> Result<(Model, std::path::PathBuf)> {
     let (vs, model) = new_model(cfg, run.seed, run.device()?)?;
     part.copy_exported_to(&vs)?;
     let path = dir.export_model(stage, &vs, cfg, step)?;
@@ -104,8 +104,8 @@ pub fn one_and_two_step(
     run: &RunConfig,
     data: &DataConfig,
     space: &Space,
-    generator: &Mmdit,
-    generator_config: &MmditConfig,
+    generator: &Model,
+    generator_config: &ModelConfig,
     eval: Option<&EvalConfig>,
     text: &TextConditioner,
     stop: &AtomicBool,

@@ -25,7 +25,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let device = run.device()?;
     let (vs, student, teacher) = student_from_teacher(run, ctx.dir, device)?;
     run.precision.cast_store(&teacher.vs);
-    let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
+    let text = TextConditioner::for_run(run, device)?;
     let dir = ctx.dir.stage(Stage::Consistency);
     let part = Part::new("model", vs, cfg.train.optimizer, cfg.train.ema_decay)?
         .with_precision(run.precision);

@@ -10,13 +10,13 @@ use apt_data::Skipped;
 use apt_flow::distill::{PairDistillStep, Pairs};
 use apt_flow::train::{MetricsLog, Part, Shard, Trainer};
 use apt_flow::{Conditioning, RunEnd, TensorRng};
-use apt_mmdit::Mmdit;
+use apt_mmdit::Model;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use super::common::{export_part, one_and_two_step, start_or_resume, student_from_teacher, Follow};
 use super::{Outcome, StageReport, StageRun};
-use crate::config::{DistillSection, EvalConfig};
+use crate::config::{DataConfig, DistillSection, EvalConfig};
 use crate::error::{config_error, io_error, PipelineError, Result};
 use crate::eval::AlignmentReport;
 use crate::latent::Space;
@@ -46,23 +46,12 @@ pub struct DistillReport {
 fn teacher_pairs(
     ctx: &mut StageRun,
     cfg: &DistillSection,
-    teacher: &Mmdit,
+    teacher: &Model,
     text: &TextConditioner,
     dir: &Path,
 ) -> Result<Pairs> {
     let run = ctx.config;
-    let (
-        Some(shapes),
-        crate::data::DataConfig::Shapes {
-            seed: data_seed, ..
-        },
-    ) = (run.data.shapes(), &run.data)
-    else {
-        return Err(config_error(
-            "data",
-            "deterministic distillation draws its prompts from the moving-shapes benchmark",
-        ));
-    };
+    let prompts = PairPrompts::of(run, cfg)?;
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let device = run.device()?;
     let null = text.null()?;
@@ -80,12 +69,8 @@ fn teacher_pairs(
         if generate && !path.is_file() {
             let first = (k * cfg.shard_size) as u64;
             let captions: Vec<String> = (first..first + n as u64)
-                .map(|i| {
-                    shapes
-                        .draw(data_seed.wrapping_add(2_000_003), i, Split::Train)
-                        .map(|s| shapes.caption(&s))
-                })
-                .collect::<std::result::Result<_, _>>()?;
+                .map(|i| prompts.prompt(i))
+                .collect::<Result<_>>()?;
             let cond = text.batch(&captions, &[])?;
             let z =
                 TensorRng::new(run.seed, 1_000 + k as u64).normal(&[n as i64, c, t, h, w], device);
@@ -101,6 +86,80 @@ fn teacher_pairs(
         loaded.push(read_shard(&path, n)?);
     }
     Ok(Pairs::cat(&loaded, device))
+}
+
+/// That the pairs have prompts: the prompt file reads and holds one, or the data set has
+/// captions (what [`crate::preflight`] checks before a run starts).
+pub fn check_prompts(run: &crate::config::RunConfig, cfg: &DistillSection) -> Result<()> {
+    PairPrompts::of(run, cfg).map(|_| ())
+}
+
+/// Where the pairs' prompts come from (see [`DistillSection::prompts`]).
+enum PairPrompts<'a> {
+    /// The moving-shapes captions of training samples drawn from the data seed.
+    Shapes(&'a apt_data::shapes::ShapesConfig, u64),
+    /// A fixed list, used in turn.
+    List(Vec<String>),
+}
+
+impl<'a> PairPrompts<'a> {
+    fn of(run: &'a crate::config::RunConfig, cfg: &DistillSection) -> Result<Self> {
+        if let Some(file) = &cfg.prompts {
+            let text = std::fs::read_to_string(file).map_err(io_error(file))?;
+            let lines: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect();
+            if lines.is_empty() {
+                return Err(config_error(
+                    "distill.prompts",
+                    format!("{} holds no prompt (one per line)", file.display()),
+                ));
+            }
+            return Ok(Self::List(lines));
+        }
+        match &run.data {
+            DataConfig::Shapes { seed, .. } => Ok(Self::Shapes(
+                run.data.shapes().expect("shapes data"),
+                seed.wrapping_add(2_000_003),
+            )),
+            DataConfig::Files {
+                path,
+                on_bad_sample,
+                ..
+            }
+            | DataConfig::Latents {
+                path,
+                on_bad_sample,
+                ..
+            } => {
+                let set = apt_data::Dataset::open(path, *on_bad_sample)?;
+                let captions: Vec<String> = set.captions().into_iter().map(String::from).collect();
+                if captions.is_empty() {
+                    return Err(config_error(
+                        "distill.prompts",
+                        format!(
+                            "missing, and {} has no captions to draw prompts from",
+                            path.display()
+                        ),
+                    ));
+                }
+                Ok(Self::List(captions))
+            }
+        }
+    }
+
+    /// The prompt of pair `i`.
+    fn prompt(&self, i: u64) -> Result<String> {
+        match self {
+            Self::Shapes(shapes, seed) => Ok(shapes
+                .draw(*seed, i, Split::Train)
+                .map(|s| shapes.caption(&s))?),
+            Self::List(list) => Ok(list[(i % list.len() as u64) as usize].clone()),
+        }
+    }
 }
 
 fn write_shard(path: &Path, pairs: &Pairs) -> Result<()> {
@@ -193,7 +252,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let device = run.device()?;
     let (vs, student, teacher) = student_from_teacher(run, ctx.dir, device)?;
     run.precision.cast_store(&teacher.vs);
-    let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
+    let text = TextConditioner::for_run(run, device)?;
     let pairs_dir = ctx.dir.pairs_dir();
     let pairs = teacher_pairs(ctx, cfg, &teacher.model, &text, &pairs_dir)?;
     let dir = ctx.dir.stage(Stage::Distill);

@@ -11,9 +11,9 @@ use apt_flow::train::{Part, Shard, Trainer};
 use apt_flow::{
     flow_matching_loss, sample, Conditioning, Guidance, RunEnd, TensorRng, VelocityModel,
 };
-use apt_mmdit::{Mmdit, MmditConfig};
+use apt_mmdit::{Model, ModelConfig};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor};
+use tch::{nn, Device, Tensor};
 
 use super::common::{export_part, new_model, start_or_resume, Follow};
 use super::{Outcome, StageReport, StageRun};
@@ -27,6 +27,7 @@ use crate::run_dir::{
     MODEL_CONFIG,
 };
 use crate::text::TextConditioner;
+use crate::wan_dir::WanPipelineDir;
 
 /// What pre-training produced (`pretrain/report.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +102,9 @@ impl Validation {
 /// Runs (or resumes) pre-training, exports the teacher and evaluates it.
 pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let run = ctx.config;
+    if let Some(dir) = run.wan_pipeline()? {
+        return import_pipeline(ctx, &dir);
+    }
     let cfg = run
         .pretrain
         .as_ref()
@@ -112,7 +116,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let device = run.device()?;
     let mcfg = run.model()?;
     let (vs, model) = new_model(&mcfg, run.seed, device)?;
-    let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
+    let text = TextConditioner::for_run(run, device)?;
     let dir = ctx.dir.stage(Stage::Pretrain);
     let part = Part::new("model", vs, cfg.train.optimizer, cfg.train.ema_decay)?
         .with_precision(run.precision);
@@ -187,8 +191,8 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
 /// when not configured).
 fn evaluate(
     ctx: &StageRun,
-    teacher: &Mmdit,
-    mcfg: &MmditConfig,
+    teacher: &Model,
+    mcfg: &ModelConfig,
     text: &TextConditioner,
     space: &Space,
     validation: Option<&Validation>,
@@ -241,7 +245,7 @@ fn import(ctx: &mut StageRun, from: &Path) -> Result<Outcome> {
     let teacher_path = ctx
         .dir
         .export_model(Stage::Pretrain, &loaded.vs, &mcfg, steps)?;
-    let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
+    let text = TextConditioner::for_run(run, device)?;
     let val_clips = run.pretrain.as_ref().map_or(0, |p| p.val_clips);
     let space = Space::open(run, ctx.dir)?;
     let validation = Validation::new(run, val_clips, &text, &space, device)?;
@@ -261,6 +265,35 @@ fn import(ctx: &mut StageRun, from: &Path) -> Result<Outcome> {
         teacher: teacher_path,
         bad_samples: Vec::new(),
         imported_from: Some(weights),
+    };
+    write_json(&ctx.dir.stage_report(Stage::Pretrain), &report)?;
+    Ok(Outcome::Completed(Box::new(StageReport::Pretrain(report))))
+}
+
+/// `[model] from`: loads the Wan pipeline's transformer (strictly: every tensor with its
+/// shape, shards or not), checks it is finite, and exports it as this run's teacher.
+fn import_pipeline(ctx: &mut StageRun, dir: &WanPipelineDir) -> Result<Outcome> {
+    let run = ctx.config;
+    if !ctx.is_main() {
+        return Ok(Outcome::Trained);
+    }
+    run.apply_threads();
+    let mcfg = run.model()?;
+    let transformer = dir.transformer();
+    tracing::info!(from = %transformer.display(), "taking the teacher from the Wan pipeline");
+    let vs = nn::VarStore::new(Device::Cpu);
+    Model::from_diffusers_dir(&vs, &transformer)?;
+    let path = ctx.dir.export_model(Stage::Pretrain, &vs, &mcfg, 0)?;
+    // The export is checked as any other (integrity, finite weights) before a stage uses it.
+    load_exported(&path, Device::Cpu)?;
+    let report = PretrainReport {
+        steps: 0,
+        val_loss_start: None,
+        val_loss_end: None,
+        alignment: None,
+        teacher: path,
+        bad_samples: Vec::new(),
+        imported_from: Some(transformer),
     };
     write_json(&ctx.dir.stage_report(Stage::Pretrain), &report)?;
     Ok(Outcome::Completed(Box::new(StageReport::Pretrain(report))))
@@ -300,7 +333,7 @@ pub fn check_import(run: &RunConfig, from: &Path) -> Result<(PathBuf, Option<Exp
         }
     }
     let model_file = weights.with_file_name(MODEL_CONFIG);
-    let theirs = MmditConfig::from_toml_file(&model_file)?;
+    let theirs = ModelConfig::from_toml_file(&model_file)?;
     let ours = run.model()?;
     if theirs != ours {
         return Err(config_error(
@@ -317,7 +350,7 @@ pub fn check_import(run: &RunConfig, from: &Path) -> Result<(PathBuf, Option<Exp
 }
 
 /// The first fields in which two model configs differ, as `key: a vs b` (TOML lines).
-fn model_difference(a: &MmditConfig, b: &MmditConfig) -> String {
+fn model_difference(a: &ModelConfig, b: &ModelConfig) -> String {
     let (a, b) = (a.to_toml_string(), b.to_toml_string());
     let differing: Vec<String> = a
         .lines()

@@ -127,7 +127,7 @@ pub fn evaluate_study(
         .ok_or_else(|| config_error("data", "a study is evaluated on the moving-shapes data"))?;
     let device = run.device()?;
     let patch = patch_grid(&run.model()?);
-    let text = TextConditioner::minilm(&run.text_cache(), run.text.tokens, device)?;
+    let text = TextConditioner::for_run(run, device)?;
     let eval = EvalConfig {
         prompts: run.report.prompts,
         seed: run.report.seed,

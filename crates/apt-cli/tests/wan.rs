@@ -1,0 +1,174 @@
+//! Wan 2.1 as the teacher: `configs/wan-tiny.toml` takes a random tiny diffusers Wan pipeline
+//! (`assets/wan-tiny`, made by `scripts/make_wan_tiny.py`) through distillation → APT →
+//! evaluation → `apt sample`, and a directory that is not a usable Wan pipeline is refused
+//! with one clear error before anything is written.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn wan_args(out: &Path, from: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = strings(&["train", "--config", &config("wan-tiny.toml")]);
+    for set in [
+        format!("out={:?}", out.to_string_lossy()),
+        format!("model.from={:?}", from.to_string_lossy()),
+    ] {
+        args.push("--set".into());
+        args.push(set);
+    }
+    args.extend(strings(extra));
+    args
+}
+
+fn tensors(path: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut t = tch::Tensor::read_safetensors(path).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn pipeline() -> std::path::PathBuf {
+    repo().join("assets/wan-tiny")
+}
+
+#[test]
+fn a_tiny_wan_pipeline_is_distilled_post_trained_evaluated_and_sampled() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = apt(&wan_args(&out, &pipeline(), &[]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // The teacher is the pipeline's transformer, exported as a Wan model.
+    let model = std::fs::read_to_string(out.join("pretrain/model.toml")).unwrap();
+    assert!(model.starts_with("family = \"wan\""), "{model}");
+    let teacher = tensors(&out.join("pretrain/teacher.safetensors"));
+    let source = tensors(&pipeline().join("transformer/diffusion_pytorch_model.safetensors"));
+    assert_eq!(teacher.len(), source.len());
+    for ((a, x), (b, y)) in teacher.iter().zip(&source) {
+        assert_eq!(a, b);
+        assert!(
+            x.to_kind(tch::Kind::Float)
+                .equal(&y.to_kind(tch::Kind::Float)),
+            "{a}"
+        );
+    }
+    // The pipeline's VAE and UMT5 were used: latents of 4 channels, UMT5 embeddings cached.
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(config.contains("wan-tiny/vae"), "{config}");
+    let cached = std::fs::read_dir(out.join("text-cache/umt5"))
+        .unwrap()
+        .count();
+    assert!(cached > 1, "{cached} cached captions");
+    // Distillation and APT trained the one-step generator away from the teacher.
+    let generator = tensors(&out.join("apt/generator.safetensors"));
+    let moved = generator
+        .iter()
+        .zip(&teacher)
+        .any(|((_, g), (_, t))| !g.equal(t));
+    assert!(moved, "the generator equals the teacher");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("APT one-step"), "{report}");
+
+    // `apt sample` writes an mp4 through the Wan VAE: 5 frames of 32×32.
+    let video = dir.path().join("red.mp4");
+    let o = apt(&strings(&[
+        "sample",
+        "--checkpoint",
+        &out.join("apt/generator.safetensors").to_string_lossy(),
+        "--prompt",
+        "a red circle moves right",
+        "--out",
+        &video.to_string_lossy(),
+    ]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let frames = apt_data::decode(&video, apt_data::FrameSize::Native).unwrap();
+    assert_eq!(
+        (frames.indices.len(), frames.width, frames.height),
+        (5, 32, 32)
+    );
+}
+
+#[test]
+fn a_directory_that_is_no_usable_wan_pipeline_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let refused = |from: &Path, needles: &[&str]| {
+        let o = apt(&wan_args(&out, from, &[]));
+        assert_clear_error(&o, needles);
+        assert!(!out.exists(), "a refused run wrote {}", out.display());
+    };
+    // Not a pipeline at all; another pipeline's directory.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    refused(&empty, &["model.from", "model_index.json"]);
+    let sd3 = dir.path().join("sd3");
+    copy_dir(&pipeline(), &sd3);
+    std::fs::write(
+        sd3.join("model_index.json"),
+        r#"{"_class_name": "StableDiffusion3Pipeline"}"#,
+    )
+    .unwrap();
+    refused(
+        &sd3,
+        &["model.from", "StableDiffusion3Pipeline", "WanPipeline"],
+    );
+
+    // A shard the index names is missing.
+    let sharded = dir.path().join("sharded");
+    copy_dir(&pipeline(), &sharded);
+    let t = sharded.join("transformer");
+    std::fs::rename(
+        t.join("diffusion_pytorch_model.safetensors"),
+        t.join("diffusion_pytorch_model-00001-of-00002.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        t.join("diffusion_pytorch_model.safetensors.index.json"),
+        r#"{"weight_map": {"proj_out.weight": "diffusion_pytorch_model-00001-of-00002.safetensors",
+            "proj_out.bias": "diffusion_pytorch_model-00002-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    refused(&sharded, &["00002-of-00002", "missing"]);
+
+    // A tokenizer larger than the encoder's vocabulary (another model's).
+    let tokenizer = dir.path().join("tokenizer");
+    copy_dir(&pipeline(), &tokenizer);
+    let cfg = tokenizer.join("text_encoder/config.json");
+    let json = std::fs::read_to_string(&cfg).unwrap();
+    let vocab: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let n = vocab["vocab_size"].as_u64().unwrap();
+    std::fs::write(
+        &cfg,
+        json.replace(&format!("\"vocab_size\": {n}"), "\"vocab_size\": 10"),
+    )
+    .unwrap();
+    refused(&tokenizer, &["tokenizer.json", "vocabulary of 10"]);
+
+    // A transformer whose weights do not have its config's shapes.
+    let shapes = dir.path().join("shapes");
+    copy_dir(&pipeline(), &shapes);
+    let cfg = shapes.join("transformer/config.json");
+    let json = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, json.replace("\"ffn_dim\": 32", "\"ffn_dim\": 48")).unwrap();
+    refused(
+        &shapes,
+        &[
+            "shapes/transformer",
+            "blocks.0.ffn.net.0.proj.bias: file [32] vs model [48]",
+        ],
+    );
+}
