@@ -3,8 +3,11 @@
 //! building a model, so the 8B preset can be checked on a laptop.
 
 use anyhow::Result;
+use apt_flow::train::Precision;
 use apt_gan::discriminator::{default_taps, discriminator_param_count};
-use apt_pipeline::memory::{estimate, human_bytes, machine_memory, tokens};
+use apt_pipeline::memory::{
+    estimate, human_bytes, machine_memory, sizing_clip_shape, sizing_vae_config, tokens,
+};
 use apt_pipeline::stages::stage_steps;
 use apt_pipeline::{RunConfig, Stage};
 
@@ -24,6 +27,14 @@ fn commas(n: u64) -> String {
 /// every stage's step against this machine's memory.
 fn runs_here(run: &RunConfig, stages: &[Stage]) -> Result<String> {
     let model = run.model_config()?;
+    if let Some(dir) = run.model.import_from().filter(|d| !d.exists()) {
+        return Ok(format!(
+            "not yet: {} is not there (download the pipeline first); the plan below is \
+             sized on the `{}` preset",
+            dir.display(),
+            run.model.preset.as_deref().unwrap_or_default()
+        ));
+    }
     if let Err(e) = run.check_compatibility(&model) {
         return Ok(format!(
             "no: {e}. The plan below is sized on the preset's typical input; training needs \
@@ -66,11 +77,11 @@ pub fn print(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
     let p = model.parameter_count();
     println!("# plan");
     println!(
-        "model        {} ({}): {} blocks × {} wide ({} heads of {}), patch {:?}",
+        "model        {}{}: {} blocks × {} wide ({} heads of {}), patch {:?}",
         model.family(),
         match run.model.import_from() {
-            Some(dir) => format!("from {}", dir.display()),
-            None => "trained by this run".to_string(),
+            Some(dir) => format!(" from {}", dir.display()),
+            None => String::new(),
         },
         model.depth(),
         model.hidden_size(),
@@ -91,8 +102,7 @@ pub fn print(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
             taps.len()
         );
     }
-    if let Some(vae) = &run.vae {
-        let cfg = vae.vae_config()?;
+    if let (Some(vae), Some(cfg)) = (&run.vae, sizing_vae_config(run)?) {
         let origin = match vae.import_from() {
             Some(dir) => format!("from {} (frozen)", dir.display()),
             None => format!("preset {:?}, trained by the vae stage", vae.preset),
@@ -104,12 +114,18 @@ pub fn print(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
             cfg.temporal_ratio(),
             cfg.spatial_ratio(),
             cfg.z_dim,
-            run.model_clip_shape()?,
+            sizing_clip_shape(run),
             run.data.clip_shape()
         );
     }
     let (_, token_text) = tokens(run, &model, None);
     println!("tokens       {token_text}");
+    if let Some(from) = run.model.import_from() {
+        println!(
+            "teacher      the transformer of {} (not trained)",
+            from.display()
+        );
+    }
     if let Some(from) = run.pretrain.as_ref().and_then(|p| p.import_from()) {
         println!(
             "teacher      imported from {} (not trained)",
@@ -135,8 +151,16 @@ pub fn print(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
         }
     }
     println!(
-        "(f32 weights, gradients, optimizer state and EMA, per replica before any sharding; \
-         activations ≈ depth × batch × tokens × width × 68 bytes)"
+        "(f32 master weights, gradients, optimizer state and EMA{}, per replica before any \
+         sharding; activations ≈ depth × batch × tokens × width × {} bytes)",
+        match run.precision {
+            Precision::Bf16 => ", plus bf16 working weights and a bf16 teacher",
+            Precision::Fp32 => "",
+        },
+        match run.precision {
+            Precision::Bf16 => 34,
+            Precision::Fp32 => 68,
+        }
     );
     if world > 1 {
         print_per_rank(run, stages, world)?;

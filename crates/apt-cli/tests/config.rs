@@ -120,8 +120,15 @@ fn dry_runs_size_every_shipped_config() {
         ("demo.toml", "7,900,128"),
         ("real-videos.toml", "7,900,128"),
         ("seaweed-apt-8b.toml", "8,037,029,056"),
+        ("wan-tiny.toml", "33,960"),
+        ("wan2.1-t2v-1.3b.toml", "1,418,996,800"),
+        ("wan2.1-t2v-14b.toml", "14,288,491,584"),
     ] {
-        let o = apt(&strings(&["train", "--config", &config(name), "--dry-run"]));
+        // Paths in configs are relative to the working directory: the repository's root.
+        let o = apt_command(&strings(&["train", "--config", &config(name), "--dry-run"]))
+            .current_dir(repo())
+            .output()
+            .unwrap();
         let out = text(&o.stdout);
         assert!(o.status.success(), "{name}: {}", text(&o.stderr));
         assert!(
@@ -139,6 +146,28 @@ fn dry_runs_size_every_shipped_config() {
     let out = text(&o.stdout);
     assert!(out.contains("runs here    no"), "{out}");
     assert!(out.contains("discriminator 8,"), "{out}");
+
+    // The Wan recipe sizes itself before the download, per rank of a data-parallel run.
+    let o = apt(&strings(&[
+        "train",
+        "--config",
+        &config("wan2.1-t2v-1.3b.toml"),
+        "--dry-run",
+        "--world-size",
+        "8",
+    ]));
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for needle in [
+        "model        wan from Wan2.1-T2V-1.3B-Diffusers: 30 blocks × 1536 wide",
+        "heads at blocks [13, 22, 30]",
+        "16×21×60×104",
+        "runs here    not yet",
+        "# per rank at 8 ranks",
+        "1 (of 8)",
+    ] {
+        assert!(out.contains(needle), "{needle:?} not in {out}");
+    }
 }
 
 /// A warm-up as long as the stage is legal but never reaches the peak learning rate: a

@@ -11,9 +11,12 @@
 //!   doubled for f32. APT's D step keeps D activations for three batches (real, fake, perturbed
 //!   real for aR1); its G step keeps G's and one batch of D's.
 //!
+//! In bf16 (`precision = "bf16"`) the activations take half of that, the trained networks add
+//! a bf16 working copy of their weights and the frozen teacher is held in bf16.
+//!
 //! It is an estimate: libtorch's allocator, workspace buffers and the data pipeline add to it.
 
-use apt_flow::train::OptimizerConfig;
+use apt_flow::train::{OptimizerConfig, Precision};
 use apt_flow::TrainConfig;
 use apt_gan::discriminator::{default_taps, discriminator_param_count};
 use apt_mmdit::{ModelConfig, Preset};
@@ -155,7 +158,7 @@ pub fn tokens(run: &RunConfig, model: &ModelConfig, frames: Option<usize>) -> (u
 
 /// The model's clip shape, sized without the files a run reads later: a Wan pipeline's VAE
 /// that is not downloaded yet is taken to be Wan 2.1's.
-fn sizing_clip_shape(run: &RunConfig) -> [i64; 4] {
+pub fn sizing_clip_shape(run: &RunConfig) -> [i64; 4] {
     run.model_clip_shape().unwrap_or_else(|_| {
         let pixels = run.data.clip_shape();
         match run.vae.is_some() && !run.data.is_latent() {
@@ -168,7 +171,7 @@ fn sizing_clip_shape(run: &RunConfig) -> [i64; 4] {
 }
 
 /// The VAE's config for sizing (a Wan pipeline's VAE that is not downloaded yet: Wan 2.1's).
-fn sizing_vae_config(run: &RunConfig) -> Result<Option<WanVaeConfig>> {
+pub fn sizing_vae_config(run: &RunConfig) -> Result<Option<WanVaeConfig>> {
     let Some(v) = &run.vae else { return Ok(None) };
     match v.vae_config() {
         Ok(c) => Ok(Some(c)),
@@ -192,6 +195,24 @@ pub fn estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemo
         m.states = m.states.saturating_add(vae_frozen);
         (batch, m)
     }))
+}
+
+/// `m` for a run in `precision`: bf16 halves the activations and adds a bf16 working copy of
+/// the trained weights (2 bytes each) while the frozen copies shrink to 2 bytes; fp32 leaves
+/// it as it is. `trained` and `frozen` count the values of each.
+fn in_precision(m: StepMemory, precision: Precision, trained: u64, frozen: u64) -> StepMemory {
+    match precision {
+        Precision::Fp32 => m,
+        Precision::Bf16 => StepMemory {
+            states: m
+                .states
+                .saturating_add(trained.saturating_mul(2))
+                .saturating_sub(frozen.saturating_mul(2)),
+            optimizer: m.optimizer,
+            activations: m.activations / 2,
+            recomputed: m.recomputed / 2,
+        },
+    }
 }
 
 /// The VAE stage: the trained VAE's states and its (rough) activations on the data's clips.
@@ -240,14 +261,16 @@ fn model_estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMe
     let flow_stage = |t: &TrainConfig, frozen_copies: u64| {
         let states = trained_bytes(p, &t.optimizer, t.ema_decay.is_some())
             .saturating_add(frozen_copies.saturating_mul(frozen));
+        let m = StepMemory {
+            states,
+            optimizer: optimizer_bytes(p, &t.optimizer),
+            activations: act(model.depth(), t.batch_size),
+            recomputed: act_rc(model.depth(), t.batch_size),
+        };
+        let frozen_values = frozen_copies.saturating_mul(p);
         (
             t.batch_size,
-            StepMemory {
-                states,
-                optimizer: optimizer_bytes(p, &t.optimizer),
-                activations: act(model.depth(), t.batch_size),
-                recomputed: act_rc(model.depth(), t.batch_size),
-            },
+            in_precision(m, run.precision, p, frozen_values),
         )
     };
     Ok(match stage {
@@ -273,16 +296,14 @@ fn model_estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMe
             let g_step = act(model.depth(), b).saturating_add(act(d_depth, b));
             let d_step_rc = act_rc(d_depth, b).saturating_mul(3);
             let g_step_rc = act_rc(model.depth(), b).saturating_add(act_rc(d_depth, b));
-            (
-                b,
-                StepMemory {
-                    states,
-                    optimizer: optimizer_bytes(p, &cfg.train.optimizer)
-                        .saturating_add(optimizer_bytes(pd, &d_optimizer)),
-                    activations: d_step.max(g_step),
-                    recomputed: d_step_rc.max(g_step_rc),
-                },
-            )
+            let m = StepMemory {
+                states,
+                optimizer: optimizer_bytes(p, &cfg.train.optimizer)
+                    .saturating_add(optimizer_bytes(pd, &d_optimizer)),
+                activations: d_step.max(g_step),
+                recomputed: d_step_rc.max(g_step_rc),
+            };
+            (b, in_precision(m, run.precision, p.saturating_add(pd), 0))
         }),
     })
 }
