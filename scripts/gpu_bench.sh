@@ -37,5 +37,8 @@ measure flow-recompute 120 $BIN flow --batch 8 --recompute
 measure apt 150 $BIN apt --batch 4
 # (c) the same model in PyTorch eager (diffusers), same batch and latent
 measure diffusers 120 python3 scripts/bench_sd3_gpu.py --batch 8
+# (d) Wan 2.1 1.3B one-step latency at 480p, 81 frames, bf16: ours, then diffusers (issue 25)
+measure wan-latency 120 $BIN wan-latency
+measure wan-diffusers 120 python3 scripts/bench_wan_gpu.py --size 1.3b
 cat "$OUT/gpu-bench.jsonl"
 tail -n 3 "$OUT"/*.stderr

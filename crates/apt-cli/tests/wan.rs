@@ -103,6 +103,31 @@ fn a_tiny_wan_pipeline_is_distilled_post_trained_evaluated_and_sampled() {
 }
 
 #[test]
+fn the_wan_run_trains_in_bf16_with_recomputation() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = apt(&wan_args(
+        &out,
+        &pipeline(),
+        &[
+            "--set",
+            "precision=\"bf16\"",
+            "--set",
+            "distill.train.recompute=true",
+            "--set",
+            "apt.train.recompute=true",
+            "--set",
+            "report.prompts=4",
+        ],
+    ));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let metrics = std::fs::read_to_string(out.join("apt/metrics.jsonl")).unwrap();
+    let last = metrics.lines().last().unwrap();
+    assert!(last.contains("\"d_loss\""), "{last}");
+    assert!(!last.contains("NaN") && !last.contains("null"), "{last}");
+}
+
+#[test]
 fn a_directory_that_is_no_usable_wan_pipeline_is_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");

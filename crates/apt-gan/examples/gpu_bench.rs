@@ -9,7 +9,11 @@
 //! * `flow [--preset sd3-medium] [--batch B]`: a rectified-flow training update through the
 //!   training loop's own code (bf16 compute, fp32 master weights, AdamW on flat buffers);
 //! * `apt [--preset sd3-medium] [--batch B]`: an APT update (D phase with approximated R1,
-//!   then G phase) through the loop.
+//!   then G phase) through the loop;
+//! * `wan-latency [--preset wan2.1-1.3b] [--latent 16,21,60,104]`: one-step generation with
+//!   the Wan 2.1 transformer (random bf16 weights) at 480×832, 81 frames (latent
+//!   `[16, 21, 60, 104]`, 32,760 visual tokens) with 512 UMT5-wide text tokens, batch 1
+//!   (`scripts/bench_wan_gpu.py` times diffusers' WanTransformer3DModel on the same shapes).
 //!
 //! Each reports seconds per call (median of `--iters`, after `--warmup`), tokens/s, model
 //! FLOPs, MFU against `--peak-tflops` (default 989: H100/H200 SXM dense bf16), and which SDPA
@@ -24,7 +28,7 @@ use apt_flow::{Conditioning, OneStepGenerator, Result, TensorRng};
 use apt_gan::adversarial::{AdversarialConfig, AdversarialStep};
 use apt_gan::discriminator::{default_taps, AptDiscriminator, DiscriminatorConfig};
 use apt_mmdit::analytic::forward_flops;
-use apt_mmdit::{Mmdit, MmditConfig, Preset};
+use apt_mmdit::{Mmdit, MmditConfig, Model, ModelConfig, Preset};
 use tch::{nn, Device, Kind, Tensor};
 
 /// Random latents of one shape, made on the device (no host work per batch).
@@ -89,6 +93,46 @@ fn synchronize(device: Device) {
 }
 
 /// Seconds of each of `iters` calls of `f` after `warmup` calls (device synchronised).
+/// `wan-latency`: one-step generation `x = z − G(z, c, 1)` with a Wan 2.1 preset in bf16.
+fn wan_latency(args: &[String], device: Device, warmup: usize, iters: usize) -> anyhow::Result<()> {
+    let name = flag(args, "--preset", "wan2.1-1.3b");
+    let cfg = ModelConfig::preset(&name)?;
+    let latent: Vec<i64> = flag(args, "--latent", "16,21,60,104")
+        .split(',')
+        .map(str::parse)
+        .collect::<std::result::Result<_, _>>()?;
+    let text_tokens = 512;
+    let vs = nn::VarStore::new(device);
+    let model = tch::no_grad(|| Model::new(vs.root(), &cfg))?;
+    Precision::Bf16.cast_store(&vs);
+    let z = Tensor::randn(
+        [1, latent[0], latent[1], latent[2], latent[3]],
+        (Kind::Float, device),
+    );
+    let cond = Conditioning {
+        context: Tensor::randn(
+            [1, text_tokens, cfg.context_dim() as i64],
+            (Kind::Float, device),
+        ),
+        pooled: Tensor::zeros([1, 0], (Kind::Float, device)),
+    };
+    let generator = OneStepGenerator::new(&model);
+    let seconds = time(device, warmup, iters, || {
+        let _x = tch::no_grad(|| generator.generate(&z, &cond)).expect("forward");
+    });
+    let [pt, ph, pw] = cfg.patch_size().map(|p| p as i64);
+    let tokens = latent[1] / pt * (latent[2] / ph) * (latent[3] / pw);
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "wan-latency", "preset": name, "device": format!("{device:?}"),
+            "latent": latent, "visual_tokens": tokens, "text_tokens": text_tokens, "batch": 1,
+            "seconds": median(seconds), "precision": "bf16",
+        })
+    );
+    Ok(())
+}
+
 fn time(device: Device, warmup: usize, iters: usize, mut f: impl FnMut()) -> Vec<f64> {
     for _ in 0..warmup {
         f();
@@ -169,6 +213,9 @@ fn main() -> anyhow::Result<()> {
             })
         );
     };
+    if what == "wan-latency" {
+        return wan_latency(&args, device, warmup, iters);
+    }
     match what.as_str() {
         "latency" => {
             let vs = nn::VarStore::new(device);

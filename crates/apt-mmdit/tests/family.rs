@@ -86,3 +86,32 @@ fn the_family_model_runs_the_wan_forward_and_taps() {
     assert!(tapped.output.is_none());
     assert_eq!(tapped.taps[0].size(), vec![2, 8, 24]);
 }
+
+#[test]
+fn a_bf16_wan_takes_fp32_inputs_and_stays_near_its_fp32_output() {
+    let cfg = ModelConfig::Wan(wan());
+    let vs = nn::VarStore::new(Device::Cpu);
+    tch::manual_seed(5);
+    let model = Model::new(vs.root(), &cfg).unwrap();
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            let noisy = &v + v.randn_like() * 0.05;
+            v.copy_(&noisy);
+        }
+    });
+    let x = Tensor::randn([1, 4, 2, 4, 4], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[0.5f32]);
+    let ctx = Tensor::randn([1, 5, 16], (Kind::Float, Device::Cpu));
+    let pooled = Tensor::zeros([1, 0], (Kind::Float, Device::Cpu));
+    let full = model.forward(&x, &t, &ctx, &pooled).unwrap();
+    let mut vs = vs;
+    vs.bfloat16();
+    let half = model.forward(&x, &t, &ctx, &pooled).unwrap();
+    assert_eq!(half.kind(), Kind::BFloat16);
+    let err = (half.to_kind(Kind::Float) - &full)
+        .abs()
+        .max()
+        .double_value(&[]);
+    let scale = full.abs().max().double_value(&[]);
+    assert!(err <= 0.05 * scale, "bf16 error {err} at scale {scale}");
+}

@@ -56,7 +56,8 @@ pub(super) fn bench(args: &[String]) -> Result<(), Failure> {
          command: bash scripts/gpu_bench.sh   carry: [\"device-carry\"]   timeout_s: 600\n\
          It writes $OUT/gpu-bench.jsonl: (a) seaweed-8b one-step latency at 720p 2 s, (b) sd3-medium \
          flow and APT update time, tokens/s, MFU, (c) diffusers SD3 eager on the same device, \
-         (d) peak device memory of each."
+         (d) Wan 2.1 1.3B one-step latency at 480p 81 frames, ours and diffusers', \
+         (e) peak device memory of each."
     );
     Ok(())
 }

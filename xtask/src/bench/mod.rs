@@ -20,6 +20,7 @@ use crate::{cargo, repo_root, run, Failure};
 /// What `cargo xtask bench` with no or an unknown bench name says.
 const USAGE: &str = "usage: \
     cargo xtask bench model [--size tiny|small] [--threads N] [--rounds R] [--iters K] | \
+    cargo xtask bench wan [--size tiny|small] [--threads N] [--rounds R] [--iters K] | \
     cargo xtask bench data | \
     cargo xtask bench flow | \
     cargo xtask bench gan | \
@@ -31,7 +32,8 @@ const USAGE: &str = "usage: \
 /// Entry point for `cargo xtask bench …`.
 pub fn bench(args: &[String]) -> Result<(), Failure> {
     match args.first().map(String::as_str) {
-        Some("model") => model::bench(&args[1..]),
+        Some("model") => model::bench(model::Family::Mmdit, &args[1..]),
+        Some("wan") => model::bench(model::Family::Wan, &args[1..]),
         Some("data") => data::bench(),
         Some("gan") => gan::bench(),
         Some("dist") => dist::bench(&args[1..]),

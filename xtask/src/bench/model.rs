@@ -1,7 +1,9 @@
-//! `cargo xtask bench model`: our MMDiT against PyTorch eager (diffusers' SD3Transformer2DModel)
-//! on the same weights, inputs and thread count.
+//! `cargo xtask bench model` and `cargo xtask bench wan`: our MMDiT / Wan 2.1 transformer
+//! against PyTorch eager (diffusers' SD3Transformer2DModel / WanTransformer3DModel) on the same
+//! weights, inputs and thread count.
 //!
-//! Two long-lived workers (scripts/bench_sd3_worker.py and the `bench_worker` example) load
+//! Two long-lived workers (scripts/bench_sd3_worker.py or bench_wan_worker.py, and the
+//! `bench_worker` example) load
 //! the model once; the driver then alternates between them round by round (the order flips
 //! every round), so drift in machine load hits both sides alike. It prints each side's median
 //! per-iteration time for forward and forward+backward, the ratio, and each process's peak
@@ -105,9 +107,41 @@ impl Worker {
     }
 }
 
-/// Entry point for `cargo xtask bench model [--size tiny|small] [--threads N] [--rounds R]
-/// [--iters K]`.
-pub(super) fn bench(args: &[String]) -> Result<(), Failure> {
+/// The model a bench compares.
+#[derive(Clone, Copy)]
+pub(super) enum Family {
+    /// The MMDiT against diffusers' SD3Transformer2DModel.
+    Mmdit,
+    /// The Wan 2.1 transformer against diffusers' WanTransformer3DModel.
+    Wan,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::Mmdit => "model",
+            Family::Wan => "wan",
+        }
+    }
+
+    fn python_worker(self) -> &'static str {
+        match self {
+            Family::Mmdit => "scripts/bench_sd3_worker.py",
+            Family::Wan => "scripts/bench_wan_worker.py",
+        }
+    }
+
+    fn ours(self) -> &'static str {
+        match self {
+            Family::Mmdit => "apt-mmdit",
+            Family::Wan => "apt Wan",
+        }
+    }
+}
+
+/// Entry point for `cargo xtask bench model|wan [--size tiny|small] [--threads N]
+/// [--rounds R] [--iters K]`.
+pub(super) fn bench(family: Family, args: &[String]) -> Result<(), Failure> {
     let size = flag(args, "--size", "small");
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -122,12 +156,12 @@ pub(super) fn bench(args: &[String]) -> Result<(), Failure> {
         &["-p", "apt-mmdit", "--example", "bench_worker"],
         "building the Rust bench worker (release)",
     )?;
-    let dir = repo_root().join("target/bench-model");
+    let dir = repo_root().join(format!("target/bench-{}", family.name()));
     std::fs::create_dir_all(&dir).map_err(|e| Failure::new(format!("{}: {e}", dir.display())))?;
 
     let mut py_cmd = Command::new(python);
     py_cmd
-        .arg(repo_root().join("scripts/bench_sd3_worker.py"))
+        .arg(repo_root().join(family.python_worker()))
         .args(["--size", &size, "--threads", &threads.to_string()])
         .arg("--dir")
         .arg(&dir);
@@ -139,7 +173,10 @@ pub(super) fn bench(args: &[String]) -> Result<(), Failure> {
         .args(["--threads", &threads.to_string()]);
     let mut rs = Worker::start("Rust", rs_cmd)?;
 
-    println!("bench model: size {size}, {threads} threads, {rounds} rounds x {iters} iterations per side and mode, interleaved");
+    println!(
+        "bench {}: size {size}, {threads} threads, {rounds} rounds x {iters} iterations per side and mode, interleaved",
+        family.name()
+    );
     let modes = ["fwd", "train"];
     let mut times: [[Vec<f64>; 2]; 2] = Default::default(); // [mode][py, rs]
     for round in 0..rounds {
@@ -163,7 +200,10 @@ pub(super) fn bench(args: &[String]) -> Result<(), Failure> {
 
     println!(
         "{:<22} {:>14} {:>14} {:>16}",
-        "median ms/iteration", "PyTorch eager", "apt-mmdit", "ratio (ours/py)"
+        "median ms/iteration",
+        "PyTorch eager",
+        family.ours(),
+        "ratio (ours/py)"
     );
     for (m, label) in ["forward", "forward+backward"].iter().enumerate() {
         let (p, r) = (median(times[m][0].clone()), median(times[m][1].clone()));

@@ -218,7 +218,7 @@ impl WanTransformer {
                     .expect("every tap was kept")
             })
             .collect();
-        let output = with_output.then(|| self.head(&h, &e.temb, e.grid, x.kind()));
+        let output = with_output.then(|| self.head(&h, &e.temb, e.grid, self.compute_kind()));
         Ok(TapOutput {
             taps: taps_out,
             output,
@@ -249,13 +249,16 @@ impl WanTransformer {
         taps: &[usize],
     ) -> Result<Embedded> {
         let (grid, b) = self.check_inputs(x, context, taps)?;
+        // Inputs in the weights' precision (a bf16 model takes fp32 latents and text).
+        let kind = self.compute_kind();
+        let (x, context) = (&x.to_kind(kind), &context.to_kind(kind));
         let d = self.cfg.hidden_size() as i64;
         let rope = RopeTable::new(
             grid,
             0,
             self.cfg.rope_axes_dim(),
             10_000.0,
-            x.kind(),
+            kind,
             x.device(),
         );
         let stride = self.cfg.patch_size.map(|v| v as i64);
@@ -303,6 +306,11 @@ impl WanTransformer {
         let tokens = self.proj_out.forward(&normed);
         let patch = self.cfg.patch_size.map(|v| v as i64);
         unpatchify(&tokens, grid, patch, self.cfg.out_channels as i64)
+    }
+
+    /// The kind of the weights: what the blocks compute in and the output comes in.
+    pub(super) fn compute_kind(&self) -> Kind {
+        self.patch_weight.kind()
     }
 
     /// The kind of the time embedder's weights (diffusers casts the features to it).

@@ -51,7 +51,8 @@ impl WanTransformer {
                 None => leaf(&h),
             })
             .collect();
-        let output = with_output.then(|| self.head(&outs[last - 1], &temb, e.grid, x.kind()));
+        let output =
+            with_output.then(|| self.head(&outs[last - 1], &temb, e.grid, self.compute_kind()));
         let tapped = TapOutput {
             taps: taps.iter().map(|&k| outs[k - 1].shallow_clone()).collect(),
             output,
