@@ -15,6 +15,9 @@ use apt_mmdit::weights::{diffusers_weight_files, load_strict};
 use apt_mmdit::{AttentionBackend, Mmdit, ModelConfig, WanTransformer};
 use tch::{nn, Device, Kind, Tensor};
 
+/// A diffusers-scaled forward: `(hidden_states, timestep, encoder_hidden_states, pooled)`.
+type Forward = dyn Fn(&Tensor, &Tensor, &Tensor, Option<&Tensor>) -> Tensor;
+
 fn arg(args: &[String], name: &str) -> String {
     let i = args
         .iter()
@@ -29,7 +32,7 @@ fn main() {
     tch::set_num_threads(arg(&args, "--threads").parse().expect("--threads N"));
     let model_dir = dir.join("model");
     let vs = nn::VarStore::new(Device::Cpu);
-    let forward: Box<dyn Fn(&Tensor, &Tensor, &Tensor, Option<&Tensor>) -> Tensor> =
+    let forward: Box<Forward> =
         match ModelConfig::from_diffusers_dir(&model_dir).expect("benchmark model config") {
             ModelConfig::Mmdit(mut cfg) => {
                 if let Ok(backend) = std::env::var("APT_BENCH_ATTENTION") {
