@@ -189,6 +189,13 @@ fn fixtures() -> Result<(), Failure> {
         "diffusers Wan 2.1 transformer parity fixtures",
     )?;
     run(
+        Command::new(&python)
+            .arg(repo_root().join("scripts/make_wan_tiny.py"))
+            .arg("--out")
+            .arg(repo_root().join("assets/wan-tiny")),
+        "a random tiny Wan 2.1 pipeline directory (configs/wan-tiny.toml's teacher)",
+    )?;
+    run(
         Command::new(python)
             .arg(repo_root().join("scripts/make_sd3_fixtures.py"))
             .arg("--out")
