@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use apt_data::text::Umt5TextEncoder;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/umt5")
@@ -118,4 +118,21 @@ fn a_tokenizer_of_a_larger_vocabulary_is_refused() {
         e.contains("tokenizer.json") && e.contains("vocabulary"),
         "{e}"
     );
+}
+
+#[test]
+fn the_encoder_runs_in_bf16_near_its_fp32_states() {
+    let prompts = ["a red circle moves right", "赤い円が右に動く"];
+    let (full, lengths) = encoder(16).encode(&prompts).unwrap();
+    let mut half = encoder(16);
+    half.set_kind(Kind::BFloat16);
+    let (states, same) = half.encode(&prompts).unwrap();
+    assert_eq!(lengths, same);
+    assert_eq!(states.kind(), Kind::BFloat16);
+    let err = (states.to_kind(Kind::Float) - &full)
+        .abs()
+        .max()
+        .double_value(&[]);
+    let scale = full.abs().max().double_value(&[]);
+    assert!(err <= 0.05 * scale, "bf16 error {err} at scale {scale}");
 }

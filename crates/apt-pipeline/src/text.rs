@@ -29,6 +29,7 @@ enum Encoder {
     Umt5 {
         dir: WanPipelineDir,
         width: i64,
+        kind: Kind,
         loaded: OnceLock<Umt5TextEncoder>,
     },
 }
@@ -56,19 +57,21 @@ impl TextConditioner {
         })
     }
 
-    /// The UMT5 encoder and tokenizer of the Wan pipeline `dir` (loaded when first needed)
-    /// with its cache in `cache_dir`, padding to `tokens` tokens (Wan: 512); Wan's default
-    /// negative prompt.
+    /// The UMT5 encoder and tokenizer of the Wan pipeline `dir` (loaded on `device` in
+    /// `kind` when first needed) with its cache in `cache_dir`, padding to `tokens` tokens
+    /// (Wan: 512); Wan's default negative prompt.
     pub fn umt5(
         dir: &WanPipelineDir,
         cache_dir: &Path,
         tokens: usize,
+        kind: Kind,
         device: Device,
     ) -> Result<Self> {
         Ok(Self {
             encoder: Encoder::Umt5 {
                 dir: dir.clone(),
                 width: dir.text_width()? as i64,
+                kind,
                 loaded: OnceLock::new(),
             },
             cache: EmbeddingCache::new(cache_dir)?,
@@ -86,6 +89,7 @@ impl TextConditioner {
                 &dir,
                 &run.text_cache().join("umt5"),
                 run.text.tokens,
+                run.text.precision.compute_kind(),
                 device,
             )?,
             None => Self::minilm(&run.text_cache(), run.text.tokens, device)?,
@@ -109,17 +113,22 @@ impl TextConditioner {
                 }
                 cell.get().expect("set above").encode(caption)
             }
-            Encoder::Umt5 { dir, loaded, .. } => {
+            Encoder::Umt5 {
+                dir, loaded, kind, ..
+            } => {
                 if loaded.get().is_none() {
-                    let e = Umt5TextEncoder::load(
+                    let mut e = Umt5TextEncoder::load(
                         &dir.tokenizer(),
                         &dir.text_encoder(),
                         self.tokens as usize,
-                        Device::Cpu,
+                        self.device,
                     )?;
+                    e.set_kind(*kind);
                     let _ = loaded.set(e);
                 }
                 let (states, lengths) = loaded.get().expect("set above").encode(&[caption])?;
+                // Cached and batched in fp32 on the CPU, whatever the encoder ran in.
+                let states = states.to_device(Device::Cpu).to_kind(Kind::Float);
                 Ok(TextEmbedding {
                     context: states.get(0).narrow(0, 0, lengths[0]),
                     // Wan takes no pooled vector: an empty one keeps the batch layout.

@@ -217,7 +217,7 @@ pub struct Umt5TextEncoder {
     max_length: usize,
     pad_id: i64,
     device: Device,
-    _vs: nn::VarStore,
+    vs: nn::VarStore,
 }
 
 impl Umt5TextEncoder {
@@ -251,7 +251,7 @@ impl Umt5TextEncoder {
             max_length,
             pad_id: pad_id as i64,
             device,
-            _vs: vs,
+            vs,
         })
     }
 
@@ -319,6 +319,12 @@ impl Umt5TextEncoder {
         })?;
         let keep = mask.to_kind(states.kind()).unsqueeze(-1);
         Ok((states * keep, lengths))
+    }
+
+    /// Casts the encoder's weights to `kind` (bf16 halves UMT5-XXL's 22 GB; the norms and
+    /// the attention softmax still run in fp32).
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.vs.set_kind(kind);
     }
 
     /// The padding token's id.

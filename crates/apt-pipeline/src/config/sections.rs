@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use apt_flow::distill::{ConsistencyConfig, ConsistencyTarget};
 use apt_flow::pretrain::FlowMatchingConfig;
+use apt_flow::train::Precision;
 use apt_flow::{Method, SamplerConfig, TrainConfig};
 use apt_gan::adversarial::config::IMAGE_SIGMA_R1;
 use apt_gan::discriminator::IMAGE_TIME_SHIFT;
@@ -27,6 +28,14 @@ pub struct TextSection {
     /// pipeline, the empty caption for MiniLM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub negative_prompt: Option<String>,
+    /// The precision a Wan pipeline's UMT5 encoder runs in: `fp32`, or `bf16` (half the memory
+    /// of UMT5-XXL's 22 GB; the cached embeddings are fp32 either way). MiniLM runs in fp32.
+    #[serde(default, skip_serializing_if = "is_fp32")]
+    pub precision: Precision,
+}
+
+fn is_fp32(p: &Precision) -> bool {
+    *p == Precision::Fp32
 }
 
 fn default_tokens() -> usize {
@@ -39,6 +48,7 @@ impl Default for TextSection {
             tokens: default_tokens(),
             cache: None,
             negative_prompt: None,
+            precision: Precision::Fp32,
         }
     }
 }
