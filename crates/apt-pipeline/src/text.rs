@@ -18,8 +18,7 @@ use crate::config::RunConfig;
 use crate::error::Result;
 use crate::wan_dir::{WanPipelineDir, WAN_NEGATIVE_PROMPT};
 
-/// Width of MiniLM's token states and pooled vector.
-pub const MINILM_WIDTH: i64 = 384;
+pub use crate::config::MINILM_WIDTH;
 
 /// The frozen encoder behind a [`TextConditioner`], loaded on the first caption missing from
 /// the cache (a run whose captions are all cached never reads the encoder's weights).

@@ -8,6 +8,7 @@ mod embedded;
 mod model;
 mod overrides;
 mod sections;
+mod text;
 mod vae;
 
 use std::path::{Path, PathBuf};
@@ -19,12 +20,13 @@ use serde::{Deserialize, Serialize};
 
 pub use compare::{changed_keys, with_values_of, Change};
 pub use data::DataConfig;
-pub use model::ModelSection;
+pub use model::{ModelSection, MINILM_WIDTH};
 pub use overrides::{apply_override, upgrade_old_keys};
 pub use sections::{
     default_eval_batch, default_eval_seed, AptSection, ConsistencySection, DistillSection,
-    EvalConfig, GeneratorInit, ImageStage, PretrainSection, ReportSection, TextSection,
+    EvalConfig, GeneratorInit, ImageStage, PretrainSection, ReportSection,
 };
+pub use text::TextSection;
 pub use vae::{latent_shape_of, VaeSection};
 
 use crate::error::{config_error, PipelineError, Result};

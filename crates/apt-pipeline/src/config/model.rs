@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::RunConfig;
 use crate::error::{config_error, Result};
-use crate::text::MINILM_WIDTH;
 use crate::wan_dir::WanPipelineDir;
+
+/// Width of MiniLM's token states and pooled vector: what an MMDiT's text widths must be.
+pub const MINILM_WIDTH: i64 = 384;
 
 /// `[model]`: a preset name, a full MMDiT config, or a Wan pipeline directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use apt_flow::distill::{ConsistencyConfig, ConsistencyTarget};
 use apt_flow::pretrain::FlowMatchingConfig;
-use apt_flow::train::Precision;
 use apt_flow::{Method, SamplerConfig, TrainConfig};
 use apt_gan::adversarial::config::IMAGE_SIGMA_R1;
 use apt_gan::discriminator::IMAGE_TIME_SHIFT;
@@ -13,45 +12,6 @@ use apt_gan::{AdversarialConfig, DiscriminatorConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{config_error, Result};
-
-/// `[text]`: the frozen text encoder.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TextSection {
-    /// Tokens per caption after padding/truncation.
-    #[serde(default = "default_tokens")]
-    pub tokens: usize,
-    /// Caption-embedding cache (default: `<run>/text-cache`).
-    #[serde(default)]
-    pub cache: Option<PathBuf>,
-    /// The negative prompt: guidance's unconditional half (default: Wan 2.1's for a Wan
-    /// pipeline, the empty caption for MiniLM).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub negative_prompt: Option<String>,
-    /// The precision a Wan pipeline's UMT5 encoder runs in: `fp32`, or `bf16` (half the memory
-    /// of UMT5-XXL's 22 GB; the cached embeddings are fp32 either way). MiniLM runs in fp32.
-    #[serde(default, skip_serializing_if = "is_fp32")]
-    pub precision: Precision,
-}
-
-fn is_fp32(p: &Precision) -> bool {
-    *p == Precision::Fp32
-}
-
-fn default_tokens() -> usize {
-    16
-}
-
-impl Default for TextSection {
-    fn default() -> Self {
-        Self {
-            tokens: default_tokens(),
-            cache: None,
-            negative_prompt: None,
-            precision: Precision::Fp32,
-        }
-    }
-}
 
 /// How a stage evaluates the generator it made (moving-shapes data only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
