@@ -1,11 +1,13 @@
 //! `apt model …`: sizes and FLOPs, diffusers parity.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use apt_mmdit::analytic::block_params;
 use apt_mmdit::parity::run_parity;
-use apt_mmdit::{forward_flops, param_count, MmditConfig, Positions, Preset, WanConfig};
+use apt_mmdit::{
+    forward_flops, param_count, MmditConfig, ModelConfig, Positions, Preset, WanConfig,
+};
 use clap::{Args, Subcommand};
 
 /// Subcommands of `apt model`.
@@ -24,6 +26,20 @@ pub enum ModelCommand {
         /// SD3's `pooled_projections`, and the expected `sample`.
         #[arg(long)]
         fixture: PathBuf,
+    },
+    /// Write an exported Wan model (e.g. runs/NAME/apt/generator.safetensors, next to its
+    /// model.toml) as a diffusers `transformer/` directory that WanTransformer3DModel and the
+    /// Wan pipeline load.
+    Export {
+        /// The exported weights (its integrity record and model.toml beside it).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The directory to write (config.json + diffusion_pytorch_model*.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        /// Largest shard in GB (diffusers' default, 10); bigger weights are sharded.
+        #[arg(long, default_value_t = 10.0)]
+        max_shard_gb: f64,
     },
 }
 
@@ -60,6 +76,11 @@ pub fn run(command: ModelCommand) -> Result<()> {
     match command {
         ModelCommand::Info(args) => info(args),
         ModelCommand::Parity { diffusers, fixture } => parity(&diffusers, &fixture),
+        ModelCommand::Export {
+            checkpoint,
+            out,
+            max_shard_gb,
+        } => export(&checkpoint, &out, max_shard_gb),
     }
 }
 
@@ -74,11 +95,30 @@ fn human(n: f64) -> String {
 
 /// Wan 2.1's presets: name → config.
 fn wan_preset(name: &str) -> Option<WanConfig> {
-    match name {
-        "wan2.1-1.3b" => Some(WanConfig::wan21_1_3b()),
-        "wan2.1-14b" => Some(WanConfig::wan21_14b()),
-        _ => None,
+    ModelConfig::preset(name).ok()?.as_wan().cloned()
+}
+
+/// `apt model export`: a checked export of a Wan model → a diffusers `transformer/` directory.
+fn export(checkpoint: &Path, out: &Path, max_shard_gb: f64) -> Result<()> {
+    if !(max_shard_gb.is_finite() && max_shard_gb > 0.0) {
+        bail!("--max-shard-gb must be a positive number, got {max_shard_gb}");
     }
+    let loaded = apt_pipeline::run_dir::load_exported(checkpoint, tch::Device::Cpu)?;
+    if loaded.config.as_wan().is_none() {
+        bail!(
+            "{}: an MMDiT (family \"mmdit\"); only Wan models are written as diffusers \
+             directories",
+            checkpoint.display()
+        );
+    }
+    let shard = (max_shard_gb * 1e9) as u64;
+    loaded.model.save_diffusers_dir(&loaded.vs, out, shard)?;
+    println!(
+        "wrote {} (WanTransformer3DModel, {} parameters)",
+        out.display(),
+        loaded.config.parameter_count()
+    );
+    Ok(())
 }
 
 /// `apt model info` for a Wan 2.1 preset: layout, parameters and weights, and the tokens of its
@@ -113,6 +153,12 @@ fn wan_info(name: &str, cfg: &WanConfig) {
     let [pt, ph, pw] = cfg.patch_size;
     let tokens = 21 / pt * (60 / ph) * (104 / pw);
     println!("input         [C,T,H,W] = [16, 21, 60, 104] (480x832, 81 frames): {tokens} visual tokens, 512 text tokens");
+    let flops = cfg.forward_flops([16, 21, 60, 104], 512) as f64;
+    println!(
+        "forward       {} FLOPs per sample (2 per multiply-add of every matmul, attention \
+         included)",
+        human(flops)
+    );
 }
 
 fn info(args: InfoArgs) -> Result<()> {

@@ -350,6 +350,24 @@ impl Model {
         }
     }
 
+    /// Writes the model (weights `vs`) as a diffusers `transformer/` directory, sharded above
+    /// `max_shard_bytes`. Wan only: an MMDiT with video patches and 3D RoPE is no diffusers
+    /// class.
+    pub fn save_diffusers_dir(
+        &self,
+        vs: &nn::VarStore,
+        dir: &Path,
+        max_shard_bytes: u64,
+    ) -> Result<()> {
+        match &self.net {
+            Network::Wan(m) => m.save_diffusers_dir(vs, dir, max_shard_bytes),
+            Network::Mmdit(_) => Err(config_error(
+                "family",
+                "is \"mmdit\": only Wan models are written as diffusers directories",
+            )),
+        }
+    }
+
     /// The model's output at `(x_t, t, c)` (see [`Mmdit::forward`]): latents `[B, C, T, H, W]`,
     /// `t` `[B]` (or one value) in [0, 1], text tokens `[B, L, context_dim]`, `pooled`
     /// `[B, pooled_dim]` (unused by Wan).

@@ -67,6 +67,78 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     result
 }
 
+/// Writes `vs` as a diffusers `save_pretrained` directory: `config.json` (`config_json`) and
+/// the weights as `diffusion_pytorch_model.safetensors`, or — when they exceed
+/// `max_shard_bytes` — as `diffusion_pytorch_model-0000K-of-0000N.safetensors` shards (whole
+/// tensors, in name order) with diffusers' index. Every file is written atomically, the config
+/// last; weights of an earlier save that this one does not use are removed after it.
+pub fn save_diffusers_dir(
+    vs: &nn::VarStore,
+    config_json: &str,
+    dir: &Path,
+    max_shard_bytes: u64,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, t.detach().contiguous()))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let bytes = |t: &Tensor| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64;
+    let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
+    let mut size = 0u64;
+    for (name, t) in named {
+        let b = bytes(&t);
+        if size > 0 && size + b > max_shard_bytes {
+            shards.push(vec![]);
+            size = 0;
+        }
+        size += b;
+        shards.last_mut().expect("one shard").push((name, t));
+    }
+    let write = |path: &Path, tensors: &[(String, Tensor)]| {
+        write_atomically(path, |tmp| {
+            Tensor::write_safetensors(tensors, tmp).map_err(MmditError::from)
+        })
+    };
+    let mut written = vec![];
+    if shards.len() == 1 {
+        write(&dir.join(DIFFUSERS_WEIGHTS), &shards[0])?;
+        written.push(DIFFUSERS_WEIGHTS.to_string());
+    } else {
+        let n = shards.len();
+        let mut map = serde_json::Map::new();
+        let mut total = 0u64;
+        for (k, shard) in shards.iter().enumerate() {
+            let file = format!("diffusion_pytorch_model-{:05}-of-{n:05}.safetensors", k + 1);
+            write(&dir.join(&file), shard)?;
+            written.push(file.clone());
+            for (name, t) in shard {
+                total += bytes(t);
+                map.insert(name.clone(), file.clone().into());
+            }
+        }
+        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": map});
+        let text = serde_json::to_string_pretty(&index).expect("JSON serialises");
+        write_atomically(&dir.join(DIFFUSERS_INDEX), |tmp| {
+            std::fs::write(tmp, text).map_err(io_error(tmp))
+        })?;
+        written.push(DIFFUSERS_INDEX.to_string());
+    }
+    write_atomically(&dir.join("config.json"), |tmp| {
+        std::fs::write(tmp, config_json).map_err(io_error(tmp))
+    })?;
+    // Weights of an earlier save in another layout go last (until now they were intact).
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("diffusion_pytorch_model") && !written.contains(&name) {
+            std::fs::remove_file(entry.path()).map_err(io_error(&entry.path()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Loads `files` into `vs` strictly: every variable must be present with the same shape and
 /// no tensor may be left over; otherwise nothing is changed and the error lists the missing,
 /// unexpected and mis-shaped keys. Tensors are converted to each variable's dtype and device

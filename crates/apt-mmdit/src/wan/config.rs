@@ -165,6 +165,30 @@ impl WanConfig {
         serde_json::to_string_pretty(&json).expect("JSON serialises")
     }
 
+    /// Forward FLOPs for one sample, counting 2 per multiply-add of every matmul (as
+    /// [`crate::forward_flops`] does for the MMDiT): patch embedding, text and time embedders,
+    /// per block self-attention over the `N` visual tokens, cross-attention to the
+    /// `text_tokens`, the FFN, and the output projection. `input` is `[C, T, H, W]`.
+    pub fn forward_flops(&self, input: [usize; 4], text_tokens: usize) -> u64 {
+        let d = self.hidden_size() as u64;
+        let [pt, ph, pw] = self.patch_size;
+        let n = (input[1] / pt * (input[2] / ph) * (input[3] / pw)) as u64;
+        let l = text_tokens as u64;
+        let mm = |rows: u64, k: u64, cols: u64| 2 * rows * k * cols;
+        let patch = (self.in_channels * pt * ph * pw) as u64;
+        let embed = mm(n, patch, d)
+            + mm(1, self.freq_dim as u64, d)
+            + mm(1, d, d)
+            + mm(1, d, 6 * d)
+            + mm(l, self.text_dim as u64, d)
+            + mm(l, d, d);
+        let self_attention = mm(n, d, 3 * d) + 2 * mm(n, d, n) + mm(n, d, d);
+        let cross_attention = mm(n, d, d) + mm(l, d, 2 * d) + 2 * mm(n, d, l) + mm(n, d, d);
+        let ffn = mm(n, d, self.ffn_dim as u64) + mm(n, self.ffn_dim as u64, d);
+        let blocks = self.num_layers as u64 * (self_attention + cross_attention + ffn);
+        embed + blocks + mm(n, d, self.patch_out_dim() as u64)
+    }
+
     /// Checks the sizes and that the config is a text-to-video Wan 2.1 model.
     pub fn validate(&self) -> Result<()> {
         for (key, value) in [
@@ -292,5 +316,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("_class_name"));
+    }
+
+    #[test]
+    fn forward_flops_are_two_per_weight_and_token_plus_self_attention() {
+        // The 1.3B at 480×832×81: N = 32,760 visual tokens, 512 text tokens. Every weight of
+        // the blocks multiplies each visual token once (2 FLOPs; the cross-attention's K/V
+        // weights the text tokens instead), and self-attention adds 4·N²·D per block.
+        let cfg = WanConfig::wan21_1_3b();
+        let (n, l, d) = (32_760f64, 512f64, 1536f64);
+        let per_block_weights = (cfg.parameter_count() as f64 - 2.6e7) / 30.0; // less the rest
+        let kv = 2.0 * d * d;
+        let expected = 30.0
+            * (2.0 * (per_block_weights - kv) * n
+                + 2.0 * kv * l
+                + 4.0 * n * n * d
+                + 4.0 * n * l * d);
+        let counted = cfg.forward_flops([16, 21, 60, 104], 512) as f64;
+        assert!(
+            (counted / expected - 1.0).abs() < 0.01,
+            "{counted:e} vs {expected:e}"
+        );
     }
 }

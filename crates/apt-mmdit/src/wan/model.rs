@@ -135,6 +135,18 @@ impl WanTransformer {
         Ok(model)
     }
 
+    /// Writes the model's weights `vs` and config as a diffusers `transformer/` directory
+    /// (`WanTransformer3DModel.from_pretrained` loads it), sharded above `max_shard_bytes`
+    /// (diffusers' default is 10 GB).
+    pub fn save_diffusers_dir(
+        &self,
+        vs: &nn::VarStore,
+        dir: &Path,
+        max_shard_bytes: u64,
+    ) -> Result<()> {
+        crate::weights::save_diffusers_dir(vs, &self.cfg.to_diffusers_json(), dir, max_shard_bytes)
+    }
+
     /// The names of the variables a model of `cfg` has (diffusers names, sorted), read off a
     /// model of the same depth two heads of 6 channels wide (the names do not depend on widths).
     pub fn parameter_names(cfg: &WanConfig) -> Result<Vec<String>> {
