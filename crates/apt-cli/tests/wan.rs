@@ -102,8 +102,10 @@ fn a_tiny_wan_pipeline_is_distilled_post_trained_evaluated_and_sampled() {
     );
 }
 
+/// bf16 with recomputation in every stage, and consistency distillation as G's init (the
+/// teacher's CFG with Wan's negative prompt inside the consistency target).
 #[test]
-fn the_wan_run_trains_in_bf16_with_recomputation() {
+fn the_wan_run_trains_in_bf16_with_recomputation_and_consistency() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let o = apt(&wan_args(
@@ -118,9 +120,15 @@ fn the_wan_run_trains_in_bf16_with_recomputation() {
             "apt.train.recompute=true",
             "--set",
             "report.prompts=4",
+            "--set",
+            "consistency={points=4, shift=3.0, cfg_scale=5.0, train={steps=4, batch_size=4, \
+             optimizer={kind=\"adamw\", lr=1e-3}, checkpoint_every=2, recompute=true}}",
+            "--set",
+            "apt.generator_init=\"consistency\"",
         ],
     ));
     assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(out.join("consistency/student.safetensors").is_file());
     let metrics = std::fs::read_to_string(out.join("apt/metrics.jsonl")).unwrap();
     let last = metrics.lines().last().unwrap();
     assert!(last.contains("\"d_loss\""), "{last}");

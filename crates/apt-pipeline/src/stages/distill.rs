@@ -282,3 +282,54 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         vec![],
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RunConfig;
+
+    fn run_with(dir: &Path, extra: &[String]) -> RunConfig {
+        let smoke = include_str!("../../../../configs/smoke.toml");
+        let mut sets = vec![format!("out={:?}", dir.join("run").to_string_lossy())];
+        sets.extend_from_slice(extra);
+        RunConfig::parse(smoke, &sets).unwrap()
+    }
+
+    #[test]
+    fn pair_prompts_come_from_the_prompt_file_else_the_captions_else_the_shapes() {
+        let dir = tempfile::tempdir().unwrap();
+        // Moving shapes: the benchmark's captions, as before.
+        let run = run_with(dir.path(), &[]);
+        let shapes = PairPrompts::of(&run, run.distill.as_ref().unwrap()).unwrap();
+        assert!(shapes.prompt(0).unwrap().contains("moves"));
+
+        // A folder of captioned clips: its captions, sorted, in turn.
+        let clips = dir.path().join("clips");
+        std::fs::create_dir_all(&clips).unwrap();
+        for (name, caption) in [("b", "a zebra grazes"), ("a", "a cat sleeps")] {
+            std::fs::write(clips.join(format!("{name}.mp4")), b"").unwrap();
+            std::fs::write(clips.join(format!("{name}.txt")), caption).unwrap();
+        }
+        let files = format!(
+            "data={{ kind = \"files\", path = {:?}, clip = {{ num_frames = 4, step = {{ fps = \
+             8.0 }}, height = 16, width = 16, offset = \"random\", crop = \"random\" }} }}",
+            clips.to_string_lossy()
+        );
+        let run = run_with(dir.path(), std::slice::from_ref(&files));
+        let from_data = PairPrompts::of(&run, run.distill.as_ref().unwrap()).unwrap();
+        let drawn: Vec<String> = (0..3).map(|i| from_data.prompt(i).unwrap()).collect();
+        assert_eq!(drawn, ["a cat sleeps", "a zebra grazes", "a cat sleeps"]);
+
+        // A prompt file wins; blank lines are skipped; an empty one is refused naming the key.
+        let list = dir.path().join("prompts.txt");
+        std::fs::write(&list, "a red kite\n\n  a blue boat  \n").unwrap();
+        let prompts = format!("distill.prompts={:?}", list.to_string_lossy());
+        let run = run_with(dir.path(), &[files.clone(), prompts]);
+        let from_file = PairPrompts::of(&run, run.distill.as_ref().unwrap()).unwrap();
+        let drawn: Vec<String> = (0..3).map(|i| from_file.prompt(i).unwrap()).collect();
+        assert_eq!(drawn, ["a red kite", "a blue boat", "a red kite"]);
+        std::fs::write(&list, "\n \n").unwrap();
+        let err = check_prompts(&run, run.distill.as_ref().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("distill.prompts"), "{err}");
+    }
+}
