@@ -5,6 +5,7 @@
 #   libs.tar.xz      the FFmpeg libraries it links and their dependencies (libs/*.so*)
 #   smoke-cache/     caption embeddings of configs/smoke.toml (MiniLM is not carried)
 #   demo-cache/      caption embeddings of configs/demo.toml
+#   wan-tiny-cache/  an empty folder is enough (the UMT5 of assets/wan-tiny is in the repo)
 # and writes reports and logs under $OUT. Usage (from the repo root): bash scripts/gpu_check.sh
 set -u
 OUT=${OUT:-/tmp/gpu-out}
@@ -28,6 +29,7 @@ $APT doctor 2>&1 | tee "$OUT/doctor.txt"
 # name, config, extra --set overrides, time limit (s)
 jobs=(
   "smoke|smoke|--set report.prompts=8|120"
+  "wan-tiny|wan-tiny|--set precision=\"bf16\" --set apt.train.recompute=true|120"
   "demo-long|demo|--set pretrain.train.steps=6000 --set pretrain.train.checkpoint_every=1000|330"
 )
 for job in "${jobs[@]}"; do
