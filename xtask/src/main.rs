@@ -190,6 +190,15 @@ fn fixtures() -> Result<(), Failure> {
     )?;
     run(
         Command::new(&python)
+            .arg(repo_root().join("scripts/make_lora_fixture.py"))
+            .arg("--wan")
+            .arg(out.join("wan/wan-test"))
+            .arg("--out")
+            .arg(out.join("lora")),
+        "a diffusers + PEFT LoRA adapter on the tiny Wan transformer",
+    )?;
+    run(
+        Command::new(&python)
             .arg(repo_root().join("scripts/make_wan_tiny.py"))
             .arg("--out")
             .arg(repo_root().join("assets/wan-tiny")),

@@ -15,8 +15,12 @@ use crate::{repo_root, Failure};
 /// The PyTorch release `tch 0.24` is generated against.
 pub const TORCH_VERSION: &str = "2.11.0";
 /// Pinned reference packages (fixtures and benchmarks only; the product never imports them).
-pub const REFERENCE_REQUIREMENTS: &[&str] =
-    &["diffusers==0.42.1", "numpy==2.4.6", "transformers==5.24.0"];
+pub const REFERENCE_REQUIREMENTS: &[&str] = &[
+    "diffusers==0.42.1",
+    "numpy==2.4.6",
+    "peft==0.22.0",
+    "transformers==5.24.0",
+];
 const MARKER: &str = ".apt-rs-ready";
 const NEEDED_FREE_GB: u64 = 6;
 

@@ -3,6 +3,7 @@
 use tch::{nn, nn::Module, Kind, Tensor};
 
 use crate::config::AttentionBackend;
+use crate::lora::{linear, Linear};
 use crate::rope::RopeTable;
 
 /// RMSNorm over the last dimension with a learned scale (diffusers' `RMSNorm`):
@@ -52,9 +53,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, backend: AttentionBackend) 
 /// Per-stream query/key/value projections and optional QK RMSNorm scales.
 #[derive(Debug)]
 struct Projections {
-    q: nn::Linear,
-    k: nn::Linear,
-    v: nn::Linear,
+    q: Linear,
+    k: Linear,
+    v: Linear,
     norm_q: Option<RmsNorm>,
     norm_k: Option<RmsNorm>,
 }
@@ -63,6 +64,12 @@ impl Projections {
     /// `x` `[B, N, D]` → `[B, N, 3D]` (q | k | v). The three projections run as one matmul on
     /// the concatenated weights (fewer, larger GEMMs; same result).
     fn project(&self, x: &Tensor) -> Tensor {
+        let layers = [&self.q, &self.k, &self.v];
+        if layers.iter().any(|l| l.adapter.is_some()) {
+            // LoRA on a projection: each layer with its adapter (the fused GEMM has none).
+            let out: Vec<Tensor> = layers.iter().map(|l| l.forward(x)).collect();
+            return Tensor::cat(&out, -1);
+        }
         let weight = Tensor::cat(&[&self.q.ws, &self.k.ws, &self.v.ws], 0);
         let biases: Vec<&Tensor> = [&self.q, &self.k, &self.v]
             .iter()
@@ -99,8 +106,8 @@ fn joint_rms_norm(x: &Tensor, visual: &RmsNorm, text: &RmsNorm, n: i64) -> Tenso
 pub struct JointAttention {
     visual: Projections,
     text: Projections,
-    to_out: nn::Linear,
-    to_add_out: Option<nn::Linear>,
+    to_out: Linear,
+    to_add_out: Option<Linear>,
     heads: i64,
     backend: AttentionBackend,
 }
@@ -116,7 +123,7 @@ impl JointAttention {
         backend: AttentionBackend,
     ) -> Self {
         let head_dim = dim / heads;
-        let lin = |name: &str| nn::linear(&p / name, dim, dim, Default::default());
+        let lin = |name: &str| linear(&p / name, dim, dim, Default::default());
         let norm = |name: &str| qk_norm.then(|| RmsNorm::new(&p / name, head_dim, 1e-6));
         Self {
             visual: Projections {
@@ -133,7 +140,7 @@ impl JointAttention {
                 norm_q: norm("norm_added_q"),
                 norm_k: norm("norm_added_k"),
             },
-            to_out: nn::linear(&p / "to_out" / 0, dim, dim, Default::default()),
+            to_out: linear(&p / "to_out" / 0, dim, dim, Default::default()),
             to_add_out: (!context_pre_only).then(|| lin("to_add_out")),
             heads,
             backend,

@@ -4,6 +4,7 @@ use tch::{nn, nn::Module, Tensor};
 
 use crate::attention::JointAttention;
 use crate::config::MmditConfig;
+use crate::lora::{linear, Linear};
 use crate::rope::RopeTable;
 
 /// LayerNorm over the last dimension without affine parameters, `(x − mean) / √(var + 1e-6)`
@@ -26,8 +27,8 @@ pub fn gated_residual(x: &Tensor, gate: &Tensor, branch: &Tensor) -> Tensor {
 }
 
 /// A linear layer initialised to zero (adaLN-Zero: every block starts as the identity).
-pub fn zero_linear(p: nn::Path, input: i64, output: i64) -> nn::Linear {
-    nn::linear(
+pub fn zero_linear(p: nn::Path, input: i64, output: i64) -> Linear {
+    linear(
         p,
         input,
         output,
@@ -42,8 +43,8 @@ pub fn zero_linear(p: nn::Path, input: i64, output: i64) -> nn::Linear {
 /// Linear → GELU(tanh) → Linear (`ff.net.0.proj`, `ff.net.2`): `[…, D]` → `[…, D]`.
 #[derive(Debug)]
 pub struct FeedForward {
-    up: nn::Linear,
-    down: nn::Linear,
+    up: Linear,
+    down: Linear,
 }
 
 impl FeedForward {
@@ -51,8 +52,8 @@ impl FeedForward {
     pub fn new(p: nn::Path, dim: i64, ratio: i64) -> Self {
         let net = &p / "net";
         Self {
-            up: nn::linear(&net / 0 / "proj", dim, dim * ratio, Default::default()),
-            down: nn::linear(&net / 2, dim * ratio, dim, Default::default()),
+            up: linear(&net / 0 / "proj", dim, dim * ratio, Default::default()),
+            down: linear(&net / 2, dim * ratio, dim, Default::default()),
         }
     }
 }
@@ -71,8 +72,8 @@ impl Module for FeedForward {
 /// by a continuous (scale, shift) norm) and produces no output.
 #[derive(Debug)]
 pub struct JointBlock {
-    norm1: nn::Linear,
-    norm1_context: nn::Linear,
+    norm1: Linear,
+    norm1_context: Linear,
     attn: JointAttention,
     ff: FeedForward,
     ff_context: Option<FeedForward>,

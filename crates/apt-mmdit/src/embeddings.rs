@@ -4,6 +4,7 @@
 use tch::{nn, nn::Module, Kind, Tensor};
 
 use crate::config::{MmditConfig, Positions};
+use crate::lora::{linear, Linear};
 
 /// Width of the sinusoidal timestep features (SD3: 256).
 pub const TIMESTEP_FEATURES: i64 = 256;
@@ -173,15 +174,15 @@ pub fn timestep_features_of(t: &Tensor, features: i64) -> Tensor {
 /// Two linears with SiLU between (`linear_1`, `linear_2`).
 #[derive(Debug)]
 struct Mlp2 {
-    linear_1: nn::Linear,
-    linear_2: nn::Linear,
+    linear_1: Linear,
+    linear_2: Linear,
 }
 
 impl Mlp2 {
     fn new(p: nn::Path, input: i64, width: i64) -> Self {
         Self {
-            linear_1: nn::linear(&p / "linear_1", input, width, Default::default()),
-            linear_2: nn::linear(&p / "linear_2", width, width, Default::default()),
+            linear_1: linear(&p / "linear_1", input, width, Default::default()),
+            linear_2: linear(&p / "linear_2", width, width, Default::default()),
         }
     }
 

@@ -6,6 +6,7 @@ use crate::block::{layer_norm, modulate, zero_linear, JointBlock};
 use crate::config::{MmditConfig, Positions};
 use crate::embeddings::{unpatchify, PatchEmbed, PatchGrid, TimeTextEmbed};
 use crate::error::{MmditError, Result};
+use crate::lora::{linear, Linear};
 use crate::rope::RopeTable;
 
 /// Scale between the model's time `t ∈ [0, 1]` and the sinusoidal embedding's input (SD3 and
@@ -41,10 +42,10 @@ pub struct Mmdit {
     cfg: MmditConfig,
     pos_embed: PatchEmbed,
     time_text_embed: TimeTextEmbed,
-    context_embedder: nn::Linear,
+    context_embedder: Linear,
     blocks: Vec<JointBlock>,
-    norm_out: nn::Linear,
-    proj_out: nn::Linear,
+    norm_out: Linear,
+    proj_out: Linear,
 }
 
 impl Mmdit {
@@ -59,7 +60,7 @@ impl Mmdit {
             cfg: cfg.clone(),
             pos_embed: PatchEmbed::new(&p / "pos_embed", cfg),
             time_text_embed: TimeTextEmbed::new(&p / "time_text_embed", cfg),
-            context_embedder: nn::linear(
+            context_embedder: linear(
                 &p / "context_embedder",
                 cfg.context_dim as i64,
                 d,

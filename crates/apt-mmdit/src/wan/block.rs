@@ -9,6 +9,7 @@ use tch::{nn, nn::Module, Kind, Tensor};
 use super::config::WanConfig;
 use crate::attention::{attention, RmsNorm};
 use crate::config::AttentionBackend;
+use crate::lora::{linear, Linear};
 use crate::rope::RopeTable;
 
 /// LayerNorm over the last dimension in f32 with an optional affine (`FP32LayerNorm`).
@@ -28,10 +29,10 @@ pub(super) fn layer_norm_f32(
 /// `to_q`, `to_k`, `to_v`, `to_out.0`, `norm_q`, `norm_k`.
 #[derive(Debug)]
 struct WanAttention {
-    to_q: nn::Linear,
-    to_k: nn::Linear,
-    to_v: nn::Linear,
-    to_out: nn::Linear,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
     norm_q: RmsNorm,
     norm_k: RmsNorm,
     heads: i64,
@@ -40,12 +41,12 @@ struct WanAttention {
 impl WanAttention {
     fn new(p: nn::Path, cfg: &WanConfig) -> Self {
         let d = cfg.hidden_size() as i64;
-        let linear = |name: &str| nn::linear(&p / name, d, d, Default::default());
+        let square = |name: &str| linear(&p / name, d, d, Default::default());
         Self {
-            to_q: linear("to_q"),
-            to_k: linear("to_k"),
-            to_v: linear("to_v"),
-            to_out: nn::linear(&p / "to_out" / 0, d, d, Default::default()),
+            to_q: square("to_q"),
+            to_k: square("to_k"),
+            to_v: square("to_v"),
+            to_out: linear(&p / "to_out" / 0, d, d, Default::default()),
             norm_q: RmsNorm::new(&p / "norm_q", d, cfg.eps),
             norm_k: RmsNorm::new(&p / "norm_k", d, cfg.eps),
             heads: cfg.num_attention_heads as i64,
@@ -81,8 +82,8 @@ pub struct WanBlock {
     attn1: WanAttention,
     attn2: WanAttention,
     norm2: Option<(Tensor, Tensor)>,
-    ffn_in: nn::Linear,
-    ffn_out: nn::Linear,
+    ffn_in: Linear,
+    ffn_out: Linear,
     scale_shift_table: Tensor,
     eps: f64,
 }
@@ -102,8 +103,8 @@ impl WanBlock {
             attn1: WanAttention::new(&p / "attn1", cfg),
             attn2: WanAttention::new(&p / "attn2", cfg),
             norm2,
-            ffn_in: nn::linear(&p / "ffn" / "net" / 0 / "proj", d, f, Default::default()),
-            ffn_out: nn::linear(&p / "ffn" / "net" / 2, f, d, Default::default()),
+            ffn_in: linear(&p / "ffn" / "net" / 0 / "proj", d, f, Default::default()),
+            ffn_out: linear(&p / "ffn" / "net" / 2, f, d, Default::default()),
             scale_shift_table: p.var(
                 "scale_shift_table",
                 &[1, 6, d],

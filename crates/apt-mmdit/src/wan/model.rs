@@ -10,6 +10,7 @@ use super::block::{layer_norm_f32, WanBlock};
 use super::config::WanConfig;
 use crate::embeddings::{timestep_features_of, unpatchify, PatchGrid};
 use crate::error::{MmditError, Result};
+use crate::lora::{linear, Linear};
 use crate::model::{TapOutput, TIMESTEP_SCALE};
 use crate::rope::RopeTable;
 use crate::weights::{diffusers_weight_files, load_strict};
@@ -17,16 +18,16 @@ use crate::weights::{diffusers_weight_files, load_strict};
 /// Two linears with an activation between (`linear_1`, `linear_2`).
 #[derive(Debug)]
 struct Mlp2 {
-    linear_1: nn::Linear,
-    linear_2: nn::Linear,
+    linear_1: Linear,
+    linear_2: Linear,
     tanh_gelu: bool,
 }
 
 impl Mlp2 {
     fn new(p: nn::Path, input: i64, width: i64, tanh_gelu: bool) -> Self {
         Self {
-            linear_1: nn::linear(&p / "linear_1", input, width, Default::default()),
-            linear_2: nn::linear(&p / "linear_2", width, width, Default::default()),
+            linear_1: linear(&p / "linear_1", input, width, Default::default()),
+            linear_2: linear(&p / "linear_2", width, width, Default::default()),
             tanh_gelu,
         }
     }
@@ -68,10 +69,10 @@ pub struct WanTransformer {
     patch_weight: Tensor,
     patch_bias: Tensor,
     time_embedder: Mlp2,
-    time_proj: nn::Linear,
+    time_proj: Linear,
     text_embedder: Mlp2,
     blocks: Vec<WanBlock>,
-    proj_out: nn::Linear,
+    proj_out: Linear,
     scale_shift_table: Tensor,
 }
 
@@ -104,12 +105,12 @@ impl WanTransformer {
                 },
             ),
             time_embedder: Mlp2::new(&emb / "time_embedder", cfg.freq_dim as i64, d, false),
-            time_proj: nn::linear(&emb / "time_proj", d, 6 * d, Default::default()),
+            time_proj: linear(&emb / "time_proj", d, 6 * d, Default::default()),
             text_embedder: Mlp2::new(&emb / "text_embedder", cfg.text_dim as i64, d, true),
             blocks: (0..cfg.num_layers)
                 .map(|i| WanBlock::new(&p / "blocks" / i, cfg))
                 .collect(),
-            proj_out: nn::linear(
+            proj_out: linear(
                 &p / "proj_out",
                 d,
                 cfg.patch_out_dim() as i64,
