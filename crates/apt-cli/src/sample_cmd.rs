@@ -57,6 +57,10 @@ pub struct SampleArgs {
     /// the run's `[vae]`, when it has one; `--shape` is then the latent shape).
     #[arg(long)]
     vae: Option<PathBuf>,
+    /// A LoRA adapter file (diffusers' layout, e.g. runs/NAME/apt/lora.safetensors) merged into
+    /// the checkpoint's weights before sampling: `--checkpoint` is then the base model.
+    #[arg(long)]
+    lora: Option<PathBuf>,
     /// Output: .mp4, .mov, .mkv, .gif or .png (frame grid).
     #[arg(long)]
     out: PathBuf,
@@ -164,7 +168,12 @@ pub fn run(args: SampleArgs) -> Result<ExitCode> {
     let null = text.null()?;
     let text_time = start.elapsed();
 
-    let model = load_exported(&weights, device)?.model;
+    let loaded = load_exported(&weights, device)?;
+    if let Some(adapter) = &args.lora {
+        let n = apt_mmdit::lora::merge_adapter_file(&loaded.vs, adapter)?;
+        println!("lora          {} ({n} layers merged)", adapter.display());
+    }
+    let model = loaded.model;
     let [c, t, h, w] = shape.map(|v| v as i64);
     let z = TensorRng::seeded_normal(args.seed, &[1, c, t, h, w], device);
     let start = Instant::now();

@@ -205,3 +205,99 @@ fn a_directory_that_is_no_usable_wan_pipeline_is_refused_before_anything_is_writ
         ],
     );
 }
+
+/// `[distill.lora]` and `[apt.lora]`: only the adapters train (every other weight of the
+/// student and of G stays the teacher's / the student's), each stage writes the adapters in
+/// diffusers' layout beside the merged export, and `apt sample --lora` on the base model
+/// draws what the merged generator draws.
+#[test]
+fn lora_stages_train_only_the_adapters_and_export_them_beside_the_merged_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = apt(&wan_args(
+        &out,
+        &pipeline(),
+        &[
+            "--set",
+            "distill.lora={rank=4, targets=[\"to_q\", \"to_k\", \"to_v\", \"to_out.0\"]}",
+            "--set",
+            "apt.lora={rank=4, alpha=8.0, targets=[\"attn1.to_q\", \"attn1.to_v\", \"ffn.net.2\"]}",
+            "--set",
+            "report.prompts=4",
+        ],
+    ));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let targeted = |name: &str, targets: &[&str]| {
+        targets
+            .iter()
+            .any(|t| name.ends_with(&format!("{t}.weight")))
+    };
+    let compare = |trained: &Path, start: &Path, targets: &[&str]| {
+        let (a, b) = (tensors(trained), tensors(start));
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "the export is a full model without adapters"
+        );
+        let mut changed = 0;
+        for ((name, x), (_, y)) in a.iter().zip(&b) {
+            if targeted(name, targets) {
+                changed += usize::from(!x.equal(y));
+            } else {
+                assert!(x.equal(y), "{name} changed although it is no LoRA target");
+            }
+        }
+        assert!(changed > 0, "no targeted weight changed");
+    };
+    compare(
+        &out.join("distill/student.safetensors"),
+        &out.join("pretrain/teacher.safetensors"),
+        &["to_q", "to_k", "to_v", "to_out.0"],
+    );
+    compare(
+        &out.join("apt/generator-raw.safetensors"),
+        &out.join("distill/student.safetensors"),
+        &["attn1.to_q", "attn1.to_v", "ffn.net.2"],
+    );
+    // The adapters, diffusers' layout: 4 blocks × (2 attention + 1 FFN) layers × A and B.
+    let adapters = tensors(&out.join("apt/lora.safetensors"));
+    assert_eq!(adapters.len(), 4 * 3 * 2);
+    assert!(adapters
+        .iter()
+        .all(|(k, _)| k.starts_with("transformer.blocks.") && k.contains(".lora_")));
+
+    // Base + adapter draws what the merged generator draws.
+    let sample = |checkpoint: &Path, lora: Option<&Path>, name: &str| {
+        let video = dir.path().join(name);
+        let mut args = strings(&[
+            "sample",
+            "--checkpoint",
+            &checkpoint.to_string_lossy(),
+            "--prompt",
+            "a red circle moves right",
+            "--out",
+            &video.to_string_lossy(),
+        ]);
+        if let Some(l) = lora {
+            args.extend(strings(&["--lora", &l.to_string_lossy()]));
+        }
+        let o = apt(&args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        apt_data::decode(&video, apt_data::FrameSize::Native)
+            .unwrap()
+            .data
+    };
+    let merged = sample(&out.join("apt/generator.safetensors"), None, "merged.mp4");
+    let adapted = sample(
+        &out.join("distill/student.safetensors"),
+        Some(&out.join("apt/lora.safetensors")),
+        "adapted.mp4",
+    );
+    let worst = merged
+        .iter()
+        .zip(&adapted)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 2, "decoded frames differ by up to {worst}/255");
+}

@@ -355,13 +355,17 @@ impl AptDiscriminator {
 }
 
 /// Copies diffusion weights (diffusers names) into the discriminator's `backbone.*` variables
-/// (every one must be present with its shape); heads and output layers keep their fresh
-/// initialisation.
+/// (every one must be present with its shape); heads, output layers and LoRA adapters on the
+/// backbone keep their fresh initialisation.
 pub fn load_backbone(vs: &nn::VarStore, diffusion: &nn::VarStore) -> apt_mmdit::Result<()> {
     let source = diffusion.variables();
-    let vars = vs.variables();
+    let vars: std::collections::HashMap<String, Tensor> = vs
+        .variables()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("backbone.") && !apt_mmdit::lora::is_adapter_variable(k))
+        .collect();
     let (mut missing, mut mismatched) = (vec![], vec![]);
-    for (k, v) in vars.iter().filter(|(k, _)| k.starts_with("backbone.")) {
+    for (k, v) in vars.iter() {
         match source.get(&k["backbone.".len()..]) {
             None => missing.push(k.clone()),
             Some(t) if t.size() != v.size() => {
@@ -379,7 +383,7 @@ pub fn load_backbone(vs: &nn::VarStore, diffusion: &nn::VarStore) -> apt_mmdit::
         });
     }
     tch::no_grad(|| {
-        for (k, mut v) in vars.into_iter().filter(|(k, _)| k.starts_with("backbone.")) {
+        for (k, mut v) in vars {
             v.copy_(&source[&k["backbone.".len()..]].to_kind(v.kind()));
         }
     });

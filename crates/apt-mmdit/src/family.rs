@@ -216,6 +216,40 @@ impl ModelConfig {
         }
     }
 
+    /// The linear layers `lora` adapts in a model of this config (diffusers names, sorted),
+    /// found on a narrow model of the same structure; an error names a target that matches
+    /// no linear layer.
+    pub fn lora_modules(&self, lora: &crate::lora::LoraConfig) -> Result<Vec<String>> {
+        let narrow = match self {
+            Self::Mmdit(c) => Self::Mmdit(MmditConfig {
+                num_heads: 2,
+                head_dim: 6,
+                mlp_ratio: 1,
+                context_dim: 1,
+                pooled_dim: 1,
+                positions: match &c.positions {
+                    crate::Positions::Rope3d { theta, .. } => crate::Positions::Rope3d {
+                        theta: *theta,
+                        axes_dim: None,
+                    },
+                    other => other.clone(),
+                },
+                ..c.clone()
+            }),
+            Self::Wan(c) => Self::Wan(WanConfig {
+                num_attention_heads: 2,
+                attention_head_dim: 6,
+                text_dim: 1,
+                freq_dim: 2,
+                ffn_dim: 1,
+                ..c.clone()
+            }),
+        };
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let (_, modules) = crate::lora::with_lora(lora, || Model::new(vs.root(), &narrow))?;
+        Ok(modules)
+    }
+
     /// The config of a diffusers `transformer/` directory: its `config.json`'s `_class_name`
     /// picks the family (`WanTransformer3DModel` or `SD3Transformer2DModel`).
     pub fn from_diffusers_dir(dir: &Path) -> Result<Self> {

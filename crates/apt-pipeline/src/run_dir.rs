@@ -273,6 +273,11 @@ impl RunDir {
         })
     }
 
+    /// The LoRA adapters a stage trained (`<stage>/lora.safetensors`, diffusers' layout).
+    pub fn lora_path(&self, stage: Stage) -> PathBuf {
+        self.stage(stage).join("lora.safetensors")
+    }
+
     /// Exports the weights of `vs` (model config `cfg`) as the stage's model, atomically: the
     /// weights, `model.toml`, then the integrity record.
     pub fn export_model(

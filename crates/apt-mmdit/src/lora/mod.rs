@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
 
-use crate::error::{config_error, Result};
+use crate::error::{config_error, MmditError, Result};
 
 pub use file::{is_adapter_variable, merge_adapter_file, merged_weights, save_adapter_file};
 
@@ -151,10 +151,10 @@ thread_local! {
 /// Runs `build` (a model's constructor) with adapters attached to every [`linear`] that
 /// `cfg` targets; returns its result and the adapted modules' names, sorted. Errors when a
 /// target matches no module.
-pub fn with_lora<T>(
+pub fn with_lora<T, E: From<MmditError>>(
     cfg: &LoraConfig,
-    build: impl FnOnce() -> Result<T>,
-) -> Result<(T, Vec<String>)> {
+    build: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<(T, Vec<String>), E> {
     cfg.validate("lora")?;
     PLAN.with(|p| {
         *p.borrow_mut() = Some(Plan {
@@ -175,7 +175,8 @@ pub fn with_lora<T>(
             return Err(config_error(
                 "lora.targets",
                 format!("{target:?} matches no linear layer of the model"),
-            ));
+            )
+            .into());
         }
     }
     Ok((built, matched))

@@ -205,6 +205,27 @@ impl RunConfig {
         if let Some(c) = &self.consistency {
             c.validate()?;
         }
+        let adapters = [
+            (
+                "distill",
+                self.distill.as_ref().and_then(|d| d.lora.as_ref()),
+            ),
+            (
+                "consistency",
+                self.consistency.as_ref().and_then(|c| c.lora.as_ref()),
+            ),
+            ("apt", self.apt.as_ref().and_then(|a| a.lora.as_ref())),
+        ];
+        for (stage, lora) in adapters {
+            if let Some(lora) = lora {
+                model.lora_modules(lora).map_err(|e| match e {
+                    apt_mmdit::MmditError::Config { message, .. } => {
+                        config_error(&format!("{stage}.lora.targets"), message)
+                    }
+                    other => other.into(),
+                })?;
+            }
+        }
         if let Some(a) = &self.apt {
             a.validate(model.depth())?;
             a.check_generator_frozen(&model.parameter_names()?)?;

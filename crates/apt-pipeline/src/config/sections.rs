@@ -9,6 +9,7 @@ use apt_flow::{Method, SamplerConfig, TrainConfig};
 use apt_gan::adversarial::config::IMAGE_SIGMA_R1;
 use apt_gan::discriminator::IMAGE_TIME_SHIFT;
 use apt_gan::{AdversarialConfig, DiscriminatorConfig};
+use apt_mmdit::lora::LoraConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{config_error, Result};
@@ -186,6 +187,10 @@ pub struct DistillSection {
     /// One-step evaluation (moving shapes).
     #[serde(default)]
     pub eval: Option<EvalConfig>,
+    /// Train low-rank adapters instead of every weight (`rank`, `alpha`, `dropout`, `targets`
+    /// by diffusers name); exports hold the merged model and `lora.safetensors` beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
     /// The loop's knobs.
     pub train: TrainConfig,
 }
@@ -210,6 +215,7 @@ impl DistillSection {
         }
         self.teacher.validate("distill.teacher")?;
         validate_eval(&self.eval, "distill.eval")?;
+        validate_lora(&self.lora, &self.train, "distill")?;
         validate_flow_train(&self.train, "distill")
     }
 }
@@ -224,6 +230,10 @@ pub struct ConsistencySection {
     /// One-step evaluation (moving shapes).
     #[serde(default)]
     pub eval: Option<EvalConfig>,
+    /// Train low-rank adapters instead of every weight (`rank`, `alpha`, `dropout`, `targets`
+    /// by diffusers name); exports hold the merged model and `lora.safetensors` beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
     /// The loop's knobs.
     pub train: TrainConfig,
 }
@@ -239,6 +249,7 @@ impl ConsistencySection {
             ));
         }
         validate_eval(&self.eval, "consistency.eval")?;
+        validate_lora(&self.lora, &self.train, "consistency")?;
         validate_flow_train(&self.train, "consistency")
     }
 }
@@ -282,6 +293,10 @@ pub struct AptSection {
     /// image stage's generator and D restarts from the diffusion weights.
     #[serde(default)]
     pub image: Option<ImageStage>,
+    /// Low-rank adapters on G and on D's backbone instead of their every weight (D's heads
+    /// train fully); G's export holds the merged model and `lora.safetensors` beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
     /// The loop's knobs: `optimizer` is G's, `optimizer_d` D's; `ema_decay` is G's EMA.
     pub train: TrainConfig,
 }
@@ -381,8 +396,27 @@ impl AptSection {
                 .validate("apt.image", depth)?;
         }
         validate_eval(&self.eval, "apt.eval")?;
+        validate_lora(&self.lora, &self.train, "apt")?;
         Ok(self.train.validate("apt.train")?)
     }
+}
+
+/// `[<stage>.lora]`: its values; dropout cannot be recomputed (the recomputed forward would
+/// draw other masks than the first).
+fn validate_lora(lora: &Option<LoraConfig>, train: &TrainConfig, stage: &str) -> Result<()> {
+    let Some(lora) = lora else { return Ok(()) };
+    lora.validate(&format!("{stage}.lora"))?;
+    if lora.dropout > 0.0 && train.recompute {
+        return Err(config_error(
+            &format!("{stage}.lora.dropout"),
+            format!(
+                "is {} with {stage}.train.recompute: the recomputed pass would drop other \
+                 inputs than the first; use one or the other",
+                lora.dropout
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn positive(key: &str, value: usize) -> Result<()> {

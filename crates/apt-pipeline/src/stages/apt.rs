@@ -8,16 +8,17 @@ use std::sync::atomic::AtomicBool;
 
 use apt_data::shapes::Split;
 use apt_data::Skipped;
-use apt_flow::train::{copy_weights, freeze_variables, MetricLine, Observer, Part, Shard, Trainer};
+use apt_flow::train::{freeze_variables, MetricLine, Observer, Part, Shard, Trainer};
 use apt_flow::{OneStepGenerator, RunEnd, TensorRng, TrainConfig};
 use apt_gan::adversarial::{AdversarialStep, GENERATOR};
 use apt_gan::discriminator::load_backbone;
 use apt_gan::{AdversarialConfig, AptDiscriminator, DiscriminatorConfig};
-use apt_mmdit::{Model, ModelConfig};
+use apt_mmdit::lora;
+use apt_mmdit::Model;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use super::common::{export_part, new_model, one_and_two_step, start_or_resume};
+use super::common::{export_part, one_and_two_step, start_or_resume, ModelSpec};
 use super::{Outcome, Progress, StageReport, StageRun};
 use crate::config::{GeneratorInit, RunConfig};
 use crate::data::{DataConfig, TrainData};
@@ -113,7 +114,7 @@ struct Previews<'a> {
     run: &'a RunConfig,
     dir: &'a RunDir,
     data: &'a DataConfig,
-    model: &'a ModelConfig,
+    spec: &'a ModelSpec,
     text: &'a TextConditioner,
     space: &'a Space,
 }
@@ -138,8 +139,9 @@ impl Previews<'_> {
             return Ok(());
         };
         let device = self.run.device()?;
-        let (vs, g) = new_model(self.model, 0, device)?;
-        parts[GENERATOR].copy_exported_to(&vs)?;
+        let (_vs, g) = self
+            .spec
+            .merged(|vs| parts[GENERATOR].copy_exported_to(vs), 0, device)?;
         let captions: Vec<String> = (0..4u64)
             .map(|i| shapes.draw(4242, i, Split::All).map(|s| shapes.caption(&s)))
             .collect::<std::result::Result<_, _>>()?;
@@ -207,19 +209,29 @@ pub struct StartingModels {
 
 impl StartingModels {
     /// G from `plan.generator_init`'s export, D's backbone from the teacher's export (both
-    /// verified), D's heads initialised from the run's seed.
+    /// verified), D's heads initialised from the run's seed. With `[apt.lora]` G and D's
+    /// backbone gain adapters and only those (and D's heads) train.
     pub fn load(run: &RunConfig, dir: &RunDir, plan: &StagePlan) -> Result<Self> {
         let device = run.device()?;
-        let mcfg = run.model()?;
-        let (vs_g, generator) = new_model(&mcfg, run.seed, device)?;
+        let spec = generator_spec(run)?;
+        let (vs_g, generator) = spec.build(run.seed, device)?;
         let init = dir.require_model(plan.generator_init, device)?;
-        copy_weights(&init.vs, &vs_g);
+        spec.start_from(&vs_g, &init.vs);
         let teacher = dir.require_model(Stage::Pretrain, device)?;
         let vs_d = nn::VarStore::new(device);
         let discriminator = apt_flow::rng::with_global_seed(run.seed.wrapping_add(1), || {
-            AptDiscriminator::new(vs_d.root(), &mcfg, &plan.discriminator)
+            let build = || AptDiscriminator::new(vs_d.root(), &spec.config, &plan.discriminator);
+            match &spec.lora {
+                None => build(),
+                Some(lora) => lora::with_lora(lora, build).map(|d| d.0),
+            }
         })?;
         load_backbone(&vs_d, &teacher.vs)?;
+        if spec.lora.is_some() {
+            freeze_variables(&vs_d, |n| {
+                n.starts_with("backbone.") && !lora::is_adapter_variable(n)
+            });
+        }
         Ok(Self {
             vs_g,
             generator,
@@ -227,6 +239,14 @@ impl StartingModels {
             discriminator,
         })
     }
+}
+
+/// G's model: the run's, with `[apt.lora]`'s adapters when set.
+pub fn generator_spec(run: &RunConfig) -> Result<ModelSpec> {
+    Ok(ModelSpec::with_lora(
+        run.model()?,
+        run.apt.as_ref().and_then(|a| a.lora.as_ref()),
+    ))
 }
 
 /// `apt.generator_frozen`: G's parameters whose name contains one of `patterns` are frozen
@@ -247,7 +267,8 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
     let eval = run.apt.as_ref().and_then(|a| a.eval.clone());
     run.apply_threads();
     let device = run.device()?;
-    let mcfg = run.model()?;
+    let spec = generator_spec(run)?;
+    let mcfg = spec.config.clone();
     let StartingModels {
         vs_g,
         generator,
@@ -298,7 +319,7 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
         run,
         dir: ctx.dir,
         data: &plan.data,
-        model: &mcfg,
+        spec: &spec,
         text: &text,
         space: &space,
     };
@@ -313,11 +334,17 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
         ctx.dir,
         stage,
         &trainer.parts[GENERATOR],
-        &mcfg,
+        &spec,
         trainer.step,
     )?;
-    let (raw_vs, _raw) = new_model(&mcfg, run.seed, device)?;
-    trainer.parts[GENERATOR].copy_weights_to(&raw_vs);
+    let (raw_vs, _raw) = spec.merged(
+        |vs| {
+            trainer.parts[GENERATOR].copy_weights_to(vs);
+            Ok(())
+        },
+        run.seed,
+        device,
+    )?;
     let raw_path = ctx.dir.raw_export_path(stage);
     ctx.dir
         .export_to(stage, &raw_path, &raw_vs, &mcfg, trainer.step)?;

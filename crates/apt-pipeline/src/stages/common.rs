@@ -3,8 +3,9 @@
 
 use std::sync::atomic::AtomicBool;
 
-use apt_flow::train::{copy_weights, MetricLine, Observer, Part, TrainStep, Trainer};
+use apt_flow::train::{freeze_variables, MetricLine, Observer, Part, TrainStep, Trainer};
 use apt_flow::OneStepGenerator;
+use apt_mmdit::lora::{self, LoraConfig};
 use apt_mmdit::{Model, ModelConfig};
 use tch::{nn, Device};
 
@@ -54,17 +55,102 @@ pub fn start_or_resume(
 
 /// A fresh model of `cfg` on `device`, initialised from `seed` (then overwritten by weights).
 pub fn new_model(cfg: &ModelConfig, seed: u64, device: Device) -> Result<(nn::VarStore, Model)> {
-    let vs = nn::VarStore::new(device);
-    let model = apt_flow::rng::with_global_seed(seed, || Model::new(vs.root(), cfg))?;
-    Ok((vs, model))
+    ModelSpec::full(cfg.clone()).build(seed, device)
 }
 
-/// The exported teacher (checked against the run's model config) and a student initialised
-/// from its weights.
+/// The model a stage trains: its config, and the adapters it trains instead of every weight
+/// (`[<stage>.lora]`).
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// The model.
+    pub config: ModelConfig,
+    /// LoRA, when the stage trains adapters.
+    pub lora: Option<LoraConfig>,
+}
+
+impl ModelSpec {
+    /// Every weight trained.
+    pub fn full(config: ModelConfig) -> Self {
+        Self { config, lora: None }
+    }
+
+    /// `lora`'s adapters trained (every weight when `None`).
+    pub fn with_lora(config: ModelConfig, lora: Option<&LoraConfig>) -> Self {
+        Self {
+            config,
+            lora: lora.cloned(),
+        }
+    }
+
+    /// A fresh model with the adapters attached (the variables of the stage's trained part),
+    /// initialised from `seed`.
+    pub fn build(&self, seed: u64, device: Device) -> Result<(nn::VarStore, Model)> {
+        let vs = nn::VarStore::new(device);
+        let model = apt_flow::rng::with_global_seed(seed, || match &self.lora {
+            None => Model::new(vs.root(), &self.config),
+            Some(lora) => {
+                lora::with_lora(lora, || Model::new(vs.root(), &self.config)).map(|m| m.0)
+            }
+        })?;
+        Ok((vs, model))
+    }
+
+    /// Loads `weights` (a full model's, e.g. the teacher's) into the base of `vs` and, with
+    /// LoRA, freezes every variable but the adapters. Returns how many variables train.
+    pub fn start_from(&self, vs: &nn::VarStore, weights: &nn::VarStore) -> usize {
+        copy_base_weights(weights, vs);
+        if self.lora.is_some() {
+            freeze_variables(vs, |name| !lora::is_adapter_variable(name));
+        }
+        vs.trainable_variables().len()
+    }
+
+    /// The full model (adapters merged) of the weights `fill` puts into a model of this spec.
+    pub fn merged(
+        &self,
+        fill: impl FnOnce(&nn::VarStore) -> apt_flow::Result<()>,
+        seed: u64,
+        device: Device,
+    ) -> Result<(nn::VarStore, Model)> {
+        let (vs, model) = self.build(seed, device)?;
+        fill(&vs)?;
+        let Some(lora) = &self.lora else {
+            return Ok((vs, model));
+        };
+        let (plain_vs, plain) = new_model(&self.config, seed, device)?;
+        let merged: std::collections::BTreeMap<String, tch::Tensor> =
+            lora::merged_weights(&vs, lora.scale())
+                .into_iter()
+                .collect();
+        tch::no_grad(|| {
+            for (k, mut v) in plain_vs.variables() {
+                v.copy_(&merged[&k]);
+            }
+        });
+        Ok((plain_vs, plain))
+    }
+}
+
+/// Copies every same-named non-adapter variable of `from` into `to` (adapters keep their
+/// initialisation).
+pub fn copy_base_weights(from: &nn::VarStore, to: &nn::VarStore) {
+    let src = from.variables();
+    tch::no_grad(|| {
+        for (k, mut v) in to.variables() {
+            if !lora::is_adapter_variable(&k) {
+                v.copy_(&src[&k]);
+            }
+        }
+    });
+}
+
+/// The exported teacher (checked against the run's model config) and a student of `spec`
+/// initialised from its weights (only the adapters training, with LoRA).
 pub fn student_from_teacher(
     run: &RunConfig,
     dir: &RunDir,
     device: Device,
+    spec: &ModelSpec,
 ) -> Result<(nn::VarStore, Model, LoadedModel)> {
     let teacher = dir.require_model(Stage::Pretrain, device)?;
     if teacher.config != run.model()? {
@@ -76,24 +162,34 @@ pub fn student_from_teacher(
             ),
         ));
     }
-    let (vs, student) = new_model(&teacher.config, run.seed, device)?;
-    copy_weights(&teacher.vs, &vs);
+    let (vs, student) = spec.build(run.seed, device)?;
+    spec.start_from(&vs, &teacher.vs);
     Ok((vs, student, teacher))
 }
 
-/// Exports `part` (its EMA when it has one) as `stage`'s model through a fresh model of
-/// `cfg`; returns that model and the export's path. Rank 0 of a data-parallel run calls it.
+/// Exports `part` (its EMA when it has one) as `stage`'s model — the full model, adapters
+/// merged, and with LoRA the adapters alone as `lora.safetensors` (diffusers' layout) —
+/// returns the full model and the export's path. Rank 0 of a data-parallel run calls it.
 pub fn export_part(
     run: &RunConfig,
     dir: &RunDir,
     stage: Stage,
     part: &Part,
-    cfg: &ModelConfig,
+    spec: &ModelSpec,
     step: u64,
 ) -> Result<(Model, std::path::PathBuf)> {
-    let (vs, model) = new_model(cfg, run.seed, run.device()?)?;
-    part.copy_exported_to(&vs)?;
-    let path = dir.export_model(stage, &vs, cfg, step)?;
+    let device = run.device()?;
+    if let Some(lora) = &spec.lora {
+        let (vs, _) = spec.build(run.seed, device)?;
+        part.copy_exported_to(&vs)?;
+        let file = dir.lora_path(stage);
+        std::fs::create_dir_all(dir.stage(stage))
+            .map_err(crate::error::io_error(&dir.stage(stage)))?;
+        let n = lora::save_adapter_file(&vs, lora, "", &file)?;
+        tracing::info!(adapters = n, file = %file.display(), "LoRA adapters written");
+    }
+    let (vs, model) = spec.merged(|vs| part.copy_exported_to(vs), run.seed, device)?;
+    let path = dir.export_model(stage, &vs, &spec.config, step)?;
     Ok((model, path))
 }
 

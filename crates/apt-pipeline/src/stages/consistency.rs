@@ -6,7 +6,7 @@ use apt_flow::distill::{ConsistencyStep, ConsistencyTarget};
 use apt_flow::train::{Part, Shard, Trainer};
 use apt_flow::{RunEnd, TensorRng};
 
-use super::common::{new_model, start_or_resume, student_from_teacher, Follow};
+use super::common::{start_or_resume, student_from_teacher, Follow, ModelSpec};
 use super::distill::finish_student;
 use super::{Outcome, StageRun};
 use crate::data::TrainData;
@@ -23,7 +23,8 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         .ok_or_else(|| config_error("consistency", "section missing"))?;
     run.apply_threads();
     let device = run.device()?;
-    let (vs, student, teacher) = student_from_teacher(run, ctx.dir, device)?;
+    let spec = ModelSpec::with_lora(run.model()?, cfg.lora.as_ref());
+    let (vs, student, teacher) = student_from_teacher(run, ctx.dir, device, &spec)?;
     run.precision.cast_store(&teacher.vs);
     let text = TextConditioner::for_run(run, device)?;
     let dir = ctx.dir.stage(Stage::Consistency);
@@ -33,7 +34,8 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let mut trainer = Trainer::new(Stage::Consistency.name(), &dir, &cfg.train, vec![part], rng)?
         .with_collective(ctx.world.clone());
     trainer.stop = ctx.stop.clone();
-    let (target_vs, target_model) = new_model(&run.model()?, run.seed, device)?;
+    // The EMA target holds the student's variables (its adapters too, with LoRA).
+    let (target_vs, target_model) = spec.build(run.seed, device)?;
     let space = crate::latent::Space::open(run, ctx.dir)?;
     let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?
         .prefetching(device)
@@ -64,6 +66,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     finish_student(
         ctx,
         Stage::Consistency,
+        &spec,
         &trainer,
         cfg.eval.as_ref(),
         &text,

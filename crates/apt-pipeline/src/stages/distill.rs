@@ -14,7 +14,9 @@ use apt_mmdit::Model;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use super::common::{export_part, one_and_two_step, start_or_resume, student_from_teacher, Follow};
+use super::common::{
+    export_part, one_and_two_step, start_or_resume, student_from_teacher, Follow, ModelSpec,
+};
 use super::{Outcome, StageReport, StageRun};
 use crate::config::{DataConfig, DistillSection, EvalConfig};
 use crate::error::{config_error, io_error, PipelineError, Result};
@@ -206,9 +208,11 @@ fn read_shard(path: &Path, n: usize) -> Result<Pairs> {
 
 /// Exports the trained student (EMA if any), evaluates one- and two-step generation, and
 /// writes the stage's report.
+#[allow(clippy::too_many_arguments)]
 pub fn finish_student(
     ctx: &StageRun,
     stage: Stage,
+    spec: &ModelSpec,
     trainer: &Trainer,
     eval: Option<&EvalConfig>,
     text: &TextConditioner,
@@ -218,11 +222,11 @@ pub fn finish_student(
         return Ok(Outcome::Trained);
     }
     let run = ctx.config;
-    let mcfg = run.model()?;
-    let (student, path) = export_part(run, ctx.dir, stage, &trainer.parts[0], &mcfg, trainer.step)?;
+    let mcfg = &spec.config;
+    let (student, path) = export_part(run, ctx.dir, stage, &trainer.parts[0], spec, trainer.step)?;
     let space = Space::open(run, ctx.dir)?;
     let (one_step, two_step) = one_and_two_step(
-        run, &run.data, &space, &student, &mcfg, eval, text, &ctx.stop,
+        run, &run.data, &space, &student, mcfg, eval, text, &ctx.stop,
     )?;
     let losses: Vec<f64> = MetricsLog::read(&ctx.dir.stage_metrics(stage))
         .iter()
@@ -250,7 +254,8 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         .ok_or_else(|| config_error("distill", "section missing"))?;
     run.apply_threads();
     let device = run.device()?;
-    let (vs, student, teacher) = student_from_teacher(run, ctx.dir, device)?;
+    let spec = ModelSpec::with_lora(run.model()?, cfg.lora.as_ref());
+    let (vs, student, teacher) = student_from_teacher(run, ctx.dir, device, &spec)?;
     run.precision.cast_store(&teacher.vs);
     let text = TextConditioner::for_run(run, device)?;
     let pairs_dir = ctx.dir.pairs_dir();
@@ -276,6 +281,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     finish_student(
         ctx,
         Stage::Distill,
+        &spec,
         &trainer,
         cfg.eval.as_ref(),
         &text,

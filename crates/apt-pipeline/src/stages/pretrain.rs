@@ -15,7 +15,7 @@ use apt_mmdit::{Model, ModelConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
-use super::common::{export_part, new_model, start_or_resume, Follow};
+use super::common::{export_part, new_model, start_or_resume, Follow, ModelSpec};
 use super::{Outcome, StageReport, StageRun};
 use crate::config::RunConfig;
 use crate::data::TrainData;
@@ -169,7 +169,7 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         ctx.dir,
         Stage::Pretrain,
         &trainer.parts[0],
-        &mcfg,
+        &ModelSpec::full(mcfg.clone()),
         trainer.step,
     )?;
     let (val_loss_end, alignment) =
