@@ -118,6 +118,38 @@ pub fn print(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
             run.data.clip_shape()
         );
     }
+    let adapters = [
+        (
+            "distill",
+            run.distill.as_ref().and_then(|d| d.lora.as_ref()),
+        ),
+        (
+            "consistency",
+            run.consistency.as_ref().and_then(|c| c.lora.as_ref()),
+        ),
+        ("apt", run.apt.as_ref().and_then(|a| a.lora.as_ref())),
+    ];
+    for (stage, lora) in adapters {
+        if let Some(lora) = lora {
+            let layers = apt_mmdit::linears::linear_layers(&model)
+                .iter()
+                .filter(|(name, _, _)| lora.matches(name))
+                .count();
+            let trained = apt_mmdit::linears::lora_parameter_count(&model, lora);
+            println!(
+                "lora         {stage}: rank {} on {layers} linear layers: {} trained parameters \
+                 per model ({:.2}% of it){}, the rest frozen",
+                lora.rank,
+                commas(trained),
+                100.0 * trained as f64 / p as f64,
+                if stage == "apt" {
+                    " on G and on D's backbone; D's heads train fully"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     let (_, token_text) = tokens(run, &model, None);
     println!("tokens       {token_text}");
     if let Some(from) = run.model.import_from() {

@@ -158,6 +158,36 @@ fn dry_runs_size_every_shipped_config() {
     ]));
     let out = text(&o.stdout);
     assert!(o.status.success(), "{}", text(&o.stderr));
+    // With LoRA the plan says what trains, and a step needs less.
+    let targets = "targets=[\"to_q\", \"to_k\", \"to_v\", \"to_out.0\"]";
+    let lora = apt(&strings(&[
+        "train",
+        "--config",
+        &config("wan2.1-t2v-1.3b.toml"),
+        "--dry-run",
+        "--world-size",
+        "8",
+        "--set",
+        &format!("apt.lora={{rank=32, {targets}}}"),
+    ]));
+    let lora_out = text(&lora.stdout);
+    assert!(lora.status.success(), "{}", text(&lora.stderr));
+    // 30 blocks × 8 attention projections of 1536 → 1536: 32 · 3072 each.
+    assert!(
+        lora_out.contains("lora         apt: rank 32 on 240 linear layers: 23,592,960 trained"),
+        "{lora_out}"
+    );
+    let apt_row = |plan: &str| -> String {
+        plan.lines()
+            .find(|l| l.starts_with("apt "))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_ne!(
+        apt_row(&lora_out),
+        apt_row(&out),
+        "LoRA does not change the plan"
+    );
     for needle in [
         "model        wan from Wan2.1-T2V-1.3B-Diffusers: 30 blocks × 1536 wide",
         "heads at blocks [13, 22, 30]",

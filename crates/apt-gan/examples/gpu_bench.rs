@@ -23,11 +23,14 @@ use std::time::Instant;
 
 use apt_flow::data::{CaptionEncoder, ClipSource, Cursor};
 use apt_flow::pretrain::{FlowMatchingConfig, FlowMatchingStep};
-use apt_flow::train::{OptimizerConfig, Part, Precision, Shard, TrainConfig, Trainer};
+use apt_flow::train::{
+    freeze_variables, OptimizerConfig, Part, Precision, Shard, TrainConfig, Trainer,
+};
 use apt_flow::{Conditioning, OneStepGenerator, Result, TensorRng};
 use apt_gan::adversarial::{AdversarialConfig, AdversarialStep};
 use apt_gan::discriminator::{default_taps, AptDiscriminator, DiscriminatorConfig};
 use apt_mmdit::analytic::forward_flops;
+use apt_mmdit::lora::LoraConfig;
 use apt_mmdit::{Mmdit, MmditConfig, Model, ModelConfig, Preset};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -187,7 +190,11 @@ fn main() -> anyhow::Result<()> {
         "sd3-medium"
     };
     let preset = Preset::named(&flag(&args, "--preset", default_preset))?;
-    let cfg = preset.config.clone();
+    // `--config FILE`: another MMDiT (model TOML) at the preset's input.
+    let cfg = match args.iter().position(|a| a == "--config") {
+        Some(i) => MmditConfig::from_toml_file(&args[i + 1])?,
+        None => preset.config.clone(),
+    };
     let input = preset.typical_input;
     let text_tokens = preset.typical_text_tokens;
     let shape = input.map(|v| v as i64);
@@ -200,6 +207,11 @@ fn main() -> anyhow::Result<()> {
     let tokens = visual_tokens(&cfg, input);
     let kernel = sdpa_kernel(&cfg, tokens + text_tokens as i64, 1, device);
     let f_model = forward_flops(&cfg, input, text_tokens) as f64;
+    let precision_name = if args.iter().any(|a| a == "--fp32") {
+        "fp32"
+    } else {
+        "bf16"
+    };
     let report = |name: &str, batch: usize, seconds: f64, flops: f64| {
         println!(
             "{}",
@@ -209,7 +221,8 @@ fn main() -> anyhow::Result<()> {
                 "text_tokens": text_tokens, "batch": batch, "seconds": seconds,
                 "tokens_per_s": (batch as f64) * tokens as f64 / seconds,
                 "model_tflops": flops / 1e12, "mfu": flops / seconds / peak,
-                "sdpa_kernel": kernel, "precision": "bf16",
+                "sdpa_kernel": kernel, "precision": precision_name,
+                "parameters": apt_mmdit::param_count(&cfg).total(),
             })
         );
     };
@@ -260,14 +273,46 @@ fn main() -> anyhow::Result<()> {
         }
         "apt" => {
             let batch: usize = flag(&args, "--batch", "4").parse()?;
+            // `--lora R`: adapters of rank R on every attention projection and MLP of G and of
+            // D's backbone, the rest frozen (D's heads train); `--fp32` for CPU measurements.
+            let lora = match flag(&args, "--lora", "0").parse::<usize>()? {
+                0 => None,
+                rank => Some(LoraConfig {
+                    rank,
+                    alpha: None,
+                    dropout: 0.0,
+                    targets: ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"].map(String::from).to_vec(),
+                }),
+            };
+            let precision = if args.iter().any(|a| a == "--fp32") { Precision::Fp32 } else { Precision::Bf16 };
+            let with = |build: &mut dyn FnMut() -> apt_flow::Result<()>| -> apt_flow::Result<()> {
+                match &lora {
+                    None => build(),
+                    Some(l) => apt_mmdit::lora::with_lora(l, &mut *build).map(|_| ()),
+                }
+            };
             let vs_g = nn::VarStore::new(device);
-            let generator = Mmdit::new(vs_g.root(), &cfg)?;
+            let mut generator = None;
+            with(&mut || {
+                generator = Some(Model::from(Mmdit::new(vs_g.root(), &cfg)?));
+                Ok(())
+            })?;
+            let generator = generator.expect("built");
             let vs_d = nn::VarStore::new(device);
-            let discriminator = AptDiscriminator::new(vs_d.root(), &cfg.clone().into(), &DiscriminatorConfig::default())?;
+            let mut discriminator = None;
+            with(&mut || {
+                discriminator = Some(AptDiscriminator::new(vs_d.root(), &cfg.clone().into(), &DiscriminatorConfig::default())?);
+                Ok(())
+            })?;
+            let discriminator = discriminator.expect("built");
+            if lora.is_some() {
+                freeze_variables(&vs_g, |n| !apt_mmdit::lora::is_adapter_variable(n));
+                freeze_variables(&vs_d, |n| n.starts_with("backbone.") && !apt_mmdit::lora::is_adapter_variable(n));
+            }
             let rmsprop = OptimizerConfig::Rmsprop { lr: 5e-6, alpha: 0.9, eps: 1e-8, weight_decay: 0.0, momentum: 0.0, centered: false };
             let parts = vec![
-                Part::new("generator", vs_g, rmsprop, Some(0.995))?.with_precision(Precision::Bf16),
-                Part::new("discriminator", vs_d, rmsprop, None)?.with_precision(Precision::Bf16),
+                Part::new("generator", vs_g, rmsprop, Some(0.995))?.with_precision(precision),
+                Part::new("discriminator", vs_d, rmsprop, None)?.with_precision(precision),
             ];
             let config = TrainConfig::new(1_000_000, batch, rmsprop);
             let dir = tempfile::tempdir()?;
@@ -286,7 +331,7 @@ fn main() -> anyhow::Result<()> {
             let flops = batch as f64 * (f_model + 9.0 * f_d + 3.0 * f_model + 3.0 * f_d);
             report("apt", batch, seconds, flops);
         }
-        _ => anyhow::bail!("usage: gpu_bench latency|flow|apt [--preset NAME] [--batch B] [--warmup W] [--iters K] [--peak-tflops T] [--recompute]"),
+        _ => anyhow::bail!("usage: gpu_bench latency|flow|apt|wan-latency [--preset NAME] [--batch B] [--warmup W] [--iters K] [--peak-tflops T] [--recompute] [apt: --lora R --fp32]"),
     }
     Ok(())
 }

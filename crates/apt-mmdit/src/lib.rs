@@ -31,6 +31,7 @@ pub mod config;
 pub mod embeddings;
 pub mod error;
 pub mod family;
+pub mod linears;
 pub mod lora;
 pub mod model;
 pub mod parity;

@@ -210,3 +210,45 @@ fn targets_that_match_nothing_and_adapters_of_another_model_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn the_closed_form_linear_layers_and_adapter_sizes_are_a_built_models() {
+    use apt_mmdit::linears::{linear_layers, lora_parameter_count};
+    let mut wan = ModelConfig::from_diffusers_dir(&wan_dir()).unwrap();
+    if let ModelConfig::Wan(w) = &mut wan {
+        w.num_layers = 3;
+    }
+    for cfg in [
+        wan,
+        ModelConfig::Mmdit(MmditConfig::preset("tiny").unwrap()),
+    ] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let all = LoraConfig {
+            targets: linear_layers(&cfg).into_iter().map(|l| l.0).collect(),
+            ..lora()
+        };
+        let (_, adapted) = with_lora(&all, || Model::new(vs.root(), &cfg)).unwrap();
+        let vars = vs.variables();
+        let mut built: Vec<(String, usize, usize)> = adapted
+            .iter()
+            .map(|m| {
+                let s = vars[&format!("{m}.weight")].size();
+                (m.clone(), s[1] as usize, s[0] as usize)
+            })
+            .collect();
+        built.sort();
+        assert_eq!(linear_layers(&cfg), built, "{}", cfg.family());
+        let adapters: i64 = vars
+            .iter()
+            .filter(|(k, _)| k.contains(".lora_"))
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
+        assert_eq!(lora_parameter_count(&cfg, &all), adapters as u64);
+        // Every 2-D weight of the model is one of them (convolutions are 5-D).
+        let two_d = vars
+            .iter()
+            .filter(|(k, t)| t.dim() == 2 && !k.contains(".lora_"))
+            .count();
+        assert_eq!(two_d, built.len(), "{}", cfg.family());
+    }
+}

@@ -19,6 +19,8 @@
 use apt_flow::train::{OptimizerConfig, Precision};
 use apt_flow::TrainConfig;
 use apt_gan::discriminator::{default_taps, discriminator_param_count};
+use apt_mmdit::linears::lora_parameter_count;
+use apt_mmdit::lora::LoraConfig;
 use apt_mmdit::{ModelConfig, Preset};
 use apt_vae::WanVaeConfig;
 
@@ -258,28 +260,42 @@ fn model_estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMe
         recomputed_activation_bytes(depth, model.hidden_size(), n, batch)
     };
     let frozen = p.saturating_mul(VALUE);
-    let flow_stage = |t: &TrainConfig, frozen_copies: u64| {
-        let states = trained_bytes(p, &t.optimizer, t.ema_decay.is_some())
+    let adapters = |lora: Option<&LoraConfig>| lora.map(|l| lora_parameter_count(&model, l));
+    // A stage trains every weight, or (LoRA) only its adapters over a frozen base; the EMA
+    // averages what trains.
+    let flow_stage = |t: &TrainConfig, frozen_copies: u64, lora: Option<u64>| {
+        let (trained, base) = match lora {
+            None => (p, 0),
+            Some(a) => (a, p),
+        };
+        let states = trained_bytes(trained, &t.optimizer, t.ema_decay.is_some())
+            .saturating_add(base.saturating_mul(VALUE))
             .saturating_add(frozen_copies.saturating_mul(frozen));
         let m = StepMemory {
             states,
-            optimizer: optimizer_bytes(p, &t.optimizer),
+            optimizer: optimizer_bytes(trained, &t.optimizer),
             activations: act(model.depth(), t.batch_size),
             recomputed: act_rc(model.depth(), t.batch_size),
         };
-        let frozen_values = frozen_copies.saturating_mul(p);
+        let frozen_values = frozen_copies.saturating_mul(p).saturating_add(base);
         (
             t.batch_size,
-            in_precision(m, run.precision, p, frozen_values),
+            in_precision(m, run.precision, trained, frozen_values),
         )
     };
     Ok(match stage {
         Stage::Vae => None,
         // Trained student + `frozen_copies` frozen networks of the same size.
-        Stage::Pretrain => run.train_config(stage).map(|t| flow_stage(t, 0)),
-        Stage::Distill => run.distill.as_ref().map(|c| flow_stage(&c.train, 1)),
+        Stage::Pretrain => run.train_config(stage).map(|t| flow_stage(t, 0, None)),
+        Stage::Distill => run
+            .distill
+            .as_ref()
+            .map(|c| flow_stage(&c.train, 1, adapters(c.lora.as_ref()))),
         // The student, the frozen teacher and the target network.
-        Stage::Consistency => run.consistency.as_ref().map(|c| flow_stage(&c.train, 2)),
+        Stage::Consistency => run
+            .consistency
+            .as_ref()
+            .map(|c| flow_stage(&c.train, 2, adapters(c.lora.as_ref()))),
         Stage::AptImage | Stage::Apt => run.apt.as_ref().map(|cfg| {
             let taps = cfg
                 .discriminator
@@ -289,8 +305,20 @@ fn model_estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMe
             let d_depth = taps.iter().copied().max().unwrap_or(model.depth());
             let pd = discriminator_param_count(&model, taps.len());
             let d_optimizer = cfg.train.optimizer_d.unwrap_or(cfg.train.optimizer);
-            let states = trained_bytes(p, &cfg.train.optimizer, cfg.train.ema_decay.is_some())
-                .saturating_add(trained_bytes(pd, &d_optimizer, false));
+            // With LoRA: G's and D's backbone's adapters train over frozen copies of the model
+            // (D's heads train fully); G's EMA averages what trains.
+            let (g_trained, g_base, d_trained, d_base) = match adapters(cfg.lora.as_ref()) {
+                None => (p, 0, pd, 0),
+                Some(a) => (a, p, pd - p + a, p),
+            };
+            let base = g_base + d_base;
+            let states = trained_bytes(
+                g_trained,
+                &cfg.train.optimizer,
+                cfg.train.ema_decay.is_some(),
+            )
+            .saturating_add(trained_bytes(d_trained, &d_optimizer, false))
+            .saturating_add(base.saturating_mul(VALUE));
             let b = cfg.train.batch_size;
             let d_step = act(d_depth, b).saturating_mul(3);
             let g_step = act(model.depth(), b).saturating_add(act(d_depth, b));
@@ -298,12 +326,13 @@ fn model_estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMe
             let g_step_rc = act_rc(model.depth(), b).saturating_add(act_rc(d_depth, b));
             let m = StepMemory {
                 states,
-                optimizer: optimizer_bytes(p, &cfg.train.optimizer)
-                    .saturating_add(optimizer_bytes(pd, &d_optimizer)),
+                optimizer: optimizer_bytes(g_trained, &cfg.train.optimizer)
+                    .saturating_add(optimizer_bytes(d_trained, &d_optimizer)),
                 activations: d_step.max(g_step),
                 recomputed: d_step_rc.max(g_step_rc),
             };
-            (b, in_precision(m, run.precision, p.saturating_add(pd), 0))
+            let trained = g_trained.saturating_add(d_trained);
+            (b, in_precision(m, run.precision, trained, base))
         }),
     })
 }

@@ -201,6 +201,10 @@ impl<M: VelocityModel> ConsistencyStep<'_, M> {
 
 impl<M: VelocityModel> TrainStep for ConsistencyStep<'_, M> {
     fn prepare(&mut self, parts: &[Part]) -> Result<()> {
+        // Every weight once (the frozen ones, e.g. a LoRA base, never change), then the EMA.
+        if let Some((_, target_vs)) = self.target {
+            parts[0].copy_weights_to(target_vs);
+        }
         self.sync(parts)
     }
 

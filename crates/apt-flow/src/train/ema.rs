@@ -19,11 +19,19 @@ pub struct Ema {
 }
 
 impl Ema {
-    /// Starts from the current weights of `vs`.
+    /// Starts from the current weights of the trainable variables of `vs` (a frozen variable
+    /// never changes: its average is itself, so it is not kept — a LoRA run keeps the
+    /// adapters' averages only).
     pub fn new(vs: &nn::VarStore, decay: f64) -> Self {
+        let trainable: std::collections::HashSet<usize> = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.data_ptr() as usize)
+            .collect();
         let shadow = tch::no_grad(|| {
             vs.variables()
                 .into_iter()
+                .filter(|(_, v)| trainable.contains(&(v.data_ptr() as usize)))
                 .map(|(k, v)| (k, v.detach().to_kind(Kind::Float).copy()))
                 .collect()
         });
@@ -76,7 +84,8 @@ impl Ema {
         self.flat = Some(buffer);
     }
 
-    /// Copies the EMA weights into `vs` (e.g. a separate model used for sampling).
+    /// Copies the EMA weights into the same-named variables of `vs` (e.g. a separate model used
+    /// for sampling; its frozen variables must already hold the part's).
     pub fn copy_to(&self, vs: &nn::VarStore) -> Result<()> {
         let vars = vs.variables();
         tch::no_grad(|| {

@@ -115,15 +115,13 @@ impl Part {
         });
     }
 
-    /// Copies the weights to export — the EMA's when there is one, else the raw weights —
-    /// into `target` (a store of the same model).
+    /// Copies the weights to export into `target` (a store of the same model): the raw
+    /// weights, then the EMA's averages of the trained ones when there is an EMA.
     pub fn copy_exported_to(&self, target: &nn::VarStore) -> Result<()> {
+        self.copy_weights_to(target);
         match &self.ema {
             Some(ema) => ema.copy_to(target),
-            None => {
-                self.copy_weights_to(target);
-                Ok(())
-            }
+            None => Ok(()),
         }
     }
 }
