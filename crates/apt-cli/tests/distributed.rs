@@ -89,3 +89,51 @@ fn two_ranks_run_the_smoke_pipeline_like_one_process() {
     assert!(err.contains("already holds checkpoints"), "{err}");
     assert!(err.contains("rank 0 refused to train in"), "{err}");
 }
+
+/// LoRA on two ranks: only the adapters are reduced and stepped, and the adapters and the
+/// merged generator equal one process's (the tiny Wan pipeline's APT stage).
+#[test]
+fn lora_on_two_ranks_trains_like_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (two, one) = (dir.path().join("two"), dir.path().join("one"));
+    let args = |out: &Path, stage: &str| {
+        strings(&[
+            "train",
+            "--config",
+            &config("wan-tiny.toml"),
+            "--set",
+            &format!("out={:?}", out.to_string_lossy()),
+            "--set",
+            &format!(
+                "model.from={:?}",
+                repo().join("assets/wan-tiny").to_string_lossy()
+            ),
+            "--set",
+            "threads=1",
+            "--set",
+            "apt.lora={rank=4, targets=[\"to_q\", \"to_v\", \"ffn.net.2\"]}",
+            "--stage",
+            stage,
+        ])
+    };
+    // The teacher and the distilled student first, one process each.
+    for out in [&two, &one] {
+        for stage in ["pretrain", "distill"] {
+            let o = apt(&args(out, stage));
+            assert!(o.status.success(), "{}", text(&o.stderr));
+        }
+    }
+    let o = mpirun_apt(&args(&two, "apt"));
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let o = apt(&args(&one, "apt"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for file in ["apt/lora.safetensors", "apt/generator.safetensors"] {
+        let diff = max_abs_diff(&two.join(file), &one.join(file));
+        assert!(diff <= 1e-6, "{file}: two ranks differ by {diff}");
+    }
+}

@@ -301,3 +301,31 @@ fn lora_stages_train_only_the_adapters_and_export_them_beside_the_merged_model()
         .unwrap();
     assert!(worst <= 2, "decoded frames differ by up to {worst}/255");
 }
+
+/// A LoRA stage resumed from its checkpoint ends at the straight run's exact adapters.
+#[test]
+fn a_resumed_lora_stage_ends_where_the_straight_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = "apt.lora={rank=4, targets=[\"to_q\", \"to_v\", \"ffn.net.2\"]}";
+    let (straight, resumed) = (dir.path().join("straight"), dir.path().join("resumed"));
+    let o = apt(&wan_args(&straight, &pipeline(), &["--set", lora]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = apt(&wan_args(
+        &resumed,
+        &pipeline(),
+        &["--set", lora, "--set", "apt.train.steps=3"],
+    ));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = apt(&wan_args(
+        &resumed,
+        &pipeline(),
+        &["--set", lora, "--stage", "apt", "--resume"],
+    ));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for file in ["apt/lora.safetensors", "apt/generator-raw.safetensors"] {
+        let (a, b) = (tensors(&straight.join(file)), tensors(&resumed.join(file)));
+        for ((k, x), (_, y)) in a.iter().zip(&b) {
+            assert!(x.equal(y), "{file}: {k} differs after resuming");
+        }
+    }
+}
