@@ -307,6 +307,10 @@ fn real_videos_config_runs_image_then_video_stage_on_real_clips() {
         "apt.train.batch_size=2".into(),
         "apt.image.steps=1".into(),
         "apt.train.preview_every=0".into(),
+        // Two clips: the any-data evaluation on both, one feature dimension.
+        "report.prompts=2".into(),
+        "report.feature_dim=1".into(),
+        "report.gifs=1".into(),
     ] {
         args.push("--set".into());
         args.push(set);
@@ -323,5 +327,9 @@ fn real_videos_config_runs_image_then_video_stage_on_real_clips() {
         assert!(out.join(file).is_file(), "missing {file}");
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("No evaluation table"), "{report}");
+    assert!(
+        report.contains("Teacher-feature Fréchet distance"),
+        "{report}"
+    );
+    assert!(out.join("samples/prompt-0.gif").is_file());
 }

@@ -329,3 +329,85 @@ fn a_resumed_lora_stage_ends_where_the_straight_run_does() {
         }
     }
 }
+
+/// A run on captioned files (not the benchmark) is judged by the teacher-feature Fréchet
+/// distance: a table with intervals and differences, GIFs real | teacher | students | APT, the
+/// same numbers from `apt eval`; settings it cannot honour are refused before the run starts.
+#[test]
+fn a_run_on_captioned_files_is_judged_by_the_teachers_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let clips = dir.path().join("clips");
+    let o = apt(&strings(&[
+        "data",
+        "shapes",
+        "--out",
+        &clips.to_string_lossy(),
+        "--count",
+        "40",
+        "--frames",
+        "5",
+    ]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let files = format!(
+        "data={{kind=\"files\", path={:?}, clip={{num_frames=5, step={{fps=8.0}}, height=32, \
+         width=32, offset=\"random\", crop=\"random\"}}}}",
+        clips.to_string_lossy()
+    );
+    let out = dir.path().join("run");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--set", files.as_str()];
+        args.extend_from_slice(extra);
+        apt(&wan_args(&out, &pipeline(), &args))
+    };
+    // Too few clips for the feature dimensions, more captions than clips: refused up front.
+    let o = run(&["--set", "report.prompts=8", "--set", "report.feature_dim=8"]);
+    assert_clear_error(&o, &["report.prompts", "feature dimensions"]);
+    assert!(!out.exists());
+    let o = run(&[
+        "--set",
+        "report.prompts=64",
+        "--set",
+        "report.feature_dim=8",
+    ]);
+    assert_clear_error(&o, &["report.prompts", "holds 40 clips"]);
+    assert!(!out.exists());
+
+    let o = run(&[
+        "--set",
+        "report.prompts=32",
+        "--set",
+        "report.feature_dim=8",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let fd = &metrics["teacher_features"];
+    let rows = fd["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{fd}");
+    let floor = fd["floor"].as_f64().unwrap();
+    for row in rows {
+        let f = &row["frechet"];
+        assert!(f["estimate"].as_f64().unwrap() > floor, "{row}");
+        assert!(
+            f["lo"].as_f64().unwrap() <= f["hi"].as_f64().unwrap(),
+            "{row}"
+        );
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r["name"] == "APT one-step" && r["vs_reference"].is_object()));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("Teacher-feature Fréchet distance"),
+        "{report}"
+    );
+    assert!(report.contains("real | teacher"), "{report}");
+    assert!(out.join("samples/prompt-0.gif").is_file());
+
+    // `apt eval` recomputes the same numbers.
+    let o = apt(&strings(&["eval", "--run", &out.to_string_lossy()]));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(again["teacher_features"], metrics["teacher_features"]);
+}

@@ -60,6 +60,7 @@ pub fn check_run(config: &RunConfig, stages: &[Stage]) -> Result<()> {
     if let Some(dir) = config.wan_pipeline()? {
         check_wan_pipeline(config, &dir)?;
     }
+    check_any_data_report(config)?;
     if stages.contains(&Stage::Pretrain) {
         if let Some(from) = config.pretrain.as_ref().and_then(|p| p.import_from()) {
             crate::stages::pretrain::check_import(config, from)?;
@@ -96,6 +97,46 @@ fn check_wan_pipeline(config: &RunConfig, dir: &WanPipelineDir) -> Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// A run on other data than moving shapes is judged by the teacher-feature Fréchet distance:
+/// it needs more clips than feature dimensions, and that many real clips.
+fn check_any_data_report(config: &RunConfig) -> Result<()> {
+    let report = &config.report;
+    if config.data.shapes().is_some() && report.real.is_none() {
+        return Ok(());
+    }
+    let width = config.model_config()?.hidden_size();
+    let dim = report.feature_dim.min(width);
+    if report.prompts <= dim {
+        return Err(config_error(
+            "report.prompts",
+            format!(
+                "is {} but the teacher-feature Fréchet distance of a run on other data than \
+                 moving shapes takes more clips than its {dim} feature dimensions (raise \
+                 report.prompts or lower report.feature_dim)",
+                report.prompts
+            ),
+        ));
+    }
+    let path = match (&report.real, &config.data) {
+        (Some(real), _) => real.clone(),
+        (None, DataConfig::Files { path, .. } | DataConfig::Latents { path, .. }) => path.clone(),
+        (None, DataConfig::Shapes { .. }) => return Ok(()),
+    };
+    let set = Dataset::open(&path, apt_data::OnBadSample::Skip)?;
+    if set.len() < report.prompts {
+        return Err(config_error(
+            "report.prompts",
+            format!(
+                "is {} but {} holds {} clips: the evaluation takes one real clip per caption",
+                report.prompts,
+                path.display(),
+                set.len()
+            ),
+        ));
     }
     Ok(())
 }

@@ -145,6 +145,11 @@ impl TextConditioner {
         }
     }
 
+    /// The negative prompt (guidance's unconditional caption).
+    pub fn negative_prompt(&self) -> &str {
+        &self.negative_prompt
+    }
+
     /// Tokens per caption after padding/truncation.
     pub fn tokens(&self) -> i64 {
         self.tokens

@@ -60,7 +60,8 @@ pub struct ReportSection {
     #[serde(default = "default_report_prompts")]
     pub prompts: usize,
     /// The multi-step teacher on the first this many of them only (it costs 25–50 network
-    /// evaluations a clip); all of them when absent.
+    /// evaluations a clip); all of them when absent. (The moving-shapes table only: the
+    /// any-data distance runs the teacher on every clip.)
     #[serde(default)]
     pub teacher_prompts: Option<usize>,
     /// Seed of the prompts and the noise (not a training seed).
@@ -75,6 +76,18 @@ pub struct ReportSection {
     /// Prompts that get a side-by-side GIF (teacher | distilled | APT).
     #[serde(default = "default_gifs")]
     pub gifs: usize,
+    /// Dimensions of the teacher features the any-data Fréchet distance is taken on (a seeded
+    /// projection of the pooled tokens); `prompts` must exceed it.
+    #[serde(default = "default_feature_dim")]
+    pub feature_dim: usize,
+    /// Real clips for the any-data evaluation (a folder with caption sidecars or a manifest);
+    /// default: the run's data set (files / latents) or the held-out moving-shapes renders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real: Option<PathBuf>,
+}
+
+fn default_feature_dim() -> usize {
+    64
 }
 
 fn default_report_prompts() -> usize {
@@ -104,6 +117,8 @@ impl Default for ReportSection {
             bootstrap: default_bootstrap(),
             teacher: default_teacher_sampler(),
             gifs: default_gifs(),
+            feature_dim: default_feature_dim(),
+            real: None,
         }
     }
 }

@@ -29,7 +29,7 @@ impl Interval {
         self.lo > 0.0 || self.hi < 0.0
     }
 
-    fn from_draws(estimate: f64, mut draws: Vec<f64>) -> Self {
+    pub(crate) fn from_draws(estimate: f64, mut draws: Vec<f64>) -> Self {
         draws.retain(|v| v.is_finite());
         draws.sort_by(f64::total_cmp);
         let q = |p: f64| {

@@ -110,7 +110,7 @@ fn teacher_sample(
 }
 
 /// How a row's clips are made.
-enum Generation<'a> {
+pub(crate) enum Generation<'a> {
     /// The teacher's multi-step CFG sampler.
     Teacher(&'a Model),
     /// A one-step generator in `steps` zero-shot steps.
@@ -118,7 +118,7 @@ enum Generation<'a> {
 }
 
 /// The rows a run's models give, in table order.
-fn rows<'a>(
+pub(crate) fn rows<'a>(
     models: &'a RunModels,
     teacher: &SamplerConfig,
 ) -> Vec<(String, usize, Generation<'a>)> {

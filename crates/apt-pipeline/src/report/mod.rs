@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 use crate::error::{io_error, Result};
-use crate::eval::{evaluate_run, side_by_side, EvaluatedModel, RunModels};
+use crate::eval::{
+    evaluate_any_data, evaluate_run, side_by_side, EvaluatedModel, RunModels, TeacherFdReport,
+};
 use crate::run_dir::{write_atomically, write_json, RunDir, Stage};
 use plots::{draw_panels, Panel, Series};
 pub use table::{markdown_table, table, verdict};
@@ -27,6 +29,10 @@ pub struct RunMetrics {
     pub models: Vec<EvaluatedModel>,
     /// Seconds each stage's training took (from its `metrics.jsonl`).
     pub stage_seconds: Vec<(String, f64)>,
+    /// Runs on other data than moving shapes: the teacher-feature Fréchet distance of every
+    /// generator to real clips.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_features: Option<TeacherFdReport>,
 }
 
 /// `(step, field)` of a stage's `metrics.jsonl`, the last line per step.
@@ -212,15 +218,20 @@ pub fn evaluate_and_write(
     }
     // The attribute estimator reads moving shapes only; other data get curves and no table.
     let benchmark = run.data.shapes().is_some();
-    let (rows, strips) = if benchmark {
+    let (rows, strips, teacher_features) = if benchmark {
         let rows = evaluate_run(run, &models, stop, progress)?;
         let strips = side_by_side(run, &models, run.report.gifs, &run.report.teacher, stop)?;
-        (rows, strips)
+        (rows, strips, None)
     } else {
-        tracing::warn!(
-            "the evaluation table needs the moving-shapes benchmark; writing curves only"
-        );
-        (Vec::new(), Vec::new())
+        match evaluate_any_data(run, &models, stop, progress)? {
+            Some((fd, strips)) => (Vec::new(), strips, Some(fd)),
+            None => {
+                tracing::warn!(
+                    "no teacher to read features with and no moving shapes: writing curves only"
+                );
+                (Vec::new(), Vec::new(), None)
+            }
+        }
     };
     let stage_seconds: Vec<(String, f64)> = [
         Stage::Vae,
@@ -235,6 +246,7 @@ pub fn evaluate_and_write(
     let metrics = RunMetrics {
         models: rows,
         stage_seconds,
+        teacher_features,
     };
     write_json(&dir.metrics_file(), &metrics)?;
     // A machine without the font still gets its report (the numbers), with a note.
@@ -256,52 +268,59 @@ pub fn evaluate_and_write(
     }
 
     let mut md = String::from("# Run report\n\n");
-    let teacher_prompts = run.report.teacher_prompts.unwrap_or(run.report.prompts);
-    md.push_str(&format!(
-        "Run `{}`; {} held-out moving-shapes prompts (evaluation seed {}, not the training \
-         seed), one clip each, the same noise for every generator; the teacher samples with {} \
-         Euler steps and CFG {}{}. Intervals: 95% paired bootstrap over {} resamples of the \
-         prompts (the same resample for every model), differences against the distilled \
-         one-step row.\n\n",
-        run.out.display(),
-        run.report.prompts,
-        run.report.seed,
-        run.report.teacher.steps,
-        run.report.teacher.cfg_scale,
-        if teacher_prompts < run.report.prompts {
-            format!(" on the first {teacher_prompts} prompts only")
-        } else {
-            String::new()
-        },
-        run.report.bootstrap,
-    ));
     if benchmark {
+        let teacher_prompts = run.report.teacher_prompts.unwrap_or(run.report.prompts);
+        md.push_str(&format!(
+            "Run `{}`; {} held-out moving-shapes prompts (evaluation seed {}, not the training \
+             seed), one clip each, the same noise for every generator; the teacher samples with {} \
+             Euler steps and CFG {}{}. Intervals: 95% paired bootstrap over {} resamples of the \
+             prompts (the same resample for every model), differences against the distilled \
+             one-step row.\n\n",
+            run.out.display(),
+            run.report.prompts,
+            run.report.seed,
+            run.report.teacher.steps,
+            run.report.teacher.cfg_scale,
+            if teacher_prompts < run.report.prompts {
+                format!(" on the first {teacher_prompts} prompts only")
+            } else {
+                String::new()
+            },
+            run.report.bootstrap,
+        ));
         md.push_str(&markdown_table(&metrics.models));
+    } else if let Some(fd) = &metrics.teacher_features {
+        md.push_str(&table::teacher_fd_table(fd));
     } else {
         md.push_str(
-            "No evaluation table: the text-alignment, sharpness and Fréchet metrics read \
-             moving-shapes clips with the attribute estimator, and this run trains on files. \
-             Use `apt sample` on the stage directories to look at samples.\n",
+            "No evaluation table: the benchmark's metrics read moving-shapes clips with the \
+             attribute estimator, and the run has no teacher to read features with. Use `apt \
+             sample` on the stage directories to look at samples.\n",
         );
     }
-    md.push_str(
-        "\n*colour / direction / shape*: share of clips whose main object matches the caption \
-         (attribute estimator; chance 1/8, 1/8, 1/3). *sharpness vs real*: edge sharpness over \
-         that of the real renders of the same prompts. *Fréchet*: distance between Gaussians fitted \
-         to 16 estimator features per clip (colour, background, size, size variation, start, \
-         velocity, sharpness, outline moments, colour drift; standardised by the real set) of the \
-         generated and the real clips. *start coverage*: share of the real clips' 4×4 start cells \
-         the generated clips also start in (mode collapse lowers it). *periodicity*: energy of the \
-         component that repeats with the model's patch grid (the mean of all patches, less its \
-         mean) over that of the real renders; a patch-grid artefact raises it. *size variation*: \
-         area std / mean across frames; *colour drift*: RGB distance of each frame's object \
-         colour from its mean. *ms / clip*: generation time per clip in batches of 16.\n\n",
-    );
-    if let Some(vae) = crate::latent::vae_dir(run, dir) {
+    if benchmark {
+        md.push_str(
+            "\n*colour / direction / shape*: share of clips whose main object matches the caption \
+             (attribute estimator; chance 1/8, 1/8, 1/3). *sharpness vs real*: edge sharpness over \
+             that of the real renders of the same prompts. *Fréchet*: distance between Gaussians fitted \
+             to 16 estimator features per clip (colour, background, size, size variation, start, \
+             velocity, sharpness, outline moments, colour drift; standardised by the real set) of the \
+             generated and the real clips. *start coverage*: share of the real clips' 4×4 start cells \
+             the generated clips also start in (mode collapse lowers it). *periodicity*: energy of the \
+             component that repeats with the model's patch grid (the mean of all patches, less its \
+             mean) over that of the real renders; a patch-grid artefact raises it. *size variation*: \
+             area std / mean across frames; *colour drift*: RGB distance of each frame's object \
+             colour from its mean. *ms / clip*: generation time per clip in batches of 16.\n\n",
+        );
+    }
+    if let (Some(vae), true) = (crate::latent::vae_dir(run, dir), benchmark) {
         md.push_str(&latent_paragraph(dir, &vae));
     }
     md.push_str("## What APT does here\n\n");
-    md.push_str(&verdict(&metrics.models));
+    match (&metrics.teacher_features, benchmark) {
+        (Some(fd), false) => md.push_str(&table::teacher_fd_verdict(fd)),
+        _ => md.push_str(&verdict(&metrics.models)),
+    }
     if !metrics.stage_seconds.is_empty() {
         md.push_str("\nTraining time: ");
         let parts: Vec<String> = metrics

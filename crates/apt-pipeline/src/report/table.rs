@@ -228,3 +228,59 @@ pub fn verdict(rows: &[EvaluatedModel]) -> String {
     }
     out
 }
+
+/// The any-data table: each generator's teacher-feature Fréchet distance to the real clips
+/// with its 95% interval and the paired difference to the reference row, the floor (real clips
+/// under other noise) and what the numbers are.
+pub fn teacher_fd_table(fd: &crate::eval::TeacherFdReport) -> String {
+    let interval = |i: &Interval| format!("{:.3} [{:.3}, {:.3}]", i.estimate, i.lo, i.hi);
+    let mut md = format!(
+        "Teacher-feature Fréchet distance (↓) of each generator's clips to {} real clips ({}), \
+         one clip per real clip's caption, the same noise for every generator. Features: the \
+         frozen teacher's visual tokens after block {} at t = {} (empty caption), mean-pooled, \
+         projected to {} dimensions. Floor (the real clips against themselves under other \
+         noise): {:.3}.\n\n| model | NFE | Fréchet (teacher features) | Δ vs {} |\n|---|---:|---:|---:|\n",
+        fd.clips, fd.real, fd.tap, fd.time, fd.dim, fd.floor, fd.reference
+    );
+    for row in &fd.rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            row.name,
+            row.network_evaluations,
+            interval(&row.frechet),
+            row.vs_reference.as_ref().map_or("—".into(), interval)
+        ));
+    }
+    md.push_str(
+        "\nThe features are read where the models work (a latent run's VAE latents: real clips \
+         are encoded, generated ones are not decoded). It is no perceptual standard: the \
+         teacher's features see what the teacher learnt, and distances compare generators \
+         within this run only. Intervals: 95% paired bootstrap over the clips.\n\n",
+    );
+    md
+}
+
+/// What the teacher-feature distance says of APT: its one-step row against the reference.
+pub fn teacher_fd_verdict(fd: &crate::eval::TeacherFdReport) -> String {
+    let Some(apt) = fd.rows.iter().find(|r| r.name == "APT one-step") else {
+        return "No APT generator yet.\n".into();
+    };
+    match &apt.vs_reference {
+        Some(d) => format!(
+            "APT one-step against {}: Δ teacher-feature Fréchet {:.3} [{:.3}, {:.3}] — {}.\n",
+            fd.reference,
+            d.estimate,
+            d.lo,
+            d.hi,
+            match (d.excludes_zero(), d.estimate < 0.0) {
+                (true, true) => "closer to the real clips, resolved at 95%",
+                (true, false) => "further from the real clips, resolved at 95%",
+                _ => "inside the noise",
+            }
+        ),
+        None => format!(
+            "APT one-step: teacher-feature Fréchet {:.3} (no bootstrap draws).\n",
+            apt.frechet.estimate
+        ),
+    }
+}
