@@ -199,6 +199,13 @@ fn fixtures() -> Result<(), Failure> {
     )?;
     run(
         Command::new(&python)
+            .arg(repo_root().join("scripts/make_fvd_fixture.py"))
+            .arg("--out")
+            .arg(repo_root().join("crates/apt-pipeline/tests/fixtures/fvd")),
+        "FVD plumbing: an I3D-interface TorchScript module and scipy's Fréchet distance",
+    )?;
+    run(
+        Command::new(&python)
             .arg(repo_root().join("scripts/make_wan_tiny.py"))
             .arg("--out")
             .arg(repo_root().join("assets/wan-tiny")),

@@ -372,12 +372,34 @@ fn a_run_on_captioned_files_is_judged_by_the_teachers_features() {
     assert_clear_error(&o, &["report.prompts", "holds 40 clips"]);
     assert!(!out.exists());
 
-    let o = run(&[
-        "--set",
-        "report.prompts=32",
-        "--set",
-        "report.feature_dim=8",
-    ]);
+    let fvd = |file: &str| {
+        format!(
+            "report.fvd_i3d={:?}",
+            repo()
+                .join("crates/apt-pipeline/tests/fixtures/fvd")
+                .join(file)
+                .to_string_lossy()
+        )
+    };
+    let settings = |i3d: &str| {
+        [
+            "--set",
+            "report.prompts=32",
+            "--set",
+            "report.feature_dim=8",
+            "--set",
+            i3d,
+        ]
+        .map(String::from)
+    };
+    let wrong = settings(&fvd("wrong_i3d.pt"));
+    let o = run(&wrong.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_clear_error(&o, &["wrong_i3d.pt", "interface"]);
+    assert!(!out.exists());
+
+    // With an I3D-interface module (the fixture's stand-in for the real I3D file): FVD too.
+    let good = settings(&fvd("fake_i3d.pt"));
+    let o = run(&good.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", text(&o.stderr));
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();

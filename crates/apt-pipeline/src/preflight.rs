@@ -60,7 +60,6 @@ pub fn check_run(config: &RunConfig, stages: &[Stage]) -> Result<()> {
     if let Some(dir) = config.wan_pipeline()? {
         check_wan_pipeline(config, &dir)?;
     }
-    check_any_data_report(config)?;
     if stages.contains(&Stage::Pretrain) {
         if let Some(from) = config.pretrain.as_ref().and_then(|p| p.import_from()) {
             crate::stages::pretrain::check_import(config, from)?;
@@ -101,10 +100,14 @@ fn check_wan_pipeline(config: &RunConfig, dir: &WanPipelineDir) -> Result<()> {
     Ok(())
 }
 
-/// A run on other data than moving shapes is judged by the teacher-feature Fréchet distance:
-/// it needs more clips than feature dimensions, and that many real clips.
-fn check_any_data_report(config: &RunConfig) -> Result<()> {
+/// The report a whole run ends with: on other data than moving shapes it is the
+/// teacher-feature Fréchet distance, which needs more clips than feature dimensions and that
+/// many real clips. (A run of one named stage writes no report.)
+pub fn check_report(config: &RunConfig) -> Result<()> {
     let report = &config.report;
+    if let Some(i3d) = &report.fvd_i3d {
+        crate::eval::fvd::I3d::load(i3d, config.device()?)?;
+    }
     if config.data.shapes().is_some() && report.real.is_none() {
         return Ok(());
     }

@@ -117,6 +117,9 @@ impl OpenRun {
     ) -> Result<Self> {
         config.model()?;
         crate::preflight::check_run(&config, stages)?;
+        if !explicit {
+            crate::preflight::check_report(&config)?;
+        }
         memory::check_fits(&config, stages)?;
         let dir = RunDir::new(&config.out);
         let created = !dir.root().exists();

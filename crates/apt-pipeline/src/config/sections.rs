@@ -84,6 +84,10 @@ pub struct ReportSection {
     /// default: the run's data set (files / latents) or the held-out moving-shapes renders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub real: Option<PathBuf>,
+    /// The standard I3D TorchScript file (e.g. StyleGAN-V's `i3d_torchscript.pt`): with it
+    /// the any-data evaluation also reports FVD (apt-rs ships no I3D weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fvd_i3d: Option<PathBuf>,
 }
 
 fn default_feature_dim() -> usize {
@@ -119,6 +123,7 @@ impl Default for ReportSection {
             gifs: default_gifs(),
             feature_dim: default_feature_dim(),
             real: None,
+            fvd_i3d: None,
         }
     }
 }

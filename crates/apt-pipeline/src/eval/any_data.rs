@@ -31,6 +31,9 @@ pub struct TeacherFdRow {
     pub frechet: Interval,
     /// (this − the reference row), paired, 95%.
     pub vs_reference: Option<Interval>,
+    /// FVD to the real clips, with `[report] fvd_i3d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fvd: Option<f64>,
 }
 
 /// The any-data evaluation of a run (`metrics.json`'s `teacher_features`).
@@ -52,6 +55,9 @@ pub struct TeacherFdReport {
     pub reference: String,
     /// One row per generator.
     pub rows: Vec<TeacherFdRow>,
+    /// The I3D file FVD was computed with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fvd_i3d: Option<String>,
 }
 
 /// Real clips in the models' space, as pixels, and their captions.
@@ -189,6 +195,13 @@ pub fn evaluate_any_data(
     let features = TeacherFeatures::new(teacher, empty, report.feature_dim, report.seed, device);
     let real = real_clips(run, models, report.prompts)?;
     let n = real.captions.len();
+    let i3d = report
+        .fvd_i3d
+        .as_deref()
+        .map(|p| super::fvd::I3d::load(p, device))
+        .transpose()?;
+    let real_i3d = i3d.as_ref().map(|m| m.features(&real.pixels)).transpose()?;
+    let mut fvds: Vec<Option<f64>> = vec![];
     let real_features = features.of(&real.x, 0, 0)?;
     let floor_features = features.of(&real.x, 0, 1)?;
     let floor = teacher_frechet(&floor_features, &real_features, "report.prompts")?;
@@ -201,6 +214,7 @@ pub fn evaluate_any_data(
     let mut generated: Vec<(String, usize, Tensor)> = vec![];
     for (name, nfe, how) in &planned {
         let mut feats = vec![];
+        let mut i3d_feats = vec![];
         for first in (0..n).step_by(default_eval_batch()) {
             if stop.load(Ordering::SeqCst) {
                 return Err(PipelineError::Interrupted);
@@ -229,6 +243,9 @@ pub fn evaluate_any_data(
                 }
             })?;
             feats.push(features.of(&x, first as u64, 0)?);
+            if let Some(m) = &i3d {
+                i3d_feats.push(m.features(&models.space.to_pixels(&x)?)?);
+            }
             if first < gifs && matches!(how, Generation::Teacher(_) | Generation::Steps(_, 1)) {
                 let pixels = models.space.to_pixels(&x)?.to_device(Device::Cpu);
                 for (k, strip) in strips.iter_mut().enumerate().skip(first).take(count) {
@@ -240,6 +257,11 @@ pub fn evaluate_any_data(
             columns.push(name.clone());
         }
         generated.push((name.clone(), *nfe, Tensor::cat(&feats, 0)));
+        fvds.push(
+            real_i3d
+                .as_ref()
+                .map(|r| super::metrics::frechet_distance(&Tensor::cat(&i3d_feats, 0), r)),
+        );
         progress(generated.len(), planned.len(), name);
     }
 
@@ -271,6 +293,7 @@ pub fn evaluate_any_data(
             .map(|g| g.0.clone())
             .unwrap_or_default(),
         rows,
+        fvd_i3d: report.fvd_i3d.as_ref().map(|p| p.display().to_string()),
     };
     let strips = strips
         .into_iter()
@@ -326,6 +349,7 @@ fn bootstrap_rows(
             vs_reference: (k != reference && draws > 0).then(|| {
                 Interval::from_draws(estimates[k] - estimates[reference], diffs[k].clone())
             }),
+            fvd: None,
         })
         .collect())
 }

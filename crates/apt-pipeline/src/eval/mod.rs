@@ -7,6 +7,7 @@
 pub mod alignment;
 pub mod any_data;
 pub mod bootstrap;
+pub mod fvd;
 pub mod metrics;
 pub mod run;
 pub mod teacher_fd;

@@ -242,13 +242,29 @@ pub fn teacher_fd_table(fd: &crate::eval::TeacherFdReport) -> String {
          noise): {:.3}.\n\n| model | NFE | Fréchet (teacher features) | Δ vs {} |\n|---|---:|---:|---:|\n",
         fd.clips, fd.real, fd.tap, fd.time, fd.dim, fd.floor, fd.reference
     );
+    if fd.fvd_i3d.is_some() {
+        md = md.replace(
+            " |\n|---|---:|---:|---:|\n",
+            " | FVD ↓ |\n|---|---:|---:|---:|---:|\n",
+        );
+    }
     for row in &fd.rows {
+        let fvd = match (&fd.fvd_i3d, row.fvd) {
+            (Some(_), Some(v)) => format!(" {v:.2} |"),
+            _ => String::new(),
+        };
         md.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} |{fvd}\n",
             row.name,
             row.network_evaluations,
             interval(&row.frechet),
             row.vs_reference.as_ref().map_or("—".into(), interval)
+        ));
+    }
+    if let Some(i3d) = &fd.fvd_i3d {
+        md.push_str(&format!(
+            "\nFVD: I3D features ({i3d}) of the decoded clips, resized to 224×224 and 16 \
+             frames, against the real clips'.\n"
         ));
     }
     md.push_str(
