@@ -49,7 +49,9 @@ fn two_ranks_run_the_smoke_pipeline_like_one_process() {
     let cache = dir.path().join("cache");
     let (two, one) = (dir.path().join("two"), dir.path().join("one"));
     // One thread per rank on both sides: the same kernels, so only the reduction order differs.
-    let o = mpirun_apt(&smoke_args(&two, &cache, &["--set", "threads=1"]));
+    // Four pair shards: each rank generates two of them.
+    let sets = ["--set", "threads=1", "--set", "distill.shard_size=8"];
+    let o = mpirun_apt(&smoke_args(&two, &cache, &sets));
     assert!(
         o.status.success(),
         "{}\n{}",
@@ -67,7 +69,7 @@ fn two_ranks_run_the_smoke_pipeline_like_one_process() {
     assert!(log.contains("rank=0 world=2"), "{log}");
     assert!(!log.contains("rank=1"), "only rank 0 writes the log: {log}");
 
-    let o = apt(&smoke_args(&one, &cache, &["--set", "threads=1"]));
+    let o = apt(&smoke_args(&one, &cache, &sets));
     assert!(o.status.success(), "{}", text(&o.stderr));
     for model in [
         "pretrain/teacher.safetensors",
@@ -83,7 +85,7 @@ fn two_ranks_run_the_smoke_pipeline_like_one_process() {
     }
 
     // Started again without --resume: rank 0 refuses, and so does rank 1, saying why.
-    let o = mpirun_apt(&smoke_args(&two, &cache, &["--set", "threads=1"]));
+    let o = mpirun_apt(&smoke_args(&two, &cache, &sets));
     assert!(!o.status.success());
     let err = text(&o.stderr);
     assert!(err.contains("already holds checkpoints"), "{err}");

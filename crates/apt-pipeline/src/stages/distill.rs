@@ -1,7 +1,8 @@
 //! Stage 2a: deterministic distillation. The teacher's ODE pairs are generated into shard files
 //! (shard `k` is a pure function of the seed, `k` and the configs, so an interrupted generation
-//! resumes where it stopped and reproduces the same pairs), then the student — initialised
-//! from the teacher — learns `z − Ĝ(z, c, 1) ≈ x_teacher`.
+//! resumes where it stopped and reproduces the same pairs; in a data-parallel run each rank
+//! makes every world-th shard), then the student — initialised from the teacher — learns
+//! `z − Ĝ(z, c, 1) ≈ x_teacher`.
 
 use std::path::{Path, PathBuf};
 
@@ -60,9 +61,11 @@ fn teacher_pairs(
     let shards = cfg.pairs.div_ceil(cfg.shard_size);
     let [c, t, h, w] = run.model_clip_shape()?;
     let mut loaded = Vec::with_capacity(shards);
-    // Rank 0 generates the missing shards; every rank then reads them.
-    let generate = ctx.is_main();
+    // Rank r generates the missing shards k ≡ r (mod world) (shard k is a pure function of the
+    // seed, k and the configs, whoever makes it); every rank then reads them all.
+    let (rank, world) = (ctx.world.rank(), ctx.world.world_size());
     for k in 0..shards {
+        let generate = k % world == rank;
         if ctx.stopping() {
             return Err(PipelineError::Interrupted);
         }
