@@ -22,6 +22,9 @@ pub const PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
     "libopenmpi-dev",
     "openmpi-bin",
+    // Gloo's headers: the c10d shim of apt-dist compiles against them (the PyTorch wheel
+    // ships c10d's headers but not Gloo's; the library itself is inside libtorch_cpu).
+    "libgloo-dev",
 ];
 
 fn quiet(cmd: &mut Command) -> bool {
@@ -63,6 +66,9 @@ fn missing() -> Vec<&'static str> {
     }
     if !quiet(Command::new("mpirun").arg("--version")) {
         out.push("openmpi-bin");
+    }
+    if !Path::new("/usr/include/gloo/algorithm.h").is_file() {
+        out.push("libgloo-dev");
     }
     out
 }
@@ -117,7 +123,7 @@ pub fn ensure(verbose: bool) -> Result<(), Failure> {
     );
     if !quiet(Command::new("apt-get").arg("--version")) {
         return Err(Failure::new(format!(
-            "missing system packages {need:?} and no apt-get here: install FFmpeg 5.1+ development libraries (libavcodec, libavformat, libavutil, libswscale), libclang, pkg-config, the ffmpeg tools and Open MPI (mpicc, mpirun)"
+            "missing system packages {need:?} and no apt-get here: install FFmpeg 5.1+ development libraries (libavcodec, libavformat, libavutil, libswscale), libclang, pkg-config, the ffmpeg tools, Open MPI (mpicc, mpirun) and Gloo's headers (libgloo-dev)"
         )));
     }
     let sudo: &[&str] = if is_root() {

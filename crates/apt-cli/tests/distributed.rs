@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
@@ -137,5 +137,66 @@ fn lora_on_two_ranks_trains_like_one_process() {
     for file in ["apt/lora.safetensors", "apt/generator.safetensors"] {
         let diff = max_abs_diff(&two.join(file), &one.join(file));
         assert!(diff <= 1e-6, "{file}: two ranks differ by {diff}");
+    }
+}
+
+/// torchrun from the PyTorch install apt-rs uses (`<venv>/bin/torchrun`, found from the
+/// repository's `.libtorch` link into that install's `site-packages/torch`).
+fn torchrun() -> PathBuf {
+    let torch =
+        std::fs::canonicalize(repo().join(".libtorch")).expect("cargo xtask setup links .libtorch");
+    torch
+        .ancestors()
+        .map(|d| d.join("bin/torchrun"))
+        .find(|p| p.is_file())
+        .expect("torchrun next to the PyTorch install")
+}
+
+/// `torchrun --standalone --nproc-per-node 2 --no-python apt train …`: the ranks join through
+/// c10d (torchrun's store, a Gloo group) and the smoke pipeline — here with APT2's
+/// relativistic loss and approximated R2 — equals one process with the same global batches.
+#[test]
+fn torchrun_with_gloo_runs_the_smoke_pipeline_like_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (two, one) = (dir.path().join("two"), dir.path().join("one"));
+    let sets = [
+        "--set",
+        "threads=1",
+        "--set",
+        "distill.shard_size=8",
+        "--set",
+        "apt.loss=\"relativistic\"",
+        "--set",
+        "apt.lambda_r2=100.0",
+    ];
+    let o = Command::new(torchrun())
+        .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
+        .arg(env!("CARGO_BIN_EXE_apt"))
+        .args(smoke_args(&two, &cache, &sets))
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let stdout = text(&o.stdout);
+    assert!(stdout.contains("2 ranks (gloo via Torchrun)"), "{stdout}");
+    assert_eq!(stdout.matches("report      ").count(), 1, "{stdout}");
+    let o = apt(&smoke_args(&one, &cache, &sets));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for model in [
+        "pretrain/teacher.safetensors",
+        "distill/student.safetensors",
+        "apt/generator.safetensors",
+    ] {
+        let diff = max_abs_diff(&two.join(model), &one.join(model));
+        assert!(
+            diff <= 1e-5,
+            "{model}: torchrun and one process differ by {diff}"
+        );
     }
 }

@@ -2,11 +2,13 @@
 //! [`Collective`] and rank discovery from the launchers users already have.
 //! The README's example shows the calls; docs/distributed.md how a run uses them.
 //!
-//! MPI is used for CPU tensors; an NCCL backend for CUDA tensors is not written yet, so a
-//! `torchrun` launch is refused with a message saying so.
+//! Under `torchrun` the ranks join through libtorch's c10d (a TCPStore rendezvous and a Gloo
+//! process group, [`c10d_backend`]); under `mpirun` through MPI. Both reduce CPU tensors; an
+//! NCCL group for CUDA tensors is not written yet.
 
 #![warn(missing_docs)]
 
+pub mod c10d_backend;
 pub mod launcher;
 pub mod mpi_backend;
 
@@ -14,6 +16,7 @@ use std::rc::Rc;
 
 pub use apt_flow::train::{Collective, Shard, SingleProcess};
 use apt_flow::{FlowError, Result};
+pub use c10d_backend::C10dCollective;
 pub use launcher::{Launch, Launcher};
 pub use mpi_backend::MpiCollective;
 
@@ -22,8 +25,12 @@ pub use mpi_backend::MpiCollective;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// How long a rank waits for the others at the rendezvous and in a collective (seconds).
+pub const STORE_TIMEOUT_S: u32 = 300;
+
 /// Joins the run `launch` describes: a world of one when started alone (or as the only rank),
-/// MPI under `mpirun`/`mpiexec` or `srun --mpi=pmix`. Checks that MPI sees the world the
+/// c10d's Gloo under `torchrun` (CPU tensors), MPI under `mpirun`/`mpiexec` or
+/// `srun --mpi=pmix`. Checks that MPI sees the world the
 /// launcher announced.
 pub fn join(launch: &Launch) -> Result<Rc<dyn Collective>> {
     if launch.world_size == 1 {
@@ -31,11 +38,25 @@ pub fn join(launch: &Launch) -> Result<Rc<dyn Collective>> {
     }
     match launch.launcher {
         Launcher::Direct => Ok(Rc::new(SingleProcess)),
-        Launcher::Torchrun => Err(FlowError::Collective(format!(
-            "started by torchrun as rank {} of {}: torchrun runs need the NCCL backend, which \
-             apt-rs does not have yet; on CPUs launch with `mpirun -np {} apt …`",
-            launch.rank, launch.world_size, launch.world_size
-        ))),
+        Launcher::Torchrun => {
+            let (host, port) = launch.master.clone().ok_or_else(|| {
+                FlowError::Collective(format!(
+                    "started by torchrun as rank {} of {} without MASTER_ADDR/MASTER_PORT",
+                    launch.rank, launch.world_size
+                ))
+            })?;
+            // torchrun's agent serves the store itself unless told otherwise.
+            let agent_store = std::env::var("TORCHELASTIC_USE_AGENT_STORE")
+                .is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+            Ok(Rc::new(C10dCollective::gloo(
+                &host,
+                port,
+                launch.rank,
+                launch.world_size,
+                agent_store,
+                STORE_TIMEOUT_S,
+            )?))
+        }
         Launcher::Mpi | Launcher::Slurm => {
             let mpi = MpiCollective::init()?;
             if (mpi.rank(), mpi.world_size()) != (launch.rank, launch.world_size) {

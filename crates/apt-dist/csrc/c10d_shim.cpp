@@ -1,0 +1,113 @@
+// A thin C ABI over libtorch's c10d (torch.distributed's engine): a TCPStore rendezvous and a
+// Gloo (CPU) or NCCL (CUDA) process group behind the same calls. Tensors are tch's
+// `at::Tensor*`. Every function returns 0 on success, or 1 with a malloc'ed message in *err
+// (freed by apt_c10d_free_error).
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+namespace {
+
+struct Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+};
+
+int fail(char** err, const std::string& message) {
+  if (err != nullptr) {
+    *err = static_cast<char*>(std::malloc(message.size() + 1));
+    std::memcpy(*err, message.c_str(), message.size() + 1);
+  }
+  return 1;
+}
+
+template <typename F>
+int guarded(char** err, F&& f) {
+  try {
+    f();
+    return 0;
+  } catch (const c10::Error& e) {
+    return fail(err, e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return fail(err, e.what());
+  }
+}
+
+void wait(const c10::intrusive_ptr<c10d::Work>& work) {
+  work->wait();
+}
+
+}  // namespace
+
+extern "C" {
+
+void apt_c10d_free_error(char* err) { std::free(err); }
+
+// Joins `world` ranks through the TCPStore at host:port (rank 0 serves it unless
+// `agent_store`, torchrun's own store, already runs there) and builds a Gloo group.
+int apt_c10d_gloo_new(const char* host, int port, int rank, int world, int timeout_s,
+                      int agent_store, void** group, char** err) {
+  return guarded(err, [&] {
+    auto timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s) * 1000);
+    c10d::TCPStoreOptions opts;
+    opts.port = static_cast<std::uint16_t>(port);
+    opts.isServer = rank == 0 && agent_store == 0;
+    opts.numWorkers = agent_store == 0 ? std::optional<std::size_t>(world) : std::nullopt;
+    opts.waitWorkers = agent_store == 0;
+    opts.timeout = timeout;
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    auto store = c10::make_intrusive<c10d::PrefixStore>("apt-rs/", tcp);
+    auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+    options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+    *group = new Group{store, backend};
+  });
+}
+
+void apt_c10d_free(void* group) { delete static_cast<Group*>(group); }
+
+int apt_c10d_all_reduce_sum(void* group, at::Tensor* t, char** err) {
+  return guarded(err, [&] {
+    std::vector<at::Tensor> tensors{*t};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    wait(static_cast<Group*>(group)->backend->allreduce(tensors, opts));
+  });
+}
+
+int apt_c10d_broadcast(void* group, at::Tensor* t, int root, char** err) {
+  return guarded(err, [&] {
+    std::vector<at::Tensor> tensors{*t};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    wait(static_cast<Group*>(group)->backend->broadcast(tensors, opts));
+  });
+}
+
+// `out` [world·n, …] ← every rank's `local` [n, …] in rank order.
+int apt_c10d_all_gather(void* group, at::Tensor* out, at::Tensor* local, char** err) {
+  return guarded(err, [&] {
+    wait(static_cast<Group*>(group)->backend->_allgather_base(*out, *local));
+  });
+}
+
+// `out` [n/world, …] ← this rank's chunk of Σ_r input_r.
+int apt_c10d_reduce_scatter_sum(void* group, at::Tensor* out, at::Tensor* input, char** err) {
+  return guarded(err, [&] {
+    c10d::ReduceScatterOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    wait(static_cast<Group*>(group)->backend->_reduce_scatter_base(*out, *input, opts));
+  });
+}
+
+int apt_c10d_barrier(void* group, char** err) {
+  return guarded(err, [&] { wait(static_cast<Group*>(group)->backend->barrier()); });
+}
+
+}  // extern "C"

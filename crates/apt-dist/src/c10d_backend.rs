@@ -1,0 +1,234 @@
+//! [`Collective`] on libtorch's c10d (torch.distributed's engine), through the C shim in
+//! `csrc/c10d_shim.cpp`: a `TCPStore` rendezvous at torchrun's `MASTER_ADDR:MASTER_PORT`
+//! (torchrun's own agent store when it runs one) and a Gloo process group for CPU tensors.
+//! Tensors go to c10d as they are (no copies through host buffers).
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+
+use apt_flow::train::Collective;
+use apt_flow::{FlowError, Result};
+use tch::{Device, Tensor};
+
+extern "C" {
+    fn apt_c10d_free_error(err: *mut c_char);
+    #[allow(clippy::too_many_arguments)]
+    fn apt_c10d_gloo_new(
+        host: *const c_char,
+        port: c_int,
+        rank: c_int,
+        world: c_int,
+        timeout_s: c_int,
+        agent_store: c_int,
+        group: *mut *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn apt_c10d_free(group: *mut c_void);
+    fn apt_c10d_all_reduce_sum(group: *mut c_void, t: *mut c_void, err: *mut *mut c_char) -> c_int;
+    fn apt_c10d_broadcast(
+        group: *mut c_void,
+        t: *mut c_void,
+        root: c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn apt_c10d_all_gather(
+        group: *mut c_void,
+        out: *mut c_void,
+        local: *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn apt_c10d_reduce_scatter_sum(
+        group: *mut c_void,
+        out: *mut c_void,
+        input: *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn apt_c10d_barrier(group: *mut c_void, err: *mut *mut c_char) -> c_int;
+}
+
+/// Runs a shim call and turns its error message into a [`FlowError::Collective`].
+fn call(what: &str, f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<()> {
+    let mut err: *mut c_char = std::ptr::null_mut();
+    if f(&mut err) == 0 {
+        return Ok(());
+    }
+    let message = if err.is_null() {
+        "unknown error".to_string()
+    } else {
+        // SAFETY: the shim returns a NUL-terminated malloc'ed string, freed right after.
+        let text = unsafe { CStr::from_ptr(err) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { apt_c10d_free_error(err) };
+        text
+    };
+    let first = message.lines().next().unwrap_or_default();
+    Err(FlowError::Collective(format!("c10d {what}: {first}")))
+}
+
+/// A c10d Gloo process group (CPU tensors).
+pub struct C10dCollective {
+    group: *mut c_void,
+    rank: usize,
+    size: usize,
+}
+
+impl std::fmt::Debug for C10dCollective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "C10dCollective {{ rank: {}, size: {} }}",
+            self.rank, self.size
+        )
+    }
+}
+
+impl Drop for C10dCollective {
+    fn drop(&mut self) {
+        // SAFETY: `group` came from apt_c10d_gloo_new and is freed once.
+        unsafe { apt_c10d_free(self.group) }
+    }
+}
+
+impl C10dCollective {
+    /// Joins `world` ranks as `rank` through the store at `host:port` and builds a Gloo group;
+    /// `agent_store` when torchrun's agent already serves the store there
+    /// (`TORCHELASTIC_USE_AGENT_STORE=True`). Waits up to `timeout_s` for the others.
+    pub fn gloo(
+        host: &str,
+        port: u16,
+        rank: usize,
+        world: usize,
+        agent_store: bool,
+        timeout_s: u32,
+    ) -> Result<Self> {
+        let host_c = CString::new(host)
+            .map_err(|_| FlowError::Collective(format!("MASTER_ADDR {host:?} holds a NUL")))?;
+        let mut group: *mut c_void = std::ptr::null_mut();
+        call("rendezvous", |err| unsafe {
+            apt_c10d_gloo_new(
+                host_c.as_ptr(),
+                port as c_int,
+                rank as c_int,
+                world as c_int,
+                timeout_s as c_int,
+                agent_store as c_int,
+                &mut group,
+                err,
+            )
+        })
+        .map_err(|e| {
+            FlowError::Collective(format!(
+                "rank {rank} of {world} could not join the store at {host}:{port}: {e}"
+            ))
+        })?;
+        Ok(Self {
+            group,
+            rank,
+            size: world,
+        })
+    }
+}
+
+/// A contiguous CPU tensor for Gloo (errors name the operation).
+fn cpu(t: &Tensor, what: &str) -> Result<()> {
+    if t.device() != Device::Cpu {
+        return Err(FlowError::Collective(format!(
+            "{what}: the Gloo backend reduces CPU tensors, got one on {:?} (NCCL is for GPUs)",
+            t.device()
+        )));
+    }
+    Ok(())
+}
+
+impl Collective for C10dCollective {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.size
+    }
+
+    fn backend(&self) -> &str {
+        "gloo"
+    }
+
+    fn all_reduce_sum(&self, tensor: &mut Tensor) -> Result<()> {
+        cpu(tensor, "all_reduce")?;
+        let mut t = tensor.contiguous();
+        call("all_reduce", |err| unsafe {
+            apt_c10d_all_reduce_sum(self.group, t.as_mut_ptr() as *mut c_void, err)
+        })?;
+        if t.data_ptr() != tensor.data_ptr() {
+            tensor.copy_(&t);
+        }
+        Ok(())
+    }
+
+    fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<()> {
+        cpu(tensor, "broadcast")?;
+        let mut t = tensor.contiguous();
+        call("broadcast", |err| unsafe {
+            apt_c10d_broadcast(
+                self.group,
+                t.as_mut_ptr() as *mut c_void,
+                root as c_int,
+                err,
+            )
+        })?;
+        if t.data_ptr() != tensor.data_ptr() {
+            tensor.copy_(&t);
+        }
+        Ok(())
+    }
+
+    fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
+        cpu(local, "all_gather")?;
+        let mut local = local.contiguous();
+        let mut shape = local.size();
+        if shape.is_empty() {
+            shape.push(1);
+            local = local.reshape([1]);
+        }
+        shape[0] *= self.size as i64;
+        let mut out = Tensor::empty(&shape, (local.kind(), Device::Cpu));
+        call("all_gather", |err| unsafe {
+            apt_c10d_all_gather(
+                self.group,
+                out.as_mut_ptr() as *mut c_void,
+                local.as_mut_ptr() as *mut c_void,
+                err,
+            )
+        })?;
+        Ok(out)
+    }
+
+    fn reduce_scatter_sum(&self, tensor: &Tensor) -> Result<Tensor> {
+        cpu(tensor, "reduce_scatter")?;
+        let mut input = tensor.contiguous();
+        let mut shape = input.size();
+        if shape[0] % self.size as i64 != 0 {
+            return Err(FlowError::Collective(format!(
+                "reduce_scatter: dim 0 ({}) does not split into {} ranks",
+                shape[0], self.size
+            )));
+        }
+        shape[0] /= self.size as i64;
+        let mut out = Tensor::empty(&shape, (input.kind(), Device::Cpu));
+        call("reduce_scatter", |err| unsafe {
+            apt_c10d_reduce_scatter_sum(
+                self.group,
+                out.as_mut_ptr() as *mut c_void,
+                input.as_mut_ptr() as *mut c_void,
+                err,
+            )
+        })?;
+        Ok(out)
+    }
+
+    fn barrier(&self) -> Result<()> {
+        call("barrier", |err| unsafe {
+            apt_c10d_barrier(self.group, err)
+        })
+    }
+}
