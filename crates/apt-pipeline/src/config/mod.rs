@@ -7,6 +7,7 @@ mod data;
 mod embedded;
 mod model;
 mod overrides;
+mod report;
 mod sections;
 mod text;
 mod vae;
@@ -22,9 +23,10 @@ pub use compare::{changed_keys, with_values_of, Change};
 pub use data::DataConfig;
 pub use model::{ModelSection, MINILM_WIDTH};
 pub use overrides::{apply_override, upgrade_old_keys};
+pub use report::ReportSection;
 pub use sections::{
     default_eval_batch, default_eval_seed, AptSection, ConsistencySection, DistillSection,
-    EvalConfig, GeneratorInit, ImageStage, PretrainSection, ReportSection,
+    EvalConfig, GeneratorInit, ImageStage, PretrainSection,
 };
 pub use text::TextSection;
 pub use vae::{latent_shape_of, VaeSection};
