@@ -200,3 +200,88 @@ fn torchrun_with_gloo_runs_the_smoke_pipeline_like_one_process() {
         );
     }
 }
+
+/// A rank killed under torchrun ends the whole job, non-zero, within seconds (torchrun's agent
+/// stops the other ranks), and `--resume` continues from the last checkpoint.
+#[test]
+fn a_killed_torchrun_rank_ends_the_job_and_the_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("killed");
+    let long = [
+        "--set",
+        "threads=1",
+        "--stage",
+        "pretrain",
+        "--set",
+        "pretrain.train.steps=4000",
+        "--set",
+        "pretrain.train.checkpoint_every=10",
+    ];
+    let mut job = Command::new(torchrun())
+        .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
+        .arg(env!("CARGO_BIN_EXE_apt"))
+        .args(smoke_args(&out, &cache, &long))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&out.join("pretrain/checkpoints/latest"), &mut job);
+    // The workers: the processes training into this run (torchrun itself aside).
+    let listed = Command::new("pgrep")
+        .args(["-f", &out.to_string_lossy()])
+        .output()
+        .unwrap();
+    let workers: Vec<String> = text(&listed.stdout)
+        .lines()
+        .map(str::to_string)
+        .filter(|pid| *pid != job.id().to_string())
+        .collect();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let killed_at = std::time::Instant::now();
+    Command::new("kill")
+        .args(["-9", &workers[1]])
+        .status()
+        .unwrap();
+    let status = job.wait().unwrap();
+    assert!(!status.success(), "the job survived a killed rank");
+    assert!(
+        killed_at.elapsed() < std::time::Duration::from_secs(60),
+        "the job took {:?} to end",
+        killed_at.elapsed()
+    );
+    // Every rank is gone, and the run resumes from its last checkpoint.
+    let left = Command::new("pgrep")
+        .args(["-f", &out.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(
+        text(&left.stdout).trim().is_empty(),
+        "{}",
+        text(&left.stdout)
+    );
+    let o = Command::new(torchrun())
+        .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
+        .arg(env!("CARGO_BIN_EXE_apt"))
+        .args(smoke_args(
+            &out,
+            &cache,
+            &[
+                "--set",
+                "threads=1",
+                "--stage",
+                "pretrain",
+                "--resume",
+                "--set",
+                "pretrain.train.steps=100",
+                "--set",
+                "pretrain.train.checkpoint_every=10",
+            ],
+        ))
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("resumed"), "{}", text(&o.stderr));
+    assert!(out.join("pretrain/teacher.safetensors").is_file());
+}
