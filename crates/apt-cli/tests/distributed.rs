@@ -285,3 +285,30 @@ fn a_killed_torchrun_rank_ends_the_job_and_the_run_resumes() {
     assert!(text(&o.stderr).contains("resumed"), "{}", text(&o.stderr));
     assert!(out.join("pretrain/teacher.safetensors").is_file());
 }
+
+/// `[dist] backend`: one the launcher cannot give (MPI under torchrun), or NCCL (not written),
+/// is one clear error on every rank, a non-zero exit, and no run directory.
+#[test]
+fn a_backend_the_launcher_cannot_give_is_refused_on_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    for (backend, needle) in [
+        ("mpi", "started by Torchrun"),
+        ("nccl", "does not have yet"),
+    ] {
+        let out = dir.path().join(backend);
+        let set = format!("dist.backend={backend:?}");
+        let o = Command::new(torchrun())
+            .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
+            .arg(env!("CARGO_BIN_EXE_apt"))
+            .args(smoke_args(&out, &cache, &["--set", &set]))
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{backend} accepted");
+        // Both ranks say why (their lines may interleave).
+        let err = text(&o.stderr);
+        assert_eq!(err.matches("dist.backend is").count(), 2, "{err}");
+        assert_eq!(err.matches(needle).count(), 2, "{err}");
+        assert!(!out.exists(), "{backend}: a run directory was made");
+    }
+}

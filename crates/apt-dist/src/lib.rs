@@ -33,8 +33,40 @@ pub const STORE_TIMEOUT_S: u32 = 300;
 /// `srun --mpi=pmix`. Checks that MPI sees the world the
 /// launcher announced.
 pub fn join(launch: &Launch) -> Result<Rc<dyn Collective>> {
+    join_with(launch, "auto")
+}
+
+/// [`join`] with an explicit backend: `"auto"` (by the launcher), `"gloo"` (torchrun only),
+/// `"mpi"` (mpirun / srun only) or `"nccl"` (refused: not written yet). A backend the launcher
+/// cannot give is an error naming both.
+pub fn join_with(launch: &Launch, backend: &str) -> Result<Rc<dyn Collective>> {
     if launch.world_size == 1 {
         return Ok(Rc::new(SingleProcess));
+    }
+    let fits = match (backend, launch.launcher) {
+        ("auto", _) => true,
+        ("gloo", Launcher::Torchrun) => true,
+        ("mpi", Launcher::Mpi | Launcher::Slurm) => true,
+        ("nccl", _) => {
+            return Err(FlowError::Collective(
+                "dist.backend is \"nccl\", which apt-rs does not have yet (CUDA tensors): \
+                 use \"gloo\" under torchrun or \"mpi\" under mpirun, on CPUs"
+                    .into(),
+            ))
+        }
+        ("gloo" | "mpi", _) => false,
+        (other, _) => {
+            return Err(FlowError::Collective(format!(
+                "dist.backend {other:?} is none of \"auto\", \"gloo\", \"mpi\", \"nccl\""
+            )))
+        }
+    };
+    if !fits {
+        return Err(FlowError::Collective(format!(
+            "dist.backend is {backend:?} but this rank was started by {:?}: \"gloo\" joins \
+             through torchrun, \"mpi\" through mpirun or srun (or leave it \"auto\")",
+            launch.launcher
+        )));
     }
     match launch.launcher {
         Launcher::Direct => Ok(Rc::new(SingleProcess)),

@@ -264,7 +264,9 @@ pub fn skips_as_finished(
 /// Keys that may differ from the run's config of record whatever state the run is in: where
 /// it runs and how it is reported.
 fn always_free(key: &str) -> bool {
-    ["out", "device", "threads", "text.cache"].contains(&key) || key.starts_with("report.")
+    ["out", "device", "threads", "text.cache"].contains(&key)
+        || key.starts_with("report.")
+        || key.starts_with("dist.")
 }
 
 /// Keys of a stage's section that may differ after the stage has started: how long it trains

@@ -97,6 +97,52 @@ pub struct RunConfig {
     /// The final evaluation and report.
     #[serde(default)]
     pub report: ReportSection,
+    /// Multi-process training: which collective backend the ranks use.
+    #[serde(default, skip_serializing_if = "DistSection::is_default")]
+    pub dist: DistSection,
+}
+
+/// `[dist]`: how the ranks of a data-parallel run talk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistSection {
+    /// `"auto"` (Gloo under torchrun, MPI under mpirun or srun), `"gloo"`, `"mpi"`, or
+    /// `"nccl"` (CUDA tensors; not written yet).
+    #[serde(default)]
+    pub backend: DistBackend,
+}
+
+impl DistSection {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The collective backend of `[dist]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DistBackend {
+    /// Chosen by the launcher.
+    #[default]
+    Auto,
+    /// libtorch's c10d Gloo group (torchrun; CPU tensors).
+    Gloo,
+    /// MPI (mpirun, mpiexec, srun --mpi; CPU tensors).
+    Mpi,
+    /// libtorch's c10d NCCL group (CUDA tensors): not written yet.
+    Nccl,
+}
+
+impl DistBackend {
+    /// The name apt-dist takes (`auto`, `gloo`, `mpi`, `nccl`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Gloo => "gloo",
+            Self::Mpi => "mpi",
+            Self::Nccl => "nccl",
+        }
+    }
 }
 
 fn is_fp32(p: &Precision) -> bool {
