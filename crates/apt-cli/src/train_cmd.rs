@@ -96,7 +96,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     }
     let explicit = args.stage != StageArg::All;
     let launch = Launch::from_env()?;
-    let world = apt_dist::join_with(&launch, config.dist.backend.name())?;
+    let world = apt_dist::join_with(&launch, config.dist.backend.name(), config.dist.timeout_s)?;
     if world.world_size() > 1 && config.device()? != tch::Device::Cpu {
         anyhow::bail!(
             "data parallel over {} ranks needs CPU tensors (the Gloo and MPI backends); NCCL for `device = \"{}\"` is not written yet",

@@ -312,3 +312,43 @@ fn a_backend_the_launcher_cannot_give_is_refused_on_every_rank() {
         assert!(!out.exists(), "{backend}: a run directory was made");
     }
 }
+
+/// A rank that cannot reach the store stops after `dist.timeout_s` with an error naming the
+/// address, non-zero, without a run directory.
+#[test]
+fn a_rank_that_cannot_reach_the_store_stops_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("unreached");
+    // A port nobody listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let o = apt_command(&smoke_args(
+        &out,
+        &dir.path().join("cache"),
+        &["--set", "dist.timeout_s=2"],
+    ))
+    .envs([
+        ("RANK", "1"),
+        ("WORLD_SIZE", "2"),
+        ("LOCAL_RANK", "1"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", &port.to_string()),
+        ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+    ])
+    .output()
+    .unwrap();
+    assert_clear_error(
+        &o,
+        &[
+            "rank 1 of 2",
+            &format!("127.0.0.1:{port}"),
+            "dist.timeout_s",
+        ],
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(!out.exists());
+}

@@ -117,8 +117,13 @@ impl C10dCollective {
             )
         })
         .map_err(|e| {
+            let reason = match e {
+                FlowError::Collective(m) => m.trim_start_matches("c10d rendezvous: ").to_string(),
+                other => other.to_string(),
+            };
             FlowError::Collective(format!(
-                "rank {rank} of {world} could not join the store at {host}:{port}: {e}"
+                "rank {rank} of {world} could not join the store at {host}:{port} within \
+                 {timeout_s} s (dist.timeout_s): {reason}"
             ))
         })?;
         Ok(Self {

@@ -25,7 +25,8 @@ pub use mpi_backend::MpiCollective;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-/// How long a rank waits for the others at the rendezvous and in a collective (seconds).
+/// How long a c10d rank waits for the others at the rendezvous and in a collective, by
+/// default (seconds; `[dist] timeout_s`).
 pub const STORE_TIMEOUT_S: u32 = 300;
 
 /// Joins the run `launch` describes: a world of one when started alone (or as the only rank),
@@ -33,13 +34,13 @@ pub const STORE_TIMEOUT_S: u32 = 300;
 /// `srun --mpi=pmix`. Checks that MPI sees the world the
 /// launcher announced.
 pub fn join(launch: &Launch) -> Result<Rc<dyn Collective>> {
-    join_with(launch, "auto")
+    join_with(launch, "auto", STORE_TIMEOUT_S)
 }
 
 /// [`join`] with an explicit backend: `"auto"` (by the launcher), `"gloo"` (torchrun only),
-/// `"mpi"` (mpirun / srun only) or `"nccl"` (refused: not written yet). A backend the launcher
-/// cannot give is an error naming both.
-pub fn join_with(launch: &Launch, backend: &str) -> Result<Rc<dyn Collective>> {
+/// `"mpi"` (mpirun / srun only) or `"nccl"` (refused: not written yet), and the seconds a c10d
+/// rank waits for the others. A backend the launcher cannot give is an error naming both.
+pub fn join_with(launch: &Launch, backend: &str, timeout_s: u32) -> Result<Rc<dyn Collective>> {
     if launch.world_size == 1 {
         return Ok(Rc::new(SingleProcess));
     }
@@ -86,7 +87,7 @@ pub fn join_with(launch: &Launch, backend: &str) -> Result<Rc<dyn Collective>> {
                 launch.rank,
                 launch.world_size,
                 agent_store,
-                STORE_TIMEOUT_S,
+                timeout_s,
             )?))
         }
         Launcher::Mpi | Launcher::Slurm => {

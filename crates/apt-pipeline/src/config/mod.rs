@@ -103,13 +103,30 @@ pub struct RunConfig {
 }
 
 /// `[dist]`: how the ranks of a data-parallel run talk.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistSection {
     /// `"auto"` (Gloo under torchrun, MPI under mpirun or srun), `"gloo"`, `"mpi"`, or
     /// `"nccl"` (CUDA tensors; not written yet).
     #[serde(default)]
     pub backend: DistBackend,
+    /// Seconds a rank waits at the rendezvous and in a collective for the others before it
+    /// stops with an error (c10d; MPI waits for its launcher).
+    #[serde(default = "default_dist_timeout")]
+    pub timeout_s: u32,
+}
+
+fn default_dist_timeout() -> u32 {
+    300
+}
+
+impl Default for DistSection {
+    fn default() -> Self {
+        Self {
+            backend: DistBackend::Auto,
+            timeout_s: default_dist_timeout(),
+        }
+    }
 }
 
 impl DistSection {
@@ -228,6 +245,9 @@ impl RunConfig {
                     format!("must be in 1..={MAX_THREADS}, got {t}"),
                 ));
             }
+        }
+        if self.dist.timeout_s == 0 {
+            return Err(config_error("dist.timeout_s", "must be at least 1"));
         }
         if self.text.tokens == 0 {
             return Err(config_error("text.tokens", "must be at least 1"));
