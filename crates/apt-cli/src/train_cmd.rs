@@ -104,8 +104,13 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             config.device
         );
     }
-    // Every check passes before anything in the run directory changes.
-    let command = format!("{:?}", std::env::args().skip(1).collect::<Vec<_>>());
+    // Every check passes before anything in the run directory changes. The command includes
+    // the binary's fingerprint: ranks of different builds refuse like different arguments.
+    let command = format!(
+        "{:?} binary {}",
+        std::env::args().skip(1).collect::<Vec<_>>(),
+        binary_fingerprint()
+    );
     let open = OpenRun::for_training_in(&*world, config, &stages, args.resume, explicit, &command)?;
     let main = world.is_main();
     let result = train(&args, &open, &stages, &world, &launch);
@@ -116,6 +121,29 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         );
     }
     result
+}
+
+/// The running executable's size and a hash of its first and last MiB: different builds of
+/// `apt` differ in it (cheap enough to take at every start; "unknown" when unreadable).
+fn binary_fingerprint() -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let read = || -> std::io::Result<String> {
+        let mut file = std::fs::File::open("/proc/self/exe")?;
+        let len = file.metadata()?.len();
+        let mut head = vec![0u8; len.min(1 << 20) as usize];
+        file.read_exact(&mut head)?;
+        let mut tail = vec![0u8; len.min(1 << 20) as usize];
+        file.seek(SeekFrom::Start(len - tail.len() as u64))?;
+        file.read_exact(&mut tail)?;
+        let hash = head
+            .iter()
+            .chain(&tail)
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        Ok(format!("{len}:{hash:016x}"))
+    };
+    read().unwrap_or_else(|_| "unknown".into())
 }
 
 /// Trains `stages` in the claimed run directory (every rank), then evaluates and reports

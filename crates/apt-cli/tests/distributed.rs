@@ -352,3 +352,36 @@ fn a_rank_that_cannot_reach_the_store_stops_with_an_error() {
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     assert!(!out.exists());
 }
+
+/// Ranks running different builds of `apt` refuse at once, as ranks with different commands.
+#[test]
+fn ranks_of_different_builds_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("apt-other");
+    std::fs::copy(env!("CARGO_BIN_EXE_apt"), &other).unwrap();
+    // Another build: the same program with one byte more at the end of the file.
+    let mut bytes = std::fs::read(&other).unwrap();
+    bytes.push(0);
+    std::fs::write(&other, bytes).unwrap();
+    let mut perms = std::fs::metadata(&other).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&other, perms).unwrap();
+    let out = dir.path().join("run");
+    let args = smoke_args(&out, &dir.path().join("cache"), &[]);
+    let o = Command::new("mpirun")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_plm", "isolated")
+        .args(["--oversubscribe", "--bind-to", "none", "-np", "1"])
+        .arg(env!("CARGO_BIN_EXE_apt"))
+        .args(&args)
+        .args([":", "-np", "1"])
+        .arg(&other)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("another build of the binary"), "{err}");
+    assert!(!out.exists());
+}

@@ -184,8 +184,8 @@ impl OpenRun {
             return Err(PipelineError::Flow(apt_flow::FlowError::Collective(
                 format!(
                     "rank {rank} was started with another command or config than rank {} \
-                     (arguments, stage, --resume, or the config after --set): start every rank \
-                     with the same command",
+                     (arguments, stage, --resume, the config after --set, or another build of \
+                     the binary): start every rank with the same command and binary",
                     world.rank()
                 ),
             )));
