@@ -9,14 +9,15 @@ inputs as safetensors into --dir (the Rust worker loads exactly these), warms up
   quit
 """
 
-import argparse
 import os
 import sys
-import time
 
 import torch
 from diffusers import SD3Transformer2DModel
 from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_worker_loop import serve  # noqa: E402
 
 SIZES = {
     # (layers, heads, head_dim, text width, pooled width, latent [B, C, H, W], text tokens, sample, max)
@@ -45,36 +46,5 @@ def build(size: str, out: str):
     return model, inputs
 
 
-def step(model, inputs, mode: str) -> float:
-    start = time.perf_counter()
-    if mode == "fwd":
-        with torch.no_grad():
-            model(**inputs)
-    else:
-        model.zero_grad()
-        out = model(**inputs).sample
-        out.square().mean().backward()
-    return (time.perf_counter() - start) * 1000.0
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--size", choices=SIZES, default="small")
-    parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--dir", required=True)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model, inputs = build(args.size, args.dir)
-    for mode in ("fwd", "train", "fwd", "train"):
-        step(model, inputs, mode)
-    print("ready", flush=True)
-    for line in sys.stdin:
-        parts = line.split()
-        if not parts or parts[0] == "quit":
-            break
-        times = [step(model, inputs, parts[0]) for _ in range(int(parts[1]))]
-        print("times " + " ".join(f"{t:.4f}" for t in times), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    serve(SIZES, build)

@@ -106,10 +106,14 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     }
     // Every check passes before anything in the run directory changes. The command includes
     // the binary's fingerprint: ranks of different builds refuse like different arguments.
+    // (Only ranks of a data-parallel run compare it: a single process skips the file read.)
+    let binary = match world.world_size() {
+        1 => String::new(),
+        _ => binary_fingerprint(),
+    };
     let command = format!(
-        "{:?} binary {}",
-        std::env::args().skip(1).collect::<Vec<_>>(),
-        binary_fingerprint()
+        "{:?} binary {binary}",
+        std::env::args().skip(1).collect::<Vec<_>>()
     );
     let open = OpenRun::for_training_in(&*world, config, &stages, args.resume, explicit, &command)?;
     let main = world.is_main();

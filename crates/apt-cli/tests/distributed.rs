@@ -152,6 +152,14 @@ fn torchrun() -> PathBuf {
         .expect("torchrun next to the PyTorch install")
 }
 
+/// `torchrun --standalone --nproc-per-node 2 --no-python <apt>`, arguments to add.
+fn torchrun_apt() -> Command {
+    let mut c = Command::new(torchrun());
+    c.args(["--standalone", "--nproc-per-node", "2", "--no-python"])
+        .arg(env!("CARGO_BIN_EXE_apt"));
+    c
+}
+
 /// `torchrun --standalone --nproc-per-node 2 --no-python apt train …`: the ranks join through
 /// c10d (torchrun's store, a Gloo group) and the smoke pipeline — here with APT2's
 /// relativistic loss and approximated R2 — equals one process with the same global batches.
@@ -170,9 +178,7 @@ fn torchrun_with_gloo_runs_the_smoke_pipeline_like_one_process() {
         "--set",
         "apt.lambda_r2=100.0",
     ];
-    let o = Command::new(torchrun())
-        .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
-        .arg(env!("CARGO_BIN_EXE_apt"))
+    let o = torchrun_apt()
         .args(smoke_args(&two, &cache, &sets))
         .env("RUST_LOG", "info")
         .output()
@@ -218,9 +224,7 @@ fn a_killed_torchrun_rank_ends_the_job_and_the_run_resumes() {
         "--set",
         "pretrain.train.checkpoint_every=10",
     ];
-    let mut job = Command::new(torchrun())
-        .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
-        .arg(env!("CARGO_BIN_EXE_apt"))
+    let mut job = torchrun_apt()
         .args(smoke_args(&out, &cache, &long))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -260,9 +264,7 @@ fn a_killed_torchrun_rank_ends_the_job_and_the_run_resumes() {
         "{}",
         text(&left.stdout)
     );
-    let o = Command::new(torchrun())
-        .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
-        .arg(env!("CARGO_BIN_EXE_apt"))
+    let o = torchrun_apt()
         .args(smoke_args(
             &out,
             &cache,
@@ -298,9 +300,7 @@ fn a_backend_the_launcher_cannot_give_is_refused_on_every_rank() {
     ] {
         let out = dir.path().join(backend);
         let set = format!("dist.backend={backend:?}");
-        let o = Command::new(torchrun())
-            .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
-            .arg(env!("CARGO_BIN_EXE_apt"))
+        let o = torchrun_apt()
             .args(smoke_args(&out, &cache, &["--set", &set]))
             .output()
             .unwrap();

@@ -3,7 +3,7 @@
 //! clean sample instead ([`apt_mmdit::Prediction::Sample`]); its output is turned into the
 //! velocity here, so every loss and sampler sees velocities.
 
-use apt_mmdit::Prediction;
+use apt_mmdit::{Prediction, TapOutput};
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
@@ -111,17 +111,36 @@ pub fn velocity_from_sample(x_t: &Tensor, t: &Tensor, x0: &Tensor) -> Tensor {
     (x_t - x0) / per_sample(&t.clamp_min(SAMPLE_PREDICTION_MIN_T), x_t)
 }
 
+/// A network's raw output `out` at `(x_t, t)` as a velocity, in `x_t`'s precision (a bf16
+/// model's losses are taken in fp32): itself, or the velocity its clean-sample prediction
+/// implies (one time for the whole batch broadcasts like one per sample).
+fn output_as_velocity(prediction: Prediction, x: &Tensor, t: &Tensor, out: &Tensor) -> Tensor {
+    let out = out.to_kind(x.kind());
+    match prediction {
+        Prediction::Velocity => out,
+        Prediction::Sample => velocity_from_sample(x, t, &out),
+    }
+}
+
+/// `loss` of the velocity a recomputed forward's output implies: the closure
+/// `backward_with_recompute` evaluates.
+fn loss_of_output<'a>(
+    prediction: Prediction,
+    x: &Tensor,
+    t: &Tensor,
+    loss: &'a mut dyn FnMut(&Tensor) -> Tensor,
+) -> impl FnOnce(&TapOutput) -> Tensor + 'a {
+    let (x, t) = (x.detach(), t.detach());
+    move |tapped| {
+        let out = tapped.output.as_ref().expect("with_output");
+        loss(&output_as_velocity(prediction, &x, &t, out))
+    }
+}
+
 impl VelocityModel for apt_mmdit::Mmdit {
     fn velocity(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
-        // A bf16 model returns its prediction in the input's precision (losses in fp32).
-        let out = self
-            .forward(x, t, &cond.context, &cond.pooled)?
-            .to_kind(x.kind());
-        Ok(match self.config().prediction {
-            Prediction::Velocity => out,
-            // One time for the whole batch broadcasts like one per sample.
-            Prediction::Sample => velocity_from_sample(x, t, &out),
-        })
+        let out = self.forward(x, t, &cond.context, &cond.pooled)?;
+        Ok(output_as_velocity(self.config().prediction, x, t, &out))
     }
 
     fn backward_velocity_loss(
@@ -135,25 +154,8 @@ impl VelocityModel for apt_mmdit::Mmdit {
         if !recompute {
             return plain_backward(self, x, t, cond, loss);
         }
-        let prediction = self.config().prediction;
-        let (x_in, t_in) = (x.detach(), t.detach());
-        let kind = x.kind();
-        Ok(self.backward_with_recompute(
-            x,
-            t,
-            &cond.context,
-            &cond.pooled,
-            &[],
-            true,
-            |tapped| {
-                let out = tapped.output.as_ref().expect("with_output").to_kind(kind);
-                let v = match prediction {
-                    Prediction::Velocity => out,
-                    Prediction::Sample => velocity_from_sample(&x_in, &t_in, &out),
-                };
-                loss(&v)
-            },
-        )?)
+        let on_output = loss_of_output(self.config().prediction, x, t, loss);
+        Ok(self.backward_with_recompute(x, t, &cond.context, &cond.pooled, &[], true, on_output)?)
     }
 }
 
@@ -161,13 +163,8 @@ impl VelocityModel for apt_mmdit::Mmdit {
 /// not used).
 impl VelocityModel for apt_mmdit::Model {
     fn velocity(&self, x: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor> {
-        let out = self
-            .forward(x, t, &cond.context, &cond.pooled)?
-            .to_kind(x.kind());
-        Ok(match self.config().prediction() {
-            Prediction::Velocity => out,
-            Prediction::Sample => velocity_from_sample(x, t, &out),
-        })
+        let out = self.forward(x, t, &cond.context, &cond.pooled)?;
+        Ok(output_as_velocity(self.config().prediction(), x, t, &out))
     }
 
     fn backward_velocity_loss(
@@ -181,25 +178,8 @@ impl VelocityModel for apt_mmdit::Model {
         if !recompute {
             return plain_backward(self, x, t, cond, loss);
         }
-        let prediction = self.config().prediction();
-        let (x_in, t_in) = (x.detach(), t.detach());
-        let kind = x.kind();
-        Ok(self.backward_with_recompute(
-            x,
-            t,
-            &cond.context,
-            &cond.pooled,
-            &[],
-            true,
-            |tapped| {
-                let out = tapped.output.as_ref().expect("with_output").to_kind(kind);
-                let v = match prediction {
-                    Prediction::Velocity => out,
-                    Prediction::Sample => velocity_from_sample(&x_in, &t_in, &out),
-                };
-                loss(&v)
-            },
-        )?)
+        let on_output = loss_of_output(self.config().prediction(), x, t, loss);
+        Ok(self.backward_with_recompute(x, t, &cond.context, &cond.pooled, &[], true, on_output)?)
     }
 }
 
