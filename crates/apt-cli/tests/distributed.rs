@@ -207,6 +207,62 @@ fn torchrun_with_gloo_runs_the_smoke_pipeline_like_one_process() {
     }
 }
 
+/// Full sharding (ZeRO-3) under torchrun, in bf16 with recomputation: the teacher, the student
+/// and APT's G and D take exactly the updates of the same two ranks unsharded (Gloo gathers
+/// bf16 weights and reduce-scatters fp32 gradients).
+#[test]
+fn torchrun_with_full_sharding_in_bf16_trains_like_unsharded_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let common = [
+        "--set",
+        "threads=1",
+        "--set",
+        "distill.shard_size=8",
+        "--set",
+        "precision=\"bf16\"",
+        "--set",
+        "pretrain.train.recompute=true",
+        "--set",
+        "apt.train.recompute=true",
+    ];
+    let sharded = [
+        "--set",
+        "pretrain.train.shard=\"full\"",
+        "--set",
+        "distill.train.shard=\"gradients\"",
+        "--set",
+        "apt.train.shard=\"full\"",
+    ];
+    let run = |out: &Path, extra: &[&str]| {
+        let sets: Vec<&str> = common.iter().chain(extra).copied().collect();
+        let o = torchrun_apt()
+            .args(smoke_args(out, &cache, &sets))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{}\n{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+    };
+    let (full, plain) = (dir.path().join("full"), dir.path().join("plain"));
+    run(&full, &sharded);
+    run(&plain, &[]);
+    for model in [
+        "pretrain/teacher.safetensors",
+        "distill/student.safetensors",
+        "apt/generator.safetensors",
+    ] {
+        let diff = max_abs_diff(&full.join(model), &plain.join(model));
+        assert!(
+            diff <= 1e-6,
+            "{model}: sharded and unsharded differ by {diff}"
+        );
+    }
+}
+
 /// A rank killed under torchrun ends the whole job, non-zero, within seconds (torchrun's agent
 /// stops the other ranks), and `--resume` continues from the last checkpoint.
 #[test]

@@ -176,11 +176,19 @@ impl Collective for MpiCollective {
 
     fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
         let mut h = host(local, "all_gather")?;
-        let flat = by_kind!(
-            h,
-            "all_gather",
-            all_gather_typed(&self.world, &mut h, self.size)
-        )?;
+        let flat = match h.kind() {
+            // A gather only copies: 16-bit floats (a sharded run's bf16 weights) travel as
+            // their bits.
+            kind @ (Kind::BFloat16 | Kind::Half) => {
+                let mut bits = h.view_dtype(Kind::Int16);
+                all_gather_typed::<i16>(&self.world, &mut bits, self.size)?.view_dtype(kind)
+            }
+            _ => by_kind!(
+                h,
+                "all_gather",
+                all_gather_typed(&self.world, &mut h, self.size)
+            )?,
+        };
         let mut shape = local.size();
         if shape.is_empty() {
             shape = vec![self.size as i64];

@@ -8,9 +8,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apt_dist::{join, Launch, SingleProcess};
 use tch::Tensor;
@@ -33,7 +32,8 @@ fn mpi_rank_of_a_two_rank_run() {
     if job == "mismatch" {
         // Rank 1 was started with another learning rate: both ranks refuse at the start.
         let lr = if world.rank() == 0 { 2e-3 } else { 1e-3 };
-        let err = pretrain_with(world.clone(), seed, &dir, 5, lr, None, false).unwrap_err();
+        let options = Options::default();
+        let err = pretrain_with(world.clone(), seed, &dir, 5, lr, None, &options).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("training config differs"), "{msg}");
         std::fs::write(out.join(format!("refused-{}.txt", world.rank())), msg).unwrap();
@@ -42,16 +42,24 @@ fn mpi_rank_of_a_two_rank_run() {
     if job == "die" {
         // Rank 1 crashes in its third update; rank 0 would wait for it in the all-reduce.
         let die_after = (world.rank() == 1).then_some(2 * GLOBAL_BATCH);
-        let _ = pretrain_with(world.clone(), seed, &dir, 1000, 2e-3, die_after, false);
+        let _ = pretrain_with(
+            world.clone(),
+            seed,
+            &dir,
+            1000,
+            2e-3,
+            die_after,
+            &Options::default(),
+        );
         panic!(
             "rank {} finished 1000 steps: the crash did not happen",
             world.rank()
         );
     }
     let weights = if job.starts_with("pretrain") {
-        let zero1 = job.ends_with("+zero1");
-        let (weights, clips, state) =
-            pretrain_with(world.clone(), seed, &dir, 5, 2e-3, None, zero1).unwrap();
+        let options = Options::parse(&job);
+        let (weights, clips, state, _) =
+            pretrain_with(world.clone(), seed, &dir, 5, 2e-3, None, &options).unwrap();
         // Each rank trains on its half of every global batch.
         assert_eq!(clips, 5 * GLOBAL_BATCH / 2);
         let file = out.join(format!("state-{}.txt", world.rank()));
@@ -64,54 +72,9 @@ fn mpi_rank_of_a_two_rank_run() {
     Tensor::write_safetensors(&weights, &file).unwrap();
 }
 
-fn mpirun() -> Command {
-    let mut cmd = Command::new("mpirun");
-    // CI runs as root; two ranks on a 2-core machine.
-    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        // Local ranks only: no ssh/rsh agent needed (minimal containers have none).
-        .env("OMPI_MCA_plm", "isolated")
-        .args(["--oversubscribe", "--bind-to", "none"]);
-    cmd
-}
-
 /// Launches `job` on two MPI ranks writing to `out`; the exit status, output and wall time.
 fn launch_two_ranks(job: &str, out: &Path) -> (std::process::ExitStatus, String, Duration) {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = mpirun()
-        .args(["-np", "2"])
-        .arg(&exe)
-        .args([
-            "--exact",
-            "mpi_rank_of_a_two_rank_run",
-            "--ignored",
-            "--test-threads=1",
-        ])
-        .env(OUT, out)
-        .env(JOB, job)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mpirun (Open MPI) must be installed: `cargo xtask setup` installs it");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(300) {
-            let _ = child.kill();
-            panic!("the two-rank run did not finish within 300 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let elapsed = start.elapsed();
-    let output = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (status, text, elapsed)
+    launch_ranks(2, "mpi_rank_of_a_two_rank_run", job, out)
 }
 
 /// Runs `job` on two MPI ranks in a fresh directory; returns it and each rank's final weights

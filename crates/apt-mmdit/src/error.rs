@@ -75,6 +75,14 @@ pub enum MmditError {
         /// `key: file shape vs model shape` for tensors whose shape differs.
         mismatched: Vec<String>,
     },
+    /// A sharded run could not gather or release a block's weights.
+    #[error("block {block}: {message}")]
+    Sharding {
+        /// The block's variable prefix.
+        block: String,
+        /// What failed.
+        message: String,
+    },
     /// An error reported by libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

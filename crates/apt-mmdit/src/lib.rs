@@ -38,6 +38,7 @@ pub mod parity;
 pub mod presets;
 pub mod recompute;
 pub mod rope;
+pub mod sharding;
 pub mod wan;
 pub mod weights;
 

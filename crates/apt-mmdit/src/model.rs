@@ -8,6 +8,7 @@ use crate::embeddings::{unpatchify, PatchEmbed, PatchGrid, TimeTextEmbed};
 use crate::error::{MmditError, Result};
 use crate::lora::{linear, Linear};
 use crate::rope::RopeTable;
+use crate::sharding::{self, BlockTag, BlockUse};
 
 /// Scale between the model's time `t ∈ [0, 1]` and the sinusoidal embedding's input (SD3 and
 /// diffusers feed `1000 · t`).
@@ -44,6 +45,8 @@ pub struct Mmdit {
     time_text_embed: TimeTextEmbed,
     context_embedder: Linear,
     blocks: Vec<JointBlock>,
+    /// Each block's identity for the sharding hooks.
+    tags: Vec<BlockTag>,
     norm_out: Linear,
     proj_out: Linear,
 }
@@ -56,6 +59,9 @@ impl Mmdit {
         let blocks = (0..cfg.depth)
             .map(|i| JointBlock::new(&p / "transformer_blocks" / i, cfg, i + 1 == cfg.depth))
             .collect();
+        let tags = (0..cfg.depth)
+            .map(|i| BlockTag::new(&(&p / "transformer_blocks" / i), "norm1.linear.weight"))
+            .collect();
         Ok(Self {
             cfg: cfg.clone(),
             pos_embed: PatchEmbed::new(&p / "pos_embed", cfg),
@@ -67,6 +73,7 @@ impl Mmdit {
                 Default::default(),
             ),
             blocks,
+            tags,
             norm_out: zero_linear(&p / "norm_out" / "linear", d, 2 * d),
             proj_out: zero_linear(&p / "proj_out", d, cfg.patch_out_dim() as i64),
         })
@@ -105,6 +112,11 @@ impl Mmdit {
     /// The joint blocks, in order.
     pub fn blocks(&self) -> &[JointBlock] {
         &self.blocks
+    }
+
+    /// The blocks' identities for the sharding hooks, in order.
+    pub fn block_tags(&self) -> &[BlockTag] {
+        &self.tags
     }
 
     /// The network's prediction at `(x_t, t, c)`: the velocity `v`, or the clean sample `x̂0`
@@ -162,7 +174,10 @@ impl Mmdit {
         let (mut x, mut ctx) = (e.x, e.ctx);
         let mut outputs: Vec<Option<Tensor>> = taps.iter().map(|_| None).collect();
         for (i, block) in self.blocks[..last].iter().enumerate() {
+            sharding::before_block(&self.tags[i])?;
             let (nx, nctx) = block.forward(&x, &ctx, &cond_silu, e.rope.as_ref());
+            let graph = nx.requires_grad();
+            sharding::after_block(&self.tags[i], BlockUse::Forward { graph })?;
             x = nx;
             ctx = nctx.unwrap_or(ctx);
             for (slot, &k) in outputs.iter_mut().zip(taps) {

@@ -18,6 +18,7 @@ use tch::Tensor;
 
 use crate::error::Result;
 use crate::model::{Mmdit, TapOutput, TIMESTEP_SCALE};
+use crate::sharding::{self, BlockUse};
 
 /// `Σ ⟨value, grad⟩` over the pairs whose gradient exists: backpropagating it hands `grad` to
 /// `value`'s graph, accumulating into leaves exactly like `value.backward(grad)`.
@@ -66,15 +67,19 @@ impl Mmdit {
         // 1. Forward without a graph, saving each block's inputs.
         let mut inputs: Vec<(Tensor, Tensor)> = Vec::with_capacity(last);
         let (mut x, mut ctx) = (e.x.detach(), e.ctx.detach());
-        tch::no_grad(|| {
+        let tags = self.block_tags();
+        tch::no_grad(|| -> Result<()> {
             let cond_silu = e.cond.silu();
-            for block in blocks {
+            for (block, tag) in blocks.iter().zip(tags) {
+                sharding::before_block(tag)?;
                 let (nx, nctx) = block.forward(&x, &ctx, &cond_silu, e.rope.as_ref());
+                sharding::after_block(tag, BlockUse::Forward { graph: false })?;
                 inputs.push((x.shallow_clone(), ctx.shallow_clone()));
                 x = nx;
                 ctx = nctx.unwrap_or(ctx.shallow_clone());
             }
-        });
+            Ok(())
+        })?;
 
         // 2. Head and taps on leaves, then the caller's loss.
         // The conditioning vector is a leaf too; each use builds its own `silu` node, since
@@ -109,6 +114,7 @@ impl Mmdit {
                 (true, false) => grad_x,
             };
             let (x_in, ctx_in) = (leaf(&inputs[i].0), leaf(&inputs[i].1));
+            sharding::before_block(&tags[i])?;
             let (x_out, ctx_out) = block.forward(&x_in, &ctx_in, &cond.silu(), e.rope.as_ref());
             let mut pairs = vec![(&x_out, &grad_x)];
             if let Some(ctx_out) = &ctx_out {
@@ -117,6 +123,8 @@ impl Mmdit {
             if let Some(s) = surrogate(&pairs) {
                 s.backward();
             }
+            drop((x_out, ctx_out));
+            sharding::after_block(&tags[i], BlockUse::Backward)?;
             grad_x = x_in.grad();
             grad_ctx = ctx_in.grad();
         }

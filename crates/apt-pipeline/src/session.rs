@@ -269,11 +269,14 @@ fn always_free(key: &str) -> bool {
         || key.starts_with("dist.")
 }
 
-/// Keys of a stage's section that may differ after the stage has started: how long it trains
-/// and how it checkpoints, previews and evaluates — not what it has trained so far.
+/// Keys of a stage's section that may differ after the stage has started: how long it trains,
+/// how it splits its state over the ranks (checkpoints are whole), and how it checkpoints,
+/// previews and evaluates — not what it has trained so far.
 fn free_in_a_started_stage(rest: &str) -> bool {
     [
         "train.steps",
+        "train.shard",
+        "train.shard_optimizer",
         "train.checkpoint_every",
         "train.keep_checkpoints",
         "train.max_nonfinite",

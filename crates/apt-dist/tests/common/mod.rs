@@ -6,19 +6,24 @@
 
 use std::cell::Cell;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use apt_dist::{Collective, Shard};
 use apt_flow::data::{CaptionEncoder, ClipSource, Cursor};
 use apt_flow::pretrain::{FlowMatchingConfig, FlowMatchingStep};
-use apt_flow::testing::{tiny_model_config, FixedClips, HashedCaptions};
-use apt_flow::train::{MetricLine, OptimizerConfig, Part, TrainConfig, Trainer};
+use apt_flow::testing::{tiny_model_config, tiny_wan_config, FixedClips, HashedCaptions};
+use apt_flow::train::{
+    freeze_variables, MetricLine, OptimizerConfig, Part, Precision, ShardMode, ShardStats,
+    TrainConfig, Trainer,
+};
 use apt_flow::{Conditioning, Result, TensorRng};
 use apt_gan::{
     AdversarialConfig, AdversarialLoss, AdversarialStep, AptDiscriminator, DiscriminatorConfig,
 };
-use apt_mmdit::{Mmdit, MmditConfig};
+use apt_mmdit::lora::{is_adapter_variable, with_lora, LoraConfig};
+use apt_mmdit::{MmditConfig, Model, ModelConfig};
 use tch::{nn, Device, Tensor};
 
 pub const CPU: Device = Device::Cpu;
@@ -92,17 +97,96 @@ pub fn pretrain(
     dir: &Path,
     steps: u64,
 ) -> (Vec<(String, Tensor)>, usize) {
-    let (weights, clips, _) =
-        pretrain_with(world, init_seed, dir, steps, 2e-3, None, false).unwrap();
+    let (weights, clips, ..) = pretrain_with(
+        world,
+        init_seed,
+        dir,
+        steps,
+        2e-3,
+        None,
+        &Options::default(),
+    )
+    .unwrap();
     (weights, clips)
 }
 
-/// Named weights, clips this rank trained on, optimizer-state elements this rank holds.
-type Trained = (Vec<(String, Tensor)>, usize, i64);
+/// Named weights, clips this rank trained on, optimizer-state elements this rank holds, what it
+/// held of the weights while sharded.
+type Trained = (Vec<(String, Tensor)>, usize, i64, ShardStats);
 
-/// [`pretrain`] at learning rate `lr`, ending the process after `die_after` clips, with the
-/// optimizer state sharded (ZeRO-1) when `zero1`; also returns how many optimizer-state
-/// elements this rank holds at the end. The loop's error is returned.
+/// How a job trains, from the `+`-separated words after its name: `zero1` (or `optimizer`),
+/// `gradients`, `full` (the sharding), `recompute`, `bf16`, `lora` (rank-4 adapters on the
+/// attention projections, the base frozen), `wan` (a tiny Wan 2.1 instead of the MMDiT) and
+/// `b<N>` (global batch N instead of [`GLOBAL_BATCH`]).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub shard: ShardMode,
+    pub recompute: bool,
+    pub bf16: bool,
+    pub lora: bool,
+    pub wan: bool,
+    pub batch: Option<usize>,
+}
+
+impl Options {
+    pub fn parse(job: &str) -> Self {
+        let mut o = Options::default();
+        for word in job.split('+').skip(1) {
+            match word {
+                "zero1" | "optimizer" => o.shard = ShardMode::Optimizer,
+                "gradients" => o.shard = ShardMode::Gradients,
+                "full" => o.shard = ShardMode::Full,
+                "recompute" => o.recompute = true,
+                "bf16" => o.bf16 = true,
+                "lora" => o.lora = true,
+                "wan" => o.wan = true,
+                b if b.starts_with('b') => o.batch = Some(b[1..].parse().expect("b<N>")),
+                other => panic!("unknown job option {other}"),
+            }
+        }
+        o
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch.unwrap_or(GLOBAL_BATCH)
+    }
+
+    /// The model (with its adapters when `lora`) in a fresh store; LoRA freezes the base.
+    pub fn model(&self) -> (nn::VarStore, Model) {
+        let vs = nn::VarStore::new(CPU);
+        let cfg: ModelConfig = if self.wan {
+            tiny_wan_config(2).into()
+        } else {
+            model_config().into()
+        };
+        let model = if self.lora {
+            let lora = LoraConfig {
+                rank: 4,
+                alpha: None,
+                dropout: 0.0,
+                targets: ["to_q", "to_k", "to_v"].map(String::from).to_vec(),
+            };
+            let (model, _) = with_lora(&lora, || Model::new(vs.root(), &cfg)).unwrap();
+            freeze_variables(&vs, |name| !is_adapter_variable(name));
+            model
+        } else {
+            Model::new(vs.root(), &cfg).unwrap()
+        };
+        (vs, model)
+    }
+
+    pub fn precision(&self) -> Precision {
+        if self.bf16 {
+            Precision::Bf16
+        } else {
+            Precision::Fp32
+        }
+    }
+}
+
+/// [`pretrain`] at learning rate `lr`, ending the process after `die_after` clips, trained as
+/// `options` say; also returns how many optimizer-state elements this rank holds at the end.
+/// The loop's error is returned.
 pub fn pretrain_with(
     world: Rc<dyn Collective>,
     init_seed: i64,
@@ -110,23 +194,25 @@ pub fn pretrain_with(
     steps: u64,
     lr: f64,
     die_after: Option<usize>,
-    zero1: bool,
+    options: &Options,
 ) -> Result<Trained> {
     tch::set_num_threads(1);
     tch::manual_seed(init_seed);
-    let vs = nn::VarStore::new(CPU);
-    let model = Mmdit::new(vs.root(), &model_config()).unwrap();
+    let (vs, model) = options.model();
+    let batch = options.batch();
     let adamw = OptimizerConfig::Adamw {
         lr,
         betas: [0.9, 0.999],
         eps: 1e-8,
         weight_decay: 0.01,
     };
-    let mut config = TrainConfig::new(steps, GLOBAL_BATCH, adamw);
+    let mut config = TrainConfig::new(steps, batch, adamw);
     config.clip_grad = Some(1.0);
     config.ema_decay = Some(0.9);
-    config.shard_optimizer = zero1;
-    let part = Part::new("model", vs, adamw, config.ema_decay).unwrap();
+    config.shard = options.shard;
+    let part = Part::new("model", vs, adamw, config.ema_decay)
+        .unwrap()
+        .with_precision(options.precision());
     let mut trainer = Trainer::new("pretrain", dir, &config, vec![part], TensorRng::new(3, 0))
         .unwrap()
         .with_collective(world.clone());
@@ -136,9 +222,9 @@ pub fn pretrain_with(
         model: &model,
         data: &mut data,
         text: &text,
-        batch: GLOBAL_BATCH,
+        batch,
         shard: Shard::of(&*world),
-        recompute: false,
+        recompute: options.recompute,
         config: FlowMatchingConfig {
             p_uncond: 0.25,
             ..FlowMatchingConfig::default()
@@ -162,12 +248,12 @@ pub fn pretrain_with(
         .iter()
         .map(|(_, t)| t.numel() as i64)
         .sum();
-    Ok((out, text.encoded.get(), state))
+    Ok((out, text.encoded.get(), state, part.shard_stats()))
 }
 
 /// The adversarial configurations checked: the paper's, and every random departure at once.
 pub fn adversarial_config(job: &str) -> AdversarialConfig {
-    match job.trim_end_matches("+zero1") {
+    match job.split('+').next().unwrap_or_default() {
         "apt-paper" => AdversarialConfig::default(),
         "apt-all-draws" => AdversarialConfig {
             loss: AdversarialLoss::Relativistic,
@@ -191,9 +277,10 @@ pub fn adversarial(
 ) -> Vec<(String, Tensor)> {
     tch::set_num_threads(1);
     tch::manual_seed(init_seed);
+    let options = Options::parse(job);
     let cfg = model_config();
-    let (vs_g, vs_d) = (nn::VarStore::new(CPU), nn::VarStore::new(CPU));
-    let generator = Mmdit::new(vs_g.root(), &cfg).unwrap();
+    let (vs_g, generator) = options.model();
+    let vs_d = nn::VarStore::new(CPU);
     let discriminator = AptDiscriminator::new(
         vs_d.root(),
         &cfg.clone().into(),
@@ -216,12 +303,17 @@ pub fn adversarial(
     let config = TrainConfig {
         optimizer_d: Some(rmsprop),
         ema_decay: Some(0.9),
-        shard_optimizer: job.ends_with("+zero1"),
-        ..TrainConfig::new(steps, GLOBAL_BATCH, rmsprop)
+        shard: options.shard,
+        recompute: options.recompute,
+        ..TrainConfig::new(steps, options.batch(), rmsprop)
     };
     let parts = vec![
-        Part::new("generator", vs_g, rmsprop, Some(0.9)).unwrap(),
-        Part::new("discriminator", vs_d, rmsprop, None).unwrap(),
+        Part::new("generator", vs_g, rmsprop, Some(0.9))
+            .unwrap()
+            .with_precision(options.precision()),
+        Part::new("discriminator", vs_d, rmsprop, None)
+            .unwrap()
+            .with_precision(options.precision()),
     ];
     let mut trainer = Trainer::new("apt", dir, &config, parts, TensorRng::new(5, 0))
         .unwrap()
@@ -234,10 +326,11 @@ pub fn adversarial(
         adversarial_config(job),
         &mut data,
         &text,
-        GLOBAL_BATCH,
+        options.batch(),
         CPU,
     )
-    .with_shard(Shard::of(&*world));
+    .with_shard(Shard::of(&*world))
+    .with_recompute(options.recompute);
     trainer.resume(&mut step).unwrap();
     trainer.run(&mut step, &mut |_: &MetricLine| {}).unwrap();
     let mut out: Vec<(String, Tensor)> = Vec::new();
@@ -262,4 +355,55 @@ pub fn max_abs_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
             (ta - tb).abs().max().double_value(&[])
         })
         .fold(0.0, f64::max)
+}
+
+pub fn mpirun() -> Command {
+    let mut cmd = Command::new("mpirun");
+    // CI runs as root; two ranks on a 2-core machine.
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // Local ranks only: no ssh/rsh agent needed (minimal containers have none).
+        .env("OMPI_MCA_plm", "isolated")
+        .args(["--oversubscribe", "--bind-to", "none"]);
+    cmd
+}
+
+/// Launches `job` on `ranks` MPI ranks of this test binary's ignored test `rank_test`, writing
+/// to `out`; the exit status, output and wall time.
+pub fn launch_ranks(
+    ranks: usize,
+    rank_test: &str,
+    job: &str,
+    out: &Path,
+) -> (std::process::ExitStatus, String, Duration) {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = mpirun()
+        .args(["-np", &ranks.to_string()])
+        .arg(&exe)
+        .args(["--exact", rank_test, "--ignored", "--test-threads=1"])
+        .env(OUT, out)
+        .env(JOB, job)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun (Open MPI) must be installed: `cargo xtask setup` installs it");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            let _ = child.kill();
+            panic!("the {ranks}-rank run did not finish within 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let elapsed = start.elapsed();
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (status, text, elapsed)
 }

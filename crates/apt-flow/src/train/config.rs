@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::OptimizerConfig;
 use super::schedule::LrSchedule;
+use super::shard::ShardMode;
 use crate::error::{config_error, Result};
 
 /// The loop's knobs (adversarial training also sets `optimizer_d`).
@@ -44,10 +45,12 @@ pub struct TrainConfig {
     /// Fixed-seed previews every this many updates and at the end (0 = never).
     #[serde(default)]
     pub preview_every: u64,
-    /// ZeRO-1 (optimizer-state sharding) in a data-parallel run: each of N ranks keeps and
-    /// updates the optimizer state of about 1/N of the weights (whole variables, balanced by
-    /// size) and sends the updated weights to the others. The same updates as without; no
+    /// What a data-parallel run splits over its ranks ([`ShardMode`]: `none`, `optimizer`
+    /// (ZeRO-1), `gradients` (ZeRO-2) or `full` (ZeRO-3)). The same updates in every mode; no
     /// effect in one process.
+    #[serde(default, skip_serializing_if = "ShardMode::is_none")]
+    pub shard: ShardMode,
+    /// The older spelling of `shard = "optimizer"` (kept so that existing configs read).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shard_optimizer: bool,
     /// Activation recomputation: the trained network keeps only each block's input during the
@@ -88,6 +91,15 @@ fn default_nonfinite() -> usize {
 }
 
 impl TrainConfig {
+    /// The sharding in effect (`shard`, or `optimizer` when the older `shard_optimizer` is set).
+    pub fn shard_mode(&self) -> ShardMode {
+        if self.shard_optimizer && self.shard == ShardMode::None {
+            ShardMode::Optimizer
+        } else {
+            self.shard
+        }
+    }
+
     /// A config with the defaults for everything but the essentials.
     pub fn new(steps: u64, batch_size: usize, optimizer: OptimizerConfig) -> Self {
         Self {
@@ -103,6 +115,7 @@ impl TrainConfig {
             keep_checkpoints: default_keep(),
             max_nonfinite: default_nonfinite(),
             preview_every: 0,
+            shard: ShardMode::None,
             shard_optimizer: false,
             recompute: false,
             log_every: default_log_every(),
@@ -141,6 +154,16 @@ impl TrainConfig {
                     format!("must be a positive number, got {c}"),
                 ));
             }
+        }
+        if self.shard_optimizer && !matches!(self.shard, ShardMode::None | ShardMode::Optimizer) {
+            return Err(config_error(
+                &at("shard_optimizer"),
+                format!(
+                    "is the older spelling of shard = \"optimizer\" and contradicts shard = \"{}\": \
+                     keep only `shard`",
+                    self.shard
+                ),
+            ));
         }
         self.optimizer.validate(&at("optimizer"))?;
         if let Some(d) = &self.optimizer_d {

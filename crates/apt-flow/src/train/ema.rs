@@ -76,6 +76,36 @@ impl Ema {
         });
     }
 
+    /// One update from a sharded part's master pieces (the shadow is kept as pieces too, see
+    /// [`Self::keep_pieces`]).
+    pub fn update_pieces(&mut self, master: &Tensor, ok: &Tensor) {
+        let shadow = self.flat.get_or_insert_with(|| master.copy());
+        let ok = ok.to_kind(Kind::Double);
+        tch::no_grad(|| {
+            let d = &ok * self.decay + (1.0 - &ok);
+            let _ = shadow
+                .g_mul_(&d)
+                .g_add_(&(master * (&ok * (1.0 - self.decay))));
+        });
+    }
+
+    /// Sharding: keeps only this rank's pieces of the shadow, `pieces(shadow)`.
+    pub(crate) fn keep_pieces(&mut self, pieces: impl Fn(&BTreeMap<String, Tensor>) -> Tensor) {
+        self.flat = Some(pieces(&self.shadow));
+        self.shadow.clear();
+    }
+
+    /// Un-sharding: the whole shadow again, `whole(pieces)` (a collective).
+    pub(crate) fn gather_pieces(
+        &mut self,
+        whole: impl Fn(&Tensor) -> Result<BTreeMap<String, Tensor>>,
+    ) -> Result<()> {
+        if let Some(local) = self.flat.take() {
+            self.shadow = whole(&local)?;
+        }
+        Ok(())
+    }
+
     /// Makes the shadow of `flat`'s variables one tensor in its layout (unless it already is).
     fn bind(&mut self, flat: &FlatParams) {
         let buffer = flat.bind_named(&mut self.shadow, self.flat.take(), (0, flat.numel()), |e| {
@@ -87,6 +117,12 @@ impl Ema {
     /// Copies the EMA weights into the same-named variables of `vs` (e.g. a separate model used
     /// for sampling; its frozen variables must already hold the part's).
     pub fn copy_to(&self, vs: &nn::VarStore) -> Result<()> {
+        if self.shadow.is_empty() && self.flat.is_some() {
+            return Err(FlowError::Collective(
+                "the EMA is split over the ranks (shard = gradients or full): gather it first"
+                    .into(),
+            ));
+        }
         let vars = vs.variables();
         tch::no_grad(|| {
             for (name, shadow) in &self.shadow {

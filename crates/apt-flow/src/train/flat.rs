@@ -162,6 +162,20 @@ impl FlatParams {
         flat
     }
 
+    /// Buffers that bind nothing (a sharded part's: its variables live in
+    /// [`crate::train::shard::ShardedParams`]).
+    pub fn unbound(precision: Precision, device: tch::Device) -> Self {
+        let master = Tensor::zeros([0], (Kind::Float, device));
+        Self {
+            precision,
+            entries: Vec::new(),
+            vars: Vec::new(),
+            grad: master.zeros_like(),
+            compute: None,
+            master,
+        }
+    }
+
     /// Points every variable at its slice of the weights the model computes with.
     fn bind_weights(&self) {
         let weights = self.compute_weights();

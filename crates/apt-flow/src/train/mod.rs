@@ -16,6 +16,7 @@ mod parallel;
 pub mod part;
 pub mod precision;
 pub mod schedule;
+pub mod shard;
 pub mod step;
 pub mod trainer;
 
@@ -31,5 +32,6 @@ pub use optim::{Optimizer, OptimizerConfig};
 pub use part::{copy_weights, freeze_variables, Part};
 pub use precision::Precision;
 pub use schedule::{Decay, LrSchedule};
+pub use shard::{ShardMode, ShardStats, ShardedParams};
 pub use step::{backward_scaled, Observer, RunEnd, TrainStep};
 pub use trainer::Trainer;

@@ -12,6 +12,7 @@ use super::collective::{
     partition_variables,
 };
 use super::precision::Precision;
+use super::shard::ShardMode;
 use super::trainer::Trainer;
 use crate::error::{FlowError, Result};
 
@@ -71,7 +72,7 @@ impl Trainer {
                 broadcast_tensors(c, &mut shadow, 0)?;
             }
         }
-        let shard = self.config.shard_optimizer && c.world_size() > 1;
+        let shard = self.config.shard_mode() == ShardMode::Optimizer && c.world_size() > 1;
         self.owners = self
             .parts
             .iter_mut()
@@ -86,6 +87,26 @@ impl Trainer {
                 })
             })
             .collect();
+        Ok(())
+    }
+
+    /// `shard = gradients | full`: splits every part over the ranks (after
+    /// [`Self::synchronise`] and the step's `prepare`, and again after a checkpoint or a
+    /// preview).
+    pub(super) fn shard_parts(&mut self) -> Result<()> {
+        let mode = self.config.shard_mode();
+        for part in &mut self.parts {
+            part.shard(&self.collective, mode)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every sharded part whole again on every rank (before a checkpoint, a preview and
+    /// the loop's return).
+    pub(super) fn unshard_parts(&mut self) -> Result<()> {
+        for part in &mut self.parts {
+            part.unshard()?;
+        }
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use tch::{nn, Kind, Tensor};
 
 use super::flat::FlatParams;
 use super::precision::Precision;
+use super::shard::{ShardStats, Sharded};
 use super::{Ema, Optimizer, OptimizerConfig};
 use crate::error::{FlowError, Result};
 
@@ -25,6 +26,11 @@ pub struct Part {
     pub optimizer: Optimizer,
     /// EMA of its (master) weights.
     pub ema: Option<Ema>,
+    /// `shard = gradients | full` while the loop trains: this rank's pieces (then `flat`
+    /// binds nothing; see [`Part::shard`]).
+    pub(crate) sharded: Option<Sharded>,
+    /// What the earlier sharded periods held ([`Part::shard_stats`]).
+    pub(crate) shard_stats: ShardStats,
 }
 
 impl Part {
@@ -48,6 +54,8 @@ impl Part {
             optimizer: Optimizer::new(optimizer)?,
             flat: FlatParams::new(&vs, Precision::Fp32, None, None),
             vs,
+            sharded: None,
+            shard_stats: ShardStats::default(),
         })
     }
 
@@ -77,7 +85,16 @@ impl Part {
 
     /// Every variable by name, in fp32: the master weights of the trained ones (what a
     /// checkpoint holds).
+    ///
+    /// # Panics
+    /// While the loop keeps the part sharded (`shard = gradients | full`): the loop gathers
+    /// it before a checkpoint, a preview and its return.
     pub fn weights(&self) -> Vec<(String, Tensor)> {
+        assert!(
+            self.sharded.is_none(),
+            "{}",
+            super::shard::split_error(&self.name)
+        );
         let master: BTreeMap<String, Tensor> = self.flat.named_master().into_iter().collect();
         let mut all: Vec<(String, Tensor)> = self
             .vs

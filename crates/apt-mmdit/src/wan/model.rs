@@ -13,6 +13,7 @@ use crate::error::{MmditError, Result};
 use crate::lora::{linear, Linear};
 use crate::model::{TapOutput, TIMESTEP_SCALE};
 use crate::rope::RopeTable;
+use crate::sharding::{self, BlockTag, BlockUse};
 use crate::weights::{diffusers_weight_files, load_strict};
 
 /// Two linears with an activation between (`linear_1`, `linear_2`).
@@ -72,6 +73,8 @@ pub struct WanTransformer {
     time_proj: Linear,
     text_embedder: Mlp2,
     blocks: Vec<WanBlock>,
+    /// Each block's identity for the sharding hooks.
+    tags: Vec<BlockTag>,
     proj_out: Linear,
     scale_shift_table: Tensor,
 }
@@ -109,6 +112,9 @@ impl WanTransformer {
             text_embedder: Mlp2::new(&emb / "text_embedder", cfg.text_dim as i64, d, true),
             blocks: (0..cfg.num_layers)
                 .map(|i| WanBlock::new(&p / "blocks" / i, cfg))
+                .collect(),
+            tags: (0..cfg.num_layers)
+                .map(|i| BlockTag::new(&(&p / "blocks" / i), "scale_shift_table"))
                 .collect(),
             proj_out: linear(
                 &p / "proj_out",
@@ -217,7 +223,10 @@ impl WanTransformer {
         let mut h = e.tokens.shallow_clone();
         let mut kept = Vec::with_capacity(taps.len());
         for (i, block) in self.blocks.iter().take(last).enumerate() {
+            sharding::before_block(&self.tags[i])?;
             h = block.forward(&h, &e.context, &e.modulation, &e.rope);
+            let graph = h.requires_grad();
+            sharding::after_block(&self.tags[i], BlockUse::Forward { graph })?;
             if taps.contains(&(i + 1)) {
                 kept.push((i + 1, h.shallow_clone()));
             }
@@ -248,6 +257,11 @@ impl WanTransformer {
     }
 
     /// The blocks.
+    /// The blocks' identities for the sharding hooks, in order.
+    pub fn block_tags(&self) -> &[BlockTag] {
+        &self.tags
+    }
+
     pub(super) fn blocks(&self) -> &[WanBlock] {
         &self.blocks
     }

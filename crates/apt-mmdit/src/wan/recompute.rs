@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::model::TapOutput;
 use crate::model::TIMESTEP_SCALE;
 use crate::recompute::{leaf, surrogate};
+use crate::sharding::{self, BlockUse};
 
 impl WanTransformer {
     /// Runs the forward of [`WanTransformer::forward_with_taps`] (`t` in [0, 1]), evaluates
@@ -36,12 +37,16 @@ impl WanTransformer {
         let mut inputs: Vec<Tensor> = Vec::with_capacity(last);
         let mut h = e.tokens.detach();
         let (ctx, modulation) = (leaf(&e.context), leaf(&e.modulation));
-        tch::no_grad(|| {
-            for block in blocks {
+        let tags = self.block_tags();
+        tch::no_grad(|| -> Result<()> {
+            for (block, tag) in blocks.iter().zip(tags) {
+                sharding::before_block(tag)?;
                 let next = block.forward(&h, &ctx, &modulation, &e.rope);
+                sharding::after_block(tag, BlockUse::Forward { graph: false })?;
                 inputs.push(std::mem::replace(&mut h, next));
             }
-        });
+            Ok(())
+        })?;
 
         // 2. The head and the taps on leaves, then the caller's loss.
         let temb = leaf(&e.temb);
@@ -71,10 +76,13 @@ impl WanTransformer {
                 (true, false) => grad,
             };
             let input = leaf(&inputs[i]);
+            sharding::before_block(&tags[i])?;
             let out = block.forward(&input, &ctx, &modulation, &e.rope);
             if let Some(s) = surrogate(&[(&out, &grad)]) {
                 s.backward();
             }
+            drop(out);
+            sharding::after_block(&tags[i], BlockUse::Backward)?;
             grad = input.grad();
         }
 

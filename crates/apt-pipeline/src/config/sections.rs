@@ -176,6 +176,16 @@ impl ConsistencySection {
                 "\"ema\" needs consistency.train.ema_decay",
             ));
         }
+        if self.train.shard_mode().splits_weights() {
+            return Err(config_error(
+                "consistency.train.shard",
+                format!(
+                    "\"{}\" is not available here: the target network copies the whole student \
+                     (or its EMA) after every update; use \"optimizer\" or \"none\"",
+                    self.train.shard_mode()
+                ),
+            ));
+        }
         validate_eval(&self.eval, "consistency.eval")?;
         validate_lora(&self.lora, &self.train, "consistency")?;
         validate_flow_train(&self.train, "consistency")

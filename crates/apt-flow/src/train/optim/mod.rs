@@ -299,6 +299,48 @@ impl Optimizer {
         tch::no_grad(|| update(&self.config, &scalars, &mut p, &g, &mut state));
     }
 
+    /// One update of a sharded part's pieces (`master`, `grad`: this rank's, see
+    /// [`crate::train::shard`]); the state is kept as pieces too (see [`Self::keep_pieces`]).
+    pub fn step_pieces(&mut self, master: &Tensor, grad: &Tensor, lr: f64, ok: &Tensor) {
+        for slot in self.slot_names() {
+            self.flat
+                .entry(slot.to_string())
+                .or_insert_with(|| master.zeros_like());
+        }
+        let scalars = self.begin(lr, ok);
+        let mut p = master.shallow_clone();
+        let mut state: Vec<Tensor> = self
+            .slot_names()
+            .iter()
+            .map(|s| self.flat[*s].shallow_clone())
+            .collect();
+        tch::no_grad(|| update(&self.config, &scalars, &mut p, grad, &mut state));
+    }
+
+    /// Sharding: replaces the per-variable state with this rank's pieces, `pieces(named)` per
+    /// slot (a slot with no state yet becomes zeros on the first update).
+    pub(crate) fn keep_pieces(&mut self, pieces: impl Fn(&BTreeMap<String, Tensor>) -> Tensor) {
+        self.flat.clear();
+        for (slot, named) in std::mem::take(&mut self.slots) {
+            self.flat.insert(slot, pieces(&named));
+        }
+        self.owned = None;
+    }
+
+    /// Un-sharding: per-variable state again, `whole(pieces)` per slot (a collective: every
+    /// rank calls it for the same slots, in order).
+    pub(crate) fn gather_pieces(
+        &mut self,
+        whole: impl Fn(&Tensor) -> Result<BTreeMap<String, Tensor>>,
+    ) -> Result<()> {
+        let pieces = std::mem::take(&mut self.flat);
+        self.slots.clear();
+        for (slot, local) in pieces {
+            self.slots.insert(slot, whole(&local)?);
+        }
+        Ok(())
+    }
+
     /// Makes the state of the owned range one flat tensor per slot whose per-variable views
     /// are the named state (after a load, a ZeRO-1 gather or a new layout, from the named
     /// state; zeros where there is none).

@@ -28,6 +28,7 @@ use crate::error::Result;
 use crate::rng::TensorRng;
 use crate::train::collective::{
     all_reduce_logged, all_reduce_mean_flat, broadcast_flat_from_owners, Collective, SingleProcess,
+    BUCKET_ELEMENTS,
 };
 use crate::train::metrics::{Logged, MetricLine, MetricsLog, StepLog};
 use crate::train::part::Part;
@@ -61,8 +62,8 @@ pub struct Trainer {
     pub stop: Arc<AtomicBool>,
     /// The ranks of a data-parallel run ([`SingleProcess`] by default).
     pub collective: Rc<dyn Collective>,
-    /// ZeRO-1: per part, which variables each rank owns (set at the start when
-    /// `config.shard_optimizer` and more than one rank).
+    /// ZeRO-1: per part, which variables each rank owns (set at the start when the config's
+    /// `shard` is `optimizer` and there is more than one rank).
     pub(super) owners: Vec<Option<Vec<BTreeSet<String>>>>,
 }
 
@@ -129,6 +130,7 @@ impl Trainer {
         let phases = step.phases();
         self.synchronise()?;
         step.prepare(&self.parts)?;
+        self.shard_parts()?;
         let mut pending: Vec<PendingLine> = Vec::new();
         while self.step < self.config.steps {
             pending.push(self.one_update(step, &phases, start)?);
@@ -148,6 +150,10 @@ impl Trainer {
                     }
                 }
             }
+            if checkpoint || preview {
+                // Whole parts on every rank for what rank 0 writes.
+                self.unshard_parts()?;
+            }
             if checkpoint {
                 self.gather_optimizer_state()?;
             }
@@ -165,7 +171,11 @@ impl Trainer {
             if stopping && !last {
                 return Ok(RunEnd::Stopped);
             }
+            if (checkpoint || preview) && !last {
+                self.shard_parts()?;
+            }
         }
+        self.unshard_parts()?;
         Ok(RunEnd::Completed)
     }
 
@@ -177,9 +187,11 @@ impl Trainer {
         let phases = step.phases();
         self.synchronise()?;
         step.prepare(&self.parts)?;
+        self.shard_parts()?;
         let pending = (0..count)
             .map(|_| self.one_update(step, &phases, start))
             .collect::<Result<Vec<_>>>()?;
+        self.unshard_parts()?;
         self.settle(pending)
     }
 
@@ -279,15 +291,24 @@ impl Trainer {
         line: &mut PendingLine,
     ) -> Result<()> {
         let accum = self.config.grad_accum;
-        self.parts[index].flat.zero_grad();
+        match self.parts[index].pieces() {
+            Some(pieces) => pieces.zero_grad(),
+            None => self.parts[index].flat.zero_grad(),
+        }
         self.freeze_others(index, true);
+        for pieces in self.parts.iter().filter_map(Part::pieces) {
+            pieces.begin_phase()?;
+        }
         let mut log = StepLog::default();
         let mut total: Option<Tensor> = None;
         let mut result = Ok(());
         for _ in 0..accum {
             match step.backward(phase, &mut self.rng, &mut log, accum) {
                 Ok(loss) => {
-                    self.parts[index].flat.collect_grads();
+                    match self.parts[index].pieces() {
+                        Some(pieces) => pieces.collect_grads()?,
+                        None => self.parts[index].flat.collect_grads(),
+                    }
                     let loss = loss.to_kind(Kind::Double);
                     total = Some(match total {
                         None => loss,
@@ -300,20 +321,39 @@ impl Trainer {
                 }
             }
         }
+        for pieces in self.parts.iter().filter_map(Part::pieces) {
+            pieces.end_phase();
+        }
         self.freeze_others(index, false);
         result?;
         let c = &*self.collective;
         let part = &mut self.parts[index];
-        // Data parallel: every rank continues with the means over ranks.
-        all_reduce_mean_flat(c, part.flat.grad())?;
+        // Data parallel: every rank continues with the means over ranks (a sharded part's
+        // pieces already hold them).
+        let (master, grad) = match part.pieces() {
+            Some(p) => (p.master().shallow_clone(), p.grad().shallow_clone()),
+            None => {
+                all_reduce_mean_flat(c, part.flat.grad())?;
+                (
+                    part.flat.master().shallow_clone(),
+                    part.flat.grad().shallow_clone(),
+                )
+            }
+        };
+        let sharded = part.pieces().is_some();
         let mut logged: Vec<(String, Logged)> = log.means(accum).collect();
         let loss = total.expect("grad_accum ≥ 1") / accum as f64;
         let loss = all_reduce_logged(c, &mut logged, loss)?;
 
         let lr = (self.config.schedule).lr(part.optimizer.config().lr(), next, self.config.steps);
+        // ‖g‖ as Σg² in f64 (over every rank's pieces when sharded: the same value either way,
+        // so that clipping scales both alike).
+        let mut squares = squared_norm(&grad).reshape([1]);
+        if sharded {
+            c.all_reduce_sum(&mut squares)?;
+        }
+        let norm = squares.reshape([]).sqrt();
         let (ok, grad_norm) = tch::no_grad(|| {
-            let grad = part.flat.grad();
-            let norm = grad.norm().to_kind(Kind::Double);
             let ok = norm.isfinite().logical_and(&loss.isfinite());
             let _ = grad.shallow_clone().masked_fill_(&ok.logical_not(), 0.0);
             if let Some(max_norm) = self.config.clip_grad {
@@ -326,13 +366,21 @@ impl Trainer {
             (ok, grad_norm)
         });
         let okf = ok.to_kind(Kind::Double);
-        part.optimizer.step_flat(&part.flat, lr, &okf);
-        if let Some(Some(owners)) = self.owners.get(index) {
-            broadcast_flat_from_owners(&*self.collective, &part.flat, owners)?;
-        }
-        part.flat.sync_compute();
-        if let Some(ema) = &mut part.ema {
-            ema.update_flat(&part.flat, &okf);
+        if sharded {
+            part.optimizer.step_pieces(&master, &grad, lr, &okf);
+            part.pieces().expect("sharded").after_step()?;
+            if let Some(ema) = &mut part.ema {
+                ema.update_pieces(&master, &okf);
+            }
+        } else {
+            part.optimizer.step_flat(&part.flat, lr, &okf);
+            if let Some(Some(owners)) = self.owners.get(index) {
+                broadcast_flat_from_owners(&*self.collective, &part.flat, owners)?;
+            }
+            part.flat.sync_compute();
+            if let Some(ema) = &mut part.ema {
+                ema.update_flat(&part.flat, &okf);
+            }
         }
         step.after_update(phase, &self.parts)?;
         let suffix = if self.parts.len() == 1 {
@@ -347,6 +395,22 @@ impl Trainer {
         line.finite.push((loss, ok));
         Ok(())
     }
+}
+
+/// `Σ g²` of a flat buffer in f64, a bucket at a time (no f64 copy of the whole buffer).
+fn squared_norm(grad: &Tensor) -> Tensor {
+    tch::no_grad(|| {
+        let n = grad.numel() as i64;
+        let mut total = Tensor::zeros([], (Kind::Double, grad.device()));
+        let mut at = 0;
+        while at < n {
+            let len = BUCKET_ELEMENTS.min(n - at);
+            let chunk = grad.narrow(0, at, len).to_kind(Kind::Double);
+            total += chunk.square().sum(Kind::Double);
+            at += len;
+        }
+        total
+    })
 }
 
 /// One update's values before the host has read them.
