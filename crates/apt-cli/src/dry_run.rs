@@ -3,7 +3,7 @@
 //! building a model, so the 8B preset can be checked on a laptop.
 
 use anyhow::Result;
-use apt_flow::train::Precision;
+use apt_flow::train::{Precision, ShardMode};
 use apt_gan::discriminator::{default_taps, discriminator_param_count};
 use apt_pipeline::memory::{
     estimate, human_bytes, machine_memory, sizing_clip_shape, sizing_vae_config, tokens,
@@ -200,35 +200,55 @@ pub fn print(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
     Ok(())
 }
 
-/// One rank's memory per step at `world` ranks: plain data parallel, ZeRO-1 (optimizer state
-/// sharded), recomputation, both.
+/// One rank's memory per step at `world` ranks under each `shard` mode, with or without
+/// recomputation as the stage is configured, and under the stage's own `shard`.
 fn print_per_rank(run: &RunConfig, stages: &[Stage], world: usize) -> Result<()> {
     println!("# per rank at {world} ranks (data parallel)");
     println!(
-        "{:<12} {:>16} {:>11} {:>11} {:>11} {:>14}",
-        "stage", "clips per rank", "plain", "ZeRO-1", "recompute", "ZeRO-1+recomp"
+        "{:<12} {:>14} {:>9} {:>10} {:>10} {:>10} {:>10} {:>18}",
+        "stage",
+        "clips per rank",
+        "recompute",
+        "none",
+        "optimizer",
+        "gradients",
+        "full",
+        "this config"
     );
     for &stage in stages {
-        if let Some((batch, m)) = estimate(run, stage)? {
-            // The config's batch is global (`print` checked that it splits).
-            let (local, global) = (batch / world, batch);
-            let cell = |zero1, recompute| {
-                human_bytes(m.per_rank(batch, local, world, zero1, recompute).total())
-            };
-            println!(
-                "{:<12} {:>16} {:>11} {:>11} {:>11} {:>14}",
-                stage.name(),
-                format!("{local} (of {global})"),
-                cell(false, false),
-                cell(true, false),
-                cell(false, true),
-                cell(true, true)
-            );
-        }
+        let (Some((batch, m)), Some(train)) = (estimate(run, stage)?, run.train_config(stage))
+        else {
+            continue;
+        };
+        // The config's batch is global (`print` checked that it splits).
+        let (local, global) = (batch / world, batch);
+        let recompute = train.recompute;
+        let cell = |mode: ShardMode| {
+            if stage == Stage::Consistency && mode.splits_weights() {
+                // Its target network copies the whole student every update (refused).
+                return "-".to_string();
+            }
+            human_bytes(m.per_rank(batch, local, world, mode, recompute).total())
+        };
+        let mine = train.shard_mode();
+        println!(
+            "{:<12} {:>14} {:>9} {:>10} {:>10} {:>10} {:>10} {:>18}",
+            stage.name(),
+            format!("{local} (of {global})"),
+            if recompute { "yes" } else { "no" },
+            cell(ShardMode::None),
+            cell(ShardMode::Optimizer),
+            cell(ShardMode::Gradients),
+            cell(ShardMode::Full),
+            format!("{} ({mine})", cell(mine)),
+        );
     }
     println!(
-        "(ZeRO-1: `shard_optimizer = true` in the stage's train table; recomputation keeps each \
-         block's input and recomputes the rest in the backward pass)"
+        "(`shard` in the stage's train table: optimizer = ZeRO-1, gradients = ZeRO-2, full = \
+         ZeRO-3 — fp32 weights, gradients, optimizer state and EMA split over the ranks, the \
+         compute-precision weights whole (gradients) or a block at a time with recomputation \
+         (full); frozen networks stay whole; `recompute = true` keeps each block's input and \
+         recomputes the rest in the backward pass)"
     );
     Ok(())
 }

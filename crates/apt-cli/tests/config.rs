@@ -57,6 +57,8 @@ fn config_mistakes_are_one_line_errors_naming_the_key() {
             "apt.discriminator.times.shift",
         ),
         ("distill.train.optimizer.lr=0", "distill.train.optimizer.lr"),
+        ("apt.train.shard=\"zero3\"", "apt.train.shard"),
+        ("pretrain.train.shard=true", "pretrain.train.shard"),
         ("out=\"\"", "`out`"),
         // A key of an older apt-rs says where it went.
         ("apt.steps=3", "under [apt.train]"),
@@ -82,6 +84,20 @@ fn config_mistakes_are_one_line_errors_naming_the_key() {
             "{set}: {err}"
         );
     }
+    // Consistency distillation copies the whole student into its target every update.
+    let o = apt(&strings(&[
+        "train",
+        "--config",
+        &config("seaweed-apt-8b.toml"),
+        "--dry-run",
+        "--set",
+        "consistency.train.shard=\"full\"",
+    ]));
+    let err = text(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("consistency.train.shard"),
+        "{err}"
+    );
     let o = apt(&strings(&["train", "--config", "/no/such.toml"]));
     assert!(!o.status.success() && text(&o.stderr).contains("/no/such.toml"));
 }
@@ -146,6 +162,32 @@ fn dry_runs_size_every_shipped_config() {
     let out = text(&o.stdout);
     assert!(out.contains("runs here    no"), "{out}");
     assert!(out.contains("discriminator 8,"), "{out}");
+    // The paper's APT step (bf16, recomputation, full sharding) fits an 80 GB GPU at 64 ranks.
+    let o = apt(&strings(&[
+        "train",
+        "--config",
+        &config("seaweed-apt-8b.toml"),
+        "--dry-run",
+        "--world-size",
+        "64",
+        "--set",
+        "consistency.train.batch_size=64",
+        "--set",
+        "apt.train.batch_size=64",
+    ]));
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("apt ") && l.contains("(of 64)"))
+        .unwrap_or_else(|| panic!("no per-rank apt row: {out}"));
+    let mine: f64 = row
+        .trim_end_matches(" GB (full)")
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no full-sharding cell: {row}"));
+    assert!(mine < 80.0, "{row}");
 
     // The Wan recipe sizes itself before the download, per rank of a data-parallel run.
     let o = apt(&strings(&[

@@ -12,7 +12,9 @@
 //!   real for aR1); its G step keeps G's and one batch of D's.
 //!
 //! In bf16 (`precision = "bf16"`) the activations take half of that, the trained networks add
-//! a bf16 working copy of their weights and the frozen teacher is held in bf16.
+//! bf16 working copies of their weights and gradients, and the frozen teacher is held in bf16.
+//!
+//! One rank's share in a data-parallel run, under each `shard` mode: [`StepMemory::per_rank`].
 //!
 //! It is an estimate: libtorch's allocator, workspace buffers and the data pipeline add to it.
 
@@ -24,6 +26,11 @@ use apt_mmdit::lora::LoraConfig;
 use apt_mmdit::{ModelConfig, Preset};
 use apt_vae::WanVaeConfig;
 
+mod per_rank;
+
+pub use per_rank::StepMemory;
+use per_rank::{Sharding, Trained};
+
 use crate::config::RunConfig;
 use crate::error::{config_error, Result};
 use crate::run_dir::Stage;
@@ -32,59 +39,6 @@ use crate::run_dir::Stage;
 const VALUE: u64 = 4;
 /// Activation bytes per layer, token and width at f32 (34 at 16 bits, doubled).
 const ACTIVATION_BYTES: u64 = 68;
-
-/// One stage's memory estimate, in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StepMemory {
-    /// Weights, gradients, optimizer state and EMA copies of every network the stage holds.
-    pub states: u64,
-    /// The optimizer-state part of `states` (what ZeRO-1 shards).
-    pub optimizer: u64,
-    /// Activations kept for the backward pass.
-    pub activations: u64,
-    /// Activations with recomputation: each block's input kept, one block's internals live.
-    pub recomputed: u64,
-}
-
-impl StepMemory {
-    /// Both (saturating: absurd configs give `u64::MAX`, not an overflow).
-    pub fn total(&self) -> u64 {
-        self.states.saturating_add(self.activations)
-    }
-
-    /// One rank's share in a data-parallel run of `world` ranks when this estimate is for a
-    /// micro-batch of `batch` clips and the rank takes `local` of them: `local/batch` of the
-    /// activations (the recomputed ones with `recompute`), every state but only `1/world` of
-    /// the optimizer state with `zero1`.
-    pub fn per_rank(
-        &self,
-        batch: usize,
-        local: usize,
-        world: usize,
-        zero1: bool,
-        recompute: bool,
-    ) -> StepMemory {
-        let n = world.max(1) as u64;
-        let optimizer = if zero1 {
-            self.optimizer.div_ceil(n)
-        } else {
-            self.optimizer
-        };
-        let scale =
-            |bytes: u64| (bytes as u128 * local as u128).div_ceil(batch.max(1) as u128) as u64;
-        let activations = if recompute {
-            self.recomputed
-        } else {
-            self.activations
-        };
-        StepMemory {
-            states: self.states - self.optimizer + optimizer,
-            optimizer,
-            activations: scale(activations),
-            recomputed: scale(self.recomputed),
-        }
-    }
-}
 
 /// Bytes of the optimizer state of a network of `params` values.
 pub fn optimizer_bytes(params: u64, optimizer: &OptimizerConfig) -> u64 {
@@ -108,7 +62,7 @@ pub fn recomputed_activation_bytes(depth: usize, width: usize, tokens: usize, ba
 
 /// Bytes of a trained network of `params` values.
 pub fn trained_bytes(params: u64, optimizer: &OptimizerConfig, ema: bool) -> u64 {
-    params.saturating_mul(VALUE * (2 + optimizer.state_slots() as u64 + u64::from(ema)))
+    params.saturating_mul(bytes_per_value(optimizer, ema))
 }
 
 /// Activation bytes of `depth` blocks of width `width` over `tokens` tokens for `batch` clips.
@@ -199,22 +153,27 @@ pub fn estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMemo
     }))
 }
 
-/// `m` for a run in `precision`: bf16 halves the activations and adds a bf16 working copy of
-/// the trained weights (2 bytes each) while the frozen copies shrink to 2 bytes; fp32 leaves
-/// it as it is. `trained` and `frozen` count the values of each.
+/// `m` for a run in `precision`: bf16 halves the activations and adds bf16 working copies of
+/// the trained weights and their gradients (2 + 2 bytes each) while the frozen copies shrink
+/// to 2 bytes; fp32 leaves it as it is. `trained` and `frozen` count the values of each.
 fn in_precision(m: StepMemory, precision: Precision, trained: u64, frozen: u64) -> StepMemory {
     match precision {
         Precision::Fp32 => m,
         Precision::Bf16 => StepMemory {
             states: m
                 .states
-                .saturating_add(trained.saturating_mul(2))
+                .saturating_add(trained.saturating_mul(4))
                 .saturating_sub(frozen.saturating_mul(2)),
-            optimizer: m.optimizer,
             activations: m.activations / 2,
             recomputed: m.recomputed / 2,
+            ..m
         },
     }
+}
+
+/// fp32 bytes per trained value: weights, gradients, optimizer slots, and an EMA copy.
+fn bytes_per_value(optimizer: &OptimizerConfig, ema: bool) -> u64 {
+    VALUE * (2 + optimizer.state_slots() as u64 + u64::from(ema))
 }
 
 /// The VAE stage: the trained VAE's states and its (rough) activations on the data's clips.
@@ -235,6 +194,15 @@ fn vae_estimate(run: &RunConfig) -> Result<Option<(usize, StepMemory)>> {
             optimizer: optimizer_bytes(p, &t.optimizer),
             activations: act,
             recomputed: act,
+            sharding: Sharding::of(
+                &[Trained {
+                    values: p,
+                    depth: 1,
+                    bytes_per_value: bytes_per_value(&t.optimizer, t.ema_decay.is_some()),
+                }],
+                Precision::Fp32,
+                0,
+            ),
         },
     )))
 }
@@ -271,11 +239,17 @@ fn model_estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMe
         let states = trained_bytes(trained, &t.optimizer, t.ema_decay.is_some())
             .saturating_add(base.saturating_mul(VALUE))
             .saturating_add(frozen_copies.saturating_mul(frozen));
+        let net = Trained {
+            values: trained,
+            depth: model.depth(),
+            bytes_per_value: bytes_per_value(&t.optimizer, t.ema_decay.is_some()),
+        };
         let m = StepMemory {
             states,
             optimizer: optimizer_bytes(trained, &t.optimizer),
             activations: act(model.depth(), t.batch_size),
             recomputed: act_rc(model.depth(), t.batch_size),
+            sharding: Sharding::of(&[net], run.precision, 0),
         };
         let frozen_values = frozen_copies.saturating_mul(p).saturating_add(base);
         (
@@ -324,12 +298,29 @@ fn model_estimate(run: &RunConfig, stage: Stage) -> Result<Option<(usize, StepMe
             let g_step = act(model.depth(), b).saturating_add(act(d_depth, b));
             let d_step_rc = act_rc(d_depth, b).saturating_mul(3);
             let g_step_rc = act_rc(model.depth(), b).saturating_add(act_rc(d_depth, b));
+            let nets = [
+                Trained {
+                    values: g_trained,
+                    depth: model.depth(),
+                    bytes_per_value: bytes_per_value(
+                        &cfg.train.optimizer,
+                        cfg.train.ema_decay.is_some(),
+                    ),
+                },
+                Trained {
+                    values: d_trained,
+                    depth: d_depth,
+                    bytes_per_value: bytes_per_value(&d_optimizer, false),
+                },
+            ];
             let m = StepMemory {
                 states,
                 optimizer: optimizer_bytes(g_trained, &cfg.train.optimizer)
                     .saturating_add(optimizer_bytes(d_trained, &d_optimizer)),
                 activations: d_step.max(g_step),
                 recomputed: d_step_rc.max(g_step_rc),
+                // G's phase runs D with a graph: D's weights stay whole through it.
+                sharding: Sharding::of(&nets, run.precision, d_trained),
             };
             let trained = g_trained.saturating_add(d_trained);
             (b, in_precision(m, run.precision, trained, base))

@@ -106,3 +106,48 @@ pub(crate) fn split_error(part: &str) -> FlowError {
          them first"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::params::block_prefix;
+    use super::*;
+    use crate::train::{OptimizerConfig, TrainConfig};
+
+    #[test]
+    fn units_are_the_blocks_of_either_family_and_the_rest() {
+        let unit = |n: &str| block_prefix(n);
+        assert_eq!(
+            unit("transformer_blocks.12.attn.to_q.weight").as_deref(),
+            Some("transformer_blocks.12")
+        );
+        assert_eq!(
+            unit("backbone.blocks.3.attn1.to_q.lora_A.weight").as_deref(),
+            Some("backbone.blocks.3")
+        );
+        assert_eq!(unit("proj_out.weight"), None);
+        assert_eq!(unit("heads.0.blocks"), None);
+    }
+
+    #[test]
+    fn the_old_spelling_means_optimizer_and_contradicting_it_is_an_error() {
+        let adamw = OptimizerConfig::Adamw {
+            lr: 1e-4,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut c = TrainConfig::new(10, 4, adamw);
+        c.shard_optimizer = true;
+        assert_eq!(c.shard_mode(), ShardMode::Optimizer);
+        c.validate("apt.train").unwrap();
+        c.shard = ShardMode::Full;
+        let e = c.validate("apt.train").unwrap_err().to_string();
+        assert!(e.contains("apt.train.shard_optimizer"), "{e}");
+        let parsed: TrainConfig = serde_json::from_str(
+            r#"{"steps": 1, "batch_size": 2, "shard": "gradients",
+                "optimizer": {"kind": "adamw", "lr": 1e-4}}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.shard_mode(), ShardMode::Gradients);
+    }
+}
