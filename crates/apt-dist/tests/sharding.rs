@@ -212,6 +212,35 @@ fn a_sharded_run_resumes_at_other_world_sizes_and_shard_modes() {
         ],
         tmp.path(),
     );
+    // Each rank wrote its own pieces; rank 0 the manifest naming them.
+    let checkpoints = tmp.path().join("sharded/checkpoints");
+    let manifest = std::fs::read_to_string(checkpoints.join("step-000000005.json")).unwrap();
+    assert!(manifest.contains("apt-rs checkpoint v3"), "{manifest}");
+    for r in 0..2 {
+        let f = checkpoints.join(format!("step-000000005.shard-{r}-of-2.safetensors"));
+        assert!(f.is_file(), "{}", f.display());
+    }
+    // A checkpoint that lost a shard is refused with the file's name.
+    let broken = tmp.path().join("broken/checkpoints");
+    std::fs::create_dir_all(&broken).unwrap();
+    for entry in std::fs::read_dir(&checkpoints).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), broken.join(entry.file_name())).unwrap();
+    }
+    std::fs::remove_file(broken.join("step-000000005.shard-1-of-2.safetensors")).unwrap();
+    let options = Options::parse("pretrain+b6");
+    let err = std::panic::catch_unwind(|| {
+        let world = Rc::new(SingleProcess);
+        let dir = tmp.path().join("broken");
+        pretrain_with(world, 1, &dir, 10, 2e-3, None, &options)
+    })
+    .expect_err("resumed without a shard");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("shard-1-of-2") && msg.contains("missing"),
+        "{msg}"
+    );
+
     on_ranks(
         3,
         &["pretrain+b6+gradients@sharded:8", "pretrain+b6@plain:8"],

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
+pub use super::checkpoint_shards::ShardRecord;
 use super::ema::Ema;
 use super::guard::NonFiniteGuard;
 use super::optim::{Optimizer, OptimizerConfig};
@@ -24,6 +25,8 @@ use crate::rng::TensorRng;
 
 /// The manifest format tag (v2: per-part prefixes `ema.<part>.` and `optimizer.<part>.`).
 pub const FORMAT: &str = "apt-rs checkpoint v2";
+/// The tag of a checkpoint with per-rank shard files (v3: v2 plus `shards`).
+pub const FORMAT_SHARDED: &str = "apt-rs checkpoint v3";
 /// The pointer file naming the newest complete manifest.
 pub const LATEST: &str = "latest";
 
@@ -52,6 +55,9 @@ pub struct CheckpointManifest {
     pub guard: NonFiniteGuard,
     /// Stage-specific values (losses, configs, …).
     pub extra: serde_json::Value,
+    /// The per-rank shard files of sharded parts (v3), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardRecord>,
 }
 
 /// Everything a checkpoint holds, borrowed from the trainer.
@@ -111,14 +117,30 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The file stem of the checkpoint after `step` updates (`step-000000042`).
+pub fn step_name(step: u64) -> String {
+    format!("step-{step:09}")
+}
+
 /// Writes a checkpoint for `state` into `dir`, then keeps only the newest `keep_last`.
 /// Returns the manifest's path.
 pub fn save(dir: &Path, state: &TrainState, keep_last: usize) -> Result<PathBuf> {
+    save_with_shards(dir, state, keep_last, None)
+}
+
+/// [`save`] for a run whose ranks already wrote their shard files (`shards` records them;
+/// see [`super::checkpoint_shards`]).
+pub fn save_with_shards(
+    dir: &Path,
+    state: &TrainState,
+    keep_last: usize,
+    shards: Option<ShardRecord>,
+) -> Result<PathBuf> {
     fs::create_dir_all(dir).map_err(|source| FlowError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    let name = format!("step-{:09}", state.step);
+    let name = step_name(state.step);
     let weights = dir.join(format!("{name}.safetensors"));
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for (prefix, weights) in &state.models {
@@ -144,7 +166,12 @@ pub fn save(dir: &Path, state: &TrainState, keep_last: usize) -> Result<PathBuf>
     })?;
     let (bytes, hash) = fingerprint(&weights)?;
     let manifest = CheckpointManifest {
-        format: FORMAT.into(),
+        format: if shards.is_some() {
+            FORMAT_SHARDED
+        } else {
+            FORMAT
+        }
+        .into(),
         stage: state.stage.into(),
         step: state.step,
         weights: format!("{name}.safetensors"),
@@ -159,6 +186,7 @@ pub fn save(dir: &Path, state: &TrainState, keep_last: usize) -> Result<PathBuf>
         cursor: state.cursor,
         guard: state.guard.clone(),
         extra: state.extra.clone(),
+        shards,
     };
     let manifest_path = dir.join(format!("{name}.json"));
     atomic_write(
@@ -187,10 +215,27 @@ pub fn manifests(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Keeps the newest `keep` checkpoints: removes older manifests with their weights and shard
+/// files, and shard files no kept manifest names (left by a crash mid-checkpoint).
 fn prune(dir: &Path, keep: usize) -> Result<()> {
-    for old in manifests(dir).into_iter().skip(keep) {
+    let all = manifests(dir);
+    for old in all.iter().skip(keep) {
         let _ = fs::remove_file(old.with_extension("safetensors"));
-        let _ = fs::remove_file(&old);
+        let _ = fs::remove_file(old);
+    }
+    let kept: Vec<String> = all
+        .iter()
+        .take(keep)
+        .filter_map(|m| Some(m.file_stem()?.to_string_lossy().into_owned()))
+        .collect();
+    let entries = fs::read_dir(dir).map(|d| d.filter_map(|e| e.ok()).collect::<Vec<_>>());
+    for entry in entries.unwrap_or_default() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some((step, _)) = name.split_once(".shard-") {
+            if !kept.iter().any(|k| k == step) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
     Ok(())
 }
@@ -207,9 +252,10 @@ pub fn load(manifest_path: &Path) -> Result<LoadedCheckpoint> {
     })?;
     let manifest: CheckpointManifest =
         serde_json::from_str(&text).map_err(|e| bad(format!("not a checkpoint manifest: {e}")))?;
-    if manifest.format != FORMAT {
+    let sharded = manifest.format == FORMAT_SHARDED && manifest.shards.is_some();
+    if manifest.format != FORMAT && !sharded {
         return Err(bad(format!(
-            "format {:?}, expected {FORMAT:?}",
+            "format {:?}, expected {FORMAT:?} or {FORMAT_SHARDED:?} with shard files",
             manifest.format
         )));
     }
@@ -221,10 +267,13 @@ pub fn load(manifest_path: &Path) -> Result<LoadedCheckpoint> {
             reason: format!("truncated or corrupted: {bytes} bytes, hash {hash}; the manifest says {} bytes, hash {}", manifest.weights_bytes, manifest.weights_fnv64),
         });
     }
-    let tensors = Tensor::read_safetensors(&weights).map_err(|e| FlowError::File {
+    let mut tensors = Tensor::read_safetensors(&weights).map_err(|e| FlowError::File {
         path: weights.clone(),
         reason: format!("unreadable: {e}"),
     })?;
+    if let Some(shards) = &manifest.shards {
+        shards.restore(manifest_path, &mut tensors)?;
+    }
     Ok(LoadedCheckpoint {
         manifest,
         path: manifest_path.to_path_buf(),

@@ -89,6 +89,14 @@ impl Ema {
         });
     }
 
+    /// A sharded part's shadow: this rank's pieces.
+    pub(crate) fn pieces(&self) -> Option<&Tensor> {
+        self.shadow
+            .is_empty()
+            .then_some(self.flat.as_ref())
+            .flatten()
+    }
+
     /// Sharding: keeps only this rank's pieces of the shadow, `pieces(shadow)`.
     pub(crate) fn keep_pieces(&mut self, pieces: impl Fn(&BTreeMap<String, Tensor>) -> Tensor) {
         self.flat = Some(pieces(&self.shadow));

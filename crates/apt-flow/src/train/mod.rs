@@ -4,6 +4,7 @@
 //! the collective operations of data-parallel runs.
 
 pub mod checkpoint;
+pub mod checkpoint_shards;
 pub mod collective;
 pub mod config;
 pub mod ema;

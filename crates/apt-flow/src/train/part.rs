@@ -110,6 +110,32 @@ impl Part {
         all
     }
 
+    /// The variables a sharded checkpoint keeps whole (in fp32 when floating): every one
+    /// outside the part's pieces — frozen weights (a LoRA base) and buffers; all of them for a
+    /// part that is not sharded.
+    pub fn unsharded_weights(&self) -> Vec<(String, Tensor)> {
+        let Some(pieces) = self.pieces() else {
+            return self.weights();
+        };
+        let inside: std::collections::HashSet<String> = pieces
+            .layout()
+            .into_iter()
+            .flat_map(|u| u.entries.into_iter().map(|(name, _)| name))
+            .collect();
+        let mut all: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(k, _)| !inside.contains(k))
+            .map(|(k, v)| match v.is_floating_point() {
+                true => (k, v.detach().to_kind(Kind::Float)),
+                false => (k, v.detach()),
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// Loads `tensors` (every variable by name, e.g. a checkpoint's) into the weights: the
     /// master weights in full precision, the model's in its own.
     pub fn load_weights(

@@ -317,6 +317,14 @@ impl Optimizer {
         tch::no_grad(|| update(&self.config, &scalars, &mut p, grad, &mut state));
     }
 
+    /// A sharded part's state: this rank's pieces per slot (empty before the first update).
+    pub(crate) fn piece_slots(&self) -> Vec<(String, Tensor)> {
+        self.flat
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shallow_clone()))
+            .collect()
+    }
+
     /// Sharding: replaces the per-variable state with this rank's pieces, `pieces(named)` per
     /// slot (a slot with no state yet becomes zeros on the first update).
     pub(crate) fn keep_pieces(&mut self, pieces: impl Fn(&BTreeMap<String, Tensor>) -> Tensor) {

@@ -7,6 +7,7 @@ use tch::{Kind, Tensor};
 
 use super::ShardedParams;
 use crate::error::Result;
+use crate::train::checkpoint_shards::UnitLayout;
 
 impl ShardedParams {
     /// This rank's pieces of `named` (whole per-variable tensors, e.g. an optimizer slot or an
@@ -78,5 +79,22 @@ impl ShardedParams {
                 }
             }
         });
+    }
+
+    /// How this part's units tile its variables (what a sharded checkpoint records).
+    pub fn layout(&self) -> Vec<UnitLayout> {
+        self.units
+            .iter()
+            .map(|u| UnitLayout {
+                entries: u
+                    .entries
+                    .iter()
+                    .map(|(name, _, _, shape)| (name.clone(), shape.clone()))
+                    .collect(),
+                numel: u.numel,
+                piece: u.piece,
+                local: u.local,
+            })
+            .collect()
     }
 }

@@ -150,28 +150,30 @@ impl Trainer {
                     }
                 }
             }
-            if checkpoint || preview {
-                // Whole parts on every rank for what rank 0 writes.
-                self.unshard_parts()?;
-            }
             if checkpoint {
-                self.gather_optimizer_state()?;
+                if self.parts.iter().any(|p| p.pieces().is_some()) {
+                    // Every rank writes its own pieces: nothing is gathered.
+                    self.checkpoint_sharded(step)?;
+                } else {
+                    self.gather_optimizer_state()?;
+                    if main {
+                        self.checkpoint(step)?;
+                    }
+                    self.drop_gathered_state();
+                }
             }
-            if main {
-                if preview {
+            if preview {
+                // Whole parts on every rank for what rank 0 draws.
+                self.unshard_parts()?;
+                if main {
                     observer.preview(next, &self.parts)?;
                 }
-                if checkpoint {
-                    self.checkpoint(step)?;
-                }
-            }
-            if checkpoint {
-                self.drop_gathered_state();
             }
             if stopping && !last {
+                self.unshard_parts()?;
                 return Ok(RunEnd::Stopped);
             }
-            if (checkpoint || preview) && !last {
+            if preview && !last {
                 self.shard_parts()?;
             }
         }
