@@ -16,6 +16,7 @@ pub mod optim;
 mod parallel;
 pub mod part;
 pub mod precision;
+pub mod resident;
 pub mod schedule;
 pub mod shard;
 pub mod step;

@@ -32,6 +32,7 @@ use crate::train::collective::{
 };
 use crate::train::metrics::{Logged, MetricLine, MetricsLog, StepLog};
 use crate::train::part::Part;
+use crate::train::resident;
 use crate::train::step::{Observer, RunEnd, TrainStep};
 use crate::train::NonFiniteGuard;
 use crate::train::TrainConfig;
@@ -131,6 +132,7 @@ impl Trainer {
         self.synchronise()?;
         step.prepare(&self.parts)?;
         self.shard_parts()?;
+        resident::reset_peak();
         let mut pending: Vec<PendingLine> = Vec::new();
         while self.step < self.config.steps {
             pending.push(self.one_update(step, &phases, start)?);
@@ -177,8 +179,23 @@ impl Trainer {
                 self.shard_parts()?;
             }
         }
+        self.log_peak_memory();
         self.unshard_parts()?;
         Ok(RunEnd::Completed)
+    }
+
+    /// Logs this rank's peak resident memory over the training steps (every rank: what a
+    /// sharded run saves shows here, before its parts are gathered for the export).
+    fn log_peak_memory(&self) {
+        if let Some(bytes) = resident::peak_bytes() {
+            tracing::info!(
+                stage = %self.stage,
+                rank = self.collective.rank(),
+                shard = %self.config.shard_mode(),
+                peak_rss_mb = bytes / 1_000_000,
+                "the training steps' peak resident memory"
+            );
+        }
     }
 
     /// Runs `count` more updates and returns their metric lines (read once, at the end),
