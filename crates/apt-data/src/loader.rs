@@ -44,6 +44,14 @@ pub struct LoaderConfig {
     pub rank: usize,
     /// Number of shards.
     pub world_size: usize,
+    /// How the shards split an epoch's order: every `world_size`-th sample (false), or in
+    /// contiguous blocks (true) — rank `r`'s batch `j` is positions
+    /// `[j·B + r·b, j·B + (r + 1)·b)` of the shared order (`b = batch_size`,
+    /// `B = world_size · b`), so the ranks' batches tile, in rank order, the batches one
+    /// process of batch `B` would load: what data-parallel training that equals one process
+    /// needs.
+    #[serde(default)]
+    pub contiguous: bool,
     /// Which clip to cut from each item.
     pub clip: ClipSpec,
 }
@@ -60,6 +68,7 @@ impl LoaderConfig {
             on_bad_sample: OnBadSample::Skip,
             rank: 0,
             world_size: 1,
+            contiguous: false,
             clip,
         }
     }
@@ -274,6 +283,13 @@ impl Loader {
             let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ 0x5eed_5eed);
             rng.set_stream(epoch);
             all.shuffle(&mut rng);
+        }
+        if self.cfg.contiguous {
+            let (b, w, r) = (self.cfg.batch_size, self.cfg.world_size, self.cfg.rank);
+            let global = b * w;
+            return (0..n / global.max(1))
+                .flat_map(|j| all[j * global + r * b..j * global + (r + 1) * b].to_vec())
+                .collect();
         }
         let per_rank = n / self.cfg.world_size;
         all.into_iter()

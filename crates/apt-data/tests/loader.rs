@@ -131,6 +131,42 @@ fn shards_split_each_epoch_without_overlap() {
 }
 
 #[test]
+fn contiguous_shards_tile_the_batches_of_one_process_in_rank_order() {
+    let dir = tempfile::tempdir().unwrap();
+    shapes_folder(dir.path(), 13);
+    let set = Dataset::open(dir.path(), OnBadSample::Fail).unwrap();
+    let loader = |rank, world, batch| {
+        let cfg = LoaderConfig {
+            rank,
+            world_size: world,
+            contiguous: true,
+            ..LoaderConfig::new(batch, 0, 5, spec())
+        };
+        Loader::new(set.clone(), cfg).unwrap()
+    };
+    let mut one = loader(0, 1, 6);
+    let mut ranks: Vec<Loader> = (0..3).map(|r| loader(r, 3, 2)).collect();
+    // Two epochs of two batches of 6 (13 items: one dropped per epoch).
+    for _ in 0..4 {
+        let whole = one.next_batch().unwrap();
+        let parts: Vec<_> = ranks.iter_mut().map(|l| l.next_batch().unwrap()).collect();
+        let items: Vec<usize> = parts.iter().flat_map(|b| b.items.clone()).collect();
+        assert_eq!(items, whole.items);
+        let video = Tensor::cat(
+            &parts
+                .iter()
+                .map(|b| b.video.shallow_clone())
+                .collect::<Vec<_>>(),
+            0,
+        );
+        assert!(video.equal(&whole.video), "the same crops and offsets");
+        assert!(ranks
+            .iter()
+            .all(|l| l.cursor().position * 3 == one.cursor().position));
+    }
+}
+
+#[test]
 fn bad_files_are_skipped_and_listed_or_stop_the_run() {
     let dir = tempfile::tempdir().unwrap();
     shapes_folder(dir.path(), 8);

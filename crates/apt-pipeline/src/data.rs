@@ -2,6 +2,12 @@
 //! is a pure function of the seed and `i`, so the cursor is just a counter), or a folder /
 //! manifest through `apt-data`'s loader (with its own cursor). Every file the loader skips is
 //! reported once, with its reason.
+//!
+//! In a data-parallel run each rank loads only its rows of every global batch: shapes render
+//! only the rank's samples, and the loader of a rank of N reads contiguous blocks of the shared
+//! epoch order (`batch / N` per batch), which tile one process's batches in rank order. The
+//! cursor is always the global one (the position one process would be at), so a checkpoint
+//! resumes at any world size.
 
 use apt_data::shapes::ShapesConfig;
 use apt_data::{ClipSpec, Dataset, Loader, LoaderConfig, Skipped};
@@ -25,6 +31,8 @@ pub struct TrainData {
     shape: [i64; 4],
     /// Skipped files already reported.
     reported: usize,
+    /// The ranks the file loader is split over (it yields one rank's rows).
+    loader_world: usize,
 }
 
 enum Source {
@@ -47,9 +55,20 @@ impl std::fmt::Debug for TrainData {
 }
 
 impl TrainData {
-    /// Opens the source for batches of `batch_size` with loader seed `seed`. Files listed but
-    /// unusable (no caption, unreadable) are reported now.
-    pub fn open(config: &DataConfig, batch_size: usize, seed: u64) -> Result<Self> {
+    /// Opens the source for global batches of `batch_size` with loader seed `seed`, for the
+    /// rank `shard` (files and latents load only its rows; [`Shard::WHOLE`] for one process).
+    /// Files listed but unusable (no caption, unreadable) are reported now.
+    pub fn open(config: &DataConfig, batch_size: usize, seed: u64, shard: Shard) -> Result<Self> {
+        let (rank, world) = (shard.rank, shard.world.max(1));
+        let (start, local) = shard.range(batch_size, "batch_size")?;
+        debug_assert_eq!(start, rank * local);
+        let split = |cfg: LoaderConfig| LoaderConfig {
+            rank,
+            world_size: world,
+            contiguous: true,
+            batch_size: local,
+            ..cfg
+        };
         let source = match config {
             DataConfig::Shapes {
                 shapes,
@@ -70,10 +89,10 @@ impl TrainData {
                 on_bad_sample,
             } => {
                 let set = Dataset::open(path, *on_bad_sample)?;
-                let cfg = LoaderConfig {
+                let cfg = split(LoaderConfig {
                     on_bad_sample: *on_bad_sample,
                     ..LoaderConfig::new(batch_size, *workers, seed, *clip)
-                };
+                });
                 Source::Files(Some(Box::new(Loader::new(set, cfg)?)))
             }
             DataConfig::Latents {
@@ -84,10 +103,10 @@ impl TrainData {
             } => {
                 let set = Dataset::open(path, *on_bad_sample)?;
                 let clip = ClipSpec::eval(shape[1], shape[2] as u32, shape[3] as u32).random();
-                let cfg = LoaderConfig {
+                let cfg = split(LoaderConfig {
                     on_bad_sample: *on_bad_sample,
                     ..LoaderConfig::new(batch_size, *workers, seed, clip)
-                };
+                });
                 Source::Files(Some(Box::new(Loader::new(set, cfg)?)))
             }
         };
@@ -97,6 +116,7 @@ impl TrainData {
             latent: config.is_latent(),
             shape: config.clip_shape(),
             reported: 0,
+            loader_world: world,
         };
         data.report_skipped();
         Ok(data)
@@ -206,6 +226,11 @@ fn shapes_batch(
 
 impl ClipSource for TrainData {
     fn next_clips(&mut self, batch: usize) -> apt_flow::Result<(Tensor, Vec<String>)> {
+        if self.loader_world > 1 && matches!(self.source, Source::Files(_)) {
+            return Err(FlowError::Source(
+                "this file source loads one rank's rows: draw with next_shard".into(),
+            ));
+        }
         let result = self.batch(batch);
         self.report_skipped();
         self.to_space(result.map_err(|e| FlowError::Source(Box::new(e)))?)
@@ -225,14 +250,19 @@ impl ClipSource for TrainData {
             prefetch,
         } = &mut self.source
         else {
-            let (video, captions) = self.next_clips(batch)?;
-            if shard.world == 1 {
-                return Ok((video, captions));
+            if shard.world != self.loader_world {
+                return Err(FlowError::Source(
+                    format!(
+                        "the file source was opened for {} ranks, the step runs on {}",
+                        self.loader_world, shard.world
+                    )
+                    .into(),
+                ));
             }
-            return Ok((
-                shard.rows(&video, "batch_size")?,
-                shard.items(&captions, "batch_size")?,
-            ));
+            // The loader yields this rank's rows of the global batch.
+            let result = self.batch(batch / shard.world);
+            self.report_skipped();
+            return self.to_space(result.map_err(|e| FlowError::Source(Box::new(e)))?);
         };
         let (start, len) = shard.range(batch, "batch_size")?;
         let first = *next + start as u64;
@@ -248,11 +278,12 @@ impl ClipSource for TrainData {
                 epoch: 0,
                 position: *next as usize,
             },
+            // The global position: this rank's times the ranks.
             Source::Files(loader) => {
                 let c = loader.as_ref().expect("loader").cursor();
                 Cursor {
                     epoch: c.epoch,
-                    position: c.position,
+                    position: c.position * self.loader_world,
                 }
             }
         }
@@ -262,10 +293,19 @@ impl ClipSource for TrainData {
         match &mut self.source {
             Source::Shapes { next, .. } => *next = cursor.position as u64,
             Source::Files(loader) => {
+                if !cursor.position.is_multiple_of(self.loader_world) {
+                    return Err(FlowError::Source(
+                        format!(
+                            "the saved data position {} does not split over {} ranks",
+                            cursor.position, self.loader_world
+                        )
+                        .into(),
+                    ));
+                }
                 let l = loader.take().expect("loader");
                 let c = apt_data::Cursor {
                     epoch: cursor.epoch,
-                    position: cursor.position,
+                    position: cursor.position / self.loader_world,
                 };
                 *loader = Some(Box::new(
                     l.with_cursor(c)
@@ -278,5 +318,56 @@ impl ClipSource for TrainData {
 
     fn clip_shape(&self) -> [i64; 4] {
         self.shape
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use apt_data::shapes::{write_folder, ShapesConfig, Split};
+    use apt_data::OnBadSample;
+
+    use super::*;
+
+    /// Each of 2 ranks decodes only its half of every global batch, and the halves are the
+    /// rows of one process's batches; the cursor is the global one, and a rank resumes from
+    /// one process's.
+    #[test]
+    fn each_rank_loads_only_its_rows_of_the_global_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ShapesConfig::new(4, 16, 16);
+        write_folder(&cfg, 3, Split::All, 9, 8.0, dir.path(), |_| {}).unwrap();
+        let config = DataConfig::Files {
+            path: dir.path().to_path_buf(),
+            clip: ClipSpec::eval(4, 16, 16).random(),
+            workers: 1,
+            on_bad_sample: OnBadSample::Fail,
+        };
+        let mut one = TrainData::open(&config, 4, 7, Shard::WHOLE).unwrap();
+        let shards = [Shard { rank: 0, world: 2 }, Shard { rank: 1, world: 2 }];
+        let mut ranks: Vec<TrainData> = shards
+            .iter()
+            .map(|&s| TrainData::open(&config, 4, 7, s).unwrap())
+            .collect();
+        for _ in 0..3 {
+            let (whole, captions) = one.next_shard(4, Shard::WHOLE).unwrap();
+            for (data, shard) in ranks.iter_mut().zip(shards) {
+                let (rows, mine) = data.next_shard(4, shard).unwrap();
+                assert!(rows.equal(&shard.rows(&whole, "b").unwrap()));
+                assert_eq!(mine, shard.items(&captions, "b").unwrap());
+                assert_eq!(data.cursor(), one.cursor());
+            }
+        }
+        let loaded = |d: &TrainData| match &d.source {
+            Source::Files(Some(l)) => l.stats().loaded,
+            _ => 0,
+        };
+        assert_eq!((loaded(&one), loaded(&ranks[0])), (12, 6));
+        // A rank resumes from a one-process cursor; a rank's source refuses global batches.
+        let mut resumed = TrainData::open(&config, 4, 7, shards[1]).unwrap();
+        resumed.restore(one.cursor()).unwrap();
+        let (whole, _) = one.next_shard(4, Shard::WHOLE).unwrap();
+        let (rows, _) = resumed.next_shard(4, shards[1]).unwrap();
+        assert!(rows.equal(&shards[1].rows(&whole, "b").unwrap()));
+        assert!(resumed.next_clips(4).is_err());
     }
 }

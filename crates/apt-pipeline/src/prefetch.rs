@@ -128,8 +128,8 @@ mod tests {
         let config: DataConfig =
             toml::from_str("kind = \"shapes\"\nshapes = { frames = 2, height = 16, width = 16 }")
                 .unwrap();
-        let plain = TrainData::open(&config, 4, 0).unwrap();
-        let ahead = TrainData::open(&config, 4, 0)
+        let plain = TrainData::open(&config, 4, 0, Shard::WHOLE).unwrap();
+        let ahead = TrainData::open(&config, 4, 0, Shard::WHOLE)
             .unwrap()
             .prefetching_always(Device::Cpu);
         let mut sources = [plain, ahead];

@@ -282,9 +282,14 @@ pub fn run(ctx: &mut StageRun, stage: Stage) -> Result<Outcome> {
     }
     let text = TextConditioner::for_run(run, device)?;
     let space = Space::open(run, ctx.dir)?;
-    let mut data = TrainData::open(&plan.data, plan.train.batch_size, run.seed)?
-        .prefetching(device)
-        .in_space(&space);
+    let mut data = TrainData::open(
+        &plan.data,
+        plan.train.batch_size,
+        run.seed,
+        Shard::of(&*ctx.world),
+    )?
+    .prefetching(device)
+    .in_space(&space);
     let d_optimizer = plan.train.optimizer_d.unwrap_or(plan.train.optimizer);
     let parts = vec![
         Part::new(

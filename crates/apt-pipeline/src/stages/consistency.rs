@@ -37,9 +37,14 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     // The EMA target holds the student's variables (its adapters too, with LoRA).
     let (target_vs, target_model) = spec.build(run.seed, device)?;
     let space = crate::latent::Space::open(run, ctx.dir)?;
-    let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?
-        .prefetching(device)
-        .in_space(&space);
+    let mut data = TrainData::open(
+        &run.data,
+        cfg.train.batch_size,
+        run.seed,
+        Shard::of(&*ctx.world),
+    )?
+    .prefetching(device)
+    .in_space(&space);
     let ema_target =
         (cfg.method.target == ConsistencyTarget::Ema).then_some((&target_model, &target_vs));
     let mut step = ConsistencyStep::new(

@@ -125,9 +125,14 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
         .with_collective(ctx.world.clone());
     trainer.stop = ctx.stop.clone();
     let space = Space::open(run, ctx.dir)?;
-    let mut data = TrainData::open(&run.data, cfg.train.batch_size, run.seed)?
-        .prefetching(device)
-        .in_space(&space);
+    let mut data = TrainData::open(
+        &run.data,
+        cfg.train.batch_size,
+        run.seed,
+        Shard::of(&*ctx.world),
+    )?
+    .prefetching(device)
+    .in_space(&space);
     let validation = Validation::new(run, cfg.val_clips, &text, &space, device)?;
     let mut step = FlowMatchingStep {
         model: &model,

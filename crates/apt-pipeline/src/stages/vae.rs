@@ -151,8 +151,13 @@ pub fn run(ctx: &mut StageRun) -> Result<Outcome> {
     let mut trainer = Trainer::new(Stage::Vae.name(), &dir, train, vec![part], rng)?
         .with_collective(ctx.world.clone());
     trainer.stop = ctx.stop.clone();
-    let mut data = TrainData::open(&run.data, train.batch_size, run.seed.wrapping_add(17))?
-        .prefetching(device);
+    let mut data = TrainData::open(
+        &run.data,
+        train.batch_size,
+        run.seed.wrapping_add(17),
+        Shard::of(&*ctx.world),
+    )?
+    .prefetching(device);
     let mut step = ReconstructionStep {
         vae: &vae,
         data: &mut data,
@@ -224,7 +229,12 @@ fn latent_statistics(
     batch: usize,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     let device = run.device()?;
-    let mut data = TrainData::open(&run.data, batch, run.seed.wrapping_add(3_000_017))?;
+    let mut data = TrainData::open(
+        &run.data,
+        batch,
+        run.seed.wrapping_add(3_000_017),
+        Shard::WHOLE,
+    )?;
     let mut latents = Vec::new();
     let mut seen = 0;
     while seen < clips {
@@ -273,7 +283,12 @@ fn reconstruction(vae: &WanVae, run: &RunConfig, clips: usize, batch: usize) -> 
             )
         }
         DataConfig::Files { path, .. } => {
-            let mut data = TrainData::open(&run.data, batch, run.seed.wrapping_add(4_000_037))?;
+            let mut data = TrainData::open(
+                &run.data,
+                batch,
+                run.seed.wrapping_add(4_000_037),
+                Shard::WHOLE,
+            )?;
             let (v, _) = data.next_clips(clips)?;
             (
                 (0..clips as i64).map(|i| v.get(i)).collect(),
