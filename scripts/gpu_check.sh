@@ -46,4 +46,13 @@ for job in "${jobs[@]}"; do
     cp /tmp/runs/$name/$s/metrics.jsonl "$OUT/$name/$s-metrics.jsonl" 2>/dev/null
   done
 done
+# NCCL through torchrun: a group of one GPU (the machine has one) on the smoke pipeline, fully
+# sharded with recomputation in bf16.
+start=$SECONDS
+timeout 180 python3 -m torch.distributed.run --standalone --nproc-per-node 1 --no-python \
+  $APT train --config configs/smoke.toml --set device=cuda --set 'dist.backend="nccl"' \
+  --set 'precision="bf16"' --set 'apt.train.shard="full"' --set apt.train.recompute=true \
+  --set out=/tmp/runs/nccl --set text.cache=device-carry/smoke-cache \
+  > "$OUT/nccl.stdout" 2> "$OUT/nccl.stderr"
+echo "nccl (torchrun, 1 GPU): exit $? in $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
 tail -n 5 "$OUT"/*.stderr

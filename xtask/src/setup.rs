@@ -21,6 +21,11 @@ pub const REFERENCE_REQUIREMENTS: &[&str] = &[
     "peft==0.22.0",
     "transformers==5.24.0",
 ];
+/// Header-only wheels of the CUDA toolkit that PyTorch's `nvidia-*` dependencies leave out
+/// and c10d's NCCL headers include (`crt/host_config.h`, CCCL's `nv/target`): with them
+/// apt-dist builds its NCCL process group (pinned to the CUDA 13.0 that torch 2.11.0 uses).
+pub const CUDA_HEADER_REQUIREMENTS: &[&str] =
+    &["nvidia-cuda-crt==13.0.88", "nvidia-cuda-cccl==13.0.85"];
 const MARKER: &str = ".apt-rs-ready";
 const NEEDED_FREE_GB: u64 = 6;
 
@@ -69,6 +74,7 @@ pub fn setup_libtorch(verbose: bool) -> Result<Libtorch, Failure> {
         }
         None => ensure_venv(verbose)?,
     };
+    ensure_cuda_headers(&lib);
     link_into_repo(&lib.root)?;
     if verbose {
         println!(
@@ -302,6 +308,38 @@ fn link_into_repo(root: &Path) -> Result<(), Failure> {
                 root.display()
             ))
         })
+}
+
+/// Installs [`CUDA_HEADER_REQUIREMENTS`] into the managed venv of a CUDA PyTorch when missing,
+/// so that apt-dist builds NCCL groups. Optional: a failure is a note, not an error (the build
+/// then has Gloo and MPI only).
+fn ensure_cuda_headers(lib: &Libtorch) {
+    let Some(python) = &lib.python else { return };
+    if !lib.root.join("lib/libtorch_cuda.so").is_file() {
+        return;
+    }
+    let venv = python
+        .parent()
+        .and_then(Path::parent)
+        .expect("venv/bin/python");
+    let stamp = venv.join(".apt-rs-cuda-headers");
+    let want = CUDA_HEADER_REQUIREMENTS.join("\n");
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return;
+    }
+    println!(
+        "setup: installing the CUDA headers NCCL needs ({}) into {}",
+        CUDA_HEADER_REQUIREMENTS.join(" "),
+        venv.display()
+    );
+    let mut packages = vec!["--no-deps"];
+    packages.extend(CUDA_HEADER_REQUIREMENTS);
+    match pip_install(venv, &packages, false) {
+        Ok(()) => {
+            let _ = fs::write(&stamp, &want);
+        }
+        Err(e) => println!("setup: note: {}; apt will be built without NCCL", e.0),
+    }
 }
 
 /// Installs the pinned reference packages (diffusers) into the managed venv when missing.

@@ -78,7 +78,7 @@ pub struct TrainArgs {
 /// was finished and checkpointed.
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let path = args.config.display().to_string();
-    let config = RunConfig::load(&args.config, &args.overrides)
+    let mut config = RunConfig::load(&args.config, &args.overrides)
         .map_err(anyhow::Error::new)
         // Errors about a key do not say which file; those about the file already do.
         .map_err(|e| {
@@ -96,14 +96,16 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     }
     let explicit = args.stage != StageArg::All;
     let launch = Launch::from_env()?;
-    let world = apt_dist::join_with(&launch, config.dist.backend.name(), config.dist.timeout_s)?;
-    if world.world_size() > 1 && config.device()? != tch::Device::Cpu {
-        anyhow::bail!(
-            "data parallel over {} ranks needs CPU tensors (the Gloo and MPI backends); NCCL for `device = \"{}\"` is not written yet",
-            world.world_size(),
-            config.device
-        );
+    if launch.world_size > 1 && config.device()?.is_cuda() {
+        // One GPU per rank: torchrun's LOCAL_RANK picks it.
+        config.device = format!("cuda:{}", launch.local_rank);
     }
+    let world = apt_dist::join_with(
+        &launch,
+        config.dist.backend.name(),
+        config.dist.timeout_s,
+        config.device()?,
+    )?;
     // Every check passes before anything in the run directory changes. The command includes
     // the binary's fingerprint: ranks of different builds refuse like different arguments.
     // (Only ranks of a data-parallel run compare it: a single process skips the file read.)

@@ -344,15 +344,15 @@ fn a_killed_torchrun_rank_ends_the_job_and_the_run_resumes() {
     assert!(out.join("pretrain/teacher.safetensors").is_file());
 }
 
-/// `[dist] backend`: one the launcher cannot give (MPI under torchrun), or NCCL (not written),
-/// is one clear error on every rank, a non-zero exit, and no run directory.
+/// `[dist] backend`: one the launcher cannot give (MPI under torchrun), or NCCL asked for CPU
+/// tensors, is one clear error on every rank, a non-zero exit, and no run directory.
 #[test]
 fn a_backend_the_launcher_cannot_give_is_refused_on_every_rank() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     for (backend, needle) in [
         ("mpi", "started by Torchrun"),
-        ("nccl", "does not have yet"),
+        ("nccl", "the run's device is the CPU"),
     ] {
         let out = dir.path().join(backend);
         let set = format!("dist.backend={backend:?}");

@@ -11,6 +11,10 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef APT_WITH_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 namespace {
 
@@ -39,8 +43,25 @@ int guarded(char** err, F&& f) {
   }
 }
 
+// Gloo: returns when the operation is done. NCCL: makes the current CUDA stream wait for it
+// (no host synchronisation).
 void wait(const c10::intrusive_ptr<c10d::Work>& work) {
   work->wait();
+}
+
+// The TCPStore at host:port (rank 0 serves it unless `agent_store`, torchrun's own store,
+// already runs there), under the prefix `apt-rs/`.
+c10::intrusive_ptr<c10d::Store> make_store(const char* host, int port, int rank, int world,
+                                           std::chrono::milliseconds timeout,
+                                           int agent_store) {
+  c10d::TCPStoreOptions opts;
+  opts.port = static_cast<std::uint16_t>(port);
+  opts.isServer = rank == 0 && agent_store == 0;
+  opts.numWorkers = agent_store == 0 ? std::optional<std::size_t>(world) : std::nullopt;
+  opts.waitWorkers = agent_store == 0;
+  opts.timeout = timeout;
+  auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+  return c10::make_intrusive<c10d::PrefixStore>("apt-rs/", tcp);
 }
 
 }  // namespace
@@ -49,25 +70,47 @@ extern "C" {
 
 void apt_c10d_free_error(char* err) { std::free(err); }
 
-// Joins `world` ranks through the TCPStore at host:port (rank 0 serves it unless
-// `agent_store`, torchrun's own store, already runs there) and builds a Gloo group.
+// Joins `world` ranks through the TCPStore at host:port and builds a Gloo group.
 int apt_c10d_gloo_new(const char* host, int port, int rank, int world, int timeout_s,
                       int agent_store, void** group, char** err) {
   return guarded(err, [&] {
     auto timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s) * 1000);
-    c10d::TCPStoreOptions opts;
-    opts.port = static_cast<std::uint16_t>(port);
-    opts.isServer = rank == 0 && agent_store == 0;
-    opts.numWorkers = agent_store == 0 ? std::optional<std::size_t>(world) : std::nullopt;
-    opts.waitWorkers = agent_store == 0;
-    opts.timeout = timeout;
-    auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
-    auto store = c10::make_intrusive<c10d::PrefixStore>("apt-rs/", tcp);
+    auto store = make_store(host, port, rank, world, timeout, agent_store);
     auto options = c10d::ProcessGroupGloo::Options::create(timeout);
     options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
     *group = new Group{store, backend};
   });
+}
+
+// Whether this build has NCCL groups (built against a CUDA libtorch with NCCL's headers).
+int apt_c10d_has_nccl() {
+#ifdef APT_WITH_NCCL
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+// Joins `world` ranks through the TCPStore at host:port and builds an NCCL group on CUDA
+// device `device` (torchrun's LOCAL_RANK), which becomes the current device.
+int apt_c10d_nccl_new(const char* host, int port, int rank, int world, int timeout_s,
+                      int agent_store, int device, void** group, char** err) {
+#ifdef APT_WITH_NCCL
+  return guarded(err, [&] {
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
+    auto timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s) * 1000);
+    auto store = make_store(host, port, rank, world, timeout, agent_store);
+    auto options = c10d::ProcessGroupNCCL::Options::create();
+    options->timeout = timeout;
+    auto backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, options);
+    *group = new Group{store, backend};
+  });
+#else
+  (void)host, (void)port, (void)rank, (void)world, (void)timeout_s, (void)agent_store,
+      (void)device, (void)group;
+  return fail(err, "this build of apt has no NCCL (built against a libtorch without CUDA)");
+#endif
 }
 
 void apt_c10d_free(void* group) { delete static_cast<Group*>(group); }

@@ -1,7 +1,10 @@
 //! [`Collective`] on libtorch's c10d (torch.distributed's engine), through the C shim in
 //! `csrc/c10d_shim.cpp`: a `TCPStore` rendezvous at torchrun's `MASTER_ADDR:MASTER_PORT`
-//! (torchrun's own agent store when it runs one) and a Gloo process group for CPU tensors.
-//! Tensors go to c10d as they are (no copies through host buffers).
+//! (torchrun's own agent store when it runs one) and a process group behind the same calls —
+//! Gloo for CPU tensors, NCCL for CUDA tensors (in builds against a CUDA libtorch: see
+//! [`nccl_available`]). Tensors go to c10d as they are (no copies through host buffers); an
+//! NCCL group moves the loop's few host scalars to its GPU and back. NCCL work is queued on
+//! the current CUDA stream's order without a host synchronisation.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
@@ -19,6 +22,19 @@ extern "C" {
         world: c_int,
         timeout_s: c_int,
         agent_store: c_int,
+        group: *mut *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn apt_c10d_has_nccl() -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    fn apt_c10d_nccl_new(
+        host: *const c_char,
+        port: c_int,
+        rank: c_int,
+        world: c_int,
+        timeout_s: c_int,
+        agent_store: c_int,
+        device: c_int,
         group: *mut *mut c_void,
         err: *mut *mut c_char,
     ) -> c_int;
@@ -65,11 +81,20 @@ fn call(what: &str, f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<()> {
     Err(FlowError::Collective(format!("c10d {what}: {first}")))
 }
 
-/// A c10d Gloo process group (CPU tensors).
+/// Whether this build of apt has NCCL process groups (it was built against a CUDA libtorch
+/// with the CUDA and NCCL headers `cargo xtask setup` installs).
+pub fn nccl_available() -> bool {
+    // SAFETY: a constant query.
+    unsafe { apt_c10d_has_nccl() == 1 }
+}
+
+/// A c10d process group: Gloo (CPU tensors) or NCCL (CUDA tensors on one GPU).
 pub struct C10dCollective {
     group: *mut c_void,
     rank: usize,
     size: usize,
+    /// Where its tensors live: the CPU (Gloo) or this rank's GPU (NCCL).
+    device: Device,
 }
 
 impl std::fmt::Debug for C10dCollective {
@@ -84,7 +109,7 @@ impl std::fmt::Debug for C10dCollective {
 
 impl Drop for C10dCollective {
     fn drop(&mut self) {
-        // SAFETY: `group` came from apt_c10d_gloo_new and is freed once.
+        // SAFETY: `group` came from apt_c10d_gloo_new / apt_c10d_nccl_new and is freed once.
         unsafe { apt_c10d_free(self.group) }
     }
 }
@@ -101,20 +126,67 @@ impl C10dCollective {
         agent_store: bool,
         timeout_s: u32,
     ) -> Result<Self> {
+        Self::join(host, port, rank, world, agent_store, timeout_s, Device::Cpu)
+    }
+
+    /// [`Self::gloo`] with an NCCL group on CUDA device `gpu` (torchrun's `LOCAL_RANK`),
+    /// which becomes the current device. An error in a build without NCCL.
+    pub fn nccl(
+        host: &str,
+        port: u16,
+        rank: usize,
+        world: usize,
+        agent_store: bool,
+        timeout_s: u32,
+        gpu: usize,
+    ) -> Result<Self> {
+        Self::join(
+            host,
+            port,
+            rank,
+            world,
+            agent_store,
+            timeout_s,
+            Device::Cuda(gpu),
+        )
+    }
+
+    fn join(
+        host: &str,
+        port: u16,
+        rank: usize,
+        world: usize,
+        agent_store: bool,
+        timeout_s: u32,
+        device: Device,
+    ) -> Result<Self> {
         let host_c = CString::new(host)
             .map_err(|_| FlowError::Collective(format!("MASTER_ADDR {host:?} holds a NUL")))?;
         let mut group: *mut c_void = std::ptr::null_mut();
         call("rendezvous", |err| unsafe {
-            apt_c10d_gloo_new(
-                host_c.as_ptr(),
-                port as c_int,
-                rank as c_int,
-                world as c_int,
-                timeout_s as c_int,
-                agent_store as c_int,
-                &mut group,
-                err,
-            )
+            match device {
+                Device::Cuda(gpu) => apt_c10d_nccl_new(
+                    host_c.as_ptr(),
+                    port as c_int,
+                    rank as c_int,
+                    world as c_int,
+                    timeout_s as c_int,
+                    agent_store as c_int,
+                    gpu as c_int,
+                    &mut group,
+                    err,
+                ),
+                _ => apt_c10d_gloo_new(
+                    host_c.as_ptr(),
+                    port as c_int,
+                    rank as c_int,
+                    world as c_int,
+                    timeout_s as c_int,
+                    agent_store as c_int,
+                    &mut group,
+                    err,
+                ),
+            }
         })
         .map_err(|e| {
             let reason = match e {
@@ -130,19 +202,26 @@ impl C10dCollective {
             group,
             rank,
             size: world,
+            device,
         })
     }
-}
 
-/// A contiguous CPU tensor for Gloo (errors name the operation).
-fn cpu(t: &Tensor, what: &str) -> Result<()> {
-    if t.device() != Device::Cpu {
-        return Err(FlowError::Collective(format!(
-            "{what}: the Gloo backend reduces CPU tensors, got one on {:?} (NCCL is for GPUs)",
-            t.device()
-        )));
+    /// `t` contiguous on the group's device: Gloo takes CPU tensors only (an error naming
+    /// the operation otherwise); NCCL takes this GPU's, and moves host tensors there.
+    fn on_device(&self, t: &Tensor, what: &str) -> Result<Tensor> {
+        match (self.device, t.device()) {
+            (Device::Cpu, Device::Cpu) => Ok(t.contiguous()),
+            (Device::Cpu, other) => Err(FlowError::Collective(format!(
+                "{what}: the Gloo backend reduces CPU tensors, got one on {other:?} (NCCL is \
+                 for GPUs)"
+            ))),
+            (gpu, Device::Cpu) => Ok(t.to_device(gpu).contiguous()),
+            (gpu, other) if gpu == other => Ok(t.contiguous()),
+            (gpu, other) => Err(FlowError::Collective(format!(
+                "{what}: this rank's NCCL group is on {gpu:?}, the tensor on {other:?}"
+            ))),
+        }
     }
-    Ok(())
 }
 
 impl Collective for C10dCollective {
@@ -155,12 +234,14 @@ impl Collective for C10dCollective {
     }
 
     fn backend(&self) -> &str {
-        "gloo"
+        match self.device {
+            Device::Cpu => "gloo",
+            _ => "nccl",
+        }
     }
 
     fn all_reduce_sum(&self, tensor: &mut Tensor) -> Result<()> {
-        cpu(tensor, "all_reduce")?;
-        let mut t = tensor.contiguous();
+        let mut t = self.on_device(tensor, "all_reduce")?;
         call("all_reduce", |err| unsafe {
             apt_c10d_all_reduce_sum(self.group, t.as_mut_ptr() as *mut c_void, err)
         })?;
@@ -171,8 +252,7 @@ impl Collective for C10dCollective {
     }
 
     fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<()> {
-        cpu(tensor, "broadcast")?;
-        let mut t = tensor.contiguous();
+        let mut t = self.on_device(tensor, "broadcast")?;
         call("broadcast", |err| unsafe {
             apt_c10d_broadcast(
                 self.group,
@@ -188,15 +268,15 @@ impl Collective for C10dCollective {
     }
 
     fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
-        cpu(local, "all_gather")?;
-        let mut local = local.contiguous();
+        let home = local.device();
+        let mut local = self.on_device(local, "all_gather")?;
         let mut shape = local.size();
         if shape.is_empty() {
             shape.push(1);
             local = local.reshape([1]);
         }
         shape[0] *= self.size as i64;
-        let mut out = Tensor::empty(&shape, (local.kind(), Device::Cpu));
+        let mut out = Tensor::empty(&shape, (local.kind(), self.device));
         call("all_gather", |err| unsafe {
             apt_c10d_all_gather(
                 self.group,
@@ -205,12 +285,12 @@ impl Collective for C10dCollective {
                 err,
             )
         })?;
-        Ok(out)
+        Ok(out.to_device(home))
     }
 
     fn reduce_scatter_sum(&self, tensor: &Tensor) -> Result<Tensor> {
-        cpu(tensor, "reduce_scatter")?;
-        let mut input = tensor.contiguous();
+        let home = tensor.device();
+        let mut input = self.on_device(tensor, "reduce_scatter")?;
         let mut shape = input.size();
         if shape[0] % self.size as i64 != 0 {
             return Err(FlowError::Collective(format!(
@@ -219,7 +299,7 @@ impl Collective for C10dCollective {
             )));
         }
         shape[0] /= self.size as i64;
-        let mut out = Tensor::empty(&shape, (input.kind(), Device::Cpu));
+        let mut out = Tensor::empty(&shape, (input.kind(), self.device));
         call("reduce_scatter", |err| unsafe {
             apt_c10d_reduce_scatter_sum(
                 self.group,
@@ -228,7 +308,7 @@ impl Collective for C10dCollective {
                 err,
             )
         })?;
-        Ok(out)
+        Ok(out.to_device(home))
     }
 
     fn barrier(&self) -> Result<()> {

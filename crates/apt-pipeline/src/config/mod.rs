@@ -106,8 +106,8 @@ pub struct RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistSection {
-    /// `"auto"` (Gloo under torchrun, MPI under mpirun or srun), `"gloo"`, `"mpi"`, or
-    /// `"nccl"` (CUDA tensors; not written yet).
+    /// `"auto"` (under torchrun NCCL for `device = "cuda"`, Gloo for the CPU; MPI under
+    /// mpirun or srun), `"gloo"`, `"mpi"`, or `"nccl"` (CUDA tensors, one GPU per rank).
     #[serde(default)]
     pub backend: DistBackend,
     /// Seconds a rank waits at the rendezvous and in a collective for the others before it
@@ -146,7 +146,7 @@ pub enum DistBackend {
     Gloo,
     /// MPI (mpirun, mpiexec, srun --mpi; CPU tensors).
     Mpi,
-    /// libtorch's c10d NCCL group (CUDA tensors): not written yet.
+    /// libtorch's c10d NCCL group (torchrun; CUDA tensors, `cuda:LOCAL_RANK` per rank).
     Nccl,
 }
 
