@@ -10,6 +10,7 @@ pub mod clip;
 mod convert;
 pub mod dataset;
 pub mod decode;
+mod decode_pool;
 pub mod error;
 pub mod estimator;
 mod frames;

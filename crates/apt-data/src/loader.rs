@@ -8,10 +8,7 @@
 //! spans two epochs (the remainder of an epoch is dropped).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -20,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::clip::ClipSpec;
+use crate::decode_pool::{load, Job, Pool};
 use crate::dataset::{Dataset, OnBadSample, Sample, Skipped};
 use crate::error::{DataError, Result};
 use crate::text::TextEmbedding;
@@ -107,78 +105,6 @@ pub struct LoaderStats {
     pub skip_events: usize,
     /// Every distinct skipped file or manifest line with its reason.
     pub skipped: Vec<Skipped>,
-}
-
-struct Job {
-    epoch: u64,
-    position: usize,
-    index: usize,
-}
-
-type Done = (u64, usize, Result<Sample>);
-
-struct Pool {
-    jobs: Option<Sender<Job>>,
-    results: Receiver<Done>,
-    handles: Vec<JoinHandle<()>>,
-}
-
-/// The per-sample random stream: a pure function of `(seed, epoch, index)`.
-fn sample_rng(seed: u64, epoch: u64, index: usize) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream((epoch << 40) ^ index as u64);
-    rng
-}
-
-fn load(dataset: &Dataset, clip: &ClipSpec, seed: u64, job: &Job) -> Result<Sample> {
-    let item = &dataset.items[job.index];
-    let mut rng = sample_rng(seed, job.epoch, job.index);
-    // A panic inside a decoder must not take the loader down (or hang it).
-    std::panic::catch_unwind(AssertUnwindSafe(|| item.load(clip, &mut rng))).unwrap_or_else(|_| {
-        Err(DataError::Decode {
-            path: item.path().to_path_buf(),
-            reason: "the decoder panicked".into(),
-        })
-    })
-}
-
-impl Pool {
-    fn new(workers: usize, dataset: Arc<Dataset>, clip: ClipSpec, seed: u64) -> Self {
-        let (job_tx, job_rx) = channel::<Job>();
-        let (done_tx, done_rx) = channel::<Done>();
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        let handles = (0..workers)
-            .map(|_| {
-                let (jobs, done, dataset) =
-                    (Arc::clone(&job_rx), done_tx.clone(), Arc::clone(&dataset));
-                std::thread::spawn(move || loop {
-                    let job = match jobs.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    let result = load(&dataset, &clip, seed, &job);
-                    if done.send((job.epoch, job.position, result)).is_err() {
-                        return;
-                    }
-                })
-            })
-            .collect();
-        Self {
-            jobs: Some(job_tx),
-            results: done_rx,
-            handles,
-        }
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.jobs.take(); // workers see the channel close and exit
-        for h in self.handles.drain(..) {
-            let _ = h.join();
-        }
-    }
 }
 
 /// Batches from a [`Dataset`].

@@ -140,6 +140,25 @@ int apt_c10d_all_gather(void* group, at::Tensor* out, at::Tensor* local, char** 
   });
 }
 
+// Starts `out` ← every rank's `local` without waiting for it: `*pending` is waited for (and
+// freed) by apt_c10d_pending_wait / apt_c10d_pending_free; the tensors must live until then.
+// Gloo runs it on its own threads, NCCL on its stream: the caller computes meanwhile.
+int apt_c10d_all_gather_start(void* group, at::Tensor* out, at::Tensor* local, void** pending,
+                              char** err) {
+  return guarded(err, [&] {
+    auto work = static_cast<Group*>(group)->backend->_allgather_base(*out, *local);
+    *pending = new c10::intrusive_ptr<c10d::Work>(work);
+  });
+}
+
+int apt_c10d_pending_wait(void* pending, char** err) {
+  return guarded(err, [&] { wait(*static_cast<c10::intrusive_ptr<c10d::Work>*>(pending)); });
+}
+
+void apt_c10d_pending_free(void* pending) {
+  delete static_cast<c10::intrusive_ptr<c10d::Work>*>(pending);
+}
+
 // `out` [n/world, …] ← this rank's chunk of Σ_r input_r.
 int apt_c10d_reduce_scatter_sum(void* group, at::Tensor* out, at::Tensor* input, char** err) {
   return guarded(err, [&] {

@@ -8,7 +8,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
-use apt_flow::train::Collective;
+use apt_flow::train::{Collective, Pending};
 use apt_flow::{FlowError, Result};
 use tch::{Device, Tensor};
 
@@ -59,6 +59,52 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     fn apt_c10d_barrier(group: *mut c_void, err: *mut *mut c_char) -> c_int;
+    fn apt_c10d_all_gather_start(
+        group: *mut c_void,
+        out: *mut c_void,
+        local: *mut c_void,
+        pending: *mut *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    fn apt_c10d_pending_wait(pending: *mut c_void, err: *mut *mut c_char) -> c_int;
+    fn apt_c10d_pending_free(pending: *mut c_void);
+}
+
+/// An all-gather c10d runs while the caller computes; it owns the tensors c10d writes and
+/// reads until it is waited for (dropping it waits too).
+struct C10dPending {
+    work: *mut c_void,
+    out: Tensor,
+    _local: Tensor,
+    home: Device,
+}
+
+impl C10dPending {
+    fn finish(&mut self) -> Result<()> {
+        if self.work.is_null() {
+            return Ok(());
+        }
+        let work = std::mem::replace(&mut self.work, std::ptr::null_mut());
+        let waited = call("all_gather", |err| unsafe {
+            apt_c10d_pending_wait(work, err)
+        });
+        // SAFETY: `work` came from apt_c10d_all_gather_start and is freed once.
+        unsafe { apt_c10d_pending_free(work) };
+        waited
+    }
+}
+
+impl Pending for C10dPending {
+    fn wait(mut self: Box<Self>) -> Result<Tensor> {
+        self.finish()?;
+        Ok(self.out.to_device(self.home))
+    }
+}
+
+impl Drop for C10dPending {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
 }
 
 /// Runs a shim call and turns its error message into a [`FlowError::Collective`].
@@ -315,5 +361,32 @@ impl Collective for C10dCollective {
         call("barrier", |err| unsafe {
             apt_c10d_barrier(self.group, err)
         })
+    }
+
+    fn all_gather_start(&self, local: &Tensor) -> Result<Box<dyn Pending>> {
+        let home = local.device();
+        let mut local = self.on_device(local, "all_gather")?;
+        if local.dim() == 0 {
+            local = local.reshape([1]);
+        }
+        let mut shape = local.size();
+        shape[0] *= self.size as i64;
+        let mut out = Tensor::empty(&shape, (local.kind(), self.device));
+        let mut work: *mut c_void = std::ptr::null_mut();
+        call("all_gather", |err| unsafe {
+            apt_c10d_all_gather_start(
+                self.group,
+                out.as_mut_ptr() as *mut c_void,
+                local.as_mut_ptr() as *mut c_void,
+                &mut work,
+                err,
+            )
+        })?;
+        Ok(Box::new(C10dPending {
+            work,
+            out,
+            _local: local,
+            home,
+        }))
     }
 }

@@ -30,7 +30,8 @@ pub struct Launch {
     pub world_size: usize,
     /// Rank on this machine: the GPU it uses (`cuda:local_rank`).
     pub local_rank: usize,
-    /// torchrun's rendezvous address (`MASTER_ADDR`, `MASTER_PORT`), when set.
+    /// The c10d rendezvous address (`MASTER_ADDR`, `MASTER_PORT`) under torchrun, or under
+    /// srun when the batch script exports it.
     pub master: Option<(String, u16)>,
 }
 
@@ -85,7 +86,10 @@ impl Launch {
             )));
         }
         let master = match (var("MASTER_ADDR"), var("MASTER_PORT")) {
-            (Some(addr), Some(port)) if launcher == Launcher::Torchrun => {
+            // torchrun sets them; a Slurm batch script exports them for a c10d rendezvous.
+            (Some(addr), Some(port))
+                if matches!(launcher, Launcher::Torchrun | Launcher::Slurm) =>
+            {
                 let port = port.trim().parse().map_err(|_| {
                     FlowError::Collective(format!("MASTER_PORT={port:?} is not a port number"))
                 })?;
@@ -165,6 +169,16 @@ mod tests {
             ),
             (Launcher::Slurm, 9, 16, 1)
         );
+        assert_eq!(slurm.master, None);
+        // A batch script that exports the rendezvous address: c10d can join through it.
+        let slurm = launch(&[
+            ("SLURM_PROCID", "9"),
+            ("SLURM_NTASKS", "16"),
+            ("MASTER_ADDR", "node0"),
+            ("MASTER_PORT", "29500"),
+        ])
+        .unwrap();
+        assert_eq!(slurm.master, Some(("node0".into(), 29500)));
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub fn join(launch: &Launch) -> Result<Rc<dyn Collective>> {
 }
 
 /// [`join`] with an explicit backend and the device the run trains on: `"auto"` (NCCL for a
-/// CUDA device under torchrun, Gloo for the CPU under torchrun, MPI under mpirun / srun),
+/// CUDA device under torchrun or srun, Gloo for the CPU under torchrun, MPI under mpirun / srun
+/// on CPUs),
 /// `"gloo"` (torchrun, CPU), `"nccl"` (torchrun, CUDA: rank `LOCAL_RANK` uses `cuda:LOCAL_RANK`)
 /// or `"mpi"` (mpirun / srun, CPU), and the seconds a c10d rank waits for the others. A
 /// backend the launcher or the device cannot use is an error naming both.
@@ -55,7 +56,7 @@ pub fn join_with(
     }
     let cuda = device.is_cuda();
     let chosen = match (backend, launch.launcher, cuda) {
-        ("auto", Launcher::Torchrun, true) => "nccl",
+        ("auto", Launcher::Torchrun | Launcher::Slurm, true) => "nccl",
         ("auto", Launcher::Torchrun, false) => "gloo",
         ("auto", Launcher::Mpi | Launcher::Slurm, _) => "mpi",
         ("auto", Launcher::Direct, _) => return Ok(Rc::new(SingleProcess)),
@@ -68,13 +69,13 @@ pub fn join_with(
     };
     let launcher_fits = match chosen {
         "mpi" => matches!(launch.launcher, Launcher::Mpi | Launcher::Slurm),
-        _ => launch.launcher == Launcher::Torchrun,
+        _ => matches!(launch.launcher, Launcher::Torchrun | Launcher::Slurm),
     };
     if !launcher_fits {
         return Err(FlowError::Collective(format!(
             "dist.backend is {backend:?} but this rank was started by {:?}: \"gloo\" and \
-             \"nccl\" join through torchrun, \"mpi\" through mpirun or srun (or leave it \
-             \"auto\")",
+             \"nccl\" join through torchrun (or srun with MASTER_ADDR/MASTER_PORT), \"mpi\" \
+             through mpirun or srun (or leave it \"auto\")",
             launch.launcher
         )));
     }
@@ -117,8 +118,10 @@ pub fn join_with(
     }
     let (host, port) = launch.master.clone().ok_or_else(|| {
         FlowError::Collective(format!(
-            "started by torchrun as rank {} of {} without MASTER_ADDR/MASTER_PORT",
-            launch.rank, launch.world_size
+            "started by {:?} as rank {} of {} without MASTER_ADDR/MASTER_PORT, which the c10d \
+             rendezvous needs (a Slurm script exports them: the first node's address and a free \
+             port)",
+            launch.launcher, launch.rank, launch.world_size
         ))
     })?;
     // torchrun's agent serves the store itself unless told otherwise.
@@ -177,10 +180,19 @@ mod tests {
         assert!(e.contains("started by Torchrun"), "{e}");
         let e = refused("ucc", Device::Cpu);
         assert!(e.contains("none of"), "{e}");
-        // Auto on a GPU under torchrun is NCCL: here it gets as far as the missing address,
-        // or says the build has none.
+        // Auto on a GPU under torchrun (or srun) is NCCL: here it gets as far as the missing
+        // address, or says the build has none.
         let e = refused("auto", Device::Cuda(0));
         assert!(e.contains("MASTER_ADDR") || e.contains("no NCCL"), "{e}");
+        let srun = Launch {
+            launcher: Launcher::Slurm,
+            ..torchrun(2)
+        };
+        let e = match join_with(&srun, "gloo", 2, Device::Cpu) {
+            Ok(_) => panic!("gloo under srun without an address joined"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("Slurm") && e.contains("MASTER_ADDR"), "{e}");
         // One process needs no backend, unless it names one.
         assert!(join_with(&torchrun(1), "auto", 2, Device::Cpu).is_ok());
         let direct = Launch {

@@ -135,6 +135,7 @@ fn sharded_training_on_two_ranks_takes_the_unsharded_updates() {
         "pretrain+gradients",
         "pretrain+full",
         "pretrain+full+recompute",
+        "pretrain+d4+full+recompute",
         "pretrain+bf16+full+recompute",
         "pretrain+bf16+gradients",
         "pretrain+lora+full+recompute",
@@ -155,25 +156,29 @@ fn sharded_training_on_two_ranks_takes_the_unsharded_updates() {
     let weights = on_ranks(2, &jobs, tmp.path());
     same_updates(&weights, &pairs, 1e-6);
 
-    // The weights really were split: each rank held half of every buffer, and under `full`
-    // with recomputation never more than the rest unit and one block whole at once.
+    // The weights really were split: each rank held half of every buffer; under `full` with
+    // recomputation (4 blocks) at most the rest unit and two blocks whole at once — the one
+    // running and the next, gathered ahead.
     let (plain, zero2, zero3) = (
         stats(tmp.path(), "pretrain", 0),
         stats(tmp.path(), "pretrain+gradients", 1),
-        stats(tmp.path(), "pretrain+full+recompute", 1),
+        stats(tmp.path(), "pretrain+d4+full+recompute", 1),
     );
     eprintln!("held per rank: gradients {zero2:?}, full {zero3:?}");
     assert_eq!(plain, ShardStats::default(), "unsharded runs do not shard");
     for s in [zero2, zero3] {
         assert!(s.local_elements * 2 >= s.whole_elements, "{s:?}");
-        assert!(s.local_elements * 2 <= s.whole_elements + 2 * 3, "{s:?}");
+        assert!(s.local_elements * 2 <= s.whole_elements + 2 * 5, "{s:?}");
     }
     assert_eq!(
         zero2.peak_gathered, zero2.whole_elements,
         "ZeRO-2 keeps weights whole"
     );
-    let block = zero3.whole_elements - zero3.peak_gathered;
-    assert!(block > 0 && zero3.gathers >= 5 * 5, "{zero3:?}");
+    assert!(
+        zero3.peak_gathered * 10 < zero3.whole_elements * 7,
+        "more than the rest and two of four blocks whole: {zero3:?}"
+    );
+    assert!(zero3.gathers >= 5 * 9, "{zero3:?}");
 }
 
 #[test]

@@ -116,8 +116,8 @@ type Trained = (Vec<(String, Tensor)>, usize, i64, ShardStats);
 
 /// How a job trains, from the `+`-separated words after its name: `zero1` (or `optimizer`),
 /// `gradients`, `full` (the sharding), `recompute`, `bf16`, `lora` (rank-4 adapters on the
-/// attention projections, the base frozen), `wan` (a tiny Wan 2.1 instead of the MMDiT) and
-/// `b<N>` (global batch N instead of [`GLOBAL_BATCH`]).
+/// attention projections, the base frozen), `wan` (a tiny Wan 2.1 instead of the MMDiT),
+/// `b<N>` (global batch N instead of [`GLOBAL_BATCH`]) and `d<N>` (N blocks instead of 2).
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub shard: ShardMode,
@@ -126,6 +126,7 @@ pub struct Options {
     pub lora: bool,
     pub wan: bool,
     pub batch: Option<usize>,
+    pub depth: Option<usize>,
 }
 
 impl Options {
@@ -141,6 +142,7 @@ impl Options {
                 "lora" => o.lora = true,
                 "wan" => o.wan = true,
                 b if b.starts_with('b') => o.batch = Some(b[1..].parse().expect("b<N>")),
+                d if d.starts_with('d') => o.depth = Some(d[1..].parse().expect("d<N>")),
                 other => panic!("unknown job option {other}"),
             }
         }
@@ -154,10 +156,11 @@ impl Options {
     /// The model (with its adapters when `lora`) in a fresh store; LoRA freezes the base.
     pub fn model(&self) -> (nn::VarStore, Model) {
         let vs = nn::VarStore::new(CPU);
+        let depth = self.depth.unwrap_or(2);
         let cfg: ModelConfig = if self.wan {
-            tiny_wan_config(2).into()
+            tiny_wan_config(depth).into()
         } else {
-            model_config().into()
+            tiny_model_config(depth, "velocity").into()
         };
         let model = if self.lora {
             let lora = LoraConfig {

@@ -38,9 +38,31 @@ pub trait Collective {
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
 
+    /// Starts [`Self::all_gather`] and returns at once where the backend can (c10d: Gloo's
+    /// threads, NCCL's stream), so that the caller computes while it runs; [`Pending::wait`]
+    /// gives the result. By default it gathers now.
+    fn all_gather_start(&self, local: &Tensor) -> Result<Box<dyn Pending>> {
+        Ok(Box::new(Gathered(self.all_gather(local)?)))
+    }
+
     /// Whether this is rank 0, the rank that writes checkpoints, metrics and previews.
     fn is_main(&self) -> bool {
         self.rank() == 0
+    }
+}
+
+/// A collective that was started ([`Collective::all_gather_start`]).
+pub trait Pending {
+    /// Waits for it and returns its result.
+    fn wait(self: Box<Self>) -> Result<Tensor>;
+}
+
+/// A result already there.
+struct Gathered(Tensor);
+
+impl Pending for Gathered {
+    fn wait(self: Box<Self>) -> Result<Tensor> {
+        Ok(self.0)
     }
 }
 

@@ -23,7 +23,7 @@ pub mod step;
 pub mod trainer;
 
 pub use checkpoint::{CheckpointManifest, LoadedCheckpoint, TrainState};
-pub use collective::{Collective, Shard, SingleProcess};
+pub use collective::{Collective, Pending, Shard, SingleProcess};
 pub use config::TrainConfig;
 pub use ema::Ema;
 pub use flat::FlatParams;

@@ -15,7 +15,8 @@
 //! * `full` (ZeRO-3): the rest unit is gathered for a phase; a block is gathered just before it
 //!   runs and freed right after, unless its output is part of an autograd graph (then after the
 //!   phase). With activation recomputation (`recompute = true`) every block is gathered for the
-//!   forward and again for its recomputed backward, so one block's weights are whole at a time.
+//!   forward and again for its recomputed backward, so one block's weights are whole at a time
+//!   (two while the next block's gather runs ahead, see `prefetch.rs`).
 //!
 //! The optimizer and the EMA are elementwise, so they update the pieces exactly as they would
 //! the whole buffers (the padding stays zero). The models call the gather hooks through
@@ -24,6 +25,7 @@
 mod params;
 mod part;
 mod pieces;
+mod prefetch;
 
 use serde::{Deserialize, Serialize};
 

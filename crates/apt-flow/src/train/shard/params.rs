@@ -1,7 +1,7 @@
 //! A part's trainable variables split into per-unit pieces over the ranks (see the module
 //! docs of [`super`]), with the gather, release and reduce-scatter of each unit.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
@@ -10,7 +10,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::{ShardMode, ShardStats};
 use crate::error::Result;
-use crate::train::collective::Collective;
+use crate::train::collective::{Collective, Pending};
 use crate::train::flat::FlatParams;
 use crate::train::precision::Precision;
 
@@ -55,7 +55,13 @@ pub struct ShardedParams {
     pub(super) grad: Tensor,
     pub(super) gathered: RefCell<Vec<Option<Gathered>>>,
     /// Sizes, the peak of whole weights, gathers (and the elements whole now).
-    stats: RefCell<(ShardStats, i64)>,
+    pub(super) stats: RefCell<(ShardStats, i64)>,
+    /// `full`: gathers started ahead of use (the next block's, see `prefetch.rs`).
+    pub(super) pending: RefCell<Vec<Option<Box<dyn Pending>>>>,
+    /// `full`: the block last gathered by the hooks (the direction the model walks).
+    pub(super) last_block: Cell<Option<usize>>,
+    /// `full`: the unit of each block index.
+    pub(super) unit_of_block: HashMap<usize, usize>,
 }
 
 impl std::fmt::Debug for ShardedParams {
@@ -68,6 +74,11 @@ impl std::fmt::Debug for ShardedParams {
             self.master.numel()
         )
     }
+}
+
+/// The block index of a unit's prefix (`…blocks.<i>`).
+pub(super) fn block_index(prefix: &str) -> Option<usize> {
+    prefix.rsplit('.').next()?.parse().ok()
 }
 
 /// The block prefix of a variable name: up to `<…>blocks.<i>`, if there is one.
@@ -158,6 +169,11 @@ impl ShardedParams {
             .filter_map(|(i, u)| Some((u.prefix.clone()?, i)))
             .collect();
         let count = units.len();
+        let unit_of_block = units
+            .iter()
+            .enumerate()
+            .filter_map(|(u, unit)| Some((block_index(unit.prefix.as_deref()?)?, u)))
+            .collect();
         let stats = ShardStats {
             whole_elements: units.iter().map(|u| u.numel).sum(),
             local_elements: master.numel() as i64,
@@ -178,6 +194,9 @@ impl ShardedParams {
             grad: master.zeros_like(),
             master,
             gathered: RefCell::new((0..count).map(|_| None).collect()),
+            pending: RefCell::new((0..count).map(|_| None).collect()),
+            last_block: Cell::new(None),
+            unit_of_block,
         }
     }
 
@@ -227,16 +246,21 @@ impl ShardedParams {
 
     /// Gathers unit `u`'s weights (unless gathered) and, when the part is trained, gives them
     /// zeroed gradients.
-    fn gather(&self, u: usize) -> Result<()> {
+    pub(super) fn gather(&self, u: usize) -> Result<()> {
         if self.gathered.borrow()[u].is_some() {
             return Ok(());
         }
         let unit = &self.units[u];
-        let piece = self
-            .master
-            .narrow(0, unit.local, unit.piece)
-            .to_kind(self.compute_kind);
-        let weights = self.collective.all_gather(&piece)?.narrow(0, 0, unit.numel);
+        let started = self.pending.borrow_mut()[u].take();
+        let all = match started {
+            Some(pending) => pending.wait()?,
+            None => {
+                let all = self.collective.all_gather(&self.compute_piece(u))?;
+                self.count_whole(unit.numel);
+                all
+            }
+        };
+        let weights = all.narrow(0, 0, unit.numel);
         let grads = self.training(u).then(|| weights.zeros_like());
         tch::no_grad(|| {
             for ((_, offset, n, shape), v) in unit.entries.iter().zip(&unit.vars) {
@@ -248,12 +272,7 @@ impl ShardedParams {
                 }
             }
         });
-        {
-            let (stats, now) = &mut *self.stats.borrow_mut();
-            *now += unit.numel;
-            stats.peak_gathered = stats.peak_gathered.max(*now);
-            stats.gathers += 1;
-        }
+        self.stats.borrow_mut().0.gathers += 1;
         self.gathered.borrow_mut()[u] = Some(Gathered {
             weights,
             grads,
@@ -264,7 +283,11 @@ impl ShardedParams {
 
     /// Points unit `u`'s variables (and gradients) at one-element placeholders, freeing the
     /// whole weights.
-    fn free(&self, u: usize) {
+    pub(super) fn free(&self, u: usize) {
+        // A gather started ahead and never used: wait for it (it writes into its buffer), drop.
+        if self.pending.borrow_mut()[u].take().is_some() {
+            self.stats.borrow_mut().1 -= self.units[u].numel;
+        }
         if self.gathered.borrow()[u].is_some() {
             self.stats.borrow_mut().1 -= self.units[u].numel;
         }
@@ -375,6 +398,7 @@ impl BlockWeights for ShardedParams {
 
     fn acquire(&self, unit: usize) -> std::result::Result<(), String> {
         self.gather(unit)
+            .and_then(|()| self.prefetch_after(unit))
             .map_err(|e| collective_error("all-gather", e))
     }
 

@@ -64,6 +64,10 @@ impl ShardedParams {
     /// Makes every variable whole again, holding `master` (whole fp32 weights by name) with
     /// zero gradients of its shape — the state a [`FlatParams`] is built from.
     pub fn restore_whole(&self, master: &BTreeMap<String, Tensor>) {
+        for pending in self.pending.borrow_mut().iter_mut() {
+            // Waits for a gather started ahead before its buffer goes.
+            drop(pending.take());
+        }
         for u in 0..self.units.len() {
             self.gathered.borrow_mut()[u] = None;
         }
