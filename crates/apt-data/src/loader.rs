@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::clip::ClipSpec;
-use crate::decode_pool::{load, Job, Pool};
 use crate::dataset::{Dataset, OnBadSample, Sample, Skipped};
+use crate::decode_pool::{load, Job, Pool};
 use crate::error::{DataError, Result};
 use crate::text::TextEmbedding;
 
