@@ -238,11 +238,17 @@ fn train(args: &[String]) -> Result<(), Failure> {
     {
         cmd.args(["--config", "configs/demo.toml"]);
     }
+    // Run a second time, the main command continues the run it made (finished stages are
+    // skipped and the report printed again); --fresh starts over, --resume insists.
+    let chosen = ["--resume", "--fresh", "--continue", "--dry-run"];
+    if !args.iter().any(|a| chosen.contains(&a.as_str())) {
+        cmd.arg("--continue");
+    }
     cmd.args(args);
-    run(
-        &mut cmd,
-        "apt train (release build; the first one compiles the libtorch bindings, 5-9 min)",
-    )
+    println!(
+        "xtask: building apt (release; the first build compiles the libtorch bindings, 5-9 min)"
+    );
+    run(&mut cmd, "apt train")
 }
 
 fn fuzz(seconds: &str) -> Result<(), Failure> {

@@ -1,20 +1,20 @@
-//! `apt train --config FILE [--stage vae|pretrain|distill|consistency|apt|all] [--resume]
-//! [--set key=value …] [--dry-run]`.
+//! `apt train --config FILE [--stage vae|pretrain|distill|consistency|apt|all]
+//! [--resume | --continue | --fresh] [--set key=value …] [--dry-run [--world-size N]]`.
 //!
 //! Under `mpirun -np N` (or `srun --mpi=pmix`) the N processes train data-parallel: each
 //! takes 1/N of every global batch, gradients are averaged over MPI, and rank 0 alone writes
 //! the run directory, the log, the progress bars and the report (docs/distributed.md).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use apt_dist::Launch;
 use apt_flow::RunEnd;
 use apt_pipeline::report::table;
 use apt_pipeline::run_all;
 use apt_pipeline::stages::{run_stages, StageRun};
-use apt_pipeline::{planned_stages, OpenRun, RunConfig, Selection, Stage};
+use apt_pipeline::{planned_stages, OpenRun, RunConfig, RunDir, Selection, Stage};
 use clap::{Args, ValueEnum};
 
 use crate::progress::{stop_flag, StageBars};
@@ -60,18 +60,54 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "all")]
     stage: StageArg,
     /// Continue from the newest intact checkpoint (with `all`: finished stages are skipped).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["continue_run", "fresh"])]
     resume: bool,
+    /// Continue the run in `out` as --resume does when it holds any checkpoint or export of
+    /// the stages, else start it (what `cargo xtask train` passes).
+    #[arg(long = "continue", conflicts_with = "fresh")]
+    continue_run: bool,
+    /// Start over: move an existing `out` aside to `<out>.old-<N>` first (saying so).
+    #[arg(long)]
+    fresh: bool,
     /// Override a config value, e.g. `--set pretrain.train.steps=100 --set device=cuda`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
     /// Print the resolved config, parameter counts and memory per step, then exit.
     #[arg(long)]
     dry_run: bool,
-    /// With --dry-run: also one rank's memory per step in a data-parallel run of N ranks (with
-    /// and without ZeRO-1 and recomputation).
+    /// With --dry-run: also one rank's memory per step in a data-parallel run of N ranks, under
+    /// each `shard` mode and the stage's own.
     #[arg(long, value_name = "N", requires = "dry_run", value_parser = clap::value_parser!(u32).range(1..))]
     world_size: Option<u32>,
+}
+
+/// `--fresh`: moves a non-empty run directory to the first free `<dir>.old-<N>`, saying so.
+fn move_aside(root: &Path) -> Result<()> {
+    let holds_anything = std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_some());
+    if !holds_anything {
+        return Ok(());
+    }
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    let aside = (1..)
+        .map(|n| root.with_file_name(format!("{name}.old-{n}")))
+        .find(|p| !p.exists())
+        .expect("a free name");
+    std::fs::rename(root, &aside).with_context(|| {
+        format!(
+            "--fresh: cannot move {} aside to {}",
+            root.display(),
+            aside.display()
+        )
+    })?;
+    eprintln!(
+        "--fresh: moved the earlier run {} to {} (remove it when you no longer need it)",
+        root.display(),
+        aside.display()
+    );
+    Ok(())
 }
 
 /// Runs the stage(s). Exit code 130 when interrupted (Ctrl-C / SIGTERM) after the current step
@@ -117,6 +153,13 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         "{:?} binary {binary}",
         std::env::args().skip(1).collect::<Vec<_>>()
     );
+    let dir = RunDir::new(&config.out);
+    if args.fresh && world.is_main() {
+        move_aside(dir.root())?;
+    }
+    // Read before any rank changes the directory (rank 0 moves it aside only with --fresh).
+    let mut args = args;
+    args.resume = args.resume || (args.continue_run && stages.iter().any(|&s| dir.has_state(s)));
     let open = OpenRun::for_training_in(&*world, config, &stages, args.resume, explicit, &command)?;
     let main = world.is_main();
     let result = train(&args, &open, &stages, &world, &launch);

@@ -389,7 +389,8 @@ fn check_against_the_run(
                      stages: continue it with `--stage {stage} --resume`, or use a new `out` \
                      directory"
                 ),
-                None => "Use the run's own config (its config.toml), or a new `out` directory"
+                None => "Use the run's own config (its config.toml), a new `out` directory, \
+                         or `--fresh` to move this run aside and start over"
                     .to_string(),
             };
             return Err(PipelineError::File {
@@ -419,8 +420,8 @@ fn check_against_the_run(
         if !resume && dir.has_checkpoints(stage) {
             return Err(PipelineError::File {
                 path: dir.checkpoints(stage),
-                reason: "already holds checkpoints: pass --resume to continue, or remove it to \
-                         start over"
+                reason: "already holds checkpoints: pass --resume to continue, or --fresh to \
+                         move the run aside and start over"
                     .into(),
             });
         }

@@ -45,8 +45,8 @@ pub fn start_or_resume(
     if !resumed && ctx.dir.has_checkpoints(stage) {
         return Err(PipelineError::File {
             path: ctx.dir.checkpoints(stage),
-            reason: "already holds checkpoints: pass --resume to continue, or remove it to \
-                     start over"
+            reason: "already holds checkpoints: pass --resume to continue, or --fresh to \
+                     move the run aside and start over"
                 .into(),
         });
     }
