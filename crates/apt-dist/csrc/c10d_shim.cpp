@@ -133,14 +133,8 @@ int apt_c10d_broadcast(void* group, at::Tensor* t, int root, char** err) {
   });
 }
 
-// `out` [world·n, …] ← every rank's `local` [n, …] in rank order.
-int apt_c10d_all_gather(void* group, at::Tensor* out, at::Tensor* local, char** err) {
-  return guarded(err, [&] {
-    wait(static_cast<Group*>(group)->backend->_allgather_base(*out, *local));
-  });
-}
-
-// Starts `out` ← every rank's `local` without waiting for it: `*pending` is waited for (and
+// Starts `out` [world·n, …] ← every rank's `local` [n, …] in rank order, without waiting for
+// it (apt_c10d_pending_wait right after is the blocking all-gather): `*pending` is waited for (and
 // freed) by apt_c10d_pending_wait / apt_c10d_pending_free; the tensors must live until then.
 // Gloo runs it on its own threads, NCCL on its stream: the caller computes meanwhile.
 int apt_c10d_all_gather_start(void* group, at::Tensor* out, at::Tensor* local, void** pending,

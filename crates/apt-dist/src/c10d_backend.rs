@@ -46,12 +46,6 @@ extern "C" {
         root: c_int,
         err: *mut *mut c_char,
     ) -> c_int;
-    fn apt_c10d_all_gather(
-        group: *mut c_void,
-        out: *mut c_void,
-        local: *mut c_void,
-        err: *mut *mut c_char,
-    ) -> c_int;
     fn apt_c10d_reduce_scatter_sum(
         group: *mut c_void,
         out: *mut c_void,
@@ -314,24 +308,7 @@ impl Collective for C10dCollective {
     }
 
     fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
-        let home = local.device();
-        let mut local = self.on_device(local, "all_gather")?;
-        let mut shape = local.size();
-        if shape.is_empty() {
-            shape.push(1);
-            local = local.reshape([1]);
-        }
-        shape[0] *= self.size as i64;
-        let mut out = Tensor::empty(&shape, (local.kind(), self.device));
-        call("all_gather", |err| unsafe {
-            apt_c10d_all_gather(
-                self.group,
-                out.as_mut_ptr() as *mut c_void,
-                local.as_mut_ptr() as *mut c_void,
-                err,
-            )
-        })?;
-        Ok(out.to_device(home))
+        self.all_gather_start(local)?.wait()
     }
 
     fn reduce_scatter_sum(&self, tensor: &Tensor) -> Result<Tensor> {

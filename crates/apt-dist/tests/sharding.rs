@@ -98,9 +98,10 @@ fn on_ranks(ranks: usize, jobs: &[&str], out: &Path) -> BTreeMap<String, Vec<(St
         .collect()
 }
 
-/// Each sharded job with the same job unsharded (its `gradients` / `full` word dropped).
-fn unsharded_pairs(sharded: &[&str]) -> Vec<(String, String)> {
-    sharded
+/// Runs every `sharded` job and the same job unsharded (its `gradients` / `full` word dropped)
+/// on `ranks` MPI ranks in `out`, and asserts that each pair ended within 1e-6.
+fn sharded_like_unsharded(ranks: usize, sharded: &[&str], out: &Path) {
+    let pairs: Vec<(String, String)> = sharded
         .iter()
         .map(|job| {
             let plain: Vec<&str> = job
@@ -109,22 +110,18 @@ fn unsharded_pairs(sharded: &[&str]) -> Vec<(String, String)> {
                 .collect();
             (job.to_string(), plain.join("+"))
         })
-        .collect()
-}
-
-/// Asserts that every `(sharded, unsharded)` pair ended within `tolerance`.
-fn same_updates(
-    weights: &BTreeMap<String, Vec<(String, Tensor)>>,
-    pairs: &[(&str, &str)],
-    tolerance: f64,
-) {
-    for (sharded, plain) in pairs {
-        let diff = max_abs_diff(&weights[*sharded], &weights[*plain]);
+        .collect();
+    let mut jobs: Vec<&str> = pairs
+        .iter()
+        .flat_map(|(a, b)| [a.as_str(), b.as_str()])
+        .collect();
+    jobs.sort();
+    jobs.dedup();
+    let weights = on_ranks(ranks, &jobs, out);
+    for (sharded, plain) in &pairs {
+        let diff = max_abs_diff(&weights[sharded], &weights[plain]);
         eprintln!("{sharded} vs {plain}: max |Δ| = {diff:e}");
-        assert!(
-            diff <= tolerance,
-            "{sharded} vs {plain}: max |Δ| = {diff:e}"
-        );
+        assert!(diff <= 1e-6, "{sharded} vs {plain}: max |Δ| = {diff:e}");
     }
 }
 
@@ -145,16 +142,7 @@ fn sharded_training_on_two_ranks_takes_the_unsharded_updates() {
         "apt-all-draws+full",
         "apt-paper+bf16+full+recompute",
     ];
-    let pairs = unsharded_pairs(&sharded);
-    let pairs: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let mut jobs: Vec<&str> = pairs.iter().flat_map(|(a, b)| [*a, *b]).collect();
-    jobs.sort();
-    jobs.dedup();
-    let weights = on_ranks(2, &jobs, tmp.path());
-    same_updates(&weights, &pairs, 1e-6);
+    sharded_like_unsharded(2, &sharded, tmp.path());
 
     // The weights really were split: each rank held half of every buffer; under `full` with
     // recomputation (4 blocks) at most the rest unit and two blocks whole at once — the one
@@ -189,16 +177,7 @@ fn sharded_training_on_three_ranks_splits_unevenly_and_takes_the_unsharded_updat
         "pretrain+b6+gradients",
         "apt-paper+b6+full+recompute",
     ];
-    let pairs = unsharded_pairs(&sharded);
-    let pairs: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let mut jobs: Vec<&str> = pairs.iter().flat_map(|(a, b)| [*a, *b]).collect();
-    jobs.sort();
-    jobs.dedup();
-    let weights = on_ranks(3, &jobs, tmp.path());
-    same_updates(&weights, &pairs, 1e-6);
+    sharded_like_unsharded(3, &sharded, tmp.path());
     // (Against one process rather than unsharded ranks the difference is AdamW's rounding
     // noise: three ranks sum in another order, and parameters with ~0 gradients move by ±lr on
     // its sign — see `adversarial`'s note. Two ranks sum exactly; data_parallel.rs checks them.)
