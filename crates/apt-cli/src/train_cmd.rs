@@ -155,6 +155,13 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     );
     let dir = RunDir::new(&config.out);
     if args.fresh && world.is_main() {
+        // The checks that do not depend on the directory refuse before the old run moves.
+        config.model()?;
+        apt_pipeline::preflight::check_run(&config, &stages)?;
+        if !explicit {
+            apt_pipeline::preflight::check_report(&config)?;
+        }
+        apt_pipeline::memory::check_fits(&config, &stages)?;
         move_aside(dir.root())?;
     }
     // Read before any rank changes the directory (rank 0 moves it aside only with --fresh).

@@ -50,6 +50,15 @@ fn a_second_run_continues_a_finished_run_and_fresh_starts_over() {
     let o = apt(&with(&["--continue", "--set", "apt.lambda_r1=50.0"]));
     assert_clear_error(&o, &["apt.lambda_r1", "--fresh"]);
 
+    // A --fresh that a check refuses leaves the old run where it was.
+    let o = apt(&with(&[
+        "--fresh",
+        "--set",
+        "pretrain.train.batch_size=100000000",
+    ]));
+    assert_clear_error(&o, &["pretrain.train.batch_size"]);
+    assert!(read(&out) == first && !dir.path().join("run.old-1").exists());
+
     // --fresh moves the run aside and trains a new one.
     let o = apt(&with(&["--fresh", "--set", "apt.lambda_r1=50.0"]));
     assert!(o.status.success(), "{}", text(&o.stderr));
