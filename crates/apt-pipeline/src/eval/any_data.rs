@@ -12,7 +12,7 @@ use apt_flow::{sample, Guidance, OneStepGenerator, TensorRng};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::bootstrap::Interval;
+use super::bootstrap::{Interval, IntervalMethod};
 use super::run::{rows, Generation, RunModels, SideBySide};
 use super::teacher_fd::{teacher_frechet, TeacherFeatures, FEATURE_TIME};
 use crate::config::{default_eval_batch, RunConfig};
@@ -345,9 +345,17 @@ fn bootstrap_rows(
         .map(|(k, (name, nfe, _))| TeacherFdRow {
             name: name.clone(),
             network_evaluations: *nfe,
-            frechet: Interval::from_draws(estimates[k], per_row[k].clone()),
+            frechet: Interval::with_method(
+                estimates[k],
+                per_row[k].clone(),
+                IntervalMethod::for_metric("frechet"),
+            ),
             vs_reference: (k != reference && draws > 0).then(|| {
-                Interval::from_draws(estimates[k] - estimates[reference], diffs[k].clone())
+                Interval::with_method(
+                    estimates[k] - estimates[reference],
+                    diffs[k].clone(),
+                    IntervalMethod::for_difference("frechet"),
+                )
             }),
             fvd: None,
         })

@@ -16,5 +16,5 @@ pub use alignment::{
     patch_grid, score_clips, shapes_alignment, summarise, AlignmentReport, ScoredClips,
 };
 pub use any_data::{evaluate_any_data, TeacherFdReport, TeacherFdRow};
-pub use bootstrap::{paired_bootstrap, Interval, ModelIntervals};
+pub use bootstrap::{paired_bootstrap, Interval, IntervalMethod, ModelIntervals};
 pub use run::{evaluate_run, side_by_side, EvaluatedModel, RunModels, SideBySide};

@@ -275,7 +275,10 @@ pub fn evaluate_and_write(
              seed), one clip each, the same noise for every generator; the teacher samples with {} \
              Euler steps and CFG {}{}. Intervals: 95% paired bootstrap over {} resamples of the \
              prompts (the same resample for every model), differences against the distilled \
-             one-step row.\n\n",
+             one-step row. Fréchet distances get the basic (reverse-percentile) interval: a \
+             resampled distance is biased upward, and mirroring the resamples around the \
+             estimate removes that bias, so an interval may lie mostly below its estimate (the \
+             estimate is biased upward too).\n\n",
             run.out.display(),
             run.report.prompts,
             run.report.seed,

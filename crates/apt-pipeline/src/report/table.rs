@@ -271,7 +271,8 @@ pub fn teacher_fd_table(fd: &crate::eval::TeacherFdReport) -> String {
         "\nThe features are read where the models work (a latent run's VAE latents: real clips \
          are encoded, generated ones are not decoded). It is no perceptual standard: the \
          teacher's features see what the teacher learnt, and distances compare generators \
-         within this run only. Intervals: 95% paired bootstrap over the clips.\n\n",
+         within this run only. Intervals: 95% paired bootstrap over the clips, basic \
+         (reverse-percentile) intervals, which remove a resampled distance's upward bias.\n\n",
     );
     md
 }
