@@ -31,12 +31,11 @@ pub struct StudyArgs {
 }
 
 /// The stage bars, switched to each run's config as the study moves on.
-struct StudyBars<'a> {
+struct StudyBars {
     bars: StageBars,
-    study: &'a Study,
 }
 
-impl Progress for StudyBars<'_> {
+impl Progress for StudyBars {
     fn stage_start(&mut self, stage: Stage, steps: u64) {
         self.bars.stage_start(stage, steps)
     }
@@ -54,12 +53,15 @@ impl Progress for StudyBars<'_> {
     }
 }
 
-impl StudyProgress for StudyBars<'_> {
-    fn run_start(&mut self, label: &str, index: usize, total: usize, skipped: bool) {
-        let config: &RunConfig = match index {
-            1 => &self.study.shared,
-            i => &self.study.runs[i - 2].2,
-        };
+impl StudyProgress for StudyBars {
+    fn run_start(
+        &mut self,
+        label: &str,
+        config: &RunConfig,
+        index: usize,
+        total: usize,
+        skipped: bool,
+    ) {
         self.bars.follow(config.clone());
         let what = if skipped {
             "finished earlier"
@@ -84,7 +86,6 @@ pub fn run(args: StudyArgs) -> Result<ExitCode> {
     if !args.evaluate_only {
         let mut bars = StudyBars {
             bars: StageBars::new(study.shared.clone()),
-            study: &study,
         };
         if run_study(&study, &mut bars, stop.clone())? == RunEnd::Stopped {
             println!("stopped at a checkpoint; run the same command again to continue");

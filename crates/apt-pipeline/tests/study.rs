@@ -69,18 +69,18 @@ fn a_study_trains_its_init_once_and_every_variant_seed_from_it() {
     let shared = RunDir::new(dir.path().join("study/shared"));
     assert!(shared.is_finished(Stage::Pretrain) && shared.is_finished(Stage::Distill));
     assert!(!shared.stage(Stage::Apt).exists());
-    for (variant, seed, cfg) in &s.runs {
-        let run = RunDir::new(&cfg.out);
-        assert!(run.is_finished(Stage::Apt), "{variant} {seed}");
+    for r in &s.runs {
+        let run = RunDir::new(&r.config.out);
+        assert!(run.is_finished(Stage::Apt), "{} {}", r.variant, r.seed);
         // The init is the shared one, linked, not retrained.
         let link = std::fs::symlink_metadata(run.stage(Stage::Pretrain)).unwrap();
         assert!(link.file_type().is_symlink());
-        assert_eq!(cfg.seed, *seed);
+        assert_eq!(r.config.seed, r.seed);
     }
-    let seeds: Vec<u64> = s.runs.iter().map(|r| r.2.seed).collect();
+    let seeds: Vec<u64> = s.runs.iter().map(|r| r.config.seed).collect();
     assert_eq!(seeds, [1, 2, 1, 2]);
     // The two seeds of a variant train different generators.
-    let g = |i: usize| std::fs::read(RunDir::new(&s.runs[i].2.out).export_path(Stage::Apt));
+    let g = |i: usize| std::fs::read(RunDir::new(&s.runs[i].config.out).export_path(Stage::Apt));
     assert_ne!(g(0).unwrap(), g(1).unwrap());
 
     let results = evaluate_study(&s, &stop, |_, _, _| {}).unwrap();
@@ -90,15 +90,39 @@ fn a_study_trains_its_init_once_and_every_variant_seed_from_it() {
         let f = &v.summary["frechet"];
         assert_eq!(f.seeds, 2);
         assert!(f.mean.is_finite() && f.spread >= 0.0);
-        let i = &v.seeds[0].vs_reference["frechet"];
-        assert!(
-            i.lo <= i.estimate + 1e-9 && i.estimate <= i.hi + 1e-9,
-            "{i:?}"
-        );
+        for i in [
+            &v.seeds[0].vs_reference["frechet"],
+            &v.seeds[0].vs_two_step["frechet"],
+        ] {
+            assert!(i.lo <= i.hi && i.estimate.is_finite(), "{i:?}");
+        }
+        assert_eq!(v.summary_vs_two_step["shape_accuracy"].seeds, 2);
+        assert_eq!((v.updates, v.batch, v.clips), (2, 2, 4));
     }
+    // The baselines: the shared student in one and two steps, and the teacher.
+    let names: Vec<&str> = results.baselines.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "distilled one-step",
+            "distilled two-step",
+            "teacher (25-step CFG 2)"
+        ]
+    );
+    let two = results.baseline("distilled two-step").unwrap();
+    assert_eq!(two.vs_two_step["frechet"].estimate, 0.0);
+    assert_eq!(
+        two.vs_reference["frechet"].estimate,
+        two.report.frechet - results.reference.frechet
+    );
     let md = write_results(&s, &results).unwrap();
     let text = std::fs::read_to_string(md).unwrap();
-    assert!(text.contains("| translate | 2 |") && text.contains("| paper | 1 |"));
+    assert!(
+        text.contains("| translate | 4 | 2 |")
+            && text.contains("| paper | 2 × 2 | 2 |")
+            && text.contains("| paper | 1 | ")
+    );
+    assert!(text.contains("Δ vs distilled two-step"));
     assert!(dir.path().join("study/results.json").is_file());
 
     // Again: everything is finished, nothing trains (the exports keep their bytes and times).
@@ -176,9 +200,128 @@ fn the_shipped_studies_load() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let s = Study::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert_eq!(s.runs.len(), s.config.variants.len() * s.config.seeds.len());
+            let runs: usize = s
+                .config
+                .variants
+                .iter()
+                .map(|v| v.seeds(&s.config).len())
+                .sum();
+            assert_eq!(s.runs.len(), runs);
             n += 1;
         }
     }
     assert!(n >= 1, "no study in {}", dir.display());
+}
+
+/// A further init (a longer distillation and a consistency-distilled student), variants with
+/// their own seeds that start from them, and a `curve` over the clips seen.
+const WITH_INITS: &str = r#"
+[[inits]]
+name = "longer"
+about = "three distillation updates instead of two"
+set = ["distill.train.steps=3"]
+
+[[inits]]
+name = "consistency"
+set = [
+  "apt.generator_init=\"consistency\"",
+  "consistency={ points = 4, shift = 1.0, cfg_scale = 2.0, train = { steps = 2, batch_size = 2, optimizer = { kind = \"adamw\", lr = 1e-4 } } }",
+]
+
+[[variants]]
+name = "short"
+seeds = [1]
+curve = "updates"
+
+[[variants]]
+name = "long"
+set = ["apt.train.steps=4", "apt.train.checkpoint_every=4"]
+seeds = [1]
+curve = "updates"
+
+[[variants]]
+name = "from-longer"
+init = "longer"
+seeds = [2]
+
+[[variants]]
+name = "from-consistency"
+init = "consistency"
+seeds = [2]
+"#;
+
+#[test]
+fn variants_start_from_further_inits_with_their_own_seeds_and_draw_a_scaling_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = study(dir.path(), WITH_INITS);
+    let labels: Vec<(String, u64)> = s.runs.iter().map(|r| (r.variant.clone(), r.seed)).collect();
+    assert_eq!(labels.len(), 4, "{labels:?}");
+    assert_eq!((s.runs[0].seed, s.runs[2].seed), (1, 2));
+    assert_eq!((s.runs[2].init, s.runs[3].init), (Some(0), Some(1)));
+    assert_eq!(s.runs[1].updates_and_batch(), (4, 2));
+    let stop = Arc::new(AtomicBool::new(false));
+    assert_eq!(
+        run_study(&s, &mut (), stop.clone()).unwrap(),
+        RunEnd::Completed
+    );
+
+    // Each init trained its student from the shared teacher (linked, not retrained).
+    let shared = RunDir::new(dir.path().join("study/shared"));
+    let longer = RunDir::new(dir.path().join("study/inits/longer"));
+    let consistency = RunDir::new(dir.path().join("study/inits/consistency"));
+    assert!(longer.is_finished(Stage::Distill) && consistency.is_finished(Stage::Consistency));
+    for init in [&longer, &consistency] {
+        let pretrain = std::fs::read_link(init.stage(Stage::Pretrain)).unwrap();
+        assert_eq!(
+            pretrain,
+            std::path::absolute(shared.stage(Stage::Pretrain)).unwrap()
+        );
+    }
+    let read = |d: &RunDir, stage| std::fs::read(d.export_path(stage)).unwrap();
+    assert_ne!(read(&longer, Stage::Distill), read(&shared, Stage::Distill));
+    // A variant starts from its init's student.
+    let from = RunDir::new(&s.runs[2].config.out);
+    let student = std::fs::read_link(from.stage(Stage::Distill)).unwrap();
+    assert_eq!(
+        student,
+        std::path::absolute(longer.stage(Stage::Distill)).unwrap()
+    );
+    let from = RunDir::new(&s.runs[3].config.out);
+    assert!(from.is_finished(Stage::Apt) && from.stage(Stage::Consistency).exists());
+
+    let results = evaluate_study(&s, &stop, |_, _, _| {}).unwrap();
+    let names: Vec<&str> = results.baselines.iter().map(|b| b.name.as_str()).collect();
+    assert!(
+        names.contains(&"init longer: distilled two-step"),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"init consistency: consistency-distilled one-step"),
+        "{names:?}"
+    );
+    assert_eq!(results.variants[1].clips, 8);
+    assert_eq!(results.variants[2].init.as_deref(), Some("longer"));
+    write_results(&s, &results).unwrap();
+    let plot = dir.path().join("study/plots/scaling.png");
+    assert!(std::fs::metadata(&plot).unwrap().len() > 1000);
+
+    // An init may not change the teacher; a variant may not name an unknown init.
+    let bad = WITH_INITS.replace("distill.train.steps=3", "pretrain.train.steps=4");
+    let base = dir.path().join("base.toml");
+    let file = dir.path().join("bad.toml");
+    let text = |v: &str| format!("base = \"base.toml\"\nout = \"x\"\nseeds = [1]\n{v}");
+    std::fs::write(&file, text(&bad)).unwrap();
+    let err = Study::load(&file).unwrap_err().to_string();
+    assert!(
+        err.contains("pretrain.train.steps") && err.contains("init `longer`"),
+        "{err}"
+    );
+    std::fs::write(
+        &file,
+        text(&WITH_INITS.replace("init = \"longer\"", "init = \"nope\"")),
+    )
+    .unwrap();
+    let err = Study::load(&file).unwrap_err().to_string();
+    assert!(err.contains("nope") && err.contains("[[inits]]"), "{err}");
+    assert!(base.is_file());
 }

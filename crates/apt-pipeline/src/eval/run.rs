@@ -90,7 +90,7 @@ fn shapes_of(run: &RunConfig) -> Result<&ShapesConfig> {
         .ok_or_else(|| config_error("data", "evaluation needs the moving-shapes benchmark"))
 }
 
-fn teacher_sample(
+pub(crate) fn teacher_sample(
     model: &Model,
     z: &Tensor,
     cond: &Conditioning,

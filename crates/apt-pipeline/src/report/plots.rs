@@ -13,7 +13,7 @@ const FONT_FILES: [&str; 3] = [
 ];
 
 /// Registers a sans-serif font with plotters once (it keeps a `'static` reference).
-fn register_font() -> Result<(), String> {
+pub(crate) fn register_font() -> Result<(), String> {
     static REGISTERED: std::sync::OnceLock<std::result::Result<(), String>> =
         std::sync::OnceLock::new();
     REGISTERED
@@ -65,7 +65,7 @@ pub fn moving_average(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-const COLOURS: [RGBColor; 4] = [
+pub(crate) const COLOURS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -73,7 +73,7 @@ const COLOURS: [RGBColor; 4] = [
 ];
 
 /// A short tick label: 3 significant digits, scientific notation below 0.01.
-fn compact(v: f64) -> String {
+pub(crate) fn compact(v: f64) -> String {
     if v != 0.0 && v.abs() < 0.01 {
         format!("{v:.1e}")
     } else {

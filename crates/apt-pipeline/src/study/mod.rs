@@ -1,26 +1,38 @@
-//! Ablation studies of the adversarial stage (`apt study --config configs/studies/NAME.toml`):
+//! Studies of the adversarial stage (`apt study --config configs/studies/NAME.toml`):
 //! variants of `[apt]`, each trained with several seeds, all started from one shared teacher
-//! and distilled initialisation (trained once, or reused from an existing run), evaluated on
-//! the same prompts and noise against the shared distilled one-step generator with paired
-//! bootstrap intervals, and summarised over seeds.
+//! and distilled initialisation (trained once, or reused from an existing run) or from a
+//! further init made from the same teacher, evaluated on the same prompts and noise against
+//! the shared distilled one- and two-step generators (and the teacher) with paired bootstrap
+//! intervals, and summarised over seeds.
 //!
 //! ```toml
 //! base = "../demo.toml"          # the run config every variant starts from
-//! out = "runs/studies/apt"       # shared/, <variant>/seed-<s>/, results.md, results.json, plots/
+//! out = "runs/studies/apt"       # shared/, inits/, <variant>/seed-<s>/, results.*, plots/
 //! seeds = [0, 1, 2]              # training seeds of the adversarial stage
 //! set = ["apt.train.steps=60"]   # overrides for every run (optional)
 //! init = "runs/demo"             # optional: reuse this run's teacher and distilled student
+//!
+//! [[inits]]                      # optional: a further student from the same teacher
+//! name = "distill-2400"
+//! set = ["distill.train.steps=2400"]
 //!
 //! [[variants]]
 //! name = "paper"                 # no overrides: the base recipe (the study's control)
 //!
 //! [[variants]]
-//! name = "translate"
-//! set = ["apt.translate=3"]
+//! name = "translate-long"
+//! set = ["apt.translate=3", "apt.train.steps=480"]
+//! seeds = [0]                    # its own seeds (default: the study's)
+//! init = "distill-2400"          # starts from that init (default: the shared one)
+//! curve = "translate"            # one line with other `translate` variants in plots/scaling.png
 //! ```
 //!
-//! Only `[apt]` keys may vary (a variant that changes the teacher or the data would not start
-//! from the shared init): any other changed key is an error naming it.
+//! A variant may change only `[apt]` keys, an init only `distill`, `consistency` and `[apt]`
+//! keys (the teacher and the data are shared): any other changed key is an error naming it.
+
+pub mod config;
+pub mod markdown;
+pub mod plot;
 
 pub mod results;
 pub mod run;
@@ -28,51 +40,49 @@ pub mod write;
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::{changed_keys, RunConfig};
 use crate::error::{config_error, io_error, PipelineError, Result};
 
+pub use config::{InitVariant, StudyConfig, Variant};
 pub use results::{evaluate_study, StudyResults};
 pub use run::{run_study, StudyProgress};
 pub use write::write_results;
 
-/// A study file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StudyConfig {
-    /// The run config the variants start from (relative to the study file).
-    pub base: PathBuf,
-    /// Where the study writes (relative to the working directory, like a run's `out`).
-    pub out: PathBuf,
-    /// Training seeds of every variant's adversarial stage.
-    pub seeds: Vec<u64>,
-    /// `key=value` overrides for every run, the shared init included.
-    #[serde(default)]
-    pub set: Vec<String>,
-    /// A finished run directory whose teacher and distilled student are reused (default:
-    /// trained once into `<out>/shared`).
-    #[serde(default)]
-    pub init: Option<PathBuf>,
-    /// Evaluation prompts per model (default: the base's `report.prompts`).
-    #[serde(default)]
-    pub prompts: Option<usize>,
-    /// The variants, in table order.
-    pub variants: Vec<Variant>,
+/// A further init of a study: its name and run config (`out` = `<out>/inits/<name>`).
+#[derive(Debug, Clone)]
+pub struct StudyInit {
+    /// Name.
+    pub name: String,
+    /// What it changes.
+    pub about: String,
+    /// Its run config.
+    pub config: RunConfig,
 }
 
-/// One variant: a name and its `[apt]` overrides.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Variant {
-    /// Directory and table name (letters, digits, `-`, `_`).
-    pub name: String,
-    /// What it tests, for the results table.
-    #[serde(default)]
-    pub about: String,
-    /// `key=value` overrides of `[apt]` keys.
-    #[serde(default)]
-    pub set: Vec<String>,
+/// One variant × seed.
+#[derive(Debug, Clone)]
+pub struct StudyRun {
+    /// The variant's name.
+    pub variant: String,
+    /// The training seed.
+    pub seed: u64,
+    /// The index into [`Study::inits`] it starts from (`None`: the shared init).
+    pub init: Option<usize>,
+    /// Its run config (`out` = `<out>/<variant>/seed-<seed>`).
+    pub config: RunConfig,
+}
+
+impl StudyRun {
+    /// Its adversarial stage's updates, and clips per update (batch × accumulation): their
+    /// product is the clips it sees.
+    pub fn updates_and_batch(&self) -> (u64, u64) {
+        self.config.apt.as_ref().map_or((0, 0), |a| {
+            (
+                a.train.steps,
+                (a.train.batch_size * a.train.grad_accum) as u64,
+            )
+        })
+    }
 }
 
 /// A study read from its file, every run config built and checked.
@@ -82,8 +92,10 @@ pub struct Study {
     pub config: StudyConfig,
     /// The shared init's run config (`out` = the shared directory).
     pub shared: RunConfig,
-    /// Each variant's run config per seed: `(variant, seed, config)`.
-    pub runs: Vec<(String, u64, RunConfig)>,
+    /// The further inits, in the file's order.
+    pub inits: Vec<StudyInit>,
+    /// Every variant × seed, variants in the file's order.
+    pub runs: Vec<StudyRun>,
 }
 
 impl Study {
@@ -131,20 +143,48 @@ impl Study {
                 format!("the study's base {} has no [apt] section", base.display()),
             ));
         }
+        let mut inits = Vec::new();
+        for i in &config.inits {
+            let mut set = i.set.clone();
+            set.push(format!("out={:?}", config.out.join("inits").join(&i.name)));
+            let cfg = with(&set).map_err(|e| in_variant(&format!("init `{}`", i.name), e))?;
+            check_changes(&shared, &cfg, &i.name, InitOrVariant::Init)?;
+            inits.push(StudyInit {
+                name: i.name.clone(),
+                about: i.about.clone(),
+                config: cfg,
+            });
+        }
         let mut runs = Vec::new();
         for v in &config.variants {
-            for &seed in &config.seeds {
-                let mut set = v.set.clone();
+            let init = v
+                .init
+                .as_ref()
+                .and_then(|name| config.inits.iter().position(|i| &i.name == name));
+            let (init_set, from) = match init {
+                Some(k) => (config.inits[k].set.clone(), &inits[k].config),
+                None => (vec![], &shared),
+            };
+            for &seed in v.seeds(&config) {
+                let mut set = init_set.clone();
+                set.extend_from_slice(&v.set);
                 set.push(format!("seed={seed}"));
                 set.push(format!("out={:?}", run_dir(&config.out, &v.name, seed)));
-                let cfg = with(&set).map_err(|e| in_variant(&v.name, e))?;
-                check_only_apt_changes(&shared, &cfg, &v.name)?;
-                runs.push((v.name.clone(), seed, cfg));
+                let cfg =
+                    with(&set).map_err(|e| in_variant(&format!("variant `{}`", v.name), e))?;
+                check_changes(from, &cfg, &v.name, InitOrVariant::Variant)?;
+                runs.push(StudyRun {
+                    variant: v.name.clone(),
+                    seed,
+                    init,
+                    config: cfg,
+                });
             }
         }
         Ok(Self {
             config,
             shared,
+            inits,
             runs,
         })
     }
@@ -163,68 +203,44 @@ fn in_variant(name: &str, e: PipelineError) -> PipelineError {
     };
     PipelineError::Config {
         key,
-        reason: format!("{reason} (in variant `{name}`)"),
+        reason: format!("{reason} (in {name})"),
     }
 }
 
-fn check_only_apt_changes(shared: &RunConfig, variant: &RunConfig, name: &str) -> Result<()> {
-    let free = |k: &str| k == "seed" || k == "out" || k.starts_with("apt.");
-    if let Some(c) = changed_keys(shared, variant)
-        .into_iter()
-        .find(|c| !free(&c.key))
-    {
+#[derive(Clone, Copy, PartialEq)]
+enum InitOrVariant {
+    Init,
+    Variant,
+}
+
+/// A variant may change `[apt]` keys (and its seed) of the init it starts from; an init may
+/// also change the student's stages, not the teacher or the data.
+fn check_changes(from: &RunConfig, to: &RunConfig, name: &str, what: InitOrVariant) -> Result<()> {
+    let free = |k: &str| match what {
+        InitOrVariant::Variant => k == "seed" || k == "out" || k.starts_with("apt."),
+        InitOrVariant::Init => {
+            k == "out"
+                || ["apt.", "distill.", "consistency."]
+                    .iter()
+                    .any(|p| k.starts_with(p))
+        }
+    };
+    if let Some(c) = changed_keys(from, to).into_iter().find(|c| !free(&c.key)) {
+        let (who, may) = match what {
+            InitOrVariant::Variant => (
+                "variant",
+                "a study shares the teacher and the distilled init, so only [apt] keys may vary",
+            ),
+            InitOrVariant::Init => (
+                "init",
+                "an init shares the teacher and the data, so only distill, consistency and [apt] \
+                 keys may vary",
+            ),
+        };
         return Err(config_error(
             &c.key,
-            format!(
-                "is changed by variant `{name}`: a study shares the teacher and the distilled \
-                 init, so only [apt] keys may vary ({c})"
-            ),
+            format!("is changed by {who} `{name}`: {may} ({c})"),
         ));
     }
     Ok(())
-}
-
-impl StudyConfig {
-    /// Checks the study's own keys (the runs' configs are checked when built).
-    pub fn validate(&self) -> Result<()> {
-        if self.seeds.is_empty() {
-            return Err(config_error("seeds", "give at least one training seed"));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for &s in &self.seeds {
-            if !seen.insert(s) {
-                return Err(config_error("seeds", format!("seed {s} is listed twice")));
-            }
-        }
-        if self.variants.is_empty() {
-            return Err(config_error("variants", "give at least one [[variants]]"));
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for v in &self.variants {
-            let ok = !v.name.is_empty()
-                && v.name != "shared"
-                && v.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !ok {
-                return Err(config_error(
-                    "variants.name",
-                    format!(
-                        "`{}` must be letters, digits, `-` or `_` (and not `shared`)",
-                        v.name
-                    ),
-                ));
-            }
-            if !names.insert(v.name.as_str()) {
-                return Err(config_error(
-                    "variants.name",
-                    format!("`{}` is used twice", v.name),
-                ));
-            }
-        }
-        if self.prompts == Some(0) {
-            return Err(config_error("prompts", "must be at least 1"));
-        }
-        Ok(())
-    }
 }

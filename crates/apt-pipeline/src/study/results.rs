@@ -1,10 +1,11 @@
-//! A study's evaluation: the shared distilled one-step generator (the reference) and every
-//! variant × seed's APT one-step generator (EMA) on the same prompts and noise, one paired
-//! bootstrap over all of them, and per variant the differences to the reference summarised
-//! over the seeds (mean, spread, and how many seeds resolve the sign at 95%).
+//! A study's evaluation: the baselines (the shared distilled student in one and two steps, the
+//! teacher, each further init's student) and every variant × seed's APT one-step generator
+//! (EMA) on the same prompts and noise, one paired bootstrap over all of them, and per variant
+//! the differences to the distilled one-step (the reference) and to the distilled two-step,
+//! summarised over the seeds (mean, spread, and how many seeds resolve the sign at 95%).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use apt_flow::OneStepGenerator;
@@ -16,10 +17,13 @@ use crate::config::{default_eval_batch, EvalConfig};
 use crate::error::{config_error, Result};
 use crate::eval::alignment::{score_clips, summarise, FeatureScale, ScoredClips};
 use crate::eval::bootstrap::paired_bootstrap;
+use crate::eval::run::teacher_sample;
 use crate::eval::{patch_grid, AlignmentReport, Interval};
 use crate::latent::Space;
 use crate::run_dir::{RunDir, Stage};
 use crate::text::TextConditioner;
+
+pub use super::markdown::markdown;
 
 /// The metrics a study reports, with the direction that counts as better (`true`: lower).
 pub const STUDY_METRICS: [(&str, bool); 6] = [
@@ -40,9 +44,12 @@ pub struct SeedResult {
     pub report: AlignmentReport,
     /// Metric → interval of (this run − the distilled one-step).
     pub vs_reference: BTreeMap<String, Interval>,
+    /// Metric → interval of (this run − the distilled two-step).
+    #[serde(default)]
+    pub vs_two_step: BTreeMap<String, Interval>,
 }
 
-/// A metric's difference to the reference over a variant's seeds.
+/// A metric's difference to a baseline over a variant's seeds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct OverSeeds {
     /// Mean of the per-seed differences.
@@ -66,10 +73,45 @@ pub struct VariantResult {
     pub about: String,
     /// Its overrides.
     pub set: Vec<String>,
+    /// The further init it starts from (`None`: the shared one).
+    #[serde(default)]
+    pub init: Option<String>,
+    /// Its line in the scaling plot.
+    #[serde(default)]
+    pub curve: Option<String>,
+    /// Updates of its adversarial stage.
+    #[serde(default)]
+    pub updates: u64,
+    /// Clips per update: batch × accumulation.
+    #[serde(default)]
+    pub batch: u64,
+    /// Clips its adversarial stage saw: updates × batch.
+    #[serde(default)]
+    pub clips: u64,
     /// Per seed.
     pub seeds: Vec<SeedResult>,
-    /// Metric → the difference to the reference over the seeds.
+    /// Metric → the difference to the distilled one-step over the seeds.
     pub summary: BTreeMap<String, OverSeeds>,
+    /// Metric → the difference to the distilled two-step over the seeds.
+    #[serde(default)]
+    pub summary_vs_two_step: BTreeMap<String, OverSeeds>,
+}
+
+/// A model every variant is compared with or against.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaselineRow {
+    /// Name (`distilled one-step`, `teacher (25-step CFG 2)`, `init <name>: … one-step`).
+    pub name: String,
+    /// Network evaluations per clip.
+    pub network_evaluations: usize,
+    /// On its prompts (the teacher: `report.teacher_prompts` of them).
+    pub report: AlignmentReport,
+    /// Metric → its interval.
+    pub intervals: BTreeMap<String, Interval>,
+    /// Metric → interval of (this − the distilled one-step).
+    pub vs_reference: BTreeMap<String, Interval>,
+    /// Metric → interval of (this − the distilled two-step).
+    pub vs_two_step: BTreeMap<String, Interval>,
 }
 
 /// Everything `results.json` holds.
@@ -83,13 +125,26 @@ pub struct StudyResults {
     pub reference: AlignmentReport,
     /// Its own intervals.
     pub reference_intervals: BTreeMap<String, Interval>,
+    /// The baselines: the shared student in one and two steps, the teacher, each further
+    /// init's student in one and two steps.
+    #[serde(default)]
+    pub baselines: Vec<BaselineRow>,
     /// The variants, in the study's order.
     pub variants: Vec<VariantResult>,
 }
 
-fn summarise_seeds(seeds: &[SeedResult], metric: &str, lower_is_better: bool) -> OverSeeds {
-    let intervals: Vec<&Interval> = seeds.iter().map(|s| &s.vs_reference[metric]).collect();
+impl StudyResults {
+    /// The baseline called `name`.
+    pub fn baseline(&self, name: &str) -> Option<&BaselineRow> {
+        self.baselines.iter().find(|b| b.name == name)
+    }
+}
+
+pub(crate) fn summarise_seeds(intervals: &[&Interval], lower_is_better: bool) -> Option<OverSeeds> {
     let values: Vec<f64> = intervals.iter().map(|i| i.estimate).collect();
+    if values.is_empty() {
+        return None;
+    }
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     let spread = if values.len() > 1 {
@@ -104,16 +159,32 @@ fn summarise_seeds(seeds: &[SeedResult], metric: &str, lower_is_better: bool) ->
     } else {
         (above, below)
     };
-    OverSeeds {
+    Some(OverSeeds {
         mean,
         spread,
         better,
         worse,
         seeds: values.len(),
+    })
+}
+
+/// A student's name in the tables: `distilled` or `consistency-distilled`.
+pub fn student_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Consistency => "consistency-distilled",
+        _ => "distilled",
     }
 }
 
-/// Scores the reference and every finished variant × seed on the study's prompts (the base's
+/// How a row's clips are made.
+enum Source {
+    /// The teacher's multi-step CFG sampler, on `report.teacher_prompts`.
+    Teacher(PathBuf),
+    /// An exported generator in `n` steps.
+    Steps(PathBuf, usize),
+}
+
+/// Scores the baselines and every finished variant × seed on the study's prompts (the base's
 /// `[report]` seed and noise), then bootstraps. `progress(done, total, name)` after each model.
 pub fn evaluate_study(
     study: &Study,
@@ -128,184 +199,198 @@ pub fn evaluate_study(
     let device = run.device()?;
     let patch = patch_grid(&run.model()?);
     let text = TextConditioner::for_run(run, device)?;
-    let eval = EvalConfig {
-        prompts: run.report.prompts,
-        seed: run.report.seed,
-        sampler: run.report.teacher,
+    let null = text.null()?;
+    let report = &run.report;
+    let eval = |prompts: usize| EvalConfig {
+        prompts,
+        seed: report.seed,
+        sampler: report.teacher,
         batch: default_eval_batch(),
     };
-    let student = *init_stages(run).last().expect("a student stage");
-    let mut names = vec![format!("{student} one-step")];
-    let mut paths = vec![RunDir::new(&run.out).export_path(student)];
-    for (variant, seed, cfg) in &study.runs {
-        names.push(format!("{variant} seed {seed}"));
-        paths.push(RunDir::new(&cfg.out).export_path(Stage::Apt));
+    let shared = RunDir::new(&run.out);
+    let student = init_stages(run)[1];
+    let s = student_name(student);
+    let path = shared.export_path(student);
+    let teacher = format!(
+        "teacher ({}-step CFG {})",
+        report.teacher.steps, report.teacher.cfg_scale
+    );
+    let mut rows = vec![
+        (format!("{s} one-step"), 1, Source::Steps(path.clone(), 1)),
+        (format!("{s} two-step"), 2, Source::Steps(path, 2)),
+        (
+            teacher,
+            report.teacher.network_evaluations(),
+            Source::Teacher(shared.export_path(Stage::Pretrain)),
+        ),
+    ];
+    for init in &study.inits {
+        let stage = init_stages(&init.config)[1];
+        let path = RunDir::new(&init.config.out).export_path(stage);
+        let name = format!("init {}: {}", init.name, student_name(stage));
+        rows.push((
+            format!("{name} one-step"),
+            1,
+            Source::Steps(path.clone(), 1),
+        ));
+        rows.push((format!("{name} two-step"), 2, Source::Steps(path, 2)));
     }
-    let space = Space::open(run, &RunDir::new(&run.out))?;
+    let baselines = rows.len();
+    for r in &study.runs {
+        let path = RunDir::new(&r.config.out).export_path(Stage::Apt);
+        rows.push((
+            format!("{} seed {}", r.variant, r.seed),
+            1,
+            Source::Steps(path, 1),
+        ));
+    }
+    let space = Space::open(run, &shared)?;
     let mut scored: Vec<ScoredClips> = Vec::new();
-    for (name, path) in names.iter().zip(&paths) {
-        let model = crate::run_dir::load_exported(path, device)?.model;
-        let g = OneStepGenerator::new(&model);
-        scored.push(score_clips(
-            shapes,
-            &text,
-            &eval,
-            &space,
-            patch,
-            device,
-            stop,
-            |z, c| g.generate(z, c),
-        )?);
-        progress(scored.len(), names.len(), name);
+    for (name, _, source) in &rows {
+        let clips = match source {
+            Source::Teacher(path) => {
+                let model = crate::run_dir::load_exported(path, device)?.model;
+                let prompts = report.teacher_prompts.unwrap_or(report.prompts);
+                let sample = |z: &tch::Tensor, c: &apt_flow::Conditioning| {
+                    teacher_sample(&model, z, c, &null, &report.teacher)
+                };
+                score_clips(
+                    shapes,
+                    &text,
+                    &eval(prompts),
+                    &space,
+                    patch,
+                    device,
+                    stop,
+                    sample,
+                )?
+            }
+            Source::Steps(path, steps) => {
+                let model = crate::run_dir::load_exported(path, device)?.model;
+                let g = OneStepGenerator::new(&model);
+                let generate = |z: &tch::Tensor, c: &apt_flow::Conditioning| match steps {
+                    1 => g.generate(z, c),
+                    n => g.generate_steps(z, c, *n),
+                };
+                let prompts = report.prompts;
+                score_clips(
+                    shapes,
+                    &text,
+                    &eval(prompts),
+                    &space,
+                    patch,
+                    device,
+                    stop,
+                    generate,
+                )?
+            }
+        };
+        scored.push(clips);
+        progress(scored.len(), rows.len(), name);
     }
     let sets: Vec<&ScoredClips> = scored.iter().collect();
-    let draws = run.report.bootstrap.max(1);
-    let intervals = paired_bootstrap(&sets, 0, &[], draws, run.report.seed);
-    let scale = FeatureScale::of(&scored[0].real);
-    let all: Vec<usize> = (0..eval.prompts).collect();
-    let report_of = |i: usize| summarise(&scored[i], &all, &scale);
+    let draws = report.bootstrap.max(1);
+    // Row 0 is the reference (the distilled one-step); row 1, the distilled two-step, is every
+    // other row's control.
+    let controls: Vec<(usize, usize, String)> = (0..rows.len())
+        .filter(|&m| m != 1)
+        .map(|m| (m, 1, rows[1].0.clone()))
+        .collect();
+    let intervals = paired_bootstrap(&sets, 0, &controls, draws, report.seed);
+    let report_of = |i: usize| {
+        let all: Vec<usize> = (0..scored[i].clips.len()).collect();
+        summarise(&scored[i], &all, &FeatureScale::of(&scored[i].real))
+    };
+    let zero = |m: &BTreeMap<String, Interval>| -> BTreeMap<String, Interval> {
+        m.keys()
+            .map(|k| {
+                (
+                    k.clone(),
+                    Interval {
+                        estimate: 0.0,
+                        lo: 0.0,
+                        hi: 0.0,
+                    },
+                )
+            })
+            .collect()
+    };
+    let baseline_rows = (0..baselines)
+        .map(|i| BaselineRow {
+            name: rows[i].0.clone(),
+            network_evaluations: rows[i].1,
+            report: report_of(i),
+            intervals: intervals[i].metrics.clone(),
+            vs_reference: intervals[i].vs_reference.clone(),
+            vs_two_step: if i == 1 {
+                zero(&intervals[i].metrics)
+            } else {
+                intervals[i].vs_control.clone()
+            },
+        })
+        .collect();
     let mut variants = Vec::new();
-    let mut next = 1;
+    let mut next = baselines;
     for v in &study.config.variants {
         let mut seeds = Vec::new();
-        for &seed in &study.config.seeds {
+        let (mut updates, mut batch) = (0, 0);
+        for r in study.runs.iter().filter(|r| r.variant == v.name) {
+            (updates, batch) = r.updates_and_batch();
             seeds.push(SeedResult {
-                seed,
+                seed: r.seed,
                 report: report_of(next),
                 vs_reference: intervals[next].vs_reference.clone(),
+                vs_two_step: intervals[next].vs_control.clone(),
             });
             next += 1;
         }
-        let summary = STUDY_METRICS
-            .iter()
-            .map(|&(m, lower)| (m.to_string(), summarise_seeds(&seeds, m, lower)))
-            .collect();
+        let over = |pick: fn(&SeedResult) -> &BTreeMap<String, Interval>| {
+            STUDY_METRICS
+                .iter()
+                .filter_map(|&(m, lower)| {
+                    let each: Vec<&Interval> = seeds.iter().map(|s| &pick(s)[m]).collect();
+                    summarise_seeds(&each, lower).map(|o| (m.to_string(), o))
+                })
+                .collect()
+        };
         variants.push(VariantResult {
             name: v.name.clone(),
             about: v.about.clone(),
             set: v.set.clone(),
+            init: v.init.clone(),
+            curve: v.curve.clone(),
+            updates,
+            batch,
+            clips: updates * batch,
+            summary: over(|s| &s.vs_reference),
+            summary_vs_two_step: over(|s| &s.vs_two_step),
             seeds,
-            summary,
         });
     }
     Ok(StudyResults {
-        prompts: eval.prompts,
+        prompts: report.prompts,
         bootstrap: draws,
         reference: report_of(0),
         reference_intervals: intervals[0].metrics.clone(),
+        baselines: baseline_rows,
         variants,
     })
-}
-
-fn scaled(metric: &str, v: f64) -> f64 {
-    if metric.ends_with("accuracy") {
-        100.0 * v
-    } else {
-        v
-    }
-}
-
-/// The results as markdown: the reference, one summary row per variant (mean ± spread of the
-/// difference to the reference over seeds; ✓k/✗k = seeds resolved better/worse at 95%), then
-/// every seed with its intervals.
-pub fn markdown(results: &StudyResults) -> String {
-    let mut s = String::new();
-    let header: Vec<&str> = STUDY_METRICS.iter().map(|(m, _)| *m).collect();
-    let r = &results.reference;
-    let _ = writeln!(
-        s,
-        "Reference: the shared distilled one-step generator on {} prompts: Fréchet {:.2}, \
-         sharpness error {:.2}, periodicity {:.2}, colour {:.1}%, shape {:.1}%, direction \
-         {:.1}%. Accuracies in points; {} bootstrap resamples.\n",
-        results.prompts,
-        r.frechet,
-        (r.sharpness_vs_real - 1.0).abs(),
-        r.periodicity,
-        100.0 * r.colour_accuracy,
-        100.0 * r.shape_accuracy,
-        100.0 * r.direction_accuracy,
-        results.bootstrap,
-    );
-    let _ = writeln!(
-        s,
-        "Δ vs distilled one-step, mean ± spread over seeds (✓k / ✗k: seeds whose 95% \
-         interval is better / worse):\n"
-    );
-    let _ = writeln!(s, "| variant | seeds | {} |", header.join(" | "));
-    let _ = writeln!(s, "|---|---|{}", "---|".repeat(header.len()));
-    for v in &results.variants {
-        let cells: Vec<String> = STUDY_METRICS
-            .iter()
-            .map(|(m, _)| {
-                let o = &v.summary[*m];
-                format!(
-                    "{:+.2} ± {:.2} ✓{} ✗{}",
-                    scaled(m, o.mean),
-                    scaled(m, o.spread),
-                    o.better,
-                    o.worse
-                )
-            })
-            .collect();
-        let n = v.seeds.len();
-        let _ = writeln!(s, "| {} | {n} | {} |", v.name, cells.join(" | "));
-    }
-    let _ = writeln!(s, "\nPer seed, Δ [95% interval]:\n");
-    let _ = writeln!(s, "| variant | seed | {} |", header.join(" | "));
-    let _ = writeln!(s, "|---|---|{}", "---|".repeat(header.len()));
-    for v in &results.variants {
-        for seed in &v.seeds {
-            let cells: Vec<String> = STUDY_METRICS
-                .iter()
-                .map(|(m, _)| {
-                    let i = &seed.vs_reference[*m];
-                    format!(
-                        "{:+.2} [{:+.2}, {:+.2}]",
-                        scaled(m, i.estimate),
-                        scaled(m, i.lo),
-                        scaled(m, i.hi)
-                    )
-                })
-                .collect();
-            let _ = writeln!(s, "| {} | {} | {} |", v.name, seed.seed, cells.join(" | "));
-        }
-    }
-    let _ = writeln!(s, "\nVariants:\n");
-    for v in &results.variants {
-        let set = if v.set.is_empty() {
-            "(the base recipe)".to_string()
-        } else {
-            format!("`{}`", v.set.join("`, `"))
-        };
-        let _ = writeln!(s, "- **{}**: {set}. {}", v.name, v.about);
-    }
-    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn seed(estimate: f64, lo: f64, hi: f64) -> SeedResult {
-        SeedResult {
-            seed: 0,
-            report: AlignmentReport::default(),
-            vs_reference: [("frechet".to_string(), Interval { estimate, lo, hi })].into(),
-        }
-    }
-
     #[test]
     fn seeds_summarise_to_mean_spread_and_resolved_signs() {
-        let seeds = [
-            seed(-2.0, -3.0, -1.0),
-            seed(-4.0, -5.0, -3.0),
-            seed(0.0, -1.0, 1.0),
-        ];
-        let o = summarise_seeds(&seeds, "frechet", true);
+        let i = |estimate, lo, hi| Interval { estimate, lo, hi };
+        let (a, b, c) = (i(-2.0, -3.0, -1.0), i(-4.0, -5.0, -3.0), i(0.0, -1.0, 1.0));
+        let o = summarise_seeds(&[&a, &b, &c], true).unwrap();
         assert!((o.mean + 2.0).abs() < 1e-12 && (o.spread - 2.0).abs() < 1e-12);
         assert_eq!((o.better, o.worse, o.seeds), (2, 0, 3));
-        let o = summarise_seeds(&seeds, "frechet", false);
+        let o = summarise_seeds(&[&a, &b, &c], false).unwrap();
         assert_eq!((o.better, o.worse), (0, 2));
-        assert_eq!(summarise_seeds(&seeds[..1], "frechet", true).spread, 0.0);
+        assert_eq!(summarise_seeds(&[&a], true).unwrap().spread, 0.0);
+        assert_eq!(summarise_seeds(&[], true), None);
     }
 }

@@ -1,7 +1,8 @@
-//! Training a study: the shared teacher and distilled init once (or reused), then every
-//! variant × seed's adversarial stage in its own run directory, whose stage directories of the
-//! init are links to the shared ones. Finished runs are skipped and interrupted ones resume,
-//! so running a study again continues it.
+//! Training a study: the shared teacher and distilled init once (or reused), each further
+//! init's student from the shared teacher, then every variant × seed's adversarial stage in its
+//! own run directory, whose stage directories of the init are links to the shared (or the
+//! further init's) ones. Finished runs are skipped and interrupted ones resume, so running a
+//! study again continues it.
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -18,8 +19,17 @@ use crate::stages::{run_stages, Progress, StageRun};
 
 /// Who follows a study: the stages' progress, and which run is next.
 pub trait StudyProgress: Progress {
-    /// Run `index` of `total` (`label`: `shared`, or `<variant> seed <s>`) starts or is skipped.
-    fn run_start(&mut self, _label: &str, _index: usize, _total: usize, _skipped: bool) {}
+    /// Run `index` of `total` (`label`: `shared`, `init <name>` or `<variant> seed <s>`;
+    /// `config`: its run config) starts or is skipped.
+    fn run_start(
+        &mut self,
+        _label: &str,
+        _config: &RunConfig,
+        _index: usize,
+        _total: usize,
+        _skipped: bool,
+    ) {
+    }
 }
 
 impl StudyProgress for () {}
@@ -40,24 +50,45 @@ pub fn run_study(
     progress: &mut dyn StudyProgress,
     stop: Arc<AtomicBool>,
 ) -> Result<RunEnd> {
-    let total = study.runs.len() + 1;
+    let total = study.runs.len() + study.inits.len() + 1;
     if train_shared(study, progress, stop.clone())? == RunEnd::Stopped {
         return Ok(RunEnd::Stopped);
     }
     let shared = RunDir::new(&study.shared.out);
-    for (i, (variant, seed, cfg)) in study.runs.iter().enumerate() {
+    for (k, init) in study.inits.iter().enumerate() {
+        let cfg = &init.config;
         let dir = RunDir::new(&cfg.out);
-        let label = format!("{variant} seed {seed}");
-        if dir.is_finished(Stage::Apt) {
-            check_reused(&dir, cfg, |_| false)?;
-            progress.run_start(&label, i + 2, total, true);
+        let student = init_stages(cfg)[1];
+        let label = format!("init {}", init.name);
+        if dir.is_finished(student) {
+            check_reused(&dir, cfg, |k| k.starts_with("apt."))?;
+            progress.run_start(&label, cfg, k + 2, total, true);
             continue;
         }
-        progress.run_start(&label, i + 2, total, false);
+        progress.run_start(&label, cfg, k + 2, total, false);
         std::fs::create_dir_all(dir.root()).map_err(io_error(dir.root()))?;
-        for stage in init_stages(cfg) {
-            link_stage(&shared, &dir, stage)?;
+        link_stage(&shared, &dir, Stage::Pretrain)?;
+        if run(cfg, &[student], progress, stop.clone())? == RunEnd::Stopped {
+            return Ok(RunEnd::Stopped);
         }
+    }
+    for (i, r) in study.runs.iter().enumerate() {
+        let (cfg, index) = (&r.config, i + study.inits.len() + 2);
+        let dir = RunDir::new(&cfg.out);
+        let label = format!("{} seed {}", r.variant, r.seed);
+        if dir.is_finished(Stage::Apt) {
+            check_reused(&dir, cfg, |_| false)?;
+            progress.run_start(&label, cfg, index, total, true);
+            continue;
+        }
+        progress.run_start(&label, cfg, index, total, false);
+        std::fs::create_dir_all(dir.root()).map_err(io_error(dir.root()))?;
+        let from = match r.init {
+            Some(k) => RunDir::new(&study.inits[k].config.out),
+            None => RunDir::new(&study.shared.out),
+        };
+        link_stage(&shared, &dir, Stage::Pretrain)?;
+        link_stage(&from, &dir, init_stages(cfg)[1])?;
         let stages = planned_stages(cfg, Selection::One(Stage::Apt))?;
         if run(cfg, &stages, progress, stop.clone())? == RunEnd::Stopped {
             return Ok(RunEnd::Stopped);
@@ -73,7 +104,7 @@ fn train_shared(
     progress: &mut dyn StudyProgress,
     stop: Arc<AtomicBool>,
 ) -> Result<RunEnd> {
-    let total = study.runs.len() + 1;
+    let total = study.runs.len() + study.inits.len() + 1;
     let dir = RunDir::new(&study.shared.out);
     let needed = init_stages(&study.shared);
     let missing: Vec<Stage> = needed
@@ -93,7 +124,7 @@ fn train_shared(
             });
         }
     }
-    progress.run_start("shared", 1, total, missing.is_empty());
+    progress.run_start("shared", &study.shared, 1, total, missing.is_empty());
     if missing.is_empty() {
         return Ok(RunEnd::Completed);
     }

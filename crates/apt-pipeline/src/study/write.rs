@@ -1,5 +1,6 @@
-//! A study's files: `results.json`, `results.md` and `plots/` (per variant, every seed's D
-//! logits on real and generated clips, and G's loss, over training).
+//! A study's files: `results.json`, `results.md` and `plots/` (the metrics against the clips
+//! seen, when variants name a `curve`; per variant, every seed's D logits on real and
+//! generated clips, and G's loss, over training).
 
 use std::path::{Path, PathBuf};
 
@@ -16,15 +17,21 @@ pub fn write_results(study: &Study, results: &StudyResults) -> Result<PathBuf> {
     let out = &study.config.out;
     std::fs::create_dir_all(out).map_err(io_error(out))?;
     write_json(&out.join("results.json"), results)?;
-    let plots = match write_plots(study, &out.join("plots")) {
+    let mut plots = match write_plots(study, &out.join("plots")) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!("study plots skipped: {e}");
             vec![]
         }
     };
+    let scaling = out.join("plots").join("scaling.png");
+    match super::plot::draw_scaling(&scaling, results) {
+        Ok(true) => plots.insert(0, scaling),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("study scaling plot skipped: {e}"),
+    }
     let mut md = format!(
-        "# Study `{}`\n\nBase run config `{}`, seeds {:?}.\n\n",
+        "# Study `{}`\n\nBase run config `{}`, seeds {:?} (unless a variant gives its own).\n\n",
         out.display(),
         study.config.base.display(),
         study.config.seeds
@@ -45,8 +52,8 @@ fn write_plots(study: &Study, dir: &Path) -> std::result::Result<Vec<PathBuf>, S
         study
             .runs
             .iter()
-            .filter(|(v, _, _)| v == variant)
-            .map(|(_, seed, cfg)| (*seed, RunDir::new(&cfg.out)))
+            .filter(|r| r.variant == variant)
+            .map(|r| (r.seed, RunDir::new(&r.config.out)))
             .collect()
     };
     let panel = |title: String, fields: &[(&str, &str)], variant: &str| Panel {
