@@ -304,6 +304,11 @@ fn variants_start_from_further_inits_with_their_own_seeds_and_draw_a_scaling_cur
     write_results(&s, &results).unwrap();
     let plot = dir.path().join("study/plots/scaling.png");
     assert!(std::fs::metadata(&plot).unwrap().len() > 1000);
+    // The samples: real, teacher, distilled one- and two-step, one row per variant; 4 prompts.
+    let grid = image_size(&dir.path().join("study/plots/samples.png"));
+    let (t, h, w) = (2, 16, 16);
+    let row_width = 4 * (t * w + t - 1) + 3 * 3;
+    assert_eq!(grid, (3 * row_width, 3 * (8 * h + 7 * 3)), "{grid:?}");
 
     // An init may not change the teacher; a variant may not name an unknown init.
     let bad = WITH_INITS.replace("distill.train.steps=3", "pretrain.train.steps=4");
@@ -324,4 +329,12 @@ fn variants_start_from_further_inits_with_their_own_seeds_and_draw_a_scaling_cur
     let err = Study::load(&file).unwrap_err().to_string();
     assert!(err.contains("nope") && err.contains("[[inits]]"), "{err}");
     assert!(base.is_file());
+}
+
+/// Width and height of a PNG, from its header.
+fn image_size(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    let be = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    (be(16), be(20))
 }

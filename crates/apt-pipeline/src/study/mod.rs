@@ -36,6 +36,7 @@ pub mod plot;
 
 pub mod results;
 pub mod run;
+pub mod samples;
 pub mod write;
 
 use std::path::{Path, PathBuf};

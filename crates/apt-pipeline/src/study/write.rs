@@ -1,8 +1,9 @@
-//! A study's files: `results.json`, `results.md` and `plots/` (the metrics against the clips
-//! seen, when variants name a `curve`; per variant, every seed's D logits on real and
+//! A study's files: `results.json`, `results.md` and `plots/` (every model's samples on the
+//! same prompts and noise; the metrics against the clips seen, when variants name a `curve`; per variant, every seed's D logits on real and
 //! generated clips, and G's loss, over training).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use super::results::{markdown, StudyResults};
 use super::Study;
@@ -10,6 +11,9 @@ use crate::error::{io_error, Result};
 use crate::report::curve;
 use crate::report::plots::{draw_panels, Panel, Series};
 use crate::run_dir::{write_atomically, write_json, RunDir, Stage};
+
+/// Prompts in `plots/samples.png`.
+const SAMPLE_PROMPTS: usize = 4;
 
 /// Writes `results.json`, `results.md` and the plots under the study's `out`; returns the
 /// markdown's path. A plot that cannot be drawn (no font) is skipped with a warning.
@@ -21,6 +25,19 @@ pub fn write_results(study: &Study, results: &StudyResults) -> Result<PathBuf> {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!("study plots skipped: {e}");
+            vec![]
+        }
+    };
+    let samples = out.join("plots").join("samples.png");
+    let rows = match super::samples::write_samples(
+        study,
+        &samples,
+        SAMPLE_PROMPTS,
+        &AtomicBool::new(false),
+    ) {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!("study samples skipped: {e}");
             vec![]
         }
     };
@@ -40,6 +57,13 @@ pub fn write_results(study: &Study, results: &StudyResults) -> Result<PathBuf> {
     for p in plots {
         let rel = p.strip_prefix(out).unwrap_or(&p).display().to_string();
         md.push_str(&format!("\n![{rel}]({rel})\n"));
+    }
+    if !rows.is_empty() {
+        md.push_str(&format!(
+            "\n{SAMPLE_PROMPTS} held-out prompts, the same noise in every row, frames left to right \
+             (rows top to bottom: {}):\n\n![plots/samples.png](plots/samples.png)\n",
+            rows.join(", ")
+        ));
     }
     let path = out.join("results.md");
     write_atomically(&path, md.as_bytes())?;

@@ -1,0 +1,147 @@
+//! `plots/samples.png`: every model of a study on the same few held-out prompts and noise, so
+//! that the samples are looked at before the metrics are believed. One row per model (the real
+//! renders, the teacher, the distilled one- and two-step, each variant's first seed), one
+//! column block per prompt with its frames side by side, 3× nearest-neighbour upscale.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use apt_data::shapes::Split;
+use apt_flow::{OneStepGenerator, TensorRng};
+use tch::{Device, Kind, Tensor};
+
+use super::run::init_stages;
+use super::Study;
+use crate::error::{PipelineError, Result};
+use crate::eval::run::teacher_sample;
+use crate::latent::Space;
+use crate::run_dir::{load_exported, RunDir, Stage};
+use crate::text::TextConditioner;
+
+/// Nearest-neighbour upscale of the picture.
+const UPSCALE: i64 = 3;
+
+/// How a row is made.
+enum Row {
+    Real,
+    Teacher,
+    Steps(std::path::PathBuf, usize),
+}
+
+/// Writes the grid to `path` (PNG) and returns the rows' names, top to bottom.
+pub fn write_samples(
+    study: &Study,
+    path: &Path,
+    prompts: usize,
+    stop: &AtomicBool,
+) -> Result<Vec<String>> {
+    let run = &study.shared;
+    let shapes = run.data.shapes().ok_or_else(|| {
+        crate::error::config_error("data", "a study is evaluated on the moving-shapes data")
+    })?;
+    let device = run.device()?;
+    let text = TextConditioner::for_run(run, device)?;
+    let null = text.null()?;
+    let shared = RunDir::new(&run.out);
+    let space = Space::open(run, &shared)?;
+    let student = shared.export_path(init_stages(run)[1]);
+    let mut rows = vec![
+        ("real".to_string(), Row::Real),
+        ("teacher".to_string(), Row::Teacher),
+        (
+            "distilled one-step".to_string(),
+            Row::Steps(student.clone(), 1),
+        ),
+        ("distilled two-step".to_string(), Row::Steps(student, 2)),
+    ];
+    for v in &study.config.variants {
+        if let Some(r) = study.runs.iter().find(|r| r.variant == v.name) {
+            let path = RunDir::new(&r.config.out).export_path(Stage::Apt);
+            rows.push((
+                format!("{} seed {}", r.variant, r.seed),
+                Row::Steps(path, 1),
+            ));
+        }
+    }
+    let (t, h, w) = (
+        shapes.frames as i64,
+        shapes.height as i64,
+        shapes.width as i64,
+    );
+    let seed = run.report.seed;
+    let mut noise = TensorRng::new(seed, 2);
+    let mut captions = Vec::new();
+    let mut z = Vec::new();
+    let mut drawn = Vec::new();
+    for i in 0..prompts {
+        let d = shapes.draw(seed, i as u64, Split::All)?;
+        captions.push(shapes.caption(&d));
+        let [c, zt, zh, zw] = space.model_shape([3, t, h, w]);
+        z.push(noise.normal(&[1, c, zt, zh, zw], device));
+        drawn.push(d);
+    }
+    let teacher = load_exported(&shared.export_path(Stage::Pretrain), device)?.model;
+    let mut row_images = Vec::new();
+    for (_, row) in &rows {
+        if stop.load(Ordering::SeqCst) {
+            return Err(PipelineError::Interrupted);
+        }
+        let model = match row {
+            Row::Steps(path, _) => Some(load_exported(path, device)?.model),
+            _ => None,
+        };
+        let mut cells = Vec::new();
+        for (i, caption) in captions.iter().enumerate() {
+            let clip = match (row, &model) {
+                (Row::Real, _) => shapes.render(&drawn[i]).to_kind(Kind::Float),
+                (Row::Teacher, _) => {
+                    let cond = text.batch(std::slice::from_ref(caption), &[])?;
+                    let x = teacher_sample(&teacher, &z[i], &cond, &null, &run.report.teacher)?;
+                    space.to_pixels(&x)?.get(0)
+                }
+                (Row::Steps(_, steps), Some(m)) => {
+                    let cond = text.batch(std::slice::from_ref(caption), &[])?;
+                    let g = OneStepGenerator::new(m);
+                    let x = match steps {
+                        1 => g.generate(&z[i], &cond)?,
+                        n => g.generate_steps(&z[i], &cond, *n)?,
+                    };
+                    space.to_pixels(&x)?.get(0)
+                }
+                (Row::Steps(..), None) => unreachable!("the model was loaded above"),
+            };
+            // [3, T, H, W] → frames side by side, 1 white pixel apart: [3, H, T·W + T − 1].
+            let clip = clip.to_device(Device::Cpu).clamp(-1.0, 1.0);
+            let mut frames = Vec::new();
+            for f in 0..t {
+                if f > 0 {
+                    frames.push(Tensor::ones([3, h, 1], (Kind::Float, Device::Cpu)));
+                }
+                frames.push(clip.select(1, f));
+            }
+            cells.push(Tensor::cat(&frames, 2));
+        }
+        let mut parts = Vec::new();
+        for (k, cell) in cells.into_iter().enumerate() {
+            if k > 0 {
+                parts.push(Tensor::ones([3, h, 3], (Kind::Float, Device::Cpu)));
+            }
+            parts.push(cell);
+        }
+        row_images.push(Tensor::cat(&parts, 2));
+    }
+    let width = row_images[0].size()[2];
+    let mut parts = Vec::new();
+    for (k, image) in row_images.into_iter().enumerate() {
+        if k > 0 {
+            parts.push(Tensor::ones([3, 3, width], (Kind::Float, Device::Cpu)));
+        }
+        parts.push(image);
+    }
+    let grid = Tensor::cat(&parts, 1)
+        .repeat_interleave_self_int(UPSCALE, Some(1), None)
+        .repeat_interleave_self_int(UPSCALE, Some(2), None)
+        .unsqueeze(1);
+    apt_data::write_video(path, &grid, 1.0)?;
+    Ok(rows.into_iter().map(|(name, _)| name).collect())
+}
