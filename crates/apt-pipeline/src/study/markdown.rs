@@ -56,7 +56,7 @@ fn header(s: &mut String, first: &[&str]) {
 
 fn summary_table(
     s: &mut String,
-    variants: &[VariantResult],
+    variants: &[&VariantResult],
     pick: fn(&VariantResult) -> &BTreeMap<String, OverSeeds>,
 ) {
     header(s, &["variant", "clips", "seeds"]);
@@ -87,7 +87,7 @@ fn summary_table(
 
 fn per_seed_table(
     s: &mut String,
-    variants: &[VariantResult],
+    variants: &[&VariantResult],
     pick: fn(&super::results::SeedResult) -> &BTreeMap<String, Interval>,
 ) {
     header(s, &["variant", "seed"]);
@@ -113,6 +113,18 @@ pub fn markdown(results: &StudyResults) -> String {
          Accuracies in points; sharpness error = |sharpness / real − 1|; periodicity × real.\n",
         results.prompts, results.bootstrap,
     );
+    let done: Vec<&VariantResult> = results
+        .variants
+        .iter()
+        .filter(|v| !v.seeds.is_empty())
+        .collect();
+    if !results.pending.is_empty() {
+        let _ = writeln!(
+            s,
+            "**Not finished yet** (left out): {}.\n",
+            results.pending.join(", ")
+        );
+    }
     if !results.baselines.is_empty() {
         let _ = writeln!(s, "Baselines (Δ: difference to the distilled two-step):\n");
         header(&mut s, &["model", "NFE", "prompts"]);
@@ -137,7 +149,7 @@ pub fn markdown(results: &StudyResults) -> String {
         "APT one-step (EMA), each variant's mean ± spread over its seeds:\n"
     );
     header(&mut s, &["variant", "updates × batch", "seeds"]);
-    for v in &results.variants {
+    for v in &done {
         let n = v.seeds.len().max(1) as f64;
         let cells: Vec<String> = STUDY_METRICS
             .iter()
@@ -171,13 +183,13 @@ pub fn markdown(results: &StudyResults) -> String {
         "\nΔ vs distilled one-step, mean ± spread over seeds (✓k / ✗k: seeds whose 95% \
          interval is better / worse):\n"
     );
-    summary_table(&mut s, &results.variants, |v| &v.summary);
+    summary_table(&mut s, &done, |v| &v.summary);
     let _ = writeln!(s, "\nΔ vs distilled two-step, the same:\n");
-    summary_table(&mut s, &results.variants, |v| &v.summary_vs_two_step);
+    summary_table(&mut s, &done, |v| &v.summary_vs_two_step);
     let _ = writeln!(s, "\nPer seed, Δ vs distilled one-step [95% interval]:\n");
-    per_seed_table(&mut s, &results.variants, |x| &x.vs_reference);
+    per_seed_table(&mut s, &done, |x| &x.vs_reference);
     let _ = writeln!(s, "\nPer seed, Δ vs distilled two-step [95% interval]:\n");
-    per_seed_table(&mut s, &results.variants, |x| &x.vs_two_step);
+    per_seed_table(&mut s, &done, |x| &x.vs_two_step);
     let _ = writeln!(s, "\nVariants:\n");
     for v in &results.variants {
         let set = if v.set.is_empty() {

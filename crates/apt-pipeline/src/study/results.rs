@@ -129,8 +129,11 @@ pub struct StudyResults {
     /// init's student in one and two steps.
     #[serde(default)]
     pub baselines: Vec<BaselineRow>,
-    /// The variants, in the study's order.
+    /// The variants, in the study's order, with the seeds that have finished.
     pub variants: Vec<VariantResult>,
+    /// Runs not finished when the study was evaluated (`<variant> seed <s>`).
+    #[serde(default)]
+    pub pending: Vec<String>,
 }
 
 impl StudyResults {
@@ -236,7 +239,12 @@ pub fn evaluate_study(
         rows.push((format!("{name} two-step"), 2, Source::Steps(path, 2)));
     }
     let baselines = rows.len();
-    for r in &study.runs {
+    // Runs still training are left out (and listed), so a long study can be read as it goes.
+    let (finished, pending): (Vec<_>, Vec<_>) = study
+        .runs
+        .iter()
+        .partition(|r| RunDir::new(&r.config.out).is_finished(Stage::Apt));
+    for r in &finished {
         let path = RunDir::new(&r.config.out).export_path(Stage::Apt);
         rows.push((
             format!("{} seed {}", r.variant, r.seed),
@@ -334,7 +342,7 @@ pub fn evaluate_study(
     for v in &study.config.variants {
         let mut seeds = Vec::new();
         let (mut updates, mut batch) = (0, 0);
-        for r in study.runs.iter().filter(|r| r.variant == v.name) {
+        for r in finished.iter().filter(|r| r.variant == v.name) {
             (updates, batch) = r.updates_and_batch();
             seeds.push(SeedResult {
                 seed: r.seed,
@@ -374,6 +382,10 @@ pub fn evaluate_study(
         reference_intervals: intervals[0].metrics.clone(),
         baselines: baseline_rows,
         variants,
+        pending: pending
+            .iter()
+            .map(|r| format!("{} seed {}", r.variant, r.seed))
+            .collect(),
     })
 }
 

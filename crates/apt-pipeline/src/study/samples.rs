@@ -55,7 +55,10 @@ pub fn write_samples(
         ("distilled two-step".to_string(), Row::Steps(student, 2)),
     ];
     for v in &study.config.variants {
-        if let Some(r) = study.runs.iter().find(|r| r.variant == v.name) {
+        let finished = |r: &&super::StudyRun| {
+            r.variant == v.name && RunDir::new(&r.config.out).is_finished(Stage::Apt)
+        };
+        if let Some(r) = study.runs.iter().find(finished) {
             let path = RunDir::new(&r.config.out).export_path(Stage::Apt);
             rows.push((
                 format!("{} seed {}", r.variant, r.seed),
