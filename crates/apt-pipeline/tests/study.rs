@@ -131,7 +131,10 @@ fn a_study_trains_its_init_once_and_every_variant_seed_from_it() {
         .unwrap()
         .modified()
         .unwrap();
-    assert_eq!(run_study(&s, &mut (), stop.clone()).unwrap(), RunEnd::Completed);
+    assert_eq!(
+        run_study(&s, &mut (), stop.clone()).unwrap(),
+        RunEnd::Completed
+    );
     let after = std::fs::metadata(shared.export_path(Stage::Pretrain))
         .unwrap()
         .modified()
@@ -141,12 +144,19 @@ fn a_study_trains_its_init_once_and_every_variant_seed_from_it() {
     // A variant not trained yet is left out of the evaluation, and listed.
     let more = study(
         dir.path(),
-        &format!("{VARIANTS}\n[[variants]]\nname = \"later\"\nset = [\"apt.translate=1\"]\n"),
+        &format!(
+            "[[inits]]\nname = \"untrained\"\nset = [\"distill.train.steps=5\"]\n{VARIANTS}\n\
+             [[variants]]\nname = \"later\"\nset = [\"apt.translate=1\"]\n"
+        ),
     );
     let partial = evaluate_study(&more, &stop, |_, _, _| {}).unwrap();
-    assert_eq!(partial.pending, ["later seed 1", "later seed 2"]);
+    assert_eq!(
+        partial.pending,
+        ["init untrained", "later seed 1", "later seed 2"]
+    );
     assert!(partial.variants[2].seeds.is_empty() && partial.variants[0].seeds.len() == 2);
-    assert!(markdown(&partial).contains("**Not finished yet** (left out): later seed 1"));
+    assert!(markdown(&partial)
+        .contains("**Not finished yet** (left out): init untrained, later seed 1"));
 
     // A variant whose recipe changed since its runs finished: not silently reused.
     let changed = study(

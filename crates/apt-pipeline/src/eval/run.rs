@@ -224,17 +224,24 @@ pub fn evaluate_run(
             .map(Some)
             .collect(),
     };
+    let scale = FeatureScale::common(&sets);
+    let reports: Vec<AlignmentReport> = scored
+        .iter()
+        .map(|(_, _, clips)| {
+            let all: Vec<usize> = (0..clips.clips.len()).collect();
+            let own = FeatureScale::of(&clips.real);
+            summarise(clips, &all, scale.as_ref().unwrap_or(&own))
+        })
+        .collect();
     Ok(scored
         .into_iter()
         .zip(intervals)
-        .map(|((name, nfe, clips), intervals)| {
-            let all: Vec<usize> = (0..clips.clips.len()).collect();
-            EvaluatedModel {
-                name,
-                network_evaluations: nfe,
-                report: summarise(&clips, &all, &FeatureScale::of(&clips.real)),
-                intervals,
-            }
+        .zip(reports)
+        .map(|(((name, nfe, _), intervals), report)| EvaluatedModel {
+            name,
+            network_evaluations: nfe,
+            report,
+            intervals,
         })
         .collect())
 }

@@ -227,9 +227,15 @@ pub fn evaluate_study(
             Source::Teacher(shared.export_path(Stage::Pretrain)),
         ),
     ];
+    let mut pending_inits = Vec::new();
     for init in &study.inits {
         let stage = init_stages(&init.config)[1];
-        let path = RunDir::new(&init.config.out).export_path(stage);
+        let dir = RunDir::new(&init.config.out);
+        if !dir.is_finished(stage) {
+            pending_inits.push(format!("init {}", init.name));
+            continue;
+        }
+        let path = dir.export_path(stage);
         let name = format!("init {}: {}", init.name, student_name(stage));
         rows.push((
             format!("{name} one-step"),
@@ -305,9 +311,10 @@ pub fn evaluate_study(
         .map(|m| (m, 1, rows[1].0.clone()))
         .collect();
     let intervals = paired_bootstrap(&sets, 0, &controls, draws, report.seed);
+    let scale = FeatureScale::common(&sets).expect("the study has baselines");
     let report_of = |i: usize| {
         let all: Vec<usize> = (0..scored[i].clips.len()).collect();
-        summarise(&scored[i], &all, &FeatureScale::of(&scored[i].real))
+        summarise(&scored[i], &all, &scale)
     };
     let zero = |m: &BTreeMap<String, Interval>| -> BTreeMap<String, Interval> {
         m.keys()
@@ -382,9 +389,13 @@ pub fn evaluate_study(
         reference_intervals: intervals[0].metrics.clone(),
         baselines: baseline_rows,
         variants,
-        pending: pending
-            .iter()
-            .map(|r| format!("{} seed {}", r.variant, r.seed))
+        pending: pending_inits
+            .into_iter()
+            .chain(
+                pending
+                    .iter()
+                    .map(|r| format!("{} seed {}", r.variant, r.seed)),
+            )
             .collect(),
     })
 }
