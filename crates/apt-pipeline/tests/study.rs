@@ -141,6 +141,25 @@ fn a_study_trains_its_init_once_and_every_variant_seed_from_it() {
         .unwrap();
     assert_eq!(before, after);
 
+    // Scores are kept between evaluations: a second one reads them back (here a doctored
+    // timing shows it) as long as the weights, prompts and sampler are unchanged.
+    let cache = dir.path().join("study/scores/distilled-one-step.json");
+    let mut cached: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    cached["seconds_per_clip"] = serde_json::json!(123.0);
+    std::fs::write(&cache, serde_json::to_vec(&cached).unwrap()).unwrap();
+    let again = evaluate_study(&s, &stop, |_, _, _| {}).unwrap();
+    assert_eq!(again.reference.seconds_per_clip, 123.0);
+    assert_eq!(
+        again.variants[1].seeds[0].report,
+        results.variants[1].seeds[0].report
+    );
+    cached["key"]["weights_fnv64"] = serde_json::json!("0");
+    std::fs::write(&cache, serde_json::to_vec(&cached).unwrap()).unwrap();
+    let rescored = evaluate_study(&s, &stop, |_, _, _| {}).unwrap();
+    assert_ne!(rescored.reference.seconds_per_clip, 123.0);
+    assert_eq!(rescored.reference.frechet, results.reference.frechet);
+
     // A variant not trained yet is left out of the evaluation, and listed.
     let more = study(
         dir.path(),

@@ -85,7 +85,7 @@ impl Variant {
 /// Names a directory can have (and that are not the study's own directories).
 fn check_name(name: &str, key: &str) -> Result<()> {
     let ok = !name.is_empty()
-        && !matches!(name, "shared" | "inits" | "plots")
+        && !matches!(name, "shared" | "inits" | "plots" | "scores")
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
@@ -95,7 +95,7 @@ fn check_name(name: &str, key: &str) -> Result<()> {
         Err(config_error(
             key,
             format!(
-                "`{name}` must be letters, digits, `-` or `_` (and not shared, inits or plots)"
+                "`{name}` must be letters, digits, `-` or `_` (and not shared, inits, plots or scores)"
             ),
         ))
     }

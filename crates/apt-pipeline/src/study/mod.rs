@@ -37,6 +37,7 @@ pub mod plot;
 pub mod results;
 pub mod run;
 pub mod samples;
+pub mod scores;
 pub mod write;
 
 use std::path::{Path, PathBuf};

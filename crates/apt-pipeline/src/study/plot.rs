@@ -50,8 +50,9 @@ pub fn draw_scaling(path: &Path, results: &StudyResults) -> Result<bool, String>
     register_font()?;
     let root = BitMapBackend::new(path, (1440, 380)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    for ((metric, title), area) in PANELS.iter().zip(root.split_evenly((1, PANELS.len()))) {
-        draw_panel(&area, results, &curves, metric, title)
+    let areas = root.split_evenly((1, PANELS.len()));
+    for (k, ((metric, title), area)) in PANELS.iter().zip(areas).enumerate() {
+        draw_panel(&area, results, &curves, metric, title, k == 0)
             .map_err(|e| format!("plotting {title}: {e}"))?;
     }
     root.present()
@@ -65,6 +66,7 @@ fn draw_panel(
     curves: &BTreeMap<String, Vec<&VariantResult>>,
     metric: &str,
     title: &str,
+    legend: bool,
 ) -> Result<(), String> {
     let scale = if metric.ends_with("accuracy") {
         100.0
@@ -91,17 +93,16 @@ fn draw_panel(
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
             (a.min(y), b.max(y))
         });
+    // Headroom above the data for the legend (drawn in the first panel only).
     let pad = 0.08 * (hi - lo).max(1e-6);
+    let top = hi + if legend { 6.0 * pad } else { pad };
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(32)
         .y_label_area_size(52)
-        .build_cartesian_2d(
-            ((x_lo / 1.3)..(x_hi * 1.3)).log_scale(),
-            (lo - pad)..(hi + pad),
-        )
+        .build_cartesian_2d(((x_lo / 1.3)..(x_hi * 1.3)).log_scale(), (lo - pad)..top)
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
@@ -141,7 +142,7 @@ fn draw_panel(
         chart
             .draw_series(LineSeries::new(mean, colour.stroke_width(2)))
             .map_err(|e| err(&e))?
-            .label(format!("APT one-step: {curve}"))
+            .label(format!("one-step APT: {curve}"))
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
             });
@@ -151,6 +152,9 @@ fn draw_panel(
                 .map(move |s| Circle::new((v.clips as f64, value(&s.report)), 3, colour.filled()))
         });
         chart.draw_series(seeds).map_err(|e| err(&e))?;
+    }
+    if !legend {
+        return Ok(());
     }
     chart
         .configure_series_labels()

@@ -12,6 +12,7 @@ use apt_flow::OneStepGenerator;
 use serde::{Deserialize, Serialize};
 
 use super::run::init_stages;
+use super::scores::{cached_or_scored, score_path, ScoreKey};
 use super::Study;
 use crate::config::{default_eval_batch, EvalConfig};
 use crate::error::{config_error, Result};
@@ -261,44 +262,40 @@ pub fn evaluate_study(
     let space = Space::open(run, &shared)?;
     let mut scored: Vec<ScoredClips> = Vec::new();
     for (name, _, source) in &rows {
-        let clips = match source {
-            Source::Teacher(path) => {
-                let model = crate::run_dir::load_exported(path, device)?.model;
-                let prompts = report.teacher_prompts.unwrap_or(report.prompts);
-                let sample = |z: &tch::Tensor, c: &apt_flow::Conditioning| {
-                    teacher_sample(&model, z, c, &null, &report.teacher)
-                };
-                score_clips(
-                    shapes,
-                    &text,
-                    &eval(prompts),
-                    &space,
-                    patch,
-                    device,
-                    stop,
-                    sample,
-                )?
-            }
-            Source::Steps(path, steps) => {
-                let model = crate::run_dir::load_exported(path, device)?.model;
-                let g = OneStepGenerator::new(&model);
-                let generate = |z: &tch::Tensor, c: &apt_flow::Conditioning| match steps {
-                    1 => g.generate(z, c),
-                    n => g.generate_steps(z, c, *n),
-                };
-                let prompts = report.prompts;
-                score_clips(
-                    shapes,
-                    &text,
-                    &eval(prompts),
-                    &space,
-                    patch,
-                    device,
-                    stop,
-                    generate,
-                )?
-            }
+        let (path, generation, prompts) = match source {
+            Source::Teacher(path) => (
+                path,
+                format!(
+                    "teacher {}",
+                    serde_json::to_string(&report.teacher).unwrap_or_default()
+                ),
+                report.teacher_prompts.unwrap_or(report.prompts),
+            ),
+            Source::Steps(path, steps) => (path, format!("{steps} steps"), report.prompts),
         };
+        let generation = format!("{generation} on {device:?}");
+        let key = ScoreKey::new(run, path, generation, prompts, default_eval_batch())?;
+        let cache = score_path(&study.config.out, name);
+        let clips = cached_or_scored(&cache, key, || {
+            let model = crate::run_dir::load_exported(path, device)?.model;
+            let eval = eval(prompts);
+            match source {
+                Source::Teacher(_) => {
+                    let sample = |z: &tch::Tensor, c: &apt_flow::Conditioning| {
+                        teacher_sample(&model, z, c, &null, &report.teacher)
+                    };
+                    score_clips(shapes, &text, &eval, &space, patch, device, stop, sample)
+                }
+                Source::Steps(_, steps) => {
+                    let g = OneStepGenerator::new(&model);
+                    let generate = |z: &tch::Tensor, c: &apt_flow::Conditioning| match steps {
+                        1 => g.generate(z, c),
+                        n => g.generate_steps(z, c, *n),
+                    };
+                    score_clips(shapes, &text, &eval, &space, patch, device, stop, generate)
+                }
+            }
+        })?;
         scored.push(clips);
         progress(scored.len(), rows.len(), name);
     }
