@@ -27,6 +27,17 @@ fn read(report: &AlignmentReport, metric: &str) -> f64 {
         .map_or(f64::NAN, |(_, r)| r(report))
 }
 
+/// A log axis' tick label: only 1, 2 and 5 times a power of ten are named (the others would
+/// overlap).
+fn log_tick(v: f64) -> String {
+    let lead = v / 10f64.powf(v.log10().floor());
+    if [1.0, 2.0, 5.0].iter().any(|d| (lead - d).abs() < 1e-6) {
+        format!("{v:.0}")
+    } else {
+        String::new()
+    }
+}
+
 /// The variants of each curve, ordered by clips.
 pub fn curves(results: &StudyResults) -> BTreeMap<String, Vec<&VariantResult>> {
     let mut out: BTreeMap<String, Vec<&VariantResult>> = BTreeMap::new();
@@ -107,7 +118,7 @@ fn draw_panel(
     chart
         .configure_mesh()
         .x_desc("clips seen by APT (updates × batch)")
-        .x_label_formatter(&|v| format!("{v:.0}"))
+        .x_label_formatter(&|v| log_tick(*v))
         .y_label_formatter(&|v| compact(*v))
         .light_line_style(WHITE)
         .label_style(("sans-serif", 12))
@@ -165,4 +176,16 @@ fn draw_panel(
         .draw()
         .map_err(|e| err(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_ticks_name_one_two_and_five() {
+        let named: Vec<String> = [1000.0, 2000.0, 3000.0, 5000.0, 7000.0, 10000.0]
+            .iter()
+            .map(|v| super::log_tick(*v))
+            .collect();
+        assert_eq!(named, ["1000", "2000", "", "5000", "", "10000"]);
+    }
 }
