@@ -361,10 +361,13 @@ fn a_backend_the_launcher_cannot_give_is_refused_on_every_rank() {
             .output()
             .unwrap();
         assert!(!o.status.success(), "{backend} accepted");
-        // Both ranks say why (their lines may interleave).
+        // Every rank says why (their lines may interleave) — unless torchrun, on the first
+        // rank's exit, stopped the other before it got there (a race that load decides).
         let err = text(&o.stderr);
-        assert_eq!(err.matches("dist.backend is").count(), 2, "{err}");
-        assert_eq!(err.matches(needle).count(), 2, "{err}");
+        let said = err.matches(needle).count();
+        let stopped = err.matches("Signal 15 (SIGTERM) received").count();
+        assert_eq!(err.matches("dist.backend is").count(), said, "{err}");
+        assert!(said >= 1 && said + stopped >= 2, "{err}");
         assert!(!out.exists(), "{backend}: a run directory was made");
     }
 }
