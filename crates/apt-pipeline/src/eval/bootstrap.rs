@@ -127,6 +127,14 @@ pub const METRICS: [(&str, MetricReader); 8] = [
     ("periodicity", |r| r.periodicity),
 ];
 
+/// `metric` (a [`METRICS`] name) read off `report`; NaN for an unknown name.
+pub fn metric_value(report: &AlignmentReport, metric: &str) -> f64 {
+    METRICS
+        .iter()
+        .find(|(m, _)| *m == metric)
+        .map_or(f64::NAN, |(_, read)| read(report))
+}
+
 /// One model's intervals: each metric, its difference to the reference row, and (for a row
 /// with a control, e.g. APT two-step against distilled two-step) to that control.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -90,7 +90,7 @@ fn shapes_of(run: &RunConfig) -> Result<&ShapesConfig> {
         .ok_or_else(|| config_error("data", "evaluation needs the moving-shapes benchmark"))
 }
 
-pub(crate) fn teacher_sample(
+fn teacher_sample(
     model: &Model,
     z: &Tensor,
     cond: &Conditioning,
@@ -115,6 +115,24 @@ pub(crate) enum Generation<'a> {
     Teacher(&'a Model),
     /// A one-step generator in `steps` zero-shot steps.
     Steps(&'a Model, usize),
+}
+
+impl Generation<'_> {
+    /// One batch of clips from noise `z` under `cond` (`null` and `sampler`: the teacher's
+    /// unconditional embedding and CFG sampler).
+    pub(crate) fn generate(
+        &self,
+        z: &Tensor,
+        cond: &Conditioning,
+        null: &Conditioning,
+        sampler: &SamplerConfig,
+    ) -> apt_flow::Result<Tensor> {
+        match self {
+            Generation::Teacher(m) => teacher_sample(m, z, cond, null, sampler),
+            Generation::Steps(m, 1) => OneStepGenerator::new(m).generate(z, cond),
+            Generation::Steps(m, n) => OneStepGenerator::new(m).generate_steps(z, cond, *n),
+        }
+    }
 }
 
 /// The rows a run's models give, in table order.
@@ -170,37 +188,20 @@ pub fn evaluate_run(
     let planned = rows(models, &report.teacher);
     let mut scored: Vec<(String, usize, ScoredClips)> = Vec::new();
     for (name, nfe, how) in planned.iter() {
-        let clips = match how {
-            Generation::Teacher(m) => {
-                let prompts = report.teacher_prompts.unwrap_or(report.prompts);
-                score_clips(
-                    shapes,
-                    &text,
-                    &eval(prompts),
-                    &models.space,
-                    [ph, pw],
-                    device,
-                    stop,
-                    |z, c| teacher_sample(m, z, c, &null, &report.teacher),
-                )?
-            }
-            Generation::Steps(m, steps) => {
-                let g = OneStepGenerator::new(*m);
-                score_clips(
-                    shapes,
-                    &text,
-                    &eval(report.prompts),
-                    &models.space,
-                    [ph, pw],
-                    device,
-                    stop,
-                    |z, c| match steps {
-                        1 => g.generate(z, c),
-                        n => g.generate_steps(z, c, *n),
-                    },
-                )?
-            }
+        let prompts = match how {
+            Generation::Teacher(_) => report.teacher_prompts.unwrap_or(report.prompts),
+            Generation::Steps(..) => report.prompts,
         };
+        let clips = score_clips(
+            shapes,
+            &text,
+            &eval(prompts),
+            &models.space,
+            [ph, pw],
+            device,
+            stop,
+            |z, c| how.generate(z, c, &null, &report.teacher),
+        )?;
         scored.push((name.clone(), *nfe, clips));
         progress(scored.len(), planned.len(), name);
     }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::results::{OverSeeds, StudyResults, VariantResult, STUDY_METRICS};
-use crate::eval::bootstrap::METRICS;
-use crate::eval::{AlignmentReport, Interval};
+use crate::eval::bootstrap::metric_value as read;
+use crate::eval::Interval;
 
 /// A metric in the tables' unit (accuracies in points).
 fn scaled(metric: &str, v: f64) -> f64 {
@@ -16,13 +16,6 @@ fn scaled(metric: &str, v: f64) -> f64 {
     } else {
         v
     }
-}
-
-fn read(report: &AlignmentReport, metric: &str) -> f64 {
-    METRICS
-        .iter()
-        .find(|(m, _)| *m == metric)
-        .map_or(f64::NAN, |(_, r)| r(report))
 }
 
 fn interval(metric: &str, i: Option<&Interval>, signed: bool) -> String {

@@ -9,7 +9,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::results::{StudyResults, VariantResult};
-use crate::eval::bootstrap::METRICS;
+use crate::eval::bootstrap::metric_value as read;
 use crate::eval::AlignmentReport;
 use crate::report::plots::{compact, register_font, COLOURS};
 
@@ -19,13 +19,6 @@ const PANELS: [(&str, &str); 3] = [
     ("shape_accuracy", "shape accuracy"),
     ("periodicity", "periodicity × real"),
 ];
-
-fn read(report: &AlignmentReport, metric: &str) -> f64 {
-    METRICS
-        .iter()
-        .find(|(m, _)| *m == metric)
-        .map_or(f64::NAN, |(_, r)| r(report))
-}
 
 /// A log axis' tick label: only 1, 2 and 5 times a power of ten are named (the others would
 /// overlap).

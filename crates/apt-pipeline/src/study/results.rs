@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
-use apt_flow::OneStepGenerator;
 use serde::{Deserialize, Serialize};
 
 use super::run::init_stages;
@@ -18,7 +17,7 @@ use crate::config::{default_eval_batch, EvalConfig};
 use crate::error::{config_error, Result};
 use crate::eval::alignment::{score_clips, summarise, FeatureScale, ScoredClips};
 use crate::eval::bootstrap::paired_bootstrap;
-use crate::eval::run::teacher_sample;
+use crate::eval::run::Generation;
 use crate::eval::{patch_grid, AlignmentReport, Interval};
 use crate::latent::Space;
 use crate::run_dir::{RunDir, Stage};
@@ -278,23 +277,23 @@ pub fn evaluate_study(
         let cache = score_path(&study.config.out, name);
         let clips = cached_or_scored(&cache, key, || {
             let model = crate::run_dir::load_exported(path, device)?.model;
-            let eval = eval(prompts);
-            match source {
-                Source::Teacher(_) => {
-                    let sample = |z: &tch::Tensor, c: &apt_flow::Conditioning| {
-                        teacher_sample(&model, z, c, &null, &report.teacher)
-                    };
-                    score_clips(shapes, &text, &eval, &space, patch, device, stop, sample)
-                }
-                Source::Steps(_, steps) => {
-                    let g = OneStepGenerator::new(&model);
-                    let generate = |z: &tch::Tensor, c: &apt_flow::Conditioning| match steps {
-                        1 => g.generate(z, c),
-                        n => g.generate_steps(z, c, *n),
-                    };
-                    score_clips(shapes, &text, &eval, &space, patch, device, stop, generate)
-                }
-            }
+            let how = match source {
+                Source::Teacher(_) => Generation::Teacher(&model),
+                Source::Steps(_, steps) => Generation::Steps(&model, *steps),
+            };
+            let generate = |z: &tch::Tensor, c: &apt_flow::Conditioning| {
+                how.generate(z, c, &null, &report.teacher)
+            };
+            score_clips(
+                shapes,
+                &text,
+                &eval(prompts),
+                &space,
+                patch,
+                device,
+                stop,
+                generate,
+            )
         })?;
         scored.push(clips);
         progress(scored.len(), rows.len(), name);

@@ -7,13 +7,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use apt_data::shapes::Split;
-use apt_flow::{OneStepGenerator, TensorRng};
+use apt_flow::TensorRng;
 use tch::{Device, Kind, Tensor};
 
 use super::run::init_stages;
 use super::Study;
 use crate::error::{PipelineError, Result};
-use crate::eval::run::teacher_sample;
+use crate::eval::run::Generation;
 use crate::latent::Space;
 use crate::run_dir::{load_exported, RunDir, Stage};
 use crate::text::TextConditioner;
@@ -93,25 +93,20 @@ pub fn write_samples(
             Row::Steps(path, _) => Some(load_exported(path, device)?.model),
             _ => None,
         };
+        let how = match (row, &model) {
+            (Row::Teacher, _) => Some(Generation::Teacher(&teacher)),
+            (Row::Steps(_, steps), Some(m)) => Some(Generation::Steps(m, *steps)),
+            _ => None,
+        };
         let mut cells = Vec::new();
         for (i, caption) in captions.iter().enumerate() {
-            let clip = match (row, &model) {
-                (Row::Real, _) => shapes.render(&drawn[i]).to_kind(Kind::Float),
-                (Row::Teacher, _) => {
+            let clip = match &how {
+                None => shapes.render(&drawn[i]).to_kind(Kind::Float),
+                Some(how) => {
                     let cond = text.batch(std::slice::from_ref(caption), &[])?;
-                    let x = teacher_sample(&teacher, &z[i], &cond, &null, &run.report.teacher)?;
+                    let x = how.generate(&z[i], &cond, &null, &run.report.teacher)?;
                     space.to_pixels(&x)?.get(0)
                 }
-                (Row::Steps(_, steps), Some(m)) => {
-                    let cond = text.batch(std::slice::from_ref(caption), &[])?;
-                    let g = OneStepGenerator::new(m);
-                    let x = match steps {
-                        1 => g.generate(&z[i], &cond)?,
-                        n => g.generate_steps(&z[i], &cond, *n)?,
-                    };
-                    space.to_pixels(&x)?.get(0)
-                }
-                (Row::Steps(..), None) => unreachable!("the model was loaded above"),
             };
             // [3, T, H, W] → frames side by side, 1 white pixel apart: [3, H, T·W + T − 1].
             let clip = clip.to_device(Device::Cpu).clamp(-1.0, 1.0);
